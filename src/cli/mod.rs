@@ -1,0 +1,149 @@
+//! Command-line interface: argument definitions (their doc comments are the help text),
+//! dispatch, and the mapping from library errors to exit codes.
+
+mod common;
+mod output;
+
+use clap::{CommandFactory, Parser, Subcommand};
+
+pub use common::{Global, SourceArgs, TargetArgs};
+pub use output::Output;
+
+/// Blue-green deployments for PostgreSQL: build the new version beside the live one, see what
+/// changes, flip it in with one short transaction, roll back in milliseconds.
+#[derive(Parser, Debug)]
+#[command(
+    name = "pgflip",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Copy tables from a source database to a target (in place, or into staging tables with a
+    /// row-level diff and an atomic swap).
+    Sync(NotBuilt),
+    /// Replace every table of a target database with the source's version (prepare / swap /
+    /// start / abort).
+    Migrate(NotBuilt),
+    /// Dump a database's schema, or diff two databases' schemas.
+    #[command(subcommand)]
+    Schema(SchemaCommand),
+    /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
+    Green(NotBuilt),
+    /// What is in flight on a target, and its latest generations.
+    Status(NotBuilt),
+    /// List the generations recorded on a target.
+    List(NotBuilt),
+    /// Flip a generation's retired relations back in.
+    Rollback(NotBuilt),
+    /// Drop retired generations (and tombstones).
+    Cleanup(NotBuilt),
+    /// Check that a generation's retired relations are intact.
+    Verify(NotBuilt),
+    /// Show what pgflip does, on two throwaway local servers it starts and removes.
+    Demo(NotBuilt),
+    /// Print shell completions.
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SchemaCommand {
+    /// Print a database's schema as SQL, in dependency order.
+    Dump(NotBuilt),
+    /// Compare two databases' schemas and write (or apply) the ALTER script.
+    Diff(NotBuilt),
+}
+
+/// Placeholder for a command that is not built yet: accepts any arguments.
+#[derive(clap::Args, Debug)]
+pub struct NotBuilt {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+/// Exit codes (documented in the README).
+pub mod exit {
+    pub const OK: u8 = 0;
+    /// `--check` found differences; `verify` found a mismatch.
+    pub const DIFFERENCES: u8 = 1;
+    /// Bad usage, bad configuration or bad input (unknown table, no primary key, ...).
+    pub const USAGE: u8 = 2;
+    /// Could not connect.
+    pub const CONNECT: u8 = 3;
+    /// The server rejected a statement, or the connection broke.
+    pub const DATABASE: u8 = 4;
+    /// Blocked: another pgflip run holds the target, a lock could not be taken in time, or a
+    /// guardrail refused.
+    pub const BLOCKED: u8 = 5;
+    /// The command is not built yet.
+    pub const NOT_BUILT: u8 = 6;
+    /// Interrupted (Ctrl-C).
+    pub const INTERRUPTED: u8 = 130;
+}
+
+fn exit_code(err: &anyhow::Error) -> u8 {
+    use pgflip::Error as E;
+    match err.downcast_ref::<pgflip::Error>() {
+        Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
+        Some(E::Connect { .. }) => exit::CONNECT,
+        Some(E::Server { .. } | E::Connection { .. } | E::Io { .. }) => exit::DATABASE,
+        Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
+        Some(E::NotImplemented(_)) => exit::NOT_BUILT,
+        _ => exit::USAGE,
+    }
+}
+
+pub fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let out = Output::new(&cli.global);
+    out.init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(cli, &out)) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(err) => {
+            out.error(&err);
+            std::process::ExitCode::from(exit_code(&err))
+        }
+    }
+}
+
+async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    match cli.command {
+        Command::Completions { shell } => {
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "pgflip", &mut buf);
+            out.write_stdout(&buf);
+            Ok(exit::OK)
+        }
+        Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
+        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Schema(SchemaCommand::Dump(_)) => {
+            Err(pgflip::Error::NotImplemented("pgflip schema dump").into())
+        }
+        Command::Schema(SchemaCommand::Diff(_)) => {
+            Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
+        }
+        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),
+        Command::List(_) => Err(pgflip::Error::NotImplemented("pgflip list").into()),
+        Command::Rollback(_) => Err(pgflip::Error::NotImplemented("pgflip rollback").into()),
+        Command::Cleanup(_) => Err(pgflip::Error::NotImplemented("pgflip cleanup").into()),
+        Command::Verify(_) => Err(pgflip::Error::NotImplemented("pgflip verify").into()),
+        Command::Demo(_) => Err(pgflip::Error::NotImplemented("pgflip demo").into()),
+    }
+}

@@ -1,0 +1,17 @@
+//! pgflip: blue-green deployments for PostgreSQL.
+//!
+//! The library does all the work and never prints; it reports progress through
+//! [`events::EventSink`] and returns typed results that the `pgflip` binary renders. Every
+//! command builds a [`plan::Plan`] first, then renders it (dry-run) or executes it.
+
+pub mod conn;
+pub mod error;
+pub mod events;
+pub mod ident;
+pub mod localpg;
+pub mod plan;
+
+pub use error::{Error, Result, Side};
+
+/// pgflip's version, as recorded in scripts and state.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,71 @@
+//! The test harness itself, and identifier quoting checked against the server's own rules.
+
+use crate::util::*;
+
+#[tokio::test]
+async fn fresh_databases_are_separate_and_empty() {
+    let a = fresh_db("harness_a");
+    let b = fresh_db("harness_b");
+    assert_ne!(a.name, b.name);
+    a.psql("CREATE TABLE t (id int)");
+    let c = b.client().await;
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pg_class WHERE relname = 't'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn quote_ident_agrees_with_the_server() {
+    let db = fresh_db("quote");
+    let c = db.client().await;
+    let long = "x".repeat(63);
+    let names = [
+        "orders",
+        "Orders",
+        "order",
+        "user",
+        "name",
+        "line items",
+        "a\"b",
+        "1abc",
+        "café",
+        "_x$1",
+        "select",
+        "ÄÖ",
+        long.as_str(),
+    ];
+    for n in names {
+        let server: String = c
+            .query_one("SELECT quote_ident($1)", &[&n])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(pgflip::ident::quote_ident(n), server, "quoting {n:?}");
+        let lit = pgflip::ident::quote_literal(&format!("{n}'\\"));
+        let back: String = c
+            .query_one(&format!("SELECT {lit}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(back, format!("{n}'\\"));
+    }
+}
+
+#[test]
+fn second_server_is_another_server() {
+    assert_ne!(server().port(), second_server().port());
+    assert_eq!(
+        second_server().psql("postgres", "SELECT 1").unwrap().trim(),
+        "1"
+    );
+}
+
+#[test]
+fn unbuilt_commands_say_so() {
+    let o = pgflip(&["migrate", "prepare"]);
+    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
+    assert!(stderr(&o).contains("not built yet"));
+}

@@ -1,0 +1,5 @@
+//! Integration tests against real PostgreSQL servers started by the tests themselves.
+
+mod util;
+
+mod harness;

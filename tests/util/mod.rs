@@ -1,0 +1,92 @@
+//! Test support: one throwaway PostgreSQL server per test binary (plus a second one on demand
+//! for source / target tests), a fresh database per test, and helpers to run the real binary.
+
+#![allow(dead_code)]
+
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use pgflip::localpg::LocalServer;
+
+/// The server shared by the tests of this binary. Stopped and removed at exit (and by a
+/// watchdog if the test process is killed).
+pub fn server() -> &'static LocalServer {
+    static SERVER: OnceLock<LocalServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        LocalServer::start()
+            .unwrap_or_else(|e| panic!("cannot start a test PostgreSQL server: {e}"))
+    })
+}
+
+/// A second, separate server, for tests where source and target must not share a server.
+pub fn second_server() -> &'static LocalServer {
+    static SERVER: OnceLock<LocalServer> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        LocalServer::start()
+            .unwrap_or_else(|e| panic!("cannot start a second test PostgreSQL server: {e}"))
+    })
+}
+
+/// A fresh, empty database on `srv`.
+pub struct TestDb {
+    pub srv: &'static LocalServer,
+    pub name: String,
+}
+
+impl TestDb {
+    pub fn new(srv: &'static LocalServer, hint: &str) -> TestDb {
+        let name = srv.create_database(hint).expect("create test database");
+        TestDb { srv, name }
+    }
+
+    pub fn url(&self) -> String {
+        self.srv.url(&self.name)
+    }
+
+    /// Runs SQL through psql; panics on error.
+    pub fn psql(&self, sql: &str) -> String {
+        self.srv
+            .psql(&self.name, sql)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub async fn client(&self) -> tokio_postgres::Client {
+        self.srv
+            .connect(&self.name)
+            .await
+            .expect("connect to test database")
+    }
+}
+
+/// A fresh database on the shared server.
+pub fn fresh_db(hint: &str) -> TestDb {
+    TestDb::new(server(), hint)
+}
+
+/// Runs the pgflip binary with `args`, without ./.env lookups from the test's directory.
+pub fn pgflip(args: &[&str]) -> Output {
+    pgflip_env(args, &[])
+}
+
+pub fn pgflip_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgflip"));
+    cmd.args(args)
+        .env("NO_COLOR", "1")
+        .env_remove("PGHOST")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGUSER")
+        .env_remove("PGDATABASE")
+        .env_remove("PGPORT");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run pgflip")
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
