@@ -73,7 +73,10 @@ pub enum Error {
 
     /// The server rejected a statement.
     #[error("{context}: {error}")]
-    Server { context: String, error: ServerError },
+    Server {
+        context: String,
+        error: Box<ServerError>,
+    },
 
     /// The connection broke or the protocol failed outside a server error.
     #[error("{context}: {message}")]
@@ -113,7 +116,7 @@ impl Error {
     /// The server's error, when this is one.
     pub fn server_error(&self) -> Option<&ServerError> {
         match self {
-            Error::Server { error, .. } => Some(error),
+            Error::Server { error, .. } => Some(error.as_ref()),
             _ => None,
         }
     }
@@ -129,13 +132,13 @@ impl Error {
         match err.as_db_error() {
             Some(db) => Error::Server {
                 context,
-                error: ServerError {
+                error: Box::new(ServerError {
                     sqlstate: db.code().code().to_string(),
                     severity: db.severity().to_string(),
                     message: db.message().to_string(),
                     detail: db.detail().map(str::to_string),
                     hint: db.hint().map(str::to_string),
-                },
+                }),
             },
             None => Error::Connection {
                 context,

@@ -89,7 +89,10 @@ fn free_port() -> Result<u16> {
 }
 
 /// Servers to stop at process exit (statics are never dropped).
-static LIVE: Mutex<Vec<(PathBuf, PathBuf, Option<(u32, u32)>)>> = Mutex::new(Vec::new());
+/// (bindir, server directory, uid/gid to run pg_ctl as)
+type LiveServer = (PathBuf, PathBuf, Option<(u32, u32)>);
+
+static LIVE: Mutex<Vec<LiveServer>> = Mutex::new(Vec::new());
 
 extern "C" fn stop_all_at_exit() {
     if let Ok(mut live) = LIVE.lock() {

@@ -69,3 +69,20 @@ fn unbuilt_commands_say_so() {
     assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
     assert!(stderr(&o).contains("not built yet"));
 }
+
+#[test]
+fn dump_sees_schema_and_data_changes() {
+    let db = fresh_db("dump");
+    db.psql("CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a')");
+    let before = db.dump();
+    assert_eq!(
+        before,
+        db.dump(),
+        "two dumps of an unchanged database are equal"
+    );
+    db.psql("UPDATE t SET v = 'b'");
+    assert_ne!(before, db.dump());
+    let schema = db.schema_dump();
+    db.psql("ALTER TABLE t ADD COLUMN w int");
+    assert_ne!(schema, db.schema_dump());
+}

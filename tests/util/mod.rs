@@ -90,3 +90,45 @@ pub fn stdout(o: &Output) -> String {
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
+
+impl TestDb {
+    /// `pg_dump` of the whole database (schema and data, comments and ACL order as the server
+    /// gives them): two equal dumps mean the database did not change.
+    pub fn dump(&self) -> String {
+        self.pg_dump(&[])
+    }
+
+    /// `pg_dump --schema-only`.
+    pub fn schema_dump(&self) -> String {
+        self.pg_dump(&["--schema-only"])
+    }
+
+    pub fn pg_dump(&self, extra: &[&str]) -> String {
+        let exe = self.srv.bindir().join("pg_dump");
+        let out = Command::new(exe)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-p",
+                &self.srv.port().to_string(),
+                "-d",
+                &self.name,
+            ])
+            .args(extra)
+            .output()
+            .expect("run pg_dump");
+        assert!(
+            out.status.success(),
+            "pg_dump failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // pg_dump 15.x may print per-run random \restrict keys; they are not part of the database.
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
