@@ -641,7 +641,10 @@ impl Endpoint {
     ) -> std::result::Result<Client, tokio_postgres::Error> {
         match tls_config {
             None => {
-                let (client, conn) = self.config.connect(tokio_postgres::NoTls).await?;
+                // Without TLS the driver must not even ask for it (sockets under `require`).
+                let mut config = self.config.clone();
+                config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+                let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
                 tokio::spawn(async move {
                     let _ = conn.await;
                 });
@@ -717,7 +720,13 @@ impl Endpoint {
             }
             source = s.source();
         }
-        let text = e.to_string();
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(e);
+        while let Some(s) = source {
+            text.push_str(": ");
+            text.push_str(&s.to_string());
+            source = s.source();
+        }
         if text.contains("server does not support TLS") {
             return format!(
                 "the server does not support TLS (sslmode={})",
@@ -731,14 +740,7 @@ impl Endpoint {
                 side_prefix(side)
             );
         }
-        let mut chain = text;
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            chain.push_str(": ");
-            chain.push_str(&s.to_string());
-            source = s.source();
-        }
-        chain
+        text
     }
 }
 
