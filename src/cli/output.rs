@@ -196,6 +196,8 @@ enum Mode {
 /// updates only touch an in-memory bar that indicatif redraws at its own rate.
 pub struct EventRenderer {
     mode: Mode,
+    /// Where finished lines go: stderr, or a buffer in unit tests.
+    sink: Box<dyn Fn(&str) + Send + Sync>,
     quiet: bool,
     verbose: u8,
     color: bool,
@@ -220,6 +222,7 @@ impl EventRenderer {
         };
         EventRenderer {
             mode,
+            sink: Box::new(write_stderr),
             quiet: out.quiet,
             verbose: out.verbose,
             color: out.color,
@@ -231,10 +234,11 @@ impl EventRenderer {
 
     /// A line on stderr that does not tear the progress bars.
     fn line(&self, text: &str) {
+        let text = format!("{text}\n");
         if self.mode == Mode::Bars {
-            self.multi.suspend(|| write_stderr(&format!("{text}\n")));
+            self.multi.suspend(|| (self.sink)(&text));
         } else {
-            write_stderr(&format!("{text}\n"));
+            (self.sink)(&text);
         }
     }
 
@@ -263,7 +267,7 @@ impl EventSink for EventRenderer {
         }
         if self.mode == Mode::Json {
             if let Ok(s) = serde_json::to_string(&event) {
-                write_stderr(&format!("{s}\n"));
+                self.line(&s);
             }
             return;
         }
@@ -401,6 +405,95 @@ impl Drop for EventRenderer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+
+    fn renderer(json: bool, quiet: bool, verbose: u8) -> (EventRenderer, Arc<Mutex<String>>) {
+        let out = Output {
+            json,
+            quiet,
+            verbose,
+            color: false,
+            color_stdout: false,
+            stderr_tty: false,
+        };
+        let buf = Arc::new(Mutex::new(String::new()));
+        let mut r = EventRenderer::new(&out);
+        let b = buf.clone();
+        r.sink = Box::new(move |s| b.lock().unwrap().push_str(s));
+        (r, buf)
+    }
+
+    fn copy_events(r: &EventRenderer) {
+        r.emit(Event::StepStarted {
+            index: 0,
+            total: 2,
+            description: "create staging table".into(),
+        });
+        r.emit(Event::StepFinished {
+            index: 0,
+            elapsed: Duration::from_millis(12),
+        });
+        r.emit(Event::TableProgress {
+            table: "public.orders".into(),
+            rows: 10,
+            bytes: 100,
+        });
+        r.emit(Event::TableDone {
+            table: "public.orders".into(),
+            rows: 1000,
+            bytes: 3 * 1024 * 1024,
+            elapsed: Duration::from_millis(1500),
+        });
+        r.emit(Event::Warning {
+            message: "column x is missing".into(),
+        });
+    }
+
+    #[test]
+    fn plain_lines_when_not_on_a_terminal() {
+        let (r, buf) = renderer(false, false, 0);
+        copy_events(&r);
+        let text = buf.lock().unwrap().clone();
+        assert_eq!(
+            text,
+            "[1/2] create staging table\n\
+             ✔ public.orders: 1000 rows, 3.0 MiB in 1.5s\n\
+             pgflip: warning: column x is missing\n"
+        );
+    }
+
+    #[test]
+    fn json_lines_with_json() {
+        let (r, buf) = renderer(true, false, 0);
+        copy_events(&r);
+        let text = buf.lock().unwrap().clone();
+        let events: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .map(|e| e["event"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "step_started",
+                "step_finished",
+                "table_progress",
+                "table_done",
+                "warning"
+            ]
+        );
+        assert_eq!(events[3]["rows"], 1000);
+    }
+
+    #[test]
+    fn quiet_hides_everything_even_warnings() {
+        let (r, buf) = renderer(false, true, 0);
+        copy_events(&r);
+        assert_eq!(buf.lock().unwrap().as_str(), "");
+    }
 
     #[test]
     fn sizes_are_human() {
