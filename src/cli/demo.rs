@@ -280,7 +280,7 @@ impl<'a> Demo<'a> {
         } else {
             for (label, s) in [("source", &demo.source), ("target", &demo.target)] {
                 out.println(&format!(
-                    "  {label}: {}  {}",
+                    "    {label}: {}  {}",
                     out.style(CYAN, &s.url(DB)),
                     out.style(DIM, &format!("(files in {})", s.socket_dir().display()))
                 ));
@@ -339,7 +339,7 @@ impl<'a> Demo<'a> {
             }));
         } else {
             for line in text.lines() {
-                self.out.println(&format!("    {line}"));
+                self.out.println(format!("    {line}").trim_end());
             }
         }
     }

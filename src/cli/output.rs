@@ -489,6 +489,34 @@ mod tests {
     }
 
     #[test]
+    fn bars_finish_with_one_line_each() {
+        let (mut r, buf) = renderer(false, false, 0);
+        // Bars mode, drawn nowhere: the bars' bookkeeping still runs.
+        r.mode = Mode::Bars;
+        copy_events(&r);
+        // A step whose start was missed, and events for a table that never started.
+        r.emit(Event::StepFinished {
+            index: 5,
+            elapsed: Duration::from_millis(3),
+        });
+        r.emit(Event::TableProgress {
+            table: "t".into(),
+            rows: 1,
+            bytes: 1,
+        });
+        assert!(r.tables.lock().unwrap().contains_key("t"));
+        drop(r);
+        let text = buf.lock().unwrap().clone();
+        assert_eq!(
+            text,
+            "✔ [1/2] create staging table (12ms)\n\
+             ✔ public.orders: 1000 rows, 3.0 MiB in 1.5s\n\
+             pgflip: warning: column x is missing\n\
+             \x20 step 6 done in 3ms\n"
+        );
+    }
+
+    #[test]
     fn quiet_hides_everything_even_warnings() {
         let (r, buf) = renderer(false, true, 0);
         copy_events(&r);
