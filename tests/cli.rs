@@ -383,3 +383,42 @@ fn demo_into_a_closed_pipe_still_removes_its_servers() {
         std::env::temp_dir().display()
     )));
 }
+
+/// `println!` / `eprintln!` panic on a closed stream, and the library must never print: every
+/// write goes through `cli::output`.
+#[test]
+fn nothing_prints_with_println() {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        for e in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, found);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                let text = std::fs::read_to_string(&p).unwrap();
+                // Unit tests inside a file may print.
+                let code = text.split("#[cfg(test)]").next().unwrap();
+                for (i, line) in code.lines().enumerate() {
+                    let l = line.trim_start();
+                    if l.starts_with("//") {
+                        continue;
+                    }
+                    if ["println!", "eprintln!", "print!(", "eprint!(", "dbg!("]
+                        .iter()
+                        .any(|m| l.contains(m))
+                    {
+                        found.push(format!("{}:{}: {l}", p.display(), i + 1));
+                    }
+                }
+            }
+        }
+    }
+    let mut found = vec![];
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src"),
+        &mut found,
+    );
+    assert!(
+        found.is_empty(),
+        "route output through cli::output: {found:#?}"
+    );
+}
