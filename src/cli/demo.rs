@@ -220,7 +220,7 @@ pub async fn run(args: &DemoArgs, out: &Output) -> Result<u8> {
 struct Demo<'a> {
     out: &'a Output,
     pause: bool,
-    act_no: std::cell::Cell<usize>,
+    act_no: std::sync::atomic::AtomicUsize,
     // Connections are declared before the servers so that they close first.
     src: Client,
     tgt: Client,
@@ -306,8 +306,9 @@ impl<'a> Demo<'a> {
     /// Opens an act: its title and the sentence that explains it, then (on a terminal) waits
     /// for Enter before showing it.
     async fn begin(&self, name: &'static str, title: &str, explanation: &str) -> Act {
-        let n = self.act_no.get() + 1;
-        self.act_no.set(n);
+        let n = 1 + self
+            .act_no
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if !self.out.json {
             self.out.println("");
             self.out
