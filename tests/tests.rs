@@ -2,6 +2,6 @@
 
 mod util;
 
-mod harness;
-
 mod cli;
+mod harness;
+mod state;
