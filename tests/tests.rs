@@ -2,5 +2,7 @@
 
 mod util;
 
+mod cli;
 mod conn;
 mod harness;
+mod state;
