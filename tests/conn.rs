@@ -1091,3 +1091,52 @@ async fn sslmode_from_the_environment_applies() {
     assert_eq!(ep.tls.mode, SslMode::VerifyFull);
     assert!(probe(&ep).await.unwrap().1);
 }
+
+#[tokio::test]
+async fn a_refused_connection_is_retried_briefly() {
+    // Nothing listens on `port` at first; 150 ms later a one-connection TCP relay to the real
+    // server appears there, as a restarting server would. The connect must get through.
+    let db = fresh_db("conn_retry");
+    let upstream = server().port();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let relay = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let (client, _) = l.accept().unwrap();
+        let server = std::net::TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+        let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+        let up = std::thread::spawn(move || {
+            let _ = std::io::copy(&mut c2, &mut s2);
+            let _ = s2.shutdown(std::net::Shutdown::Write);
+        });
+        let (mut c, mut s) = (client, server);
+        let _ = std::io::copy(&mut s, &mut c);
+        let _ = c.shutdown(std::net::Shutdown::Write);
+        let _ = up.join();
+    });
+    let ep = resolve(
+        Side::Target,
+        &url(&format!(
+            "postgresql://postgres@127.0.0.1:{port}/{}?sslmode=disable",
+            db.name
+        )),
+        &env(),
+    );
+    let (user, _, _) = probe(&ep).await.unwrap();
+    assert_eq!(user, "postgres");
+    // The relay ends when the connection closes; the runtime must keep running meanwhile.
+    tokio::task::spawn_blocking(move || relay.join().unwrap())
+        .await
+        .unwrap();
+}
+
+#[test]
+fn connecting_can_happen_on_any_task() {
+    fn assert_send<T: Send>(_: &T) {}
+    let ep = resolve(Side::Source, &url("host=h"), &env());
+    let fut = ep.connect();
+    assert_send(&fut);
+}
