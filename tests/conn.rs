@@ -411,6 +411,9 @@ fn libpq_env_points_child_programs_at_the_endpoint() {
     assert_eq!(get("PGUSER"), Some("u"));
     assert_eq!(get("PGPASSWORD"), Some("pw"));
     assert_eq!(get("PGSSLMODE"), Some("require"));
+    let v = resolve(Side::Source, &url("host=h"), &env()).libpq_env();
+    assert!(v.contains(&("PGPORT".into(), "5432".into())), "{v:?}");
+    assert!(!v.iter().any(|(k, _)| k == "PGPASSWORD"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1139,4 +1142,32 @@ fn connecting_can_happen_on_any_task() {
     let ep = resolve(Side::Source, &url("host=h"), &env());
     let fut = ep.connect();
     assert_send(&fut);
+}
+
+#[test]
+fn libpq_programs_reach_the_endpoint_through_libpq_env() {
+    // psql, given only libpq_env(), must reach the same server with the same TLS checks: the
+    // variables mean to libpq what they mean to pgflip.
+    let (srv, certs) = secure_server();
+    let ep = resolve(
+        Side::Target,
+        &tls_args("localhost", "verify-full", Some(&certs.ca())),
+        &env(),
+    );
+    let mut cmd = Command::new(srv.bindir().join("psql"));
+    cmd.args(["-X", "-A", "-t", "-c"])
+        .arg("SELECT current_user || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("PGPASSFILE", "/nonexistent");
+    for (k, v) in ep.libpq_env() {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pgflip_app true");
 }

@@ -24,8 +24,8 @@
 //! Merging per keyword rather than per layer is what libpq does with a URL and `PGPORT`, and what
 //! lets `--target-database app2` reuse everything else of `TARGET_DATABASE_URL`. When no layer
 //! gives a password, the password file is consulted (`passfile=`, `PGPASSFILE`, `~/.pgpass`;
-//! see the `pgpass` submodule). `SOURCE_DB_SCHEMA` / `TARGET_DB_SCHEMA` (environment, then .env) become
-//! [`Endpoint::schema`].
+//! see the `pgpass` submodule). `SOURCE_DB_SCHEMA` / `TARGET_DB_SCHEMA` (environment, then
+//! .env) become [`Endpoint::schema`].
 //!
 //! Passwords never leave this module in text: [`Endpoint::describe`] says `host:port, database
 //! name`, `Debug` prints the same, connection errors are rewritten into short sentences and then
@@ -192,12 +192,14 @@ impl Endpoint {
             ),
             (
                 "PGPORT".into(),
-                self.config
-                    .get_ports()
-                    .iter()
-                    .map(u16::to_string)
-                    .collect::<Vec<_>>()
-                    .join(","),
+                match self.config.get_ports() {
+                    [] => "5432".to_string(),
+                    ports => ports
+                        .iter()
+                        .map(u16::to_string)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                },
             ),
             ("PGDATABASE".into(), self.database().to_string()),
             ("PGUSER".into(), self.user().to_string()),
