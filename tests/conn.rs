@@ -1080,6 +1080,38 @@ async fn sslmode_on_a_server_with_tls() {
 }
 
 #[tokio::test]
+async fn the_default_root_certificate_is_libpq_s() {
+    // ~/.postgresql/root.crt, when present, is the root file: require then checks the chain.
+    let certs = &secure_server().1;
+    let home = tempfile::tempdir().unwrap();
+    std::fs::create_dir(home.path().join(".postgresql")).unwrap();
+    let root = home.path().join(".postgresql/root.crt");
+    std::fs::copy(certs.ca(), &root).unwrap();
+    let ep = resolve(
+        Side::Target,
+        &tls_args("localhost", "verify-full", None),
+        &env().home(home.path()),
+    );
+    assert_eq!(ep.tls.root_cert.as_deref(), Some(root.as_path()));
+    assert!(probe(&ep).await.unwrap().1);
+    std::fs::copy(certs.other_ca(), &root).unwrap();
+    let ep = resolve(
+        Side::Target,
+        &tls_args("127.0.0.1", "require", None),
+        &env().home(home.path()),
+    );
+    let err = connect_err(&ep).await;
+    assert!(err.contains("not signed by a trusted authority"), "{err}");
+    // Without the file: no root file, and require encrypts without checking.
+    let ep = resolve(
+        Side::Target,
+        &tls_args("127.0.0.1", "require", None),
+        &env(),
+    );
+    assert_eq!(ep.tls.root_cert, None);
+}
+
+#[tokio::test]
 async fn sslmode_from_the_environment_applies() {
     let ca = secure_server().1.ca();
     let e = env()
@@ -1169,5 +1201,8 @@ fn libpq_programs_reach_the_endpoint_through_libpq_env() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "pgflip_app true");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "pgflip_app true"
+    );
 }

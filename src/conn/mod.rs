@@ -18,7 +18,8 @@
 //!    the .env file), shared by both sides as in every libpq program;
 //! 5. **defaults**, as libpq's: user = the operating-system user, database = the user name, host =
 //!    the local socket directory (`/var/run/postgresql`, `/tmp`) when a server listens there,
-//!    else `localhost`; port 5432; `sslmode=prefer`; plus pgflip's `application_name=pgflip` and
+//!    else `localhost`; port 5432; `sslmode=prefer`; `sslrootcert=~/.postgresql/root.crt` when
+//!    that file exists (else the built-in Mozilla roots); plus pgflip's `application_name=pgflip` and
 //!    a 10 s connect timeout.
 //!
 //! Merging per keyword rather than per layer is what libpq does with a URL and `PGPORT`, and what

@@ -346,7 +346,14 @@ fn build(side: Side, m: Merged, env: &Env, schema: Option<String>) -> Result<End
         })?,
         None => SslMode::Prefer,
     };
-    let root_cert = m.get("sslrootcert").map(PathBuf::from);
+    // libpq's default root certificate file counts only when it exists (then `require` checks
+    // the chain against it, as in libpq); otherwise verification uses the built-in roots.
+    let root_cert = m.get("sslrootcert").map(PathBuf::from).or_else(|| {
+        env.home
+            .as_ref()
+            .map(|h| h.join(".postgresql/root.crt"))
+            .filter(|p| p.is_file())
+    });
     config.ssl_mode(mode.driver_mode());
 
     let connect_timeout = match m.get("connect_timeout") {
