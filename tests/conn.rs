@@ -1206,3 +1206,51 @@ fn libpq_programs_reach_the_endpoint_through_libpq_env() {
         "pgflip_app true"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// The binary
+// ---------------------------------------------------------------------------------------------
+
+/// Commands that connect, with the flags that name the side. While a command is still a
+/// placeholder (exit 6) it is skipped; once built, this checks its connection errors.
+#[test]
+fn the_binary_names_the_side_and_never_prints_the_password() {
+    let wrong = "Wr0ng-Pa55word-xyzzy";
+    let port = secure_port();
+    let url = format!("postgresql://pgflip_app:{wrong}@127.0.0.1:{port}/app");
+    let cases: [(&[&str], &str); 3] = [
+        (&["schema", "dump", "--source"], "source"),
+        (&["status", "--target"], "target"),
+        (&["list", "--to"], "target"),
+    ];
+    let mut checked = 0;
+    for (args, side) in cases {
+        let mut all: Vec<&str> = args.to_vec();
+        all.push(&url);
+        for json in [false, true] {
+            let mut a = all.clone();
+            if json {
+                a.push("--json");
+            }
+            let o = pgflip_env(&a, &[("PGCONNECT_TIMEOUT", "5")]);
+            if o.status.code() == Some(6) {
+                continue; // not built yet
+            }
+            checked += 1;
+            let (out, err) = (stdout(&o), stderr(&o));
+            assert_eq!(o.status.code(), Some(3), "{a:?}: {err}");
+            assert!(
+                err.contains(&format!(
+                    "could not connect to {side} (127.0.0.1:{port}, database app): password \
+                     authentication failed for user \"pgflip_app\""
+                )),
+                "{a:?}: {err}"
+            );
+            assert!(
+                !err.contains(wrong) && !out.contains(wrong),
+                "{a:?}: {err}{out}"
+            );
+        }
+    }
+    eprintln!("binary connection-error checks run: {checked}");
+}
