@@ -411,6 +411,10 @@ fn libpq_env_points_child_programs_at_the_endpoint() {
     assert_eq!(get("PGUSER"), Some("u"));
     assert_eq!(get("PGPASSWORD"), Some("pw"));
     assert_eq!(get("PGSSLMODE"), Some("require"));
+    let other = ep.with_database("postgres");
+    assert_eq!(other.describe(), "h:5, database postgres");
+    assert_eq!(password(&other).as_deref(), Some("pw"));
+    assert_eq!(ep.database(), "d");
     let v = resolve(Side::Source, &url("host=h"), &env()).libpq_env();
     assert!(v.contains(&("PGPORT".into(), "5432".into())), "{v:?}");
     assert!(!v.iter().any(|(k, _)| k == "PGPASSWORD"));

@@ -126,6 +126,13 @@ impl Endpoint {
         format!("{host}:{}, database {}", self.port(), self.database())
     }
 
+    /// The same server and credentials, another database (e.g. `postgres`, to create one).
+    pub fn with_database(&self, database: &str) -> Endpoint {
+        let mut e = self.clone();
+        e.config.dbname(database);
+        e
+    }
+
     /// The first host: a name, an address, or a socket directory.
     pub fn host(&self) -> String {
         match self.config.get_hosts().first() {
