@@ -5,11 +5,14 @@
 //! command builds a [`plan::Plan`] first, then renders it (dry-run) or executes it.
 
 pub mod conn;
+pub mod copy;
 pub mod error;
 pub mod events;
 pub mod ident;
 pub mod localpg;
 pub mod plan;
+pub mod rowdiff;
+pub mod sync;
 
 pub use error::{Error, Result, Side};
 

@@ -6,6 +6,7 @@
 
 mod common;
 mod output;
+mod sync;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -33,7 +34,7 @@ pub struct Cli {
 pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
-    Sync(NotBuilt),
+    Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
     /// start / abort).
     Migrate(NotBuilt),
@@ -133,7 +134,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
             out.write_stdout(&buf);
             Ok(exit::OK)
         }
-        Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
+        Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(_)) => {
             Err(pgflip::Error::NotImplemented("pgflip schema dump").into())
