@@ -219,17 +219,26 @@ fn key_hash(rs: &RowSource) -> String {
     )
 }
 
-/// Level-one chunk of a row: the low bits of the key hash.
-fn level1(rs: &RowSource, buckets: u32) -> String {
-    format!("({} & {})", key_hash(rs), buckets - 1)
+/// Level-one chunk of a row, from its key hash `h`: the low bits.
+fn level1(buckets: u32) -> String {
+    format!("(h & {})", buckets - 1)
 }
 
 /// Level-two chunk: the level-one chunk times 64 plus six high bits of the key hash.
-fn level2(rs: &RowSource, buckets: u32) -> String {
+fn level2(buckets: u32) -> String {
+    format!("((h & {}) * 64 + ((h >> 24) & 63))", buckets - 1)
+}
+
+/// The rows of one side with their key text `k`, key hash `h` and row hash `m` (hex), each
+/// computed once per row (`OFFSET 0` keeps the planner from inlining them into every use).
+fn hashed_rows(rs: &RowSource) -> String {
     format!(
-        "(({h} & {m}) * 64 + (({h} >> 24) & 63))",
+        "(SELECT {k} AS k, {h} AS h, {m} AS m FROM {rel}{w} OFFSET 0) s",
+        k = key_text_expr(&rs.key),
         h = key_hash(rs),
-        m = buckets - 1
+        m = row_hash_expr(rs),
+        rel = rs.relation,
+        w = where_clause(rs, None),
     )
 }
 
@@ -269,21 +278,23 @@ pub fn bucket_count(rows: f64) -> u32 {
 
 type BucketMap = BTreeMap<i32, (i64, i64)>;
 
-/// Per chunk (`chunk` expression): row count and XOR of row hashes, only over the rows whose
-/// `within` expression is in `only` (all rows when `only` is None).
+/// Per chunk (`chunk` expression over `h`): row count and XOR of row hashes, only over the
+/// rows whose `within` expression is in the given list (all rows when None). Lists are joined
+/// as a hashed set, never scanned per row.
 async fn chunk_sums(
     client: &Client,
     rs: &RowSource,
     chunk: &str,
     within: Option<(&str, &[i32])>,
 ) -> Result<(BucketMap, u64)> {
-    let extra = within.map(|(e, _)| format!("{e} = ANY($1::int[])"));
+    let filter = match within {
+        Some((e, _)) => format!(" WHERE {e} IN (SELECT unnest($1::int[]))"),
+        None => String::new(),
+    };
     let sql = format!(
-        "SELECT {chunk}, count(*), bit_xor(('x' || substr({h}, 1, 16))::bit(64)::bigint) \
-         FROM {rel}{w} GROUP BY 1",
-        h = row_hash_expr(rs),
-        rel = rs.relation,
-        w = where_clause(rs, extra),
+        "SELECT {chunk}, count(*), bit_xor(('x' || substr(m, 1, 16))::bit(64)::bigint) \
+         FROM {rows}{filter} GROUP BY 1",
+        rows = hashed_rows(rs),
     );
     let rows = match within {
         Some((_, ids)) => client.query(&sql, &[&ids]).await,
@@ -314,12 +325,10 @@ async fn keys_and_hashes(
     chunk: &str,
     which: &[i32],
 ) -> Result<(Vec<(String, String)>, u64)> {
-    let k = key_text_expr(&rs.key);
     let sql = format!(
-        "SELECT {k}, substr({h}, 1, 16) FROM {rel}{w} ORDER BY ({k}) COLLATE \"C\"",
-        h = row_hash_expr(rs),
-        rel = rs.relation,
-        w = where_clause(rs, Some(format!("{chunk} = ANY($1::int[])"))),
+        "SELECT k, substr(m, 1, 16) FROM {rows} WHERE {chunk} IN (SELECT unnest($1::int[])) \
+         ORDER BY k COLLATE \"C\"",
+        rows = hashed_rows(rs),
     );
     let rows = client.query(&sql, &[&which]).await.ctx(format!(
         "reading keys of differing chunks of {}",
@@ -359,10 +368,10 @@ pub async fn cross_server(
         .await
         .ctx("setting canonical output settings on the target")?;
     let buckets = bucket_count(estimated_rows);
-    let (l1s, l1t) = (level1(src, buckets), level1(tgt, buckets));
+    let l1 = level1(buckets);
     let (a, b) = tokio::try_join!(
-        chunk_sums(source, src, &l1s, None),
-        chunk_sums(target, tgt, &l1t, None)
+        chunk_sums(source, src, &l1, None),
+        chunk_sums(target, tgt, &l1, None)
     )?;
     let mut bytes = a.1 + b.1;
     let d1 = differing(&a.0, &b.0);
@@ -375,16 +384,19 @@ pub async fn cross_server(
                 .max(b.0.get(k).map_or(0, |v| v.0))
         })
         .sum();
-    let (chunk_s, chunk_t, which) = if d1.is_empty() || rows_in_d1 <= 4096 {
-        (l1s, l1t, d1)
+    let (chunk, which) = if d1.is_empty() || rows_in_d1 <= 4096 {
+        (l1, d1)
     } else {
-        let (l2s, l2t) = (level2(src, buckets), level2(tgt, buckets));
+        let l2 = level2(buckets);
+        // When every chunk differs, the filter would select everything: leave it out.
+        let all = d1.len() >= a.0.len().max(b.0.len());
+        let within = (!all).then_some((l1.as_str(), d1.as_slice()));
         let (a, b) = tokio::try_join!(
-            chunk_sums(source, src, &l2s, Some((&l1s, &d1))),
-            chunk_sums(target, tgt, &l2t, Some((&l1t, &d1)))
+            chunk_sums(source, src, &l2, within),
+            chunk_sums(target, tgt, &l2, within)
         )?;
         bytes += a.1 + b.1;
-        (l2s, l2t, differing(&a.0, &b.0))
+        (l2, differing(&a.0, &b.0))
     };
     let mut d = DiffSummary {
         method: "chunk_checksums",
@@ -393,8 +405,8 @@ pub async fn cross_server(
     let mut samples = Samples::default();
     if !which.is_empty() {
         let (na, nb) = tokio::try_join!(
-            keys_and_hashes(source, src, &chunk_s, &which),
-            keys_and_hashes(target, tgt, &chunk_t, &which)
+            keys_and_hashes(source, src, &chunk, &which),
+            keys_and_hashes(target, tgt, &chunk, &which)
         )?;
         bytes += na.1 + nb.1;
         let (new_rows, old_rows) = (na.0, nb.0);

@@ -201,8 +201,10 @@ struct TablePlan {
     display: String,
     source: tables::Table,
     target: tables::Table,
-    /// Where rows go: the live table or the staging table (qualified).
+    /// Where rows end up: the live table or the staging table (qualified).
     into: String,
+    /// Where COPY writes: `into`, or the loading table that becomes the staging table.
+    load_into: String,
     staging: Option<String>,
     /// Shared columns, in target order: (name, source expression, compare as text).
     columns: Vec<(String, String, bool)>,
@@ -268,6 +270,11 @@ struct Unit {
     /// Indexes into the table plans, parents first.
     tables: Vec<usize>,
     actions: Vec<Action>,
+    /// Statements run after the unit's transaction commits, in parallel on their own
+    /// connections (index builds of staging tables).
+    after: Vec<Step>,
+    /// Statements of one last transaction (constraints, the rename of a complete staging table).
+    finish: Vec<Step>,
 }
 
 #[derive(Debug, Clone)]
@@ -523,7 +530,13 @@ pub async fn prepare(
     let mut plan = Plan::new("pgflip sync");
     for (n, u) in units.iter().enumerate() {
         for a in &u.actions {
-            plan.push(a.step().clone().in_transaction(n as u32));
+            plan.push(a.step().clone().in_transaction(2 * n as u32));
+        }
+        for s in &u.after {
+            plan.push(s.clone());
+        }
+        for s in &u.finish {
+            plan.push(s.clone().in_transaction(2 * n as u32 + 1));
         }
     }
     Ok(Prepared {
@@ -654,7 +667,7 @@ fn plan_table(
             }
         }
     }
-    let (into, staging) = if opts.staging {
+    let (into, staging, load_into) = if opts.staging {
         if tt.kind == "p" {
             return Err(Error::InvalidInput(format!(
                 "{display} is partitioned; staging tables of partitioned tables are not \
@@ -670,9 +683,10 @@ fn plan_table(
                 "the staging name {name:?} is the live table's own name"
             )));
         }
-        (qualified(&tt.schema, &name), Some(name))
+        let loading = qualified(&tt.schema, &derived_name(&name, "_pgflip_loading"));
+        (qualified(&tt.schema, &name), Some(name), loading)
     } else {
-        (tt.qualified(), None)
+        (tt.qualified(), None, tt.qualified())
     };
     let strategy = if opts.staging {
         Strategy::Staging
@@ -700,6 +714,7 @@ fn plan_table(
         source: st,
         target: tt,
         into,
+        load_into,
         staging,
         columns,
         format: if binary { Format::Binary } else { Format::Text },
@@ -816,7 +831,7 @@ async fn read_sequences(src: &Client, plans: &mut [TablePlan]) -> Result<()> {
             // The staging table's own sequence, whatever it is called.
             Some(_) => format!(
                 "pg_get_serial_sequence({}, {})",
-                quote_literal(&p.into),
+                quote_literal(&p.load_into),
                 quote_literal(&col)
             ),
             None => {
@@ -936,6 +951,8 @@ fn unit_actions(
     opts: &SyncOptions,
 ) -> Result<Unit> {
     let mut actions = Vec::new();
+    let mut after = Vec::new();
+    let mut finish_steps = Vec::new();
     let replacing = opts.mode == Mode::Replace && !opts.staging;
     let has_external = order.iter().any(|&i| !plans[i].external_refs.is_empty());
 
@@ -1043,9 +1060,22 @@ fn unit_actions(
         }
         if p.strategy == Strategy::Staging {
             let staging = p.into.clone();
+            let loading = p.load_into.clone();
             let live = p.target.qualified();
+            let staging_bare = p.staging.clone().unwrap_or_default();
+            // Rows go into a loading table without indexes; the indexes are built after the
+            // copy, in parallel, and the table is renamed to the staging name only when it is
+            // complete. An interrupted run leaves at most the loading table, which the next run
+            // drops.
+            let index_builds = staging_index_builds(p, &loading);
+            let including = if index_builds.is_some() {
+                "INCLUDING ALL EXCLUDING INDEXES"
+            } else {
+                "INCLUDING ALL"
+            };
             let mut sql = format!(
-                "DROP TABLE IF EXISTS {staging}; CREATE TABLE {staging} (LIKE {live} INCLUDING ALL)"
+                "DROP TABLE IF EXISTS {staging}; DROP TABLE IF EXISTS {loading}; \
+                 CREATE TABLE {loading} (LIKE {live} {including})"
             );
             // LIKE copies serial defaults as they are: nextval() of the live table's sequence.
             // The staging table gets its own sequence so that loading or using it never moves
@@ -1058,7 +1088,7 @@ fn unit_actions(
                         .as_deref()
                         .is_some_and(|d| d.starts_with("nextval("))
                 {
-                    let base = format!("{}_{}", p.staging.as_deref().unwrap_or_default(), c.name);
+                    let base = format!("{staging_bare}_{}", c.name);
                     let seq = qualified(&p.target.schema, &derived_name(&base, "_seq"));
                     let ty = if c.type_name == "smallint"
                         || c.type_name == "integer"
@@ -1069,8 +1099,8 @@ fn unit_actions(
                         "bigint".into()
                     };
                     sql.push_str(&format!(
-                        "; CREATE SEQUENCE {seq} AS {ty} OWNED BY {staging}.{col}; \
-                         ALTER TABLE {staging} ALTER COLUMN {col} SET DEFAULT nextval({lit}::regclass)",
+                        "; CREATE SEQUENCE {seq} AS {ty} OWNED BY {loading}.{col}; \
+                         ALTER TABLE {loading} ALTER COLUMN {col} SET DEFAULT nextval({lit}::regclass)",
                         col = quote_ident(&c.name),
                         lit = quote_literal(&seq)
                     ));
@@ -1079,12 +1109,44 @@ fn unit_actions(
             actions.push(Action::Sql(
                 Step::new(
                     format!(
-                        "create {staging} with the structure of {live} (replacing any previous one)"
+                        "drop any previous {staging}; create {loading} with the structure of {live}"
                     ),
                     sql,
                 )
                 .lock(LockMode::AccessExclusive, staging.clone()),
             ));
+            let (builds, finish) = index_builds.unwrap_or_default();
+            after.extend(builds);
+            let mut fin = finish;
+            // LIKE names identity sequences after the loading table: give them the names they
+            // would have had under the staging name.
+            for c in p.target.columns.iter().filter(|c| !c.identity.is_empty()) {
+                let new_name = derived_name(&format!("{staging_bare}_{}", c.name), "_seq");
+                fin.push(Step::new(
+                    format!(
+                        "name the identity sequence of {staging}.{}",
+                        quote_ident(&c.name)
+                    ),
+                    format!(
+                        "DO $pgflip$BEGIN EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', \
+                         pg_get_serial_sequence({}, {}), {}); END$pgflip$",
+                        quote_literal(&loading),
+                        quote_literal(&c.name),
+                        quote_literal(&new_name)
+                    ),
+                ));
+            }
+            fin.push(
+                Step::new(
+                    format!("rename the complete {loading} to {staging}"),
+                    format!(
+                        "ALTER TABLE {loading} RENAME TO {}",
+                        quote_ident(&staging_bare)
+                    ),
+                )
+                .lock(LockMode::AccessExclusive, loading.clone()),
+            );
+            finish_steps.extend(fin);
         }
     }
 
@@ -1096,7 +1158,7 @@ fn unit_actions(
         let label = p.display.clone();
         match &p.strategy {
             Strategy::Truncate | Strategy::DeleteAll | Strategy::Staging => {
-                let copy_in = copy::copy_in_sql(&p.into, &cols, p.format);
+                let copy_in = copy::copy_in_sql(&p.load_into, &cols, p.format);
                 actions.push(Action::Copy {
                     table: i,
                     step: Step::new(
@@ -1106,7 +1168,7 @@ fn unit_actions(
                         ),
                         format!("{copy_in}  -- rows from the source: {copy_out}"),
                     )
-                    .lock(LockMode::RowExclusive, p.into.clone()),
+                    .lock(LockMode::RowExclusive, p.load_into.clone()),
                     copy_out,
                     copy_in,
                 });
@@ -1300,7 +1362,85 @@ fn unit_actions(
     Ok(Unit {
         tables: order,
         actions,
+        after,
+        finish: finish_steps,
     })
+}
+
+/// The index builds (parallel, after the copy) and constraint steps (in the final
+/// transaction) that give a staging table the live table's indexes. `None` when an index
+/// definition cannot be re-targeted safely: then `LIKE … INCLUDING ALL` builds them during the
+/// copy instead.
+fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<Step>)> {
+    let live = p.target.qualified();
+    let marker = format!(" ON {live} USING ");
+    let mut builds = Vec::new();
+    let mut finish = Vec::new();
+    for idx in &p.target.indexes {
+        let base = idx
+            .constraint
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| idx.name.clone());
+        let name = derived_name(&base, "_staging");
+        let kind = idx.constraint.as_ref().map(|(_, k)| k.as_str());
+        if kind == Some("x") {
+            finish.push(
+                Step::new(
+                    format!(
+                        "add exclusion constraint {} to {loading}",
+                        quote_ident(&name)
+                    ),
+                    format!(
+                        "ALTER TABLE {loading} ADD CONSTRAINT {} {}",
+                        quote_ident(&name),
+                        idx.constraint_definition.as_deref()?
+                    ),
+                )
+                .hazard(Hazard::BuildsIndex),
+            );
+            continue;
+        }
+        let at = idx.definition.find(&marker)?;
+        let rest = &idx.definition[at + marker.len()..];
+        let unique = idx.definition.starts_with("CREATE UNIQUE INDEX ");
+        builds.push(
+            Step::new(
+                format!("build index {} on {loading}", quote_ident(&name)),
+                format!(
+                    "CREATE {}INDEX {} ON {loading} USING {rest}",
+                    if unique { "UNIQUE " } else { "" },
+                    quote_ident(&name)
+                ),
+            )
+            .lock(LockMode::Share, loading.to_string())
+            .hazard(Hazard::BuildsIndex)
+            .outside_transaction(),
+        );
+        if let Some(k @ ("p" | "u")) = kind {
+            let def = idx.constraint_definition.as_deref().unwrap_or_default();
+            let mut opts = String::new();
+            if def.contains(" DEFERRABLE") && !def.contains("NOT DEFERRABLE") {
+                opts.push_str(" DEFERRABLE");
+            }
+            if def.contains("INITIALLY DEFERRED") {
+                opts.push_str(" INITIALLY DEFERRED");
+            }
+            finish.push(Step::new(
+                format!(
+                    "make index {} the {} constraint of {loading}",
+                    quote_ident(&name),
+                    if k == "p" { "primary key" } else { "unique" }
+                ),
+                format!(
+                    "ALTER TABLE {loading} ADD CONSTRAINT {n} {} USING INDEX {n}{opts}",
+                    if k == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                    n = quote_ident(&name)
+                ),
+            ));
+        }
+    }
+    Some((builds, finish))
 }
 
 fn qualified_constraint(fk: &tables::ForeignKey) -> String {
@@ -1470,6 +1610,28 @@ impl Prepared {
             .await
             .ctx("committing on the target")?;
         let _ = src.batch_execute("COMMIT").await;
+        if !unit.after.is_empty() {
+            let target = &self.target;
+            futures_util::stream::iter(unit.after.iter().map(|step| async move {
+                let c = target.connect().await?;
+                c.batch_execute(&step.sql)
+                    .await
+                    .ctx(step.description.clone())
+            }))
+            .buffer_unordered(self.opts.jobs.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        }
+        if !unit.finish.is_empty() {
+            let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
+            tgt.batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
+                self.opts.lock_timeout.as_millis().max(1),
+                sql.join("; ")
+            ))
+            .await
+            .ctx("finishing the staging tables")?;
+        }
         let mut reports = Vec::new();
         for &i in &unit.tables {
             let p = &self.tables[i];

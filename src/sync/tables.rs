@@ -2,7 +2,7 @@
 //!
 //! The full catalog snapshot (`catalog`) describes everything; a sync needs only a few facts
 //! per table (columns with their exact types, the primary key, foreign keys in and out, owned
-//! sequences), so it reads them here with five set-based queries per side, whatever the number
+//! sequences, indexes), so it reads them here with a few set-based queries per side, whatever the number
 //! of tables. Requested names are matched exactly first (so `"Line Items"` or `Order` are one
 //! name), then as `*` patterns, always against the catalog and never by building SQL from them.
 
@@ -52,6 +52,18 @@ pub struct OwnedSequence {
     pub sequence: String,
 }
 
+/// An index of a table, and the constraint it backs (if any).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Index {
+    pub name: String,
+    /// `pg_get_indexdef`.
+    pub definition: String,
+    /// Name and kind (`p`, `u`, `x`) of the constraint the index implements.
+    pub constraint: Option<(String, String)>,
+    /// `pg_get_constraintdef` of that constraint.
+    pub constraint_definition: Option<String>,
+}
+
 /// One table on one side.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Table {
@@ -64,6 +76,7 @@ pub struct Table {
     pub columns: Vec<Column>,
     pub primary_key: Vec<String>,
     pub sequences: Vec<OwnedSequence>,
+    pub indexes: Vec<Index>,
 }
 
 impl Table {
@@ -121,8 +134,8 @@ pub async fn list_tables(client: &Client) -> Result<Vec<(u32, String, String)>> 
         .collect())
 }
 
-/// Loads columns, primary keys, owned sequences and the foreign keys touching `oids`, in four
-/// queries whatever the number of tables.
+/// Loads columns, primary keys, owned sequences, indexes and the foreign keys touching `oids`,
+/// in six queries whatever the number of tables.
 pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
     let oid_list: Vec<u32> = oids.to_vec();
     let rels = client
@@ -197,6 +210,29 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
         .await
         .ctx("reading foreign keys")?;
 
+    let idx = client
+        .query(
+            "SELECT i.indrelid, c.relname::text, pg_get_indexdef(i.indexrelid), \
+                    con.conname::text, con.contype::text, pg_get_constraintdef(con.oid) \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
+                  AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
+             WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, c.relname",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading indexes")?;
+    let mut indexes: BTreeMap<u32, Vec<Index>> = BTreeMap::new();
+    for r in &idx {
+        let conname: Option<String> = r.get(3);
+        let contype: Option<String> = r.get(4);
+        indexes.entry(r.get(0)).or_default().push(Index {
+            name: r.get(1),
+            definition: r.get(2),
+            constraint: conname.zip(contype),
+            constraint_definition: r.get(5),
+        });
+    }
     let mut columns: BTreeMap<u32, Vec<Column>> = BTreeMap::new();
     for r in &cols {
         columns.entry(r.get(0)).or_default().push(Column {
@@ -233,6 +269,7 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
                 columns: columns.remove(&oid).unwrap_or_default(),
                 primary_key: pk.remove(&oid).unwrap_or_default(),
                 sequences: sequences.remove(&oid).unwrap_or_default(),
+                indexes: indexes.remove(&oid).unwrap_or_default(),
             }
         })
         .collect();
