@@ -720,3 +720,89 @@ fn staging_gets_every_index_and_its_own_sequences() {
         "{out}"
     );
 }
+
+#[test]
+fn every_shared_table_by_default_with_excludes_schemas_and_config_endpoints() {
+    let (src, tgt) = pair("alltables");
+    let ddl = "CREATE SCHEMA other; CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE audit_log (id int); \
+               CREATE TABLE b (id int); CREATE TABLE other.c (id int)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("CREATE TABLE only_on_source (id int); INSERT INTO a VALUES (1); INSERT INTO audit_log VALUES (1); \
+              INSERT INTO b VALUES (1); INSERT INTO other.c VALUES (1)");
+    let counts = || {
+        q(&tgt, "SELECT concat((SELECT count(*) FROM a), (SELECT count(*) FROM audit_log), (SELECT count(*) FROM b), (SELECT count(*) FROM other.c))")
+    };
+    // Endpoints from pgflip.toml in the current directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pgflip.toml"),
+        format!(
+            "source = {:?}\ntarget = {:?}\nexclude = [\"audit_*\"]\n",
+            src.url(),
+            tgt.url()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .arg("sync")
+            .args(args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    ok(&run(&[]));
+    assert_eq!(
+        counts(),
+        "1010",
+        "public tables both sides have, minus the excluded ones"
+    );
+    ok(&run(&["--exclude", "b", "--all-schemas", "--json"]));
+    assert_eq!(counts(), "1011");
+    tgt.psql("TRUNCATE a, b, other.c");
+    ok(&run(&["--schemas", "other"]));
+    assert_eq!(counts(), "0001");
+    ok(&run(&[
+        "*",
+        "--schemas",
+        "public,other",
+        "--exclude",
+        "other.*",
+    ]));
+    assert_eq!(counts(), "1011");
+}
+
+#[test]
+fn readers_see_the_old_rows_or_the_new_rows_never_a_mix() {
+    let (src, tgt) = pair("readers");
+    src.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'new' FROM generate_series(1, 300000) g");
+    tgt.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'old' FROM generate_series(1, 1000) g");
+    let (s, t) = (src.url(), tgt.url());
+    let child = std::thread::spawn(move || pgflip(&["sync", "--source", &s, "--target", &t, "r"]));
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = q(
+            &tgt,
+            "SELECT count(*) || ':' || min(v) || ':' || max(v) FROM r",
+        );
+        seen.insert(v);
+        if child.is_finished() || Instant::now() > deadline {
+            break;
+        }
+    }
+    ok(&child.join().unwrap());
+    seen.insert(q(
+        &tgt,
+        "SELECT count(*) || ':' || min(v) || ':' || max(v) FROM r",
+    ));
+    for v in &seen {
+        assert!(
+            v == "1000:old:old" || v == "300000:new:new",
+            "a reader saw {v}"
+        );
+    }
+    assert!(seen.contains("300000:new:new"));
+}

@@ -400,7 +400,22 @@ pub async fn prepare(
                 &opts.scope,
                 &src_list,
             )?;
-            for (oid, _, _) in found {
+            let exact = !r.pattern.contains('*')
+                || found.len() == 1 && {
+                    let (_, s, n) = &found[0];
+                    r.pattern == *n || r.pattern == format!("{s}.{n}")
+                };
+            for (oid, s, n) in found {
+                // A pattern takes the tables both sides have; a name must exist on both.
+                if !exact && !tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
+                    events.emit(Event::Warning {
+                        message: format!(
+                            "{s}.{n} matches {:?} but is not on the target; skipped",
+                            r.pattern
+                        ),
+                    });
+                    continue;
+                }
                 filters.insert(oid, r.filter.clone().or_else(|| opts.filter.clone()));
             }
         }
