@@ -241,6 +241,19 @@ fn replace_copies_mixed_case_composite_generated_and_sequences() {
         ),
         "50|1912.5|kept|50"
     );
+    // A partitioned table is read and replaced through its partitions.
+    let parted = "CREATE TABLE parted (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k); \
+                  CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1); \
+                  CREATE TABLE parted_2 PARTITION OF parted FOR VALUES IN (2)";
+    src.psql(parted);
+    tgt.psql(parted);
+    src.psql("INSERT INTO parted SELECT g, 1 + g % 2 FROM generate_series(1, 10) g");
+    tgt.psql("INSERT INTO parted VALUES (100, 1)");
+    ok(&sync(&src, &tgt, &["parted", "--show-diff"]));
+    assert_eq!(q(&tgt, "SELECT count(*), max(id) FROM parted"), "10|10");
+    let o = sync(&src, &tgt, &["parted", "--staging"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("partitioned"), "{}", stderr(&o));
     // Sequences follow the source: the next values do not collide.
     tgt.psql(r#"INSERT INTO "Sales"."Line Items" ("Order", qty, price) VALUES (1, 1, 1); INSERT INTO "select" ("from") VALUES ('next')"#);
     assert_eq!(
@@ -514,7 +527,7 @@ fn foreign_keys_from_other_tables() {
     tgt.psql("DELETE FROM cascading");
     let o = sync(&src, &tgt, &["parent", "child", "cascading", "--dry-run"]);
     assert!(
-        stdout(&o).contains("TRUNCATE ONLY public.parent, public.c")
+        stdout(&o).contains("TRUNCATE ONLY public.parent, ONLY public.c")
             && !stdout(&o).contains("CASCADE"),
         "{}",
         stdout(&o)

@@ -241,9 +241,9 @@ impl TablePlan {
             })
             .collect();
         let mut s = format!(
-            "SELECT {} FROM ONLY {}",
+            "SELECT {} FROM {}",
             exprs.join(", "),
-            self.source.qualified()
+            only(&self.source.kind, &self.source.qualified())
         );
         if let Some(f) = &self.filter {
             s.push_str(&format!(" WHERE ({f})"));
@@ -1050,12 +1050,16 @@ fn unit_actions(
         .collect();
     if !truncated.is_empty() {
         let names: Vec<String> = truncated.iter().map(|&i| plans[i].into.clone()).collect();
+        let entries: Vec<String> = truncated
+            .iter()
+            .map(|&i| only(&plans[i].target.kind, &plans[i].into))
+            .collect();
         let mut step = Step::new(
             format!(
                 "empty {} (inside the transaction: readers wait, then see the new rows)",
                 names.join(", ")
             ),
-            format!("TRUNCATE ONLY {}", names.join(", ")),
+            format!("TRUNCATE {}", entries.join(", ")),
         )
         .hazard(Hazard::ReplacesData);
         step = step.lock(LockMode::AccessExclusive, names.join(", "));
@@ -1067,7 +1071,7 @@ fn unit_actions(
             actions.push(Action::Sql(
                 Step::new(
                     format!("delete every row of {}", p.into),
-                    format!("DELETE FROM ONLY {}", p.into),
+                    format!("DELETE FROM {}", only(&p.target.kind, &p.into)),
                 )
                 .lock(LockMode::RowExclusive, p.into.clone())
                 .hazard(Hazard::ReplacesData),
@@ -1193,7 +1197,7 @@ fn unit_actions(
                 actions.push(Action::Sql(Step::new(
                     format!("create a temporary table for the source rows of {label}"),
                     format!(
-                        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols} FROM ONLY {} WITH NO DATA",
+                        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
                         p.into
                     ),
                 )));
@@ -1307,10 +1311,10 @@ fn unit_actions(
                     .map(|(f, t)| format!("o.{} = c.{}", quote_ident(t), quote_ident(f)))
                     .collect();
                 let sql = format!(
-                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM ONLY {} o WHERE {} AND {doomed})",
+                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM {} o WHERE {} AND {doomed})",
                     fk.from,
                     not_null.join(" AND "),
-                    p.into,
+                    only(&p.target.kind, &p.into),
                     refmatch.join(" AND ")
                 );
                 actions.push(Action::Check {
@@ -1341,7 +1345,10 @@ fn unit_actions(
                     "delete the rows of {} that the source does not have",
                     p.display
                 ),
-                format!("DELETE FROM ONLY {} o WHERE {doomed}", p.into),
+                format!(
+                    "DELETE FROM {} o WHERE {doomed}",
+                    only(&p.target.kind, &p.into)
+                ),
             )
             .lock(LockMode::RowExclusive, p.into.clone())
             .hazard(Hazard::DeletesData),
@@ -1456,6 +1463,16 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
         }
     }
     Some((builds, finish))
+}
+
+/// `ONLY rel` for a plain table (its inheritance children are tables of their own); a
+/// partitioned table is read and emptied through its partitions.
+fn only(kind: &str, rel: &str) -> String {
+    if kind == "p" {
+        rel.to_string()
+    } else {
+        format!("ONLY {rel}")
+    }
 }
 
 fn qualified_constraint(fk: &tables::ForeignKey) -> String {
