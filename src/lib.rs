@@ -5,12 +5,15 @@
 //! command builds a [`plan::Plan`] first, then renders it (dry-run) or executes it.
 
 pub mod conn;
+pub mod copy;
 pub mod error;
 pub mod events;
 pub mod ident;
 pub mod localpg;
 pub mod plan;
+pub mod rowdiff;
 pub mod state;
+pub mod sync;
 
 pub use error::{Error, Result, Side};
 

@@ -6,3 +6,4 @@ mod cli;
 mod conn;
 mod harness;
 mod state;
+mod sync;

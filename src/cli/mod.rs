@@ -7,6 +7,7 @@
 mod common;
 mod demo;
 mod output;
+mod sync;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -34,7 +35,7 @@ pub struct Cli {
 pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
-    Sync(NotBuilt),
+    Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
     /// start / abort).
     Migrate(NotBuilt),
@@ -193,7 +194,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Demo(args) => demo::run(&args, out).await,
-        Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
+        Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(_)) => {
             Err(pgflip::Error::NotImplemented("pgflip schema dump").into())
