@@ -7,6 +7,7 @@
 pub mod conn;
 pub mod error;
 pub mod events;
+pub mod flip;
 pub mod ident;
 pub mod localpg;
 pub mod plan;

@@ -2,5 +2,6 @@
 
 mod util;
 
+mod flip;
 mod harness;
 mod state;
