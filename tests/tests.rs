@@ -2,6 +2,7 @@
 
 mod util;
 
+mod cli;
 mod flip;
 mod harness;
 mod state;

@@ -9,7 +9,6 @@ use clap::Args;
 use serde_json::json;
 
 use pgflip::conn::Endpoint;
-use pgflip::events::{Event, EventSink};
 use pgflip::flip::{self, generation, FlipKind, FlipOptions};
 use pgflip::{state, Side};
 
@@ -135,47 +134,6 @@ async fn connect(target: &TargetArgs) -> anyhow::Result<(Endpoint, tokio_postgre
     let ep = Endpoint::resolve(Side::Target, &target.endpoint_args())?;
     let client = ep.connect().await?;
     Ok((ep, client))
-}
-
-/// Renders library events on stderr.
-pub struct StderrEvents {
-    pub quiet: bool,
-    pub json: bool,
-}
-
-impl EventSink for StderrEvents {
-    fn emit(&self, event: Event) {
-        if self.json {
-            if let Ok(s) = serde_json::to_string(&event) {
-                eprintln!("{s}");
-            }
-            return;
-        }
-        match event {
-            Event::Warning { message } if !self.quiet => eprintln!("pgflip: warning: {message}"),
-            Event::LockAttemptFailed {
-                attempt,
-                retry_in,
-                blockers,
-            } if !self.quiet => {
-                if attempt == 0 {
-                    eprintln!(
-                        "pgflip: waiting for long transactions on the tables to end (checking again in {} ms)",
-                        retry_in.as_millis()
-                    );
-                } else {
-                    eprintln!(
-                        "pgflip: lock attempt {attempt} timed out; retrying in {} ms",
-                        retry_in.as_millis()
-                    );
-                }
-                for b in blockers {
-                    eprintln!("  held by {b}");
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 fn relation_summary(g: &generation::Generation) -> String {
@@ -357,10 +315,7 @@ pub async fn list(args: ListArgs, _g: &Global, out: &Output) -> anyhow::Result<u
 
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (_ep, client) = connect(&args.target).await?;
-    let events = StderrEvents {
-        quiet: out.quiet,
-        json: out.json,
-    };
+    let events = out.events();
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
     let mut opts = args.lock.flip_options();
@@ -472,10 +427,7 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     }
     if !chosen.is_empty() {
         let client = Arc::new(client);
-        let events = StderrEvents {
-            quiet: out.quiet,
-            json: out.json,
-        };
+        let events = out.events();
         state::with_target_lock(client.clone(), |c| async move {
             plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
                 .await
