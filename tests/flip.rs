@@ -736,3 +736,141 @@ async fn busy_target_is_refused_with_the_holder_named() {
     );
     lock.release().await.unwrap();
 }
+
+#[tokio::test]
+async fn keep_tables_are_not_flipped_back() {
+    let db = fresh_db("flip_keep_tables");
+    db.psql(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'blue'); \
+         CREATE TABLE b (id int PRIMARY KEY, v text); INSERT INTO b VALUES (1, 'blue'); \
+         CREATE TABLE a_staging (LIKE a INCLUDING ALL); INSERT INTO a_staging VALUES (1, 'green'); \
+         CREATE TABLE b_staging (LIKE b INCLUDING ALL); INSERT INTO b_staging VALUES (1, 'green');",
+    );
+    let c = db.client().await;
+    let tables = [
+        QualifiedName::new("public", "a"),
+        QualifiedName::new("public", "b"),
+    ];
+    let pairs = flip::staging_pairs(&c, &tables).await.unwrap();
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    // Rows written to b after the flip must survive the rollback.
+    c.batch_execute("INSERT INTO b VALUES (2, 'written after the flip')")
+        .await
+        .unwrap();
+    let out = pgflip(&[
+        "rollback",
+        "--target",
+        &db.url(),
+        "--latest",
+        "--keep-tables",
+        "nope",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("nope"), "{}", stderr(&out));
+    let out = pgflip(&[
+        "rollback",
+        "--target",
+        &db.url(),
+        "--latest",
+        "--keep-tables",
+        "b",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(text(&c, "SELECT v FROM a WHERE id = 1").await, "blue");
+    assert_eq!(
+        text(&c, "SELECT string_agg(v, ',' ORDER BY id) FROM b").await,
+        "green,written after the flip"
+    );
+
+    // No staging table: a clear error naming it.
+    let err = flip::staging_pairs(&c, &[QualifiedName::new("public", "a")])
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("public.a_staging"), "{err}");
+}
+
+#[tokio::test]
+async fn guardrails_refuse_an_unfinished_green_and_wait_out_old_transactions_without_locking() {
+    let db = fresh_db("flip_guardrails");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t SELECT generate_series(1, 10); \
+         CREATE TABLE t_staging (LIKE t INCLUDING ALL);",
+    );
+    let c = db.client().await;
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "t")])
+        .await
+        .unwrap();
+    let before = db.dump();
+
+    // Green still being loaded by an open transaction: refused, naming the writer.
+    let loader = db.client().await;
+    let loader_pid = text(&loader, "SELECT pg_backend_pid()").await;
+    loader
+        .batch_execute("BEGIN; INSERT INTO t_staging VALUES (1)")
+        .await
+        .unwrap();
+    let err = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap_err();
+    assert!(matches!(err, pgflip::Error::Refused(_)), "{err}");
+    assert!(
+        err.to_string().contains(&format!("pid {loader_pid}")),
+        "{err}"
+    );
+    loader.batch_execute("ROLLBACK").await.unwrap();
+
+    // An old transaction holding a lock on the live table: pgflip waits without ever queueing
+    // a lock request (0 attempts), and gives up by its deadline naming it.
+    let old = db.client().await;
+    let old_pid = text(&old, "SELECT pg_backend_pid()").await;
+    old.batch_execute("BEGIN; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let t0 = Instant::now();
+    let err = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions {
+            old_transaction: Duration::from_secs(1),
+            max_wait: Duration::from_secs(1),
+            ..FlipOptions::default()
+        },
+        &NullSink,
+    )
+    .await
+    .unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(3));
+    match &err {
+        pgflip::Error::LockTimeout {
+            attempts, blockers, ..
+        } => {
+            assert_eq!(
+                *attempts, 0,
+                "a lock was requested behind an old transaction"
+            );
+            assert!(blockers.contains(&format!("pid {old_pid}")), "{blockers}");
+        }
+        e => panic!("expected a lock timeout, got {e}"),
+    }
+    old.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("DROP SCHEMA IF EXISTS pgflip CASCADE")
+        .await
+        .unwrap();
+    assert_eq!(db.dump(), before);
+}

@@ -1403,3 +1403,33 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
     }
     Ok(pairs)
 }
+
+/// The pairs for swapping staging tables (`<table>_staging`, or `staging_names`) into `tables`:
+/// what `sync --swap` hands to [`flip`]. A missing staging table is an error naming it.
+pub async fn staging_pairs(client: &Client, tables: &[QualifiedName]) -> Result<Vec<FlipPair>> {
+    let pairs: Vec<FlipPair> = tables
+        .iter()
+        .map(|t| FlipPair {
+            live: t.clone(),
+            green: QualifiedName::new(t.schema.clone(), crate::ident::staging_name(&t.name)),
+        })
+        .collect();
+    let names: Vec<(String, String)> = pairs
+        .iter()
+        .map(|p| (p.green.schema.clone(), p.green.name.clone()))
+        .collect();
+    let oids = dependents::resolve(client, &names).await?;
+    let missing: Vec<String> = pairs
+        .iter()
+        .zip(&oids)
+        .filter(|(_, &o)| o == 0)
+        .map(|(p, _)| format!("{} (for {})", p.green, p.live))
+        .collect();
+    if !missing.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "--swap needs a staging table, and there is none: {}; load it first with --staging-table",
+            missing.join(", ")
+        )));
+    }
+    Ok(pairs)
+}
