@@ -11,7 +11,7 @@ async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
     let rows = c
         .simple_query(sql)
         .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
     for m in rows {
         if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
             return r.get(0).unwrap_or("NULL").to_string();
@@ -872,5 +872,84 @@ async fn guardrails_refuse_an_unfinished_green_and_wait_out_old_transactions_wit
     c.batch_execute("DROP SCHEMA IF EXISTS pgflip CASCADE")
         .await
         .unwrap();
+    assert_eq!(db.dump(), before);
+}
+
+#[tokio::test]
+async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table() {
+    let db = fresh_db("flip_owner_fk");
+    let role = format!("own_{}", &db.name[db.name.len().saturating_sub(8)..]);
+    db.psql(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role}; END IF; END $$; \
+         CREATE TABLE parent (id int PRIMARY KEY); INSERT INTO parent VALUES (1), (2), (3); \
+         CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id), CONSTRAINT child_id_positive CHECK (id > 0)); \
+         INSERT INTO child VALUES (1, 1), (2, 3); \
+         ALTER TABLE child OWNER TO {role}; ALTER TABLE child REPLICA IDENTITY FULL; \
+         CREATE TABLE child_staging (id int PRIMARY KEY, parent_id int); \
+         INSERT INTO child_staging VALUES (1, 1), (2, 2);"
+    ));
+    let c = db.client().await;
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "child")])
+        .await
+        .unwrap();
+    let out = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    assert_eq!(
+        text(&c, "SELECT pg_get_userbyid(relowner) || ' ' || relreplident::text FROM pg_class WHERE oid = 'child'::regclass").await,
+        format!("{role} f")
+    );
+    // Live's FK and check constraint are on the new table (validated after the commit), with
+    // their names; the retired copy no longer references parent.
+    assert_eq!(
+        text(&c, "SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'child'::regclass").await,
+        "child_id_positive:true,child_parent_id_fkey:true,child_pkey:true"
+    );
+    let retired = format!("{}.child", out.generation.backup_schema);
+    assert_eq!(
+        text(&c, &format!("SELECT count(*) FROM pg_constraint WHERE conrelid = '{retired}'::regclass AND contype = 'f'")).await,
+        "0"
+    );
+    // Parent row 3 was only referenced by the retired rows: it can go now; row 2 cannot.
+    c.batch_execute("DELETE FROM parent WHERE id = 3")
+        .await
+        .unwrap();
+    assert!(c
+        .batch_execute("DELETE FROM parent WHERE id = 2")
+        .await
+        .is_err());
+    // Rolling back re-points the FK again (the retired copy lacked it); its validation fails
+    // after the commit because row (2, 3) references a deleted parent: reported, not hidden.
+    let out = pgflip(&["rollback", "--target", &db.url(), "--latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("child_parent_id_fkey"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        text(&c, "SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'child'::regclass").await,
+        "child_id_positive:true,child_parent_id_fkey:false,child_pkey:true"
+    );
+
+    // list --json and cleanup --dry-run.
+    let o = pgflip(&["--json", "list", "--target", &db.url()]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    let before = db.dump();
+    let o = pgflip(&["cleanup", "--target", &db.url(), "--keep", "0", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("DROP SCHEMA pgflip_backup_"),
+        "{}",
+        stdout(&o)
+    );
     assert_eq!(db.dump(), before);
 }
