@@ -953,3 +953,71 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
     );
     assert_eq!(db.dump(), before);
 }
+
+#[tokio::test]
+async fn green_from_another_schema_with_the_same_names_and_odd_identifiers() {
+    let db = fresh_db("flip_cross_schema");
+    db.psql(
+        r#"CREATE TABLE "we""ird name" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Select" text);
+           CREATE INDEX "we""ird idx" ON "we""ird name" ("Select");
+           INSERT INTO "we""ird name" ("Select") VALUES ('blue');
+           CREATE VIEW "v w" AS SELECT "Select" FROM "we""ird name";
+           CREATE SCHEMA shadow;
+           CREATE TABLE shadow."we""ird name" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Select" text);
+           CREATE INDEX "we""ird idx" ON shadow."we""ird name" ("Select");
+           INSERT INTO shadow."we""ird name" ("Select") SELECT 'green' FROM generate_series(1, 5);"#,
+    );
+    let c = db.client().await;
+    let idx_before = text(
+        &c,
+        r#"SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = '"we""ird name"'::regclass"#,
+    )
+    .await;
+    let pair = FlipPair {
+        live: QualifiedName::new("public", "we\"ird name"),
+        green: QualifiedName::new("shadow", "we\"ird name"),
+    };
+    flip::flip(
+        &c,
+        &[pair],
+        FlipKind::Migrate,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, r#"SELECT count(*) FROM "v w" WHERE "Select" = 'green'"#).await,
+        "5"
+    );
+    assert_eq!(
+        text(
+            &c,
+            r#"SELECT string_agg(indexrelid::regclass::text, ',' ORDER BY 1) FROM pg_index WHERE indrelid = '"we""ird name"'::regclass"#,
+        )
+        .await,
+        idx_before
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_class WHERE relnamespace = 'shadow'::regnamespace"
+        )
+        .await,
+        "0"
+    );
+    // The identity sequence continues past green's rows (GENERATED ALWAYS: no explicit ids).
+    c.batch_execute(r#"INSERT INTO "we""ird name" ("Select") VALUES ('new')"#)
+        .await
+        .unwrap();
+    assert_eq!(text(&c, r#"SELECT max(id) FROM "we""ird name""#).await, "6");
+    let out = pgflip(&["rollback", "--target", &db.url(), "--latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        text(&c, r#"SELECT string_agg("Select", ',') FROM "v w""#).await,
+        "blue"
+    );
+    c.batch_execute(r#"INSERT INTO "we""ird name" ("Select") VALUES ('after rollback')"#)
+        .await
+        .unwrap();
+}
