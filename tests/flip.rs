@@ -1021,3 +1021,48 @@ async fn green_from_another_schema_with_the_same_names_and_odd_identifiers() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
+    let db = fresh_db("flip_status");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE t_staging (LIKE t INCLUDING ALL);");
+    let c = db.client().await;
+    pgflip::state::ensure(&c).await.unwrap();
+    c.batch_execute(&pgflip::state::record_operation_sql(
+        "sync",
+        "staged",
+        ("public", "t"),
+        ("public", "t_staging"),
+        &serde_json::json!({"rows": 0}),
+    ))
+    .await
+    .unwrap();
+    let s = stdout(&pgflip(&["status", "--target", &db.url()]));
+    assert!(
+        s.contains("public.t_staging — staging table waiting for a swap into public.t"),
+        "{s}"
+    );
+    assert!(
+        s.contains("sync (staged): public.t_staging → public.t"),
+        "{s}"
+    );
+    let o = pgflip(&["--json", "status", "--target", &db.url()]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["in_flight"]["operations"][0]["phase"], "staged");
+
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "t")])
+        .await
+        .unwrap();
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    let s = stdout(&pgflip(&["status", "--target", &db.url()]));
+    assert!(s.contains("In flight:\n  nothing"), "{s}");
+    assert!(s.contains("Latest flip: generation"), "{s}");
+}

@@ -188,28 +188,19 @@ pub async fn status(args: StatusArgs, _g: &Global, out: &Output) -> anyhow::Resu
     let version = state::current_version(&client).await?;
     let staging = staging_tables(&client).await?;
     let gens = generation::list(&client).await?;
-    let ops = if version.is_some() {
-        client
-            .query(
-                "SELECT kind, phase, coalesce(live_schema, ''), coalesce(live_name, ''), \
-                        coalesce(green_schema, ''), coalesce(green_name, ''), updated_at::text \
-                 FROM pgflip.operations ORDER BY id",
-                &[],
+    let ops: Vec<(String, String, String, String, String)> = state::operations(&client)
+        .await?
+        .into_iter()
+        .map(|o| {
+            (
+                o.kind,
+                o.phase,
+                o.live,
+                o.green,
+                o.updated_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             )
-            .await
-            .context("reading in-flight operations")?
-            .iter()
-            .map(|r| {
-                let kind: String = r.get(0);
-                let phase: String = r.get(1);
-                let live = pgflip::ident::qualified(r.get(2), r.get(3));
-                let green = pgflip::ident::qualified(r.get(4), r.get(5));
-                (kind, phase, live, green, r.get::<_, String>(6))
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+        })
+        .collect();
     if out.json {
         let v = json!({
             "target": ep.describe(),

@@ -1433,3 +1433,50 @@ pub async fn staging_pairs(client: &Client, tables: &[QualifiedName]) -> Result<
     }
     Ok(pairs)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_shapes_ignore_name_and_table() {
+        let a = index_shape(
+            "CREATE UNIQUE INDEX t_pkey ON public.t USING btree (id)",
+            "t_pkey",
+        );
+        let b = index_shape(
+            "CREATE UNIQUE INDEX t_staging_pkey ON public.t_staging USING btree (id)",
+            "t_staging_pkey",
+        );
+        assert_eq!(a, b);
+        let c = index_shape(
+            "CREATE INDEX \"Odd Name\" ON \"My Schema\".\"T\" USING btree (a) WHERE (a > 0)",
+            "Odd Name",
+        );
+        assert_eq!(c, "CREATE INDEX USING btree (a) WHERE (a > 0)");
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn acl_statements_reproduce_the_wanted_acl() {
+        let item = |g: &str, p: &str, o: bool| AclItem {
+            grantee: g.into(),
+            privilege: p.into(),
+            grantable: o,
+        };
+        assert!(acl_sql("TABLE", "t", "o", &None, &None).is_empty());
+        let wanted = Some(vec![
+            item("o", "SELECT", false),
+            item("Reader Role", "SELECT", false),
+            item("w", "INSERT", true),
+            item("PUBLIC", "SELECT", false),
+        ]);
+        let sql = acl_sql("TABLE", "t", "o", &None, &wanted);
+        assert_eq!(sql[0], "REVOKE ALL ON TABLE t FROM PUBLIC, o");
+        assert!(sql.contains(&"GRANT SELECT ON TABLE t TO \"Reader Role\"".to_string()));
+        assert!(sql.contains(&"GRANT INSERT ON TABLE t TO w WITH GRANT OPTION".to_string()));
+        assert!(sql.contains(&"GRANT SELECT ON TABLE t TO PUBLIC".to_string()));
+        let back = acl_sql("TABLE", "t", "o", &wanted, &None);
+        assert_eq!(back.last().unwrap(), "GRANT ALL ON TABLE t TO o");
+    }
+}
