@@ -129,8 +129,18 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64) {
         ms(flip_end - flip_start)
     );
     println!(
-        "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>10}",
-        "", "n before", "p50", "p99", "max", "n during", "p50", "p99", "max", "stall"
+        "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>10} | {:>15}",
+        "",
+        "n before",
+        "p50",
+        "p99",
+        "max",
+        "n during",
+        "p50",
+        "p99",
+        "max",
+        "stall",
+        "max after commit"
     );
     for (name, samples) in [("reader", &readers), ("writer", &writers)] {
         let samples = samples.lock().unwrap();
@@ -139,19 +149,27 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64) {
             .filter(|s| s.start + s.latency < flip_start)
             .map(|s| s.latency)
             .collect();
-        // During: every statement overlapping the flip's execution (guardrails, the locked
-        // transaction, the after-commit validation and checksums).
+        // During: every statement overlapping the locked transaction (from sending it to its
+        // commit); "after": overlapping the after-commit steps (validation, checksums).
+        let lock_from = outcome.locked_at.expect("locked_at");
+        let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
         let mut during: Vec<Duration> = samples
             .iter()
-            .filter(|s| s.start <= flip_end && s.start + s.latency >= flip_start)
+            .filter(|s| s.start <= lock_to && s.start + s.latency >= lock_from)
             .map(|s| s.latency)
             .collect();
+        let after_max = samples
+            .iter()
+            .filter(|s| s.start > lock_to && s.start <= flip_end)
+            .map(|s| s.latency)
+            .max()
+            .unwrap_or_default();
         before.sort();
         during.sort();
         let normal = pct(&before, 0.5);
         let worst = during.last().copied().unwrap_or_default();
         println!(
-            "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>8} ms",
+            "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>7} ms | {:>12} ms",
             name,
             before.len(),
             ms(normal),
@@ -162,6 +180,7 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64) {
             ms(pct(&during, 0.99)),
             ms(worst),
             ms(worst.saturating_sub(normal)),
+            ms(after_max),
         );
     }
     drop(setup);

@@ -181,6 +181,8 @@ pub struct LockStats {
     pub attempts: u32,
     /// Duration of the successful attempt, from sending it to the commit.
     pub locked: Duration,
+    /// When the successful attempt was sent.
+    pub started: Instant,
 }
 
 /// Runs `body` (the flip's transaction: locks, checks, DDL, records) as one query string in a
@@ -209,6 +211,7 @@ pub async fn run_locked(
                 return Ok(LockStats {
                     attempts: attempt,
                     locked: t0.elapsed(),
+                    started: t0,
                 })
             }
             Err(e) => {

@@ -195,6 +195,9 @@ pub struct FlipOutcome {
     pub attempts: u32,
     /// Time from sending the locked transaction to its commit (what readers may wait).
     pub locked_ms: f64,
+    /// When the successful locked transaction was sent (for latency accounting).
+    #[serde(skip)]
+    pub locked_at: Option<std::time::Instant>,
     pub warnings: Vec<String>,
 }
 
@@ -1354,6 +1357,7 @@ pub async fn execute(
         generation,
         attempts: stats.attempts,
         locked_ms: stats.locked.as_secs_f64() * 1000.0,
+        locked_at: Some(stats.started),
         warnings,
     })
 }
