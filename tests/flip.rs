@@ -1066,3 +1066,46 @@ async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
     assert!(s.contains("In flight:\n  nothing"), "{s}");
     assert!(s.contains("Latest flip: generation"), "{s}");
 }
+
+#[tokio::test]
+async fn a_prepared_transaction_holding_a_lock_is_refused_by_name() {
+    let db = fresh_db("flip_prepared");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE t_staging (LIKE t INCLUDING ALL);");
+    let c = db.client().await;
+    let gid = format!("pgflip_test_{}", db.name);
+    c.batch_execute(&format!(
+        "BEGIN; INSERT INTO t VALUES (1); PREPARE TRANSACTION '{gid}'"
+    ))
+    .await
+    .unwrap();
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "t")])
+        .await
+        .unwrap();
+    let t0 = Instant::now();
+    let err = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap_err();
+    c.batch_execute(&format!("ROLLBACK PREPARED '{gid}'"))
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "refused at once, not after max-wait"
+    );
+    assert!(matches!(err, pgflip::Error::Refused(_)), "{err}");
+    assert!(err.to_string().contains(&gid), "{err}");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}

@@ -90,12 +90,18 @@ pub async fn preflight(
     events: &dyn EventSink,
     deadline: Instant,
 ) -> Result<()> {
-    // Prepared transactions never go away by themselves.
+    // Prepared transactions never go away by themselves. Their locks have no pid; the
+    // transaction id lock of the same virtual transaction leads to the gid.
     let prepared = client
         .query(
-            "SELECT DISTINCT p.gid, p.owner::text, p.prepared::text, l.relation::regclass::text \
-             FROM pg_locks l JOIN pg_prepared_xacts p ON l.virtualtransaction = '-1/' || p.transaction::text \
-             WHERE l.locktype = 'relation' AND l.relation = ANY($1) ORDER BY 1",
+            "SELECT DISTINCT coalesce(p.gid, '?'), coalesce(p.owner::text, '?'), coalesce(p.prepared::text, '?'), \
+                    l.relation::regclass::text \
+             FROM pg_locks l \
+             LEFT JOIN pg_locks x ON x.virtualtransaction = l.virtualtransaction AND x.locktype = 'transactionid' \
+             LEFT JOIN pg_prepared_xacts p ON p.transaction = x.transactionid \
+             WHERE l.locktype = 'relation' AND l.pid IS NULL AND l.granted AND l.relation = ANY($1) \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+             ORDER BY 1",
             &[&fp.watched_oids],
         )
         .await
