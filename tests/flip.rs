@@ -1109,3 +1109,34 @@ async fn a_prepared_transaction_holding_a_lock_is_refused_by_name() {
         "0"
     );
 }
+
+#[tokio::test]
+async fn a_catalog_change_between_plan_and_flip_aborts_the_flip() {
+    let db = fresh_db("flip_catalog_changed");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE t_staging (LIKE t INCLUDING ALL);");
+    let c = db.client().await;
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "t")])
+        .await
+        .unwrap();
+    let opts = FlipOptions::default();
+    let plan = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
+        .await
+        .unwrap();
+    pgflip::state::ensure(&c).await.unwrap();
+    // Someone adds a view over t after the plan was made: the plan would not re-create it.
+    db.psql("CREATE VIEW late AS SELECT * FROM t");
+    let before = db.dump();
+    let err = flip::execute(&c, &plan, &opts, &NullSink)
+        .await
+        .unwrap_err();
+    assert_eq!(err.sqlstate(), Some(flip::CATALOG_CHANGED), "{err}");
+    assert_eq!(db.dump(), before);
+    // flip() plans again and carries the new view over.
+    flip::flip(&c, &pairs, FlipKind::Sync, &opts, &NullSink)
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&c, "SELECT DISTINCT d.refobjid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class = 'late'::regclass AND d.refobjid <> r.ev_class").await,
+        "t"
+    );
+}
