@@ -428,7 +428,6 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             ));
         }
     }
-    let _ = opts;
     if problems.is_empty() {
         Ok(warnings)
     } else {
@@ -640,7 +639,6 @@ fn render(
         );
         lock_oids.push(oid);
     }
-    let lock_steps = plan.steps.len();
 
     if let Some(hold) = opts.hold_locks_for {
         plan.push(Step::new(
@@ -1259,7 +1257,6 @@ fn render(
             .outside_transaction(),
         );
     }
-    let _ = lock_steps;
 
     let mut watched: Vec<u32> = table_modes.keys().copied().collect();
     watched.extend(inv.views.iter().map(|v| v.rel.oid));
