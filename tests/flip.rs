@@ -1140,3 +1140,66 @@ async fn a_catalog_change_between_plan_and_flip_aborts_the_flip() {
         "t"
     );
 }
+
+#[tokio::test]
+async fn a_green_without_defaults_gets_them_and_a_green_without_indexes_is_refused() {
+    let db = fresh_db("flip_defaults");
+    db.psql(
+        "CREATE TABLE t (id serial PRIMARY KEY, created timestamptz NOT NULL DEFAULT now(), v text); \
+         INSERT INTO t (v) SELECT 'blue' FROM generate_series(1, 10); \
+         CREATE TABLE t_staging (LIKE t); \
+         INSERT INTO t_staging SELECT g, now(), 'green' FROM generate_series(1, 15) g;",
+    );
+    let c = db.client().await;
+    let pairs = flip::staging_pairs(&c, &[QualifiedName::new("public", "t")])
+        .await
+        .unwrap();
+    let before = db.dump();
+    let err = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("lacks index t_pkey"), "{err}");
+    assert_eq!(db.dump(), before);
+
+    db.psql("ALTER TABLE t_staging ADD PRIMARY KEY (id)");
+    let out = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert!(out.warnings.is_empty(), "{:?}", out.warnings);
+    // Defaults came over; the serial sequence was handed over and moved past green's keys.
+    c.batch_execute("INSERT INTO t (v) VALUES ('new')")
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "SELECT max(id) FROM t").await, "16");
+    assert_eq!(
+        text(&c, "SELECT pg_get_serial_sequence('t', 'id')").await,
+        "public.t_id_seq"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(conname, ',') FROM pg_constraint WHERE conrelid = 't'::regclass"
+        )
+        .await,
+        "t_pkey"
+    );
+    // Cleanup must not take the sequence (now the live table's) with the retired table.
+    let out = pgflip(&["cleanup", "--target", &db.url(), "--keep", "0"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    c.batch_execute("INSERT INTO t (v) VALUES ('after cleanup')")
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "SELECT max(id) FROM t").await, "17");
+}

@@ -57,6 +57,8 @@ pub struct Column {
     pub acl: Vec<AclItem>,
     /// Sequences the column's default expression uses.
     pub default_seqs: Vec<u32>,
+    /// The default expression (not for generated columns), schema-qualified.
+    pub default_expr: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -389,7 +391,9 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                    coalesce((SELECT array_agg(d.refobjid) FROM pg_catalog.pg_attrdef ad \
                       JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid \
                        AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-                     WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum), '{{}}')::oid[] \
+                     WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum), '{{}}')::oid[], \
+                   CASE WHEN a.attgenerated = '' THEN (SELECT pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) \
+                     FROM pg_catalog.pg_attrdef ad WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) END \
                  FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
                  WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped \
                  ORDER BY a.attrelid, a.attnum",
@@ -411,6 +415,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             comment: r.get(7),
             acl: parse_acl(r.get(8)),
             default_seqs: r.get(9),
+            default_expr: r.get(10),
         });
     }
 

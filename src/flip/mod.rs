@@ -314,6 +314,20 @@ pub async fn plan_flip(
     ))
 }
 
+/// Whether live's serial sequence `s` is handed over to green's column: green's default uses
+/// it already, or green has no default and gets live's (which uses it).
+fn takes_over_sequence(
+    live_col: Option<&dependents::Column>,
+    green_col: &dependents::Column,
+    s: &dependents::OwnedSeq,
+) -> bool {
+    !s.identity
+        && (green_col.default_seqs.contains(&s.seq)
+            || (green_col.default_expr.is_none()
+                && green_col.identity.is_empty()
+                && live_col.is_some_and(|l| l.default_seqs.contains(&s.seq))))
+}
+
 /// Refusals (before any lock) and warnings.
 fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Result<Vec<String>> {
     let mut problems = Vec::new();
@@ -362,6 +376,25 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
                 _ => {}
             }
         }
+        // Indexes cannot be carried over cheaply: building one under the flip's lock would
+        // block the application for the whole build. Green must have them already.
+        let green_idx: Vec<_> = inv.indexes_of(r.green_oid).collect();
+        for li in inv.indexes_of(r.live_oid) {
+            let shape = index_shape(&li.def, &li.name);
+            if !green_idx
+                .iter()
+                .any(|gi| index_shape(&gi.def, &gi.name) == shape)
+            {
+                problems.push(format!(
+                    "green {} lacks index {} of {} ({}); build it on green first (CREATE INDEX CONCURRENTLY): \
+                     building it under the flip's lock would block the application",
+                    r.green,
+                    quote_ident(&li.name),
+                    r.live,
+                    li.def
+                ));
+            }
+        }
         if !opts.allow_column_changes {
             let shape = |c: &dependents::Column| {
                 format!(
@@ -394,9 +427,10 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
         }
         for s in inv.sequences_of(r.live_oid) {
             let green_col = green_cols.iter().find(|c| c.name == s.column);
+            let live_col = live_cols.iter().find(|c| c.name == s.column);
             let handled = match green_col {
                 Some(gc) => {
-                    gc.default_seqs.contains(&s.seq)
+                    takes_over_sequence(live_col.copied(), gc, s)
                         || inv
                             .sequences_of(r.green_oid)
                             .any(|gs| gs.column == s.column)
@@ -890,7 +924,8 @@ fn render(
             let gc = green_cols.iter().find(|c| c.name == s.column);
             let Some(gc) = gc else { continue };
             let col = quote_ident(&s.column);
-            if gc.default_seqs.contains(&s.seq) && !s.identity {
+            let lc = inv.columns_of(r.live_oid).find(|c| c.name == s.column);
+            if takes_over_sequence(lc, gc, s) {
                 push(
                     format!(
                         "hand sequence {live_seq} over to the new table (green's default uses it)"
@@ -930,6 +965,24 @@ fn render(
                     format!("green's sequence for {col} takes the name {live_seq} and continues past both sides' values"),
                     sql,
                 );
+            }
+        }
+        // Defaults green lacks (e.g. a staging table made without them): as live had them.
+        // After the sequences, so that a serial default finds its sequence back in place.
+        for lc in inv.columns_of(r.live_oid) {
+            let Some(expr) = &lc.default_expr else {
+                continue;
+            };
+            if let Some(gc) = green_cols.iter().find(|c| c.name == lc.name) {
+                if gc.default_expr.is_none() && gc.identity.is_empty() && gc.generated.is_empty() {
+                    push(
+                        format!("default of {} as live had it", quote_ident(&lc.name)),
+                        format!(
+                            "ALTER TABLE {live_q} ALTER COLUMN {} SET DEFAULT {expr}",
+                            quote_ident(&lc.name)
+                        ),
+                    );
+                }
             }
         }
         // Grants (table and columns).
