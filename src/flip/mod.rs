@@ -124,8 +124,9 @@ pub struct FlipOptions {
     /// A transaction holding locks on the relations for longer than this is waited for
     /// without trying (a lock attempt would only queue behind it).
     pub old_transaction: Duration,
-    /// Allow green's columns to differ from live's (migrations). Columns that dependents use
-    /// must still match.
+    /// Allow green's structure (columns, indexes) to differ from live's: migrations and
+    /// rollbacks. Columns that dependents use must still match; live's indexes that green
+    /// lacks are reported as warnings instead of refused.
     pub allow_column_changes: bool,
     /// The generation being rolled back (rollback only).
     pub rollback_of: Option<i64>,
@@ -385,14 +386,22 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
                 .iter()
                 .any(|gi| index_shape(&gi.def, &gi.name) == shape)
             {
-                problems.push(format!(
-                    "green {} lacks index {} of {} ({}); build it on green first (CREATE INDEX CONCURRENTLY): \
-                     building it under the flip's lock would block the application",
+                let msg = format!(
+                    "green {} lacks index {} of {} ({})",
                     r.green,
                     quote_ident(&li.name),
                     r.live,
                     li.def
-                ));
+                );
+                if opts.allow_column_changes {
+                    // A migration or a rollback: the structures may differ on purpose.
+                    warnings.push(format!("{msg}; it stays with the retired table"));
+                } else {
+                    problems.push(format!(
+                        "{msg}; build it on green first (CREATE INDEX CONCURRENTLY): building it \
+                         under the flip's lock would block the application"
+                    ));
+                }
             }
         }
         if !opts.allow_column_changes {
