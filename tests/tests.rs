@@ -3,6 +3,7 @@
 mod util;
 
 mod cli;
+mod conn;
 mod flip;
 mod harness;
 mod state;
