@@ -8,6 +8,7 @@ pub mod conn;
 pub mod copy;
 pub mod error;
 pub mod events;
+pub mod flip;
 pub mod ident;
 pub mod localpg;
 pub mod plan;

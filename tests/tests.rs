@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod conn;
+mod flip;
 mod harness;
 mod state;
 mod sync;

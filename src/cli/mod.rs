@@ -6,6 +6,7 @@
 
 mod common;
 mod demo;
+mod generations;
 mod output;
 mod sync;
 
@@ -45,15 +46,15 @@ pub enum Command {
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
     Green(NotBuilt),
     /// What is in flight on a target, and its latest generations.
-    Status(NotBuilt),
+    Status(generations::StatusArgs),
     /// List the generations recorded on a target.
-    List(NotBuilt),
+    List(generations::ListArgs),
     /// Flip a generation's retired relations back in.
-    Rollback(NotBuilt),
+    Rollback(generations::RollbackArgs),
     /// Drop retired generations (and tombstones).
-    Cleanup(NotBuilt),
+    Cleanup(generations::CleanupArgs),
     /// Check that a generation's retired relations are intact.
-    Verify(NotBuilt),
+    Verify(generations::VerifyArgs),
     /// Show what pgflip does, on two throwaway local servers it starts and removes.
     Demo(demo::DemoArgs),
     /// Print shell completions (e.g. `pgflip completions bash > /etc/bash_completion.d/pgflip`).
@@ -203,10 +204,10 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
             Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
-        Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),
-        Command::List(_) => Err(pgflip::Error::NotImplemented("pgflip list").into()),
-        Command::Rollback(_) => Err(pgflip::Error::NotImplemented("pgflip rollback").into()),
-        Command::Cleanup(_) => Err(pgflip::Error::NotImplemented("pgflip cleanup").into()),
-        Command::Verify(_) => Err(pgflip::Error::NotImplemented("pgflip verify").into()),
+        Command::Status(a) => generations::status(a, &cli.global, out).await,
+        Command::List(a) => generations::list(a, &cli.global, out).await,
+        Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
+        Command::Cleanup(a) => generations::cleanup(a, &cli.global, out).await,
+        Command::Verify(a) => generations::verify(a, &cli.global, out).await,
     }
 }
