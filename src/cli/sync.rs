@@ -189,7 +189,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             target.describe()
         );
         if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-            eprint!("pgflip: about to {what}. Continue? [y/N] ");
+            super::output::write_stderr(&format!("pgflip: about to {what}. Continue? [y/N] "));
             let _ = std::io::stderr().flush();
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
@@ -268,7 +268,10 @@ impl EventSink for CliSink {
     fn emit(&self, event: Event) {
         if self.json {
             if matches!(event, Event::Warning { .. }) {
-                eprintln!("{}", serde_json::to_string(&event).unwrap_or_default());
+                super::output::write_stderr(&format!(
+                    "{}\n",
+                    serde_json::to_string(&event).unwrap_or_default()
+                ));
             }
             return;
         }
@@ -277,7 +280,7 @@ impl EventSink for CliSink {
                 Some(m) => {
                     let _ = m.println(format!("warning: {message}"));
                 }
-                None => eprintln!("pgflip: warning: {message}"),
+                None => super::output::write_stderr(&format!("pgflip: warning: {message}\n")),
             },
             Event::TableProgress { table, rows, bytes } => {
                 if let Some(m) = &self.multi {
