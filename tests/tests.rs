@@ -2,4 +2,6 @@
 
 mod util;
 
+mod catalog;
+mod ddl_roundtrip;
 mod harness;
