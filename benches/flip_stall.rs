@@ -38,7 +38,7 @@ fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
 }
 
-async fn run(srv: &LocalServer, tables: usize, rows: i64) {
+async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     let db = srv.create_database("flip_stall").expect("database");
     let setup = srv.connect(&db).await.expect("connect");
     let mut sql = String::new();
@@ -92,97 +92,127 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64) {
 
     tokio::time::sleep(Duration::from_secs(3)).await;
     let flipper = srv.connect(&db).await.expect("connect");
-    let pairs: Vec<FlipPair> = (0..tables)
+    pgflip::state::ensure(&flipper).await.expect("state");
+    let first_pairs: Vec<FlipPair> = (0..tables)
         .map(|i| FlipPair {
             live: QualifiedName::new("public", format!("t{i}")),
             green: QualifiedName::new("public", format!("t{i}_staging")),
         })
         .collect();
-    // Green's checksum is a full read taken before the locks; keep it out of the window we
-    // measure as "during the flip" by planning first.
-    let opts = FlipOptions::default();
-    let plan_started = Instant::now();
-    let fp = flip::plan_flip(&flipper, &pairs, FlipKind::Sync, &opts)
-        .await
-        .expect("plan");
-    pgflip::state::ensure(&flipper).await.expect("state");
-    let planned = plan_started.elapsed();
-    let flip_start = Instant::now();
-    let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
-        .await
-        .expect("flip");
-    let flip_end = Instant::now();
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The first flip swaps the staging tables in; the next ones roll back, back and forth
+    // (each one a full flip: same engine, dependents re-created).
+    let mut windows = Vec::new();
+    for n in 0..flips {
+        let (pairs, kind, opts) = if n == 0 {
+            (first_pairs.clone(), FlipKind::Sync, FlipOptions::default())
+        } else {
+            let gen = flip::generation::find(&flipper, None)
+                .await
+                .expect("generation");
+            let opts = FlipOptions {
+                rollback_of: Some(gen.id),
+                allow_column_changes: true,
+                ..FlipOptions::default()
+            };
+            (
+                flip::rollback_pairs(&gen, &[]).expect("pairs"),
+                FlipKind::Rollback,
+                opts,
+            )
+        };
+        // Green's checksum is a full read taken before the locks: planning is kept out of the
+        // flip's window.
+        let plan_started = Instant::now();
+        let fp = flip::plan_flip(&flipper, &pairs, kind, &opts)
+            .await
+            .expect("plan");
+        let planned = plan_started.elapsed();
+        let flip_start = Instant::now();
+        let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
+            .await
+            .expect("flip");
+        let flip_end = Instant::now();
+        let lock_from = outcome.locked_at.expect("locked_at");
+        let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
+        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await.expect("load task");
     }
 
     println!(
-        "\n== flip of {tables} table(s), {rows} rows each, {READERS} readers + {WRITERS} writers =="
+        "\n== {flips} flips of {tables} table(s), {rows} rows each, {READERS} readers + {WRITERS} writers looping =="
     );
-    println!(
-        "planning (catalog + green checksums, no locks): {} ms; flip (locks → commit): {:.2} ms in {} attempt(s); whole execute incl. validation and retired checksums: {} ms",
-        ms(planned),
-        outcome.locked_ms,
-        outcome.attempts,
-        ms(flip_end - flip_start)
-    );
-    println!(
-        "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>10} | {:>15}",
-        "",
-        "n before",
-        "p50",
-        "p99",
-        "max",
-        "n during",
-        "p50",
-        "p99",
-        "max",
-        "stall",
-        "max after commit"
-    );
-    for (name, samples) in [("reader", &readers), ("writer", &writers)] {
+    let first_start = windows[0].1;
+    let mut worst_stall = [Duration::ZERO; 2];
+    for (k, (name, samples)) in [("reader", &readers), ("writer", &writers)]
+        .iter()
+        .enumerate()
+    {
         let samples = samples.lock().unwrap();
         let mut before: Vec<Duration> = samples
             .iter()
-            .filter(|s| s.start + s.latency < flip_start)
+            .filter(|s| s.start + s.latency < first_start)
             .map(|s| s.latency)
             .collect();
-        // During: every statement overlapping the locked transaction (from sending it to its
-        // commit); "after": overlapping the after-commit steps (validation, checksums).
-        let lock_from = outcome.locked_at.expect("locked_at");
-        let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
-        let mut during: Vec<Duration> = samples
-            .iter()
-            .filter(|s| s.start <= lock_to && s.start + s.latency >= lock_from)
-            .map(|s| s.latency)
-            .collect();
-        let after_max = samples
-            .iter()
-            .filter(|s| s.start > lock_to && s.start <= flip_end)
-            .map(|s| s.latency)
-            .max()
-            .unwrap_or_default();
         before.sort();
-        during.sort();
         let normal = pct(&before, 0.5);
-        let worst = during.last().copied().unwrap_or_default();
         println!(
-            "{:<7} {:>8} {:>9} {:>9} {:>9} | {:>8} {:>9} {:>9} {:>9} | {:>7} ms | {:>12} ms",
-            name,
+            "{name}: before the flips: n={} p50={} p99={} max={} ms",
             before.len(),
             ms(normal),
             ms(pct(&before, 0.99)),
-            ms(before.last().copied().unwrap_or_default()),
-            during.len(),
-            ms(pct(&during, 0.5)),
-            ms(pct(&during, 0.99)),
-            ms(worst),
-            ms(worst.saturating_sub(normal)),
-            ms(after_max),
+            ms(before.last().copied().unwrap_or_default())
+        );
+        for (i, (_, _, lock_from, lock_to, flip_end, _)) in windows.iter().enumerate() {
+            // During: statements overlapping the locked transaction (sent → committed).
+            let mut during: Vec<Duration> = samples
+                .iter()
+                .filter(|s| s.start <= *lock_to && s.start + s.latency >= *lock_from)
+                .map(|s| s.latency)
+                .collect();
+            during.sort();
+            let after_max = samples
+                .iter()
+                .filter(|s| s.start > *lock_to && s.start <= *flip_end)
+                .map(|s| s.latency)
+                .max()
+                .unwrap_or_default();
+            let worst = during.last().copied().unwrap_or_default();
+            let stall = worst.saturating_sub(normal);
+            worst_stall[k] = worst_stall[k].max(stall);
+            println!(
+                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms, stall beyond p50 {} ms; max during after-commit steps {} ms",
+                i + 1,
+                during.len(),
+                ms(pct(&during, 0.5)),
+                ms(pct(&during, 0.99)),
+                ms(worst),
+                ms(stall),
+                ms(after_max)
+            );
+        }
+    }
+    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome)) in
+        windows.iter().enumerate()
+    {
+        println!(
+            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt), after-commit steps {} ms",
+            i + 1,
+            ms(*planned),
+            ms(lock_from.saturating_duration_since(*flip_start)),
+            ms(lock_to.saturating_duration_since(*lock_from)),
+            outcome.attempts,
+            ms(flip_end.saturating_duration_since(*lock_to)),
         );
     }
+    println!(
+        "longest stall beyond normal p50 over {flips} flips: reader {} ms, writer {} ms",
+        ms(worst_stall[0]),
+        ms(worst_stall[1])
+    );
     drop(setup);
 }
 
@@ -197,8 +227,8 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        run(&srv, 1, rows).await;
-        run(&srv, 50, (rows / 10).max(1000)).await;
+        run(&srv, 1, rows, 5).await;
+        run(&srv, 50, (rows / 10).max(1000), 3).await;
     });
     srv.stop().ok();
 }

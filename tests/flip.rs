@@ -1203,3 +1203,144 @@ async fn a_green_without_defaults_gets_them_and_a_green_without_indexes_is_refus
         .unwrap();
     assert_eq!(text(&c, "SELECT max(id) FROM t").await, "17");
 }
+
+// ---- pgflip sync --swap (the flip behind the sync command) ----
+
+fn sync_pair(hint: &str) -> (TestDb, TestDb) {
+    (
+        TestDb::new(server(), &format!("{hint}_src")),
+        TestDb::new(second_server(), &format!("{hint}_tgt")),
+    )
+}
+
+#[tokio::test]
+async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
+    let (src, tgt) = sync_pair("swap_one_command");
+    let ddl = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price numeric); \
+               CREATE INDEX items_name_idx ON items (name);";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO items (name, price) SELECT 'src' || g, g FROM generate_series(1, 50) g");
+    tgt.psql(
+        "INSERT INTO items (name, price) SELECT 'tgt' || g, g FROM generate_series(1, 10) g; \
+         CREATE VIEW cheap AS SELECT id, name FROM items WHERE price < 5; \
+         CREATE TABLE orders (id int PRIMARY KEY, item_id int REFERENCES items (id)); \
+         INSERT INTO orders VALUES (1, 3);",
+    );
+    let (s, t) = (src.url(), tgt.url());
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "items",
+        "--staging-table",
+        "--show-diff",
+        "--swap",
+    ]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Diff Summary:"), "{out}");
+    assert!(
+        out.contains("Successfully swapped items_staging to items"),
+        "{out}"
+    );
+    let c = tgt.client().await;
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM items WHERE name LIKE 'src%'").await,
+        "50"
+    );
+    assert_eq!(
+        text(&c, "SELECT string_agg(name, ',' ORDER BY id) FROM cheap").await,
+        "src1,src2,src3,src4"
+    );
+    assert_eq!(
+        text(&c, "SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint WHERE conname = 'orders_item_id_fkey'").await,
+        "items true"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_class WHERE relname = 'items_staging'"
+        )
+        .await,
+        "0"
+    );
+    // Inserts after the swap do not collide with the synced keys.
+    c.batch_execute("INSERT INTO items (name) VALUES ('after')")
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "SELECT max(id) FROM items").await, "51");
+
+    let o = pgflip(&["rollback", "--target", &t, "--latest"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM items WHERE name LIKE 'tgt%'").await,
+        "10"
+    );
+    assert_eq!(
+        text(&c, "SELECT string_agg(name, ',' ORDER BY id) FROM cheap").await,
+        "tgt1,tgt2,tgt3,tgt4"
+    );
+    c.batch_execute("INSERT INTO items (name) VALUES ('after rollback')")
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn sync_swap_alone_swaps_the_staging_tables_already_loaded() {
+    let (src, tgt) = sync_pair("swap_alone");
+    let ddl = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a (id));";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO a VALUES (1, 'src'), (2, 'src'); INSERT INTO b VALUES (1, 2);");
+    tgt.psql("INSERT INTO a VALUES (1, 'tgt'); INSERT INTO b VALUES (1, 1);");
+    let (s, t) = (src.url(), tgt.url());
+    let before = tgt.dump();
+    // No staging table yet: a clear error naming it, nothing changed.
+    let o = pgflip(&["sync", "--target", &t, "a", "--swap"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("a_staging"), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), before);
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "a",
+        "b",
+        "--staging-table",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Dry run: the flip plan, nothing changed.
+    let staged = tgt.dump();
+    let o = pgflip(&["sync", "--target", &t, "--swap", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("LOCK TABLE public.a IN ACCESS EXCLUSIVE MODE"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(tgt.dump(), staged);
+    // Every table with a staging table, in one transaction (b's FK to a moves to the new a).
+    let o = pgflip(&["sync", "--target", &t, "--swap"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.contains("Successfully swapped a_staging to a"), "{out}");
+    assert!(out.contains("Successfully swapped b_staging to b"), "{out}");
+    let c = tgt.client().await;
+    assert_eq!(
+        text(&c, "SELECT string_agg(v, ',' ORDER BY id) FROM a").await,
+        "src,src"
+    );
+    assert_eq!(text(&c, "SELECT a_id FROM b").await, "2");
+    assert_eq!(
+        text(&c, "SELECT confrelid::regclass::text FROM pg_constraint WHERE conrelid = 'b'::regclass AND contype = 'f'").await,
+        "a"
+    );
+    let gens = flip::generation::list(&c).await.unwrap();
+    assert_eq!(gens.len(), 1);
+    assert_eq!(gens[0].relations.len(), 2);
+}

@@ -292,7 +292,7 @@ pub async fn list(args: ListArgs, _g: &Global, out: &Output) -> anyhow::Result<u
             g.created_at.format("%Y-%m-%d %H:%M:%S"),
             g.kind,
             g.status.replace('_', " "),
-            if g.status == "cleaned" {
+            if g.status != "active" {
                 "-".to_string()
             } else {
                 human_bytes(g.total_retired_bytes())
