@@ -68,7 +68,7 @@ fn drop_db(db: &TestDb) {
     let _ = db.srv.psql(
         "postgres",
         &format!(
-            "DROP DATABASE IF EXISTS {}",
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             pgflip::ident::quote_ident(&db.name)
         ),
     );
