@@ -4,14 +4,18 @@
 //! [`events::EventSink`] and returns typed results that the `pgflip` binary renders. Every
 //! command builds a [`plan::Plan`] first, then renders it (dry-run) or executes it.
 
+pub mod catalog;
 pub mod conn;
 pub mod copy;
+pub mod ddl;
 pub mod error;
 pub mod events;
+pub mod flip;
 pub mod ident;
 pub mod localpg;
 pub mod plan;
 pub mod rowdiff;
+pub mod state;
 pub mod sync;
 
 pub use error::{Error, Result, Side};

@@ -2,5 +2,11 @@
 
 mod util;
 
+mod catalog;
+mod cli;
+mod conn;
+mod ddl_roundtrip;
+mod flip;
 mod harness;
+mod state;
 mod sync;

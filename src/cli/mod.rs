@@ -5,7 +5,10 @@
 #![allow(dead_code, unused_imports)]
 
 mod common;
+mod demo;
+mod generations;
 mod output;
+mod schema;
 mod sync;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -44,18 +47,18 @@ pub enum Command {
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
     Green(NotBuilt),
     /// What is in flight on a target, and its latest generations.
-    Status(NotBuilt),
+    Status(generations::StatusArgs),
     /// List the generations recorded on a target.
-    List(NotBuilt),
+    List(generations::ListArgs),
     /// Flip a generation's retired relations back in.
-    Rollback(NotBuilt),
+    Rollback(generations::RollbackArgs),
     /// Drop retired generations (and tombstones).
-    Cleanup(NotBuilt),
+    Cleanup(generations::CleanupArgs),
     /// Check that a generation's retired relations are intact.
-    Verify(NotBuilt),
+    Verify(generations::VerifyArgs),
     /// Show what pgflip does, on two throwaway local servers it starts and removes.
-    Demo(NotBuilt),
-    /// Print shell completions.
+    Demo(demo::DemoArgs),
+    /// Print shell completions (e.g. `pgflip completions bash > /etc/bash_completion.d/pgflip`).
     Completions {
         /// bash, zsh, fish, elvish or powershell.
         shell: clap_complete::Shell,
@@ -65,7 +68,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum SchemaCommand {
     /// Print a database's schema as SQL, in dependency order.
-    Dump(NotBuilt),
+    Dump(schema::DumpArgs),
     /// Compare two databases' schemas and write (or apply) the ALTER script.
     Diff(NotBuilt),
 }
@@ -109,21 +112,79 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     }
 }
 
+/// Parses the arguments; help and version go to stdout (exit 0), usage errors to stderr
+/// (exit 2), and with `--json` a usage error is also reported as JSON on stdout.
+fn parse() -> Result<Cli, u8> {
+    let err = match Cli::try_parse() {
+        Ok(cli) => return Ok(cli),
+        Err(err) => err,
+    };
+    let code = err.exit_code().clamp(0, 255) as u8;
+    let json = std::env::args_os().skip(1).any(|a| a == "--json");
+    if code != exit::OK && json {
+        let rendered = err.render().to_string();
+        let message = rendered
+            .lines()
+            .next()
+            .unwrap_or("usage error")
+            .trim_start_matches("error: ");
+        let out = Output {
+            json: true,
+            quiet: false,
+            verbose: 0,
+            color: false,
+            color_stdout: false,
+            stderr_tty: false,
+        };
+        out.json_line(&serde_json::json!({ "error": message, "exit_code": code }));
+    }
+    // clap writes help to stdout and errors to stderr; a closed pipe there is not our failure.
+    let _ = err.print();
+    Err(code)
+}
+
 pub fn main() -> std::process::ExitCode {
-    let cli = Cli::parse();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(code) => return std::process::ExitCode::from(code),
+    };
     let out = Output::new(&cli.global);
     out.init_logging();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
-    match runtime.block_on(run(cli, &out)) {
-        Ok(code) => std::process::ExitCode::from(code),
-        Err(err) => {
-            out.error(&err);
-            std::process::ExitCode::from(exit_code(&err))
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            out.error_message(&format!("starting the async runtime: {e}"), exit::USAGE);
+            return std::process::ExitCode::from(exit::USAGE);
         }
-    }
+    };
+    // Ctrl-C is raced against the command: the command's future is dropped, so whatever it
+    // holds (connections, transactions, the demo's servers) is released by its destructors
+    // before the process exits with 130.
+    let result = runtime.block_on(async {
+        tokio::select! {
+            biased;
+            _ = tokio::signal::ctrl_c() => None,
+            r = run(cli, &out) => Some(r),
+        }
+    });
+    // A blocking read of stdin (demo --keep) must not hold the exit.
+    runtime.shutdown_background();
+    let code = match result {
+        Some(Ok(code)) => code,
+        Some(Err(err)) => {
+            let code = exit_code(&err);
+            out.error(&err, code);
+            code
+        }
+        None => {
+            out.error_message("interrupted", exit::INTERRUPTED);
+            exit::INTERRUPTED
+        }
+    };
+    std::process::ExitCode::from(code)
 }
 
 async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
@@ -134,20 +195,18 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
             out.write_stdout(&buf);
             Ok(exit::OK)
         }
+        Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
-        Command::Schema(SchemaCommand::Dump(_)) => {
-            Err(pgflip::Error::NotImplemented("pgflip schema dump").into())
-        }
+        Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
         Command::Schema(SchemaCommand::Diff(_)) => {
             Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
-        Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),
-        Command::List(_) => Err(pgflip::Error::NotImplemented("pgflip list").into()),
-        Command::Rollback(_) => Err(pgflip::Error::NotImplemented("pgflip rollback").into()),
-        Command::Cleanup(_) => Err(pgflip::Error::NotImplemented("pgflip cleanup").into()),
-        Command::Verify(_) => Err(pgflip::Error::NotImplemented("pgflip verify").into()),
-        Command::Demo(_) => Err(pgflip::Error::NotImplemented("pgflip demo").into()),
+        Command::Status(a) => generations::status(a, &cli.global, out).await,
+        Command::List(a) => generations::list(a, &cli.global, out).await,
+        Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
+        Command::Cleanup(a) => generations::cleanup(a, &cli.global, out).await,
+        Command::Verify(a) => generations::verify(a, &cli.global, out).await,
     }
 }

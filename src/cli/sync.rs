@@ -11,6 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use pgflip::conn::Endpoint;
 use pgflip::events::{Event, EventSink};
+use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
 use pgflip::Side;
 
@@ -148,7 +149,9 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         staging_name: args.staging_name.clone(),
         show_diff: args.show_diff,
         diff_sample: args.diff_sample,
-        swap: args.swap,
+        // The swap is the flip engine's, run below once the rows are in (sync::prepare only
+        // copies).
+        swap: false,
         jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
         lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
         max_wait: Duration::from_secs(args.max_wait),
@@ -156,6 +159,16 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             .rebuild_indexes_above
             .unwrap_or(defaults.rebuild_indexes_above),
     };
+
+    let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
+    let swap_exclude = opts.exclude.clone();
+    let swap_scope = opts.scope.clone();
+    // --swap without --staging-table: nothing to copy; flip the staging tables already there.
+    if args.swap && !args.staging {
+        let client = target.connect().await?;
+        let tables = swap_tables(&client, &swap_patterns, &swap_exclude, &swap_scope, None).await?;
+        return swap_and_report(client, &tables, None, &args, global, out, None).await;
+    }
 
     let sink = CliSink::new(out);
     let prepared = sync::prepare(&source, &target, opts, &sink).await?;
@@ -196,7 +209,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             target.describe()
         );
         if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-            eprint!("pgflip: about to {what}. Continue? [y/N] ");
+            super::output::write_stderr(&format!("pgflip: about to {what}. Continue? [y/N] "));
             let _ = std::io::stderr().flush();
             let mut line = String::new();
             std::io::stdin().lock().read_line(&mut line)?;
@@ -215,28 +228,55 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
 
     let report = prepared.execute(&sink).await?;
     sink.finish();
+    if args.swap {
+        let client = target.connect().await?;
+        let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
+        let tables = swap_tables(
+            &client,
+            &swap_patterns,
+            &swap_exclude,
+            &swap_scope,
+            Some(&synced),
+        )
+        .await?;
+        return swap_and_report(
+            client,
+            &tables,
+            args.staging_name.as_deref(),
+            &args,
+            global,
+            out,
+            Some(&report),
+        )
+        .await;
+    }
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
     } else if !out.quiet {
-        let mut text = String::new();
-        for t in &report.tables {
-            if let Some(d) = &t.diff {
-                text.push_str(&pgflip::rowdiff::render_summary(d));
-                text.push('\n');
-            }
-            text.push_str(&format!(
-                "✔ {} - {:.1}s\n",
-                short(&t.table),
-                t.elapsed.as_secs_f64()
-            ));
-        }
-        text.push_str(&format!(
-            "Completed in {:.1}s\n",
-            report.elapsed.as_secs_f64()
-        ));
-        out.write_stdout(text.as_bytes());
+        out.write_stdout(render_report(&report).as_bytes());
     }
     Ok(exit::OK)
+}
+
+/// The human report: a diff summary block and a `✔ table - 0.5s` line per table, then the total.
+fn render_report(report: &sync::SyncReport) -> String {
+    let mut text = String::new();
+    for t in &report.tables {
+        if let Some(d) = &t.diff {
+            text.push_str(&pgflip::rowdiff::render_summary(d));
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "✔ {} - {:.1}s\n",
+            short(&t.table),
+            t.elapsed.as_secs_f64()
+        ));
+    }
+    text.push_str(&format!(
+        "Completed in {:.1}s\n",
+        report.elapsed.as_secs_f64()
+    ));
+    text
 }
 
 /// `public.items` reads as `items`, as users name it.
@@ -275,7 +315,10 @@ impl EventSink for CliSink {
     fn emit(&self, event: Event) {
         if self.json {
             if matches!(event, Event::Warning { .. }) {
-                eprintln!("{}", serde_json::to_string(&event).unwrap_or_default());
+                super::output::write_stderr(&format!(
+                    "{}\n",
+                    serde_json::to_string(&event).unwrap_or_default()
+                ));
             }
             return;
         }
@@ -284,7 +327,7 @@ impl EventSink for CliSink {
                 Some(m) => {
                     let _ = m.println(format!("warning: {message}"));
                 }
-                None => eprintln!("pgflip: warning: {message}"),
+                None => super::output::write_stderr(&format!("pgflip: warning: {message}\n")),
             },
             Event::TableProgress { table, rows, bytes } => {
                 if let Some(m) = &self.multi {
@@ -315,4 +358,144 @@ impl EventSink for CliSink {
             _ => {}
         }
     }
+}
+
+/// The live tables `--swap` acts on, resolved on the target: the requested ones (all of them
+/// must have a staging table: the flip says which lacks one), or with no table argument every
+/// table in scope that has a `<table>_staging` beside it. `synced`: only these (`schema.table`,
+/// as the sync report names them).
+async fn swap_tables(
+    client: &tokio_postgres::Client,
+    patterns: &[String],
+    exclude: &[String],
+    scope: &SchemaScope,
+    synced: Option<&[String]>,
+) -> anyhow::Result<Vec<QualifiedName>> {
+    let listing = sync::tables::list_tables(client).await?;
+    let names: std::collections::BTreeSet<(String, String)> = listing
+        .iter()
+        .map(|(_, s, n)| (s.clone(), n.clone()))
+        .collect();
+    let is_staging_of_other = |s: &str, n: &str| {
+        names
+            .iter()
+            .any(|(ls, ln)| ls == s && pgflip::ident::staging_name(ln) == n)
+    };
+    let chosen = sync::tables::resolve(patterns, exclude, scope, &listing)?;
+    let mut out = Vec::new();
+    for (_, s, n) in chosen {
+        if let Some(only) = synced {
+            if !only.iter().any(|t| *t == format!("{s}.{n}")) {
+                continue;
+            }
+        } else if patterns.is_empty() {
+            // "Every table": the staging tables themselves are not candidates, and tables
+            // without one are simply not in flight.
+            if is_staging_of_other(&s, &n)
+                || !names.contains(&(s.clone(), pgflip::ident::staging_name(&n)))
+            {
+                continue;
+            }
+        }
+        out.push(QualifiedName::new(s, n));
+    }
+    if out.is_empty() {
+        return Err(pgflip::Error::InvalidInput(
+            "--swap: no staging tables to swap (load them with --staging-table)".into(),
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+/// Flips the staging tables into `tables` in one transaction (pgflip's target lock held) and
+/// prints `Successfully swapped <table>_staging to <table>` per table (with the sync report
+/// first, when there is one).
+async fn swap_and_report(
+    client: tokio_postgres::Client,
+    tables: &[QualifiedName],
+    staging_name: Option<&str>,
+    args: &SyncArgs,
+    global: &Global,
+    out: &Output,
+    report: Option<&sync::SyncReport>,
+) -> anyhow::Result<u8> {
+    let pairs = match staging_name {
+        Some(name) => tables
+            .iter()
+            .map(|t| FlipPair {
+                live: t.clone(),
+                green: QualifiedName::new(t.schema.clone(), name),
+            })
+            .collect(),
+        None => flip::staging_pairs(&client, tables).await?,
+    };
+    let mut opts = FlipOptions {
+        lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
+        max_wait: Duration::from_secs(args.max_wait),
+        ..FlipOptions::default()
+    };
+    if global.dry_run {
+        opts.checksums = false;
+        let fp = flip::plan_flip(&client, &pairs, FlipKind::Sync, &opts).await?;
+        if out.json {
+            out.println(&serde_json::to_string_pretty(&fp)?);
+        } else {
+            out.write_stdout(
+                fp.plan
+                    .to_script(&[fp.plan.title.clone(), "dry run: nothing was changed".into()])
+                    .as_bytes(),
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let client = std::sync::Arc::new(client);
+    let events = out.events();
+    let flip_pairs = pairs.clone();
+    let outcome = pgflip::state::with_target_lock(client.clone(), |c| async move {
+        flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await
+    })
+    .await?;
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "Successfully swapped {} to {}",
+                short(&format!("{}.{}", p.green.schema, p.green.name)),
+                short(&format!("{}.{}", p.live.schema, p.live.name))
+            )
+        })
+        .collect();
+    if out.json {
+        let mut v = match report {
+            Some(r) => serde_json::to_value(r)?,
+            None => serde_json::json!({}),
+        };
+        v["swap"] = serde_json::json!({
+            "swapped": pairs.iter().map(|p| serde_json::json!({
+                "staging": p.green.sql(),
+                "table": p.live.sql(),
+            })).collect::<Vec<_>>(),
+            "generation": outcome.generation,
+            "locked_ms": outcome.locked_ms,
+            "attempts": outcome.attempts,
+            "warnings": outcome.warnings,
+        });
+        out.println(&serde_json::to_string_pretty(&v)?);
+    } else if !out.quiet {
+        let mut text = String::new();
+        if let Some(report) = report {
+            text.push_str(&render_report(report));
+        }
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "Generation {} keeps the previous rows (`pgflip rollback --timestamp {}` brings them back).\n",
+            outcome.generation.label, outcome.generation.label
+        ));
+        out.write_stdout(text.as_bytes());
+    }
+    Ok(exit::OK)
 }

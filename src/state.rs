@@ -1,0 +1,374 @@
+//! pgflip's own records, kept in a schema named `pgflip` inside the target database.
+//!
+//! Keeping state in the target (not in a file on the operator's machine) means every operator
+//! sees the same picture, and — the point of the design — each phase change can be written in
+//! the same transaction as the work it describes: a crash can never leave the record and the
+//! database disagreeing.
+//!
+//! Shape:
+//! - The schema is created on the first *write* ([`ensure`]); read-only commands use [`exists`]
+//!   and [`current_version`] and never create anything.
+//! - `pgflip.schema_version` holds one row per applied migration. [`MIGRATIONS`] is an ordered
+//!   list of SQL scripts; later releases only ever append to it. [`ensure`] applies the missing
+//!   ones in one transaction, serialised by a transaction-level advisory lock so that two
+//!   first runs racing each other do not both try.
+//! - Two runs must never act on one target at once: [`TargetLock`] is a session-level advisory
+//!   lock taken with `pg_try_advisory_lock(LOCK_CLASSID, LOCK_OBJID_TARGET)`. The two-int form
+//!   with a pgflip-specific first key keeps clear of applications that use the one-bigint form
+//!   (which PostgreSQL stores with `objsubid = 1`; the two-int form uses `objsubid = 2`), and
+//!   advisory locks are per database, so a fixed key is "keyed on the target". A second run fails
+//!   fast with [`Error::Busy`] naming the holder.
+
+use std::sync::Arc;
+
+use tokio_postgres::Client;
+
+use crate::error::{DbResultExt, Error, Result};
+
+/// First key of every pgflip advisory lock: the bytes "pgfl" as a big-endian int4.
+pub const LOCK_CLASSID: i32 = 0x7067_666c;
+/// Second key of the session lock that one pgflip run holds on a target while it acts on it.
+pub const LOCK_OBJID_TARGET: i32 = 1;
+/// Second key of the transaction lock that serialises state migrations.
+pub const LOCK_OBJID_MIGRATE: i32 = 2;
+
+/// The schema pgflip keeps its records in.
+pub const SCHEMA: &str = "pgflip";
+
+/// One step of the state schema's history.
+pub struct Migration {
+    pub version: i32,
+    pub description: &'static str,
+    pub sql: &'static str,
+}
+
+/// The state schema's migrations, oldest first. Append only: a release never edits a migration
+/// that has shipped, it adds the next one.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "runs, generations, generation relations, in-flight operations",
+    sql: r#"
+CREATE TABLE pgflip.runs (
+    id             bigserial PRIMARY KEY,
+    command        text NOT NULL,
+    started_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    finished_at    timestamptz,
+    status         text NOT NULL DEFAULT 'running',
+    pgflip_version text NOT NULL,
+    backend_pid    int NOT NULL DEFAULT pg_backend_pid(),
+    client_addr    inet DEFAULT inet_client_addr()
+);
+CREATE TABLE pgflip.generations (
+    id             bigserial PRIMARY KEY,
+    label          text NOT NULL UNIQUE,
+    created_at     timestamptz NOT NULL,
+    kind           text NOT NULL,
+    backup_schema  text NOT NULL,
+    status         text NOT NULL DEFAULT 'active'
+                   CHECK (status IN ('active', 'rolled_back', 'cleaned')),
+    rollback_of    bigint REFERENCES pgflip.generations (id),
+    rolled_back_by bigint REFERENCES pgflip.generations (id),
+    cleaned_at     timestamptz,
+    pgflip_version text NOT NULL,
+    details        jsonb NOT NULL DEFAULT '{}'
+);
+CREATE TABLE pgflip.generation_relations (
+    generation_id    bigint NOT NULL REFERENCES pgflip.generations (id),
+    position         int NOT NULL,
+    live_schema      text NOT NULL,
+    live_name        text NOT NULL,
+    green_schema     text NOT NULL,
+    green_name       text NOT NULL,
+    retired_schema   text NOT NULL,
+    retired_name     text NOT NULL,
+    live_rows        bigint,
+    live_checksum    numeric,
+    retired_rows     bigint,
+    retired_checksum numeric,
+    PRIMARY KEY (generation_id, position)
+);
+CREATE TABLE pgflip.operations (
+    id           bigserial PRIMARY KEY,
+    kind         text NOT NULL,
+    phase        text NOT NULL,
+    live_schema  text,
+    live_name    text,
+    green_schema text,
+    green_name   text,
+    created_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    updated_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    details      jsonb NOT NULL DEFAULT '{}'
+);
+"#,
+}];
+
+/// The newest state version this build knows.
+pub fn latest_version() -> i32 {
+    MIGRATIONS.last().map(|m| m.version).unwrap_or(0)
+}
+
+/// Whether the target has a pgflip schema at all. Reads only.
+pub async fn exists(client: &Client) -> Result<bool> {
+    let row = client
+        .query_one(
+            "SELECT to_regclass('pgflip.schema_version') IS NOT NULL",
+            &[],
+        )
+        .await
+        .ctx("looking for pgflip state")?;
+    Ok(row.get(0))
+}
+
+/// The state version recorded in the target, `None` when there is no pgflip state. Reads only.
+pub async fn current_version(client: &Client) -> Result<Option<i32>> {
+    if !exists(client).await? {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM pgflip.schema_version",
+            &[],
+        )
+        .await
+        .ctx("reading the pgflip state version")?;
+    Ok(Some(row.get(0)))
+}
+
+/// Creates or upgrades the pgflip schema to [`latest_version`]. Returns the version.
+pub async fn ensure(client: &Client) -> Result<i32> {
+    migrate_to(client, latest_version()).await
+}
+
+/// Applies the migrations up to and including `version`, in one transaction. Public so that
+/// tests can build an "older release" state and check the upgrade path.
+pub async fn migrate_to(client: &Client, version: i32) -> Result<i32> {
+    if let Some(v) = current_version(client).await? {
+        if v >= version {
+            if v > latest_version() {
+                return Err(Error::Config(format!(
+                    "the target's pgflip state is version {v}, newer than this pgflip ({}) knows \
+                     ({}): upgrade pgflip",
+                    crate::VERSION,
+                    latest_version()
+                )));
+            }
+            return Ok(v);
+        }
+    }
+    let mut sql = format!(
+        "BEGIN;\nSELECT pg_advisory_xact_lock({LOCK_CLASSID}, {LOCK_OBJID_MIGRATE});\n\
+         CREATE SCHEMA IF NOT EXISTS pgflip;\n\
+         COMMENT ON SCHEMA pgflip IS 'pgflip state: runs, generations, in-flight operations';\n\
+         CREATE TABLE IF NOT EXISTS pgflip.schema_version (\n\
+             version int PRIMARY KEY,\n\
+             description text NOT NULL,\n\
+             applied_at timestamptz NOT NULL DEFAULT clock_timestamp(),\n\
+             pgflip_version text NOT NULL);\n"
+    );
+    // Each migration runs only if the row for its version is absent: the check happens inside
+    // the transaction, after the advisory lock, so a concurrent first run cannot double-apply.
+    for m in MIGRATIONS.iter().filter(|m| m.version <= version) {
+        sql.push_str(&format!(
+            "DO $pgflip_migration$ BEGIN\n\
+             IF NOT EXISTS (SELECT 1 FROM pgflip.schema_version WHERE version = {v}) THEN\n\
+             EXECUTE {body};\n\
+             INSERT INTO pgflip.schema_version (version, description, pgflip_version)\n\
+             VALUES ({v}, {d}, {pv});\n\
+             END IF;\nEND $pgflip_migration$;\n",
+            v = m.version,
+            body = crate::ident::quote_literal(m.sql),
+            d = crate::ident::quote_literal(m.description),
+            pv = crate::ident::quote_literal(crate::VERSION),
+        ));
+    }
+    sql.push_str("COMMIT;");
+    if let Err(e) = client.batch_execute(&sql).await {
+        let err = Error::db("creating or upgrading the pgflip state schema", e);
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(err);
+    }
+    current_version(client).await.map(|v| v.unwrap_or_default())
+}
+
+/// A session-level advisory lock on the target: while it is held, no other pgflip run acts on
+/// the same database. Released by [`TargetLock::release`], or when the connection closes; a
+/// guard dropped without `release` unlocks from a background task.
+pub struct TargetLock {
+    client: Option<Arc<Client>>,
+}
+
+impl TargetLock {
+    /// Takes the lock or fails at once with [`Error::Busy`] naming the session that holds it.
+    pub async fn acquire(client: Arc<Client>) -> Result<TargetLock> {
+        let got: bool = client
+            .query_one(
+                "SELECT pg_try_advisory_lock($1, $2)",
+                &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
+            )
+            .await
+            .ctx("taking pgflip's lock on the target")?
+            .get(0);
+        if got {
+            return Ok(TargetLock {
+                client: Some(client),
+            });
+        }
+        Err(Error::Busy {
+            holder: describe_holder(&client)
+                .await
+                .unwrap_or_else(|e| format!("(could not tell who: {e})")),
+        })
+    }
+
+    /// The connection that holds the lock.
+    pub fn client(&self) -> &Client {
+        self.client.as_ref().expect("lock not released")
+    }
+
+    /// Releases the lock.
+    pub async fn release(mut self) -> Result<()> {
+        let client = self.client.take().expect("lock released twice");
+        client
+            .query_one(
+                "SELECT pg_advisory_unlock($1, $2)",
+                &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
+            )
+            .await
+            .ctx("releasing pgflip's lock on the target")?;
+        Ok(())
+    }
+}
+
+impl Drop for TargetLock {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            // Best effort: the lock also goes when the session ends.
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let _ = client
+                        .query_one(
+                            "SELECT pg_advisory_unlock($1, $2)",
+                            &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
+                        )
+                        .await;
+                });
+            }
+        }
+    }
+}
+
+/// Runs `work` while holding the target lock. The lock is released whatever happens, and an
+/// unlock failure never hides the work's own error.
+pub async fn with_target_lock<T, F, Fut>(client: Arc<Client>, work: F) -> Result<T>
+where
+    F: FnOnce(Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let lock = TargetLock::acquire(client.clone()).await?;
+    let result = work(client).await;
+    let unlocked = lock.release().await;
+    match (result, unlocked) {
+        (Err(e), _) => Err(e),
+        (Ok(_), Err(e)) => Err(e),
+        (Ok(v), Ok(())) => Ok(v),
+    }
+}
+
+/// Who holds the target lock: pid, application, client address, since when.
+pub async fn describe_holder(client: &Client) -> Result<String> {
+    let rows = client
+        .query(
+            "SELECT a.pid, coalesce(a.application_name, ''), \
+                    coalesce(host(a.client_addr), 'local socket'), \
+                    coalesce(to_char(a.backend_start, 'YYYY-MM-DD HH24:MI:SS TZ'), '?'), \
+                    coalesce(a.usename::text, '?') \
+             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted \
+               AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND l.classid = $1::int::oid AND l.objid = $2::int::oid AND l.objsubid = 2",
+            &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
+        )
+        .await
+        .ctx("finding who holds pgflip's lock")?;
+    if rows.is_empty() {
+        return Ok("a session that has just released it (try again)".into());
+    }
+    Ok(rows
+        .iter()
+        .map(|r| {
+            format!(
+                "pid {} (application '{}', user {}, client {}, connected since {})",
+                r.get::<_, i32>(0),
+                r.get::<_, String>(1),
+                r.get::<_, String>(4),
+                r.get::<_, String>(2),
+                r.get::<_, String>(3)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; "))
+}
+
+/// SQL that records (or updates) an in-flight operation — something prepared and waiting, such
+/// as a staging table awaiting its swap — to be sent in the same transaction as the work it
+/// describes. The flip deletes the row of the green relation it brings in, in its own
+/// transaction. Needs the state schema ([`ensure`]).
+pub fn record_operation_sql(
+    kind: &str,
+    phase: &str,
+    live: (&str, &str),
+    green: (&str, &str),
+    details: &serde_json::Value,
+) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "DELETE FROM pgflip.operations WHERE green_schema = {gs} AND green_name = {gn}; \
+         INSERT INTO pgflip.operations (kind, phase, live_schema, live_name, green_schema, green_name, details) \
+         VALUES ({}, {}, {}, {}, {gs}, {gn}, {}::jsonb)",
+        l(kind),
+        l(phase),
+        l(live.0),
+        l(live.1),
+        l(&details.to_string()),
+        gs = l(green.0),
+        gn = l(green.1),
+    )
+}
+
+/// An in-flight operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Operation {
+    pub kind: String,
+    pub phase: String,
+    pub live: String,
+    pub green: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub details: serde_json::Value,
+}
+
+/// The in-flight operations (empty without state). Reads only.
+pub async fn operations(client: &Client) -> Result<Vec<Operation>> {
+    if !exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT kind, phase, coalesce(live_schema, ''), coalesce(live_name, ''), \
+                    coalesce(green_schema, ''), coalesce(green_name, ''), updated_at, details \
+             FROM pgflip.operations ORDER BY id",
+            &[],
+        )
+        .await
+        .ctx("reading in-flight operations")?;
+    Ok(rows
+        .iter()
+        .map(|r| Operation {
+            kind: r.get(0),
+            phase: r.get(1),
+            live: crate::ident::qualified(r.get(2), r.get(3)),
+            green: crate::ident::qualified(r.get(4), r.get(5)),
+            updated_at: r.get(6),
+            details: r.get(7),
+        })
+        .collect())
+}

@@ -1,0 +1,150 @@
+//! The `pgflip` state schema and the target lock.
+
+use std::sync::Arc;
+
+use pgflip::state;
+
+use crate::util::*;
+
+#[tokio::test]
+async fn state_is_created_on_first_write_only() {
+    let db = fresh_db("state_first_write");
+    let c = db.client().await;
+    let before = db.dump();
+    assert!(!state::exists(&c).await.unwrap());
+    assert_eq!(state::current_version(&c).await.unwrap(), None);
+    // Reading twice creates nothing.
+    assert_eq!(state::current_version(&c).await.unwrap(), None);
+    assert_eq!(db.dump(), before, "a read-only look created something");
+
+    let v = state::ensure(&c).await.unwrap();
+    assert_eq!(v, state::latest_version());
+    assert!(state::exists(&c).await.unwrap());
+    let n: i64 = c
+        .query_one("SELECT count(*) FROM pgflip.schema_version", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, state::MIGRATIONS.len() as i64);
+    for t in ["runs", "generations", "generation_relations", "operations"] {
+        let found: bool = c
+            .query_one("SELECT to_regclass('pgflip.' || $1) IS NOT NULL", &[&t])
+            .await
+            .unwrap()
+            .get(0);
+        assert!(found, "pgflip.{t} missing");
+    }
+    // Idempotent.
+    assert_eq!(state::ensure(&c).await.unwrap(), v);
+}
+
+#[tokio::test]
+async fn upgrading_from_an_older_version_applies_the_newer_migrations() {
+    let db = fresh_db("state_upgrade");
+    let c = db.client().await;
+    // An "older release": only the version table, no migration applied.
+    assert_eq!(state::migrate_to(&c, 0).await.unwrap(), 0);
+    assert_eq!(state::current_version(&c).await.unwrap(), Some(0));
+    assert!(c
+        .query_one("SELECT to_regclass('pgflip.generations') IS NULL", &[])
+        .await
+        .unwrap()
+        .get::<_, bool>(0));
+    assert_eq!(state::ensure(&c).await.unwrap(), state::latest_version());
+    let versions: Vec<i32> = c
+        .query("SELECT version FROM pgflip.schema_version ORDER BY 1", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let expected: Vec<i32> = state::MIGRATIONS.iter().map(|m| m.version).collect();
+    assert_eq!(versions, expected);
+}
+
+#[tokio::test]
+async fn a_second_run_is_busy_and_names_the_first() {
+    let db = fresh_db("state_busy");
+    let first = Arc::new(db.client().await);
+    let first_pid: i32 = first
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let lock = state::TargetLock::acquire(first.clone()).await.unwrap();
+
+    let second = Arc::new(db.client().await);
+    let err = match state::TargetLock::acquire(second.clone()).await {
+        Err(e) => e,
+        Ok(_) => panic!("second lock was granted"),
+    };
+    assert!(matches!(err, pgflip::Error::Busy { .. }), "{err}");
+    assert!(
+        err.to_string().contains(&format!("pid {first_pid}")),
+        "{err}"
+    );
+
+    // Explicit release lets the second one in.
+    lock.release().await.unwrap();
+    let l2 = state::TargetLock::acquire(second.clone()).await.unwrap();
+    l2.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lock_goes_when_the_holding_connection_closes() {
+    let db = fresh_db("state_lock_close");
+    // Take the lock the way TargetLock does, on a connection we then close without unlocking
+    // (as when pgflip is killed).
+    let first = db.client().await;
+    let got: bool = first
+        .query_one(
+            "SELECT pg_try_advisory_lock($1, $2)",
+            &[&state::LOCK_CLASSID, &state::LOCK_OBJID_TARGET],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(got);
+    let probe = Arc::new(db.client().await);
+    assert!(state::TargetLock::acquire(probe).await.is_err());
+    drop(first);
+    let second = Arc::new(db.client().await);
+    // The server notices the closed socket almost at once; allow it a moment.
+    let mut ok = false;
+    for _ in 0..50 {
+        match state::TargetLock::acquire(second.clone()).await {
+            Ok(l) => {
+                l.release().await.unwrap();
+                ok = true;
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+        }
+    }
+    assert!(ok, "lock still held after its connection closed");
+}
+
+#[tokio::test]
+async fn an_unlock_failure_does_not_hide_the_work_error() {
+    let db = fresh_db("state_unlock_err");
+    let c = Arc::new(db.client().await);
+    let res: pgflip::Result<()> = state::with_target_lock(c.clone(), |c| async move {
+        // Kill our own session: both the work and the unlock then fail.
+        let _ = c
+            .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+            .await;
+        Err(pgflip::Error::Refused("the work's own error".into()))
+    })
+    .await;
+    let err = res.unwrap_err();
+    assert!(err.to_string().contains("the work's own error"), "{err}");
+}
+#[tokio::test]
+async fn status_on_a_fresh_database_creates_nothing() {
+    let db = fresh_db("state_status_fresh");
+    let before = db.dump();
+    let out = pgflip(&["status", "--target", &db.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no pgflip state"), "{}", stdout(&out));
+    assert_eq!(db.dump(), before);
+}
