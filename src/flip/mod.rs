@@ -970,6 +970,11 @@ fn render(
                     "SELECT pg_catalog.setval('{lit}', GREATEST((SELECT last_value FROM {retired_seq}), (SELECT last_value FROM {live_seq}), (SELECT max({col})::bigint FROM {live_q}), 1))",
                     lit = live_seq.replace('\'', "''")
                 ));
+                // The application's grants on the sequence (USAGE for nextval) come along.
+                for g in acl_sql("SEQUENCE", &live_seq, &s.owner, &gs.acl, &s.acl) {
+                    sql.push_str("; ");
+                    sql.push_str(&g);
+                }
                 push(
                     format!("green's sequence for {col} takes the name {live_seq} and continues past both sides' values"),
                     sql,
