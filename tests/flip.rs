@@ -885,6 +885,7 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
          CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id), CONSTRAINT child_id_positive CHECK (id > 0)); \
          INSERT INTO child VALUES (1, 1), (2, 3); \
          ALTER TABLE child OWNER TO {role}; ALTER TABLE child REPLICA IDENTITY FULL; \
+         ALTER TABLE child SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01); \
          CREATE TABLE child_staging (id int PRIMARY KEY, parent_id int); \
          INSERT INTO child_staging VALUES (1, 1), (2, 2);"
     ));
@@ -905,6 +906,14 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
     assert_eq!(
         text(&c, "SELECT pg_get_userbyid(relowner) || ' ' || relreplident::text FROM pg_class WHERE oid = 'child'::regclass").await,
         format!("{role} f")
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'child'::regclass"
+        )
+        .await,
+        "fillfactor=70,autovacuum_vacuum_scale_factor=0.01"
     );
     // Live's FK and check constraint are on the new table (validated after the commit), with
     // their names; the retired copy no longer references parent.
