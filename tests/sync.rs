@@ -274,6 +274,43 @@ fn replace_copies_mixed_case_composite_generated_and_sequences() {
 }
 
 #[test]
+fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
+    let (src, tgt) = pair("rebuild");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, a text, b int); CREATE INDEX t_a ON t (lower(a)) WHERE b > 0; \
+               CREATE UNIQUE INDEX t_b ON t (b); COMMENT ON INDEX t_a IS 'why a'; \
+               CREATE INDEX t_clustered ON t (a); CLUSTER t USING t_clustered";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 1000) g");
+    let shape = || {
+        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass")
+    };
+    let before = shape();
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["t", "--rebuild-indexes-above", "0", "--dry-run"],
+    ));
+    assert!(
+        out.contains("DROP INDEX public.t_a") && out.contains("DROP INDEX public.t_b"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("DROP INDEX public.t_clustered"),
+        "the clustering index is kept: {out}"
+    );
+    ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE b > 0"), "1000");
+    assert_eq!(shape(), before);
+    // A unique index that the new rows violate: the whole replacement rolls back.
+    src.psql("DROP INDEX t_b; UPDATE t SET b = 1 WHERE id = 2");
+    let dump = tgt.dump();
+    let o = sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), dump);
+}
+
+#[test]
 fn a_failure_in_the_middle_leaves_the_old_rows() {
     let (src, tgt) = pair("atomic");
     src.psql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10000) g");

@@ -2,8 +2,10 @@
 
 mod util;
 
+mod catalog;
 mod cli;
 mod conn;
+mod ddl_roundtrip;
 mod flip;
 mod harness;
 mod state;

@@ -91,6 +91,10 @@ pub struct SyncArgs {
     /// Give up retrying locks after this many seconds.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub max_wait: u64,
+    /// Tables replaced in place with more estimated rows than this get their plain indexes
+    /// rebuilt after the copy (tuning; benchmarks and tests).
+    #[arg(long, value_name = "ROWS", hide = true)]
+    pub rebuild_indexes_above: Option<f64>,
 }
 
 pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
@@ -151,6 +155,9 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
         lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
         max_wait: Duration::from_secs(args.max_wait),
+        rebuild_indexes_above: args
+            .rebuild_indexes_above
+            .unwrap_or(defaults.rebuild_indexes_above),
     };
 
     let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();

@@ -62,6 +62,10 @@ pub struct Index {
     pub constraint: Option<(String, String)>,
     /// `pg_get_constraintdef` of that constraint.
     pub constraint_definition: Option<String>,
+    /// Neither the replica identity, the clustering index, nor an index a foreign key uses
+    /// (dropping it would lose that or fail).
+    pub plain: bool,
+    pub comment: Option<String>,
 }
 
 /// One table on one side.
@@ -213,7 +217,11 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
     let idx = client
         .query(
             "SELECT i.indrelid, c.relname::text, pg_get_indexdef(i.indexrelid), \
-                    con.conname::text, con.contype::text, pg_get_constraintdef(con.oid) \
+                    con.conname::text, con.contype::text, pg_get_constraintdef(con.oid), \
+                    NOT i.indisreplident AND NOT i.indisclustered AND NOT EXISTS \
+                        (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid \
+                         AND f.contype = 'f'), \
+                    obj_description(i.indexrelid, 'pg_class') \
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
                   AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
@@ -231,6 +239,8 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
             definition: r.get(2),
             constraint: conname.zip(contype),
             constraint_definition: r.get(5),
+            plain: r.get(6),
+            comment: r.get(7),
         });
     }
     let mut columns: BTreeMap<u32, Vec<Column>> = BTreeMap::new();
