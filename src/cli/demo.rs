@@ -503,39 +503,7 @@ async fn act_schema_dump(d: &Demo<'_>) -> Result<()> {
     Ok(())
 }
 
-/// The single call site of the schema dump.
-///
-/// PLACEHOLDER until `pgflip::ddl` lands on main: replace the body with
-/// `Ok(pgflip::ddl::dump_database(client, &pgflip::catalog::Filter::default()).await?)`.
-/// Meanwhile it lists the tables and their columns with a plain catalog query, and says so.
+/// The source's schema as `pgflip schema dump` prints it.
 async fn schema_dump(client: &Client) -> Result<String> {
-    let rows = client
-        .query(
-            "SELECT format('%I.%I', n.nspname, c.relname),
-                    string_agg(format('%I %s%s', a.attname, format_type(a.atttypid, a.atttypmod),
-                                      CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END),
-                               E',\\n' ORDER BY a.attnum)
-               FROM pg_class c
-               JOIN pg_namespace n ON n.oid = c.relnamespace
-               JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
-              WHERE c.relkind IN ('r', 'p')
-                AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-                AND n.nspname NOT LIKE 'pg\\_%'
-              GROUP BY 1 ORDER BY 1",
-            &[],
-        )
-        .await
-        .context("listing tables")?;
-    let mut sql = String::from(
-        "-- (schema dump is being built; until it lands the demo lists the source's tables)\n",
-    );
-    for r in rows {
-        let name: String = r.get(0);
-        let cols: String = r.get(1);
-        sql.push_str(&format!(
-            "-- table {name} (\n--     {}\n-- )\n",
-            cols.replace('\n', "\n--     ")
-        ));
-    }
-    Ok(sql)
+    Ok(pgflip::ddl::dump_database(client, &pgflip::catalog::Filter::default()).await?)
 }
