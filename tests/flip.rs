@@ -885,6 +885,7 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
          CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent (id), CONSTRAINT child_id_positive CHECK (id > 0)); \
          INSERT INTO child VALUES (1, 1), (2, 3); \
          ALTER TABLE child OWNER TO {role}; ALTER TABLE child REPLICA IDENTITY FULL; \
+         ALTER TABLE child SET (fillfactor = 70, autovacuum_vacuum_scale_factor = 0.01); \
          CREATE TABLE child_staging (id int PRIMARY KEY, parent_id int); \
          INSERT INTO child_staging VALUES (1, 1), (2, 2);"
     ));
@@ -905,6 +906,14 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
     assert_eq!(
         text(&c, "SELECT pg_get_userbyid(relowner) || ' ' || relreplident::text FROM pg_class WHERE oid = 'child'::regclass").await,
         format!("{role} f")
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'child'::regclass"
+        )
+        .await,
+        "fillfactor=70,autovacuum_vacuum_scale_factor=0.01"
     );
     // Live's FK and check constraint are on the new table (validated after the commit), with
     // their names; the retired copy no longer references parent.
@@ -1221,6 +1230,11 @@ async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
     src.psql(ddl);
     tgt.psql(ddl);
     src.psql("INSERT INTO items (name, price) SELECT 'src' || g, g FROM generate_series(1, 50) g");
+    let role = format!("swapper_{}", &tgt.name[tgt.name.len().saturating_sub(8)..]);
+    tgt.psql(&format!(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF; END $$; \
+         GRANT SELECT, INSERT ON items TO {role}; GRANT USAGE ON SEQUENCE items_id_seq TO {role};"
+    ));
     tgt.psql(
         "INSERT INTO items (name, price) SELECT 'tgt' || g, g FROM generate_series(1, 10) g; \
          CREATE VIEW cheap AS SELECT id, name FROM items WHERE price < 5; \
@@ -1267,10 +1281,15 @@ async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
         .await,
         "0"
     );
-    // Inserts after the swap do not collide with the synced keys.
-    c.batch_execute("INSERT INTO items (name) VALUES ('after')")
+    // Inserts after the swap do not collide with the synced keys, and the application's role
+    // may still use the sequence (its grant moved to the staging table's own sequence).
+    let mut cfg = tgt.srv.config(&tgt.name);
+    cfg.user(&role);
+    let (rc, conn) = cfg.connect(tokio_postgres::NoTls).await.unwrap();
+    tokio::spawn(conn);
+    rc.batch_execute("INSERT INTO items (name) VALUES ('after')")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("insert as {role}: {e:?}"));
     assert_eq!(text(&c, "SELECT max(id) FROM items").await, "51");
 
     let o = pgflip(&["rollback", "--target", &t, "--latest"]);
@@ -1283,9 +1302,10 @@ async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
         text(&c, "SELECT string_agg(name, ',' ORDER BY id) FROM cheap").await,
         "tgt1,tgt2,tgt3,tgt4"
     );
-    c.batch_execute("INSERT INTO items (name) VALUES ('after rollback')")
+    rc.batch_execute("INSERT INTO items (name) VALUES ('after rollback')")
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("insert as {role} after the rollback: {e:?}"));
+    assert_eq!(text(&c, "SELECT max(id) FROM items").await, "52");
 }
 
 #[tokio::test]

@@ -117,6 +117,9 @@ pub struct OwnedSeq {
     pub rel: u32,
     pub column: String,
     pub identity: bool,
+    /// The sequence's own grants (`None`: default), which green's sequence must take over.
+    pub acl: Option<Vec<AclItem>>,
+    pub owner: String,
 }
 
 /// A view or materialized view that reads (directly or through other views) a live relation.
@@ -538,14 +541,15 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     // Sequences owned by columns (serial: 'a', identity: 'i').
     let seq_rows = client
         .query(
-            "SELECT s.oid, n.nspname::text, s.relname::text, d.refobjid, a.attname::text, d.deptype = 'i' \
+            &format!("SELECT s.oid, n.nspname::text, s.relname::text, d.refobjid, a.attname::text, d.deptype = 'i', \
+                    s.relacl IS NULL, {}, pg_catalog.pg_get_userbyid(s.relowner)::text \
              FROM pg_catalog.pg_depend d \
              JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
              JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
              JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
              WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
                AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
-               AND d.refobjid = ANY($1) AND d.deptype IN ('a', 'i') ORDER BY d.refobjid, a.attnum",
+               AND d.refobjid = ANY($1) AND d.deptype IN ('a', 'i') ORDER BY d.refobjid, a.attnum", acl_json("s.relacl")),
             &[&tables],
         )
         .await
@@ -558,6 +562,12 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             rel: r.get(3),
             column: r.get(4),
             identity: r.get(5),
+            acl: if r.get::<_, bool>(6) {
+                None
+            } else {
+                Some(parse_acl(r.get(7)))
+            },
+            owner: r.get(8),
         });
     }
 

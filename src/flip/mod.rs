@@ -33,7 +33,12 @@
 //! - Sequences: a serial sequence that green's default already uses is handed over (ownership
 //!   and schema follow the live table); green's own identity / serial sequences take the live
 //!   ones' names. Either way the sequence is moved forward to at least the largest value in use
-//!   on both sides, so inserts after a flip (or a rollback) never collide.
+//!   on both sides, so inserts after a flip (or a rollback) never collide; green's own
+//!   sequences take over the live ones' grants (the application's USAGE for `nextval`).
+//! - Also carried over: owner, table and column grants, comments, row-level security flags and
+//!   policies, triggers (and their enabled state), replica identity, publication membership,
+//!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
+//!   green without one of live's indexes is refused (a rollback or migration only warns).
 //! - Extended statistics stay with the retired table (reported as a warning).
 
 pub mod dependents;
@@ -970,9 +975,37 @@ fn render(
                     "SELECT pg_catalog.setval('{lit}', GREATEST((SELECT last_value FROM {retired_seq}), (SELECT last_value FROM {live_seq}), (SELECT max({col})::bigint FROM {live_q}), 1))",
                     lit = live_seq.replace('\'', "''")
                 ));
+                // The application's grants on the sequence (USAGE for nextval) come along.
+                for g in acl_sql("SEQUENCE", &live_seq, &s.owner, &gs.acl, &s.acl) {
+                    sql.push_str("; ");
+                    sql.push_str(&g);
+                }
                 push(
                     format!("green's sequence for {col} takes the name {live_seq} and continues past both sides' values"),
                     sql,
+                );
+            }
+        }
+        // Storage parameters (fillfactor, autovacuum settings, ...): catalog only.
+        if l.reloptions != g.reloptions {
+            let key = |o: &String| o.split('=').next().unwrap_or_default().to_string();
+            let live_keys: BTreeSet<String> = l.reloptions.iter().map(key).collect();
+            let reset: Vec<String> = g
+                .reloptions
+                .iter()
+                .map(key)
+                .filter(|k| !live_keys.contains(k))
+                .collect();
+            if !reset.is_empty() {
+                push(
+                    "reset storage parameters live did not have".into(),
+                    format!("ALTER TABLE {live_q} RESET ({})", reset.join(", ")),
+                );
+            }
+            if !l.reloptions.is_empty() {
+                push(
+                    "storage parameters as live had them".into(),
+                    format!("ALTER TABLE {live_q} SET ({})", l.reloptions.join(", ")),
                 );
             }
         }
