@@ -4,7 +4,9 @@
 //! [`events::EventSink`] and returns typed results that the `pgflip` binary renders. Every
 //! command builds a [`plan::Plan`] first, then renders it (dry-run) or executes it.
 
+pub mod catalog;
 pub mod conn;
+pub mod ddl;
 pub mod error;
 pub mod events;
 pub mod ident;

@@ -3,5 +3,6 @@
 mod util;
 
 mod cli;
+mod ddl_roundtrip;
 mod harness;
 mod state;

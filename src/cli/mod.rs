@@ -7,6 +7,7 @@
 mod common;
 mod demo;
 mod output;
+mod schema;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -65,7 +66,7 @@ pub enum Command {
 #[derive(Subcommand, Debug)]
 pub enum SchemaCommand {
     /// Print a database's schema as SQL, in dependency order.
-    Dump(NotBuilt),
+    Dump(schema::DumpArgs),
     /// Compare two databases' schemas and write (or apply) the ALTER script.
     Diff(NotBuilt),
 }
@@ -195,9 +196,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
-        Command::Schema(SchemaCommand::Dump(_)) => {
-            Err(pgflip::Error::NotImplemented("pgflip schema dump").into())
-        }
+        Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
         Command::Schema(SchemaCommand::Diff(_)) => {
             Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
         }

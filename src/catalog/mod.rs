@@ -1,0 +1,473 @@
+//! One typed snapshot of a database's schema.
+//!
+//! Every job of pgflip starts from the catalog: sync needs the columns and keys of the tables it
+//! copies, the flip needs every object that hangs off a table, schema diff compares two
+//! snapshots and `schema dump` renders one back to SQL ([`crate::ddl`]). So the snapshot is
+//! plain data, loaded with a fixed number of set-based queries ([`Snapshot::QUERY_COUNT`])
+//! whatever the number of tables, sent together on one connection (tokio-postgres pipelines
+//! them), so that a database with thousands of tables loads in a fraction of a second.
+//!
+//! The SQL text the server prints for us (`pg_get_indexdef`, `pg_get_viewdef`, …) depends on
+//! `search_path`: the loader runs with an empty `search_path` so that every name in it is
+//! schema-qualified and can be replayed anywhere, then restores the caller's setting.
+//!
+//! Left out: system schemas, the `pgflip` state schema and `pgflip_*` schemas, objects that
+//! belong to an extension (the extension stands for them), aggregates, foreign tables, rules
+//! other than view definitions, and default privileges.
+
+mod queries;
+pub mod types;
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use crate::error::DbResultExt;
+use crate::Result;
+
+pub use types::*;
+
+/// Which schemas a snapshot covers. The default is every user schema.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Only these schemas (empty: all).
+    pub include_schemas: Vec<String>,
+    /// Never these schemas.
+    pub exclude_schemas: Vec<String>,
+}
+
+impl Filter {
+    pub fn includes(&self, schema: &str) -> bool {
+        (self.include_schemas.is_empty() || self.include_schemas.iter().any(|s| s == schema))
+            && !self.exclude_schemas.iter().any(|s| s == schema)
+    }
+}
+
+/// The schema of one database, as plain data.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub filter: Filter,
+    /// `server_version_num`.
+    pub server_version: i32,
+    pub schemas: Vec<Schema>,
+    pub extensions: Vec<Extension>,
+    pub collations: Vec<Collation>,
+    pub types: Vec<TypeDef>,
+    pub sequences: Vec<Sequence>,
+    pub tables: Vec<Table>,
+    /// Views and materialized views.
+    pub views: Vec<View>,
+    pub functions: Vec<Function>,
+    pub publications: Vec<Publication>,
+    /// Every role of the server (roles are global): an owner or grantee can only be set when
+    /// it exists on the other side.
+    pub roles: Vec<String>,
+    pub dependencies: Vec<Dependency>,
+    /// Statements this snapshot took to load.
+    pub queries: usize,
+}
+
+#[derive(Deserialize)]
+struct Globals {
+    schemas: Vec<Schema>,
+    extensions: Vec<Extension>,
+    collations: Vec<Collation>,
+    publications: Vec<Publication>,
+    roles: Vec<String>,
+    server_version: i32,
+}
+
+#[derive(Deserialize)]
+struct RawRelation {
+    oid: u32,
+    schema: String,
+    name: String,
+    relkind: String,
+    owner: String,
+    acl: Option<Acl>,
+    comment: Option<String>,
+    unlogged: bool,
+    reloptions: Vec<String>,
+    rls_enabled: bool,
+    rls_forced: bool,
+    replica_identity: String,
+    replica_identity_index: Option<String>,
+    partition_key: Option<String>,
+    partition_bound: Option<String>,
+    parents: Vec<QualName>,
+    definition: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct Rel<T> {
+    rel: u32,
+    #[serde(flatten)]
+    item: T,
+}
+
+#[derive(Deserialize)]
+struct TriggersPolicies {
+    triggers: Vec<Rel<Trigger>>,
+    policies: Vec<Rel<Policy>>,
+}
+
+type RawDependency = (String, u32, String, u32, String);
+
+fn obj_class(catalog: &str) -> Option<ObjClass> {
+    Some(match catalog {
+        "pg_namespace" => ObjClass::Namespace,
+        "pg_extension" => ObjClass::Extension,
+        "pg_collation" => ObjClass::Collation,
+        "pg_type" => ObjClass::Type,
+        "pg_class" => ObjClass::Class,
+        "pg_proc" => ObjClass::Proc,
+        "pg_constraint" => ObjClass::Constraint,
+        "pg_trigger" => ObjClass::Trigger,
+        "pg_policy" => ObjClass::Policy,
+        _ => return None,
+    })
+}
+
+impl Snapshot {
+    /// Statements sent by [`Snapshot::load`]: one to save and clear `search_path`, the catalog
+    /// queries, one to restore `search_path`. The same for 1 table or 10,000.
+    pub const QUERY_COUNT: usize = 2 + 10;
+
+    /// Loads the schema of the database `client` is connected to.
+    ///
+    /// The catalog queries are sent together and answered in one pass; each sees the catalog
+    /// as of its own start, so run it when no DDL is in flight (or inside a REPEATABLE READ
+    /// transaction of the caller's) for a consistent picture.
+    pub async fn load(client: &Client, filter: &Filter) -> Result<Snapshot> {
+        let saved: String = client
+            .query_one(
+                "SELECT pg_catalog.current_setting('search_path'), \
+                 pg_catalog.set_config('search_path', '', false)",
+                &[],
+            )
+            .await
+            .ctx("reading the catalog: setting search_path")?
+            .get(0);
+        let result = Self::load_inner(client, filter).await;
+        let restore = client
+            .query_one(
+                "SELECT pg_catalog.set_config('search_path', $1, false)",
+                &[&saved],
+            )
+            .await
+            .ctx("reading the catalog: restoring search_path");
+        let mut snap = result?;
+        restore?;
+        snap.queries = Self::QUERY_COUNT;
+        Ok(snap)
+    }
+
+    async fn load_inner(client: &Client, filter: &Filter) -> Result<Snapshot> {
+        let inc = &filter.include_schemas;
+        let exc = &filter.exclude_schemas;
+        let (q_globals, q_types, q_seqs, q_rels, q_cols, q_cons, q_idx, q_trg, q_fun, q_dep) = (
+            queries::globals(),
+            queries::types(),
+            queries::sequences(),
+            queries::relations(),
+            queries::columns(),
+            queries::constraints(),
+            queries::indexes(),
+            queries::triggers_and_policies(),
+            queries::functions(),
+            queries::dependencies(),
+        );
+        async fn one<T: serde::de::DeserializeOwned>(
+            client: &Client,
+            what: &str,
+            sql: &str,
+            inc: &Vec<String>,
+            exc: &Vec<String>,
+        ) -> Result<T> {
+            // As text: serde_json's errors then say which field did not fit.
+            let row = client
+                .query_one(&format!("SELECT ({sql})::text"), &[inc, exc])
+                .await
+                .ctx(format!("reading the catalog ({what})"))?;
+            let text: &str = row.get(0);
+            serde_json::from_str(text).map_err(|e| {
+                crate::Error::Config(format!("decoding the catalog ({what}): {e}"))
+            })
+        }
+        let (
+            globals,
+            types,
+            sequences,
+            rels,
+            cols,
+            cons,
+            idx,
+            trg,
+            functions,
+            deps,
+        ): (
+            Globals,
+            Vec<TypeDef>,
+            Vec<Sequence>,
+            Vec<RawRelation>,
+            Vec<Rel<Column>>,
+            Vec<Rel<Constraint>>,
+            Vec<Rel<Index>>,
+            TriggersPolicies,
+            Vec<Function>,
+            Vec<RawDependency>,
+        ) = futures_util::try_join!(
+            one(client, "schemas", &q_globals, inc, exc),
+            one(client, "types", &q_types, inc, exc),
+            one(client, "sequences", &q_seqs, inc, exc),
+            one(client, "relations", &q_rels, inc, exc),
+            one(client, "columns", &q_cols, inc, exc),
+            one(client, "constraints", &q_cons, inc, exc),
+            one(client, "indexes", &q_idx, inc, exc),
+            one(client, "triggers", &q_trg, inc, exc),
+            one(client, "functions", &q_fun, inc, exc),
+            one(client, "dependencies", &q_dep, inc, exc),
+        )?;
+        let mut snap = Snapshot {
+            filter: filter.clone(),
+            server_version: globals.server_version,
+            schemas: globals.schemas,
+            extensions: globals.extensions,
+            collations: globals.collations,
+            types,
+            sequences,
+            tables: Vec::new(),
+            views: Vec::new(),
+            functions,
+            publications: globals.publications,
+            roles: globals.roles,
+            dependencies: Vec::new(),
+            queries: 0,
+        };
+        snap.assemble(rels, cols, cons, idx, trg);
+        snap.dependencies = deps
+            .into_iter()
+            .filter_map(|(fc, fo, tc, to, dt)| {
+                Some(Dependency {
+                    from: ObjRef {
+                        class: obj_class(&fc)?,
+                        oid: fo,
+                    },
+                    to: ObjRef {
+                        class: obj_class(&tc)?,
+                        oid: to,
+                    },
+                    deptype: dt.chars().next().unwrap_or('n'),
+                })
+            })
+            .collect();
+        snap.dependencies.sort_by_key(|d| (d.from, d.to, d.deptype));
+        snap.dependencies.dedup();
+        Ok(snap)
+    }
+
+    /// Hangs columns, constraints, indexes, triggers and policies onto their relations.
+    fn assemble(
+        &mut self,
+        rels: Vec<RawRelation>,
+        cols: Vec<Rel<Column>>,
+        cons: Vec<Rel<Constraint>>,
+        idx: Vec<Rel<Index>>,
+        trg: TriggersPolicies,
+    ) {
+        let seq_options: HashMap<(&str, &str), &SequenceOptions> = self
+            .sequences
+            .iter()
+            .map(|s| ((s.schema.as_str(), s.name.as_str()), &s.options))
+            .collect();
+        let mut columns: HashMap<u32, Vec<Column>> = HashMap::new();
+        for mut c in cols {
+            if let Some(q) = &c.item.identity_sequence {
+                c.item.identity_options = seq_options
+                    .get(&(q.schema.as_str(), q.name.as_str()))
+                    .map(|o| (*o).clone());
+            }
+            columns.entry(c.rel).or_default().push(c.item);
+        }
+        let mut constraints: HashMap<u32, Vec<Constraint>> = HashMap::new();
+        for c in cons {
+            constraints.entry(c.rel).or_default().push(c.item);
+        }
+        let mut indexes: HashMap<u32, Vec<Index>> = HashMap::new();
+        for i in idx {
+            indexes.entry(i.rel).or_default().push(i.item);
+        }
+        let mut triggers: HashMap<u32, Vec<Trigger>> = HashMap::new();
+        for t in trg.triggers {
+            triggers.entry(t.rel).or_default().push(t.item);
+        }
+        let mut policies: HashMap<u32, Vec<Policy>> = HashMap::new();
+        for p in trg.policies {
+            policies.entry(p.rel).or_default().push(p.item);
+        }
+        for r in rels {
+            let cols = columns.remove(&r.oid).unwrap_or_default();
+            let idx = indexes.remove(&r.oid).unwrap_or_default();
+            let trg = triggers.remove(&r.oid).unwrap_or_default();
+            match r.relkind.as_str() {
+                "v" | "m" => self.views.push(View {
+                    oid: r.oid,
+                    schema: r.schema,
+                    name: r.name,
+                    materialized: r.relkind == "m",
+                    definition: r.definition.unwrap_or_default(),
+                    owner: r.owner,
+                    acl: r.acl,
+                    comment: r.comment,
+                    reloptions: r.reloptions,
+                    columns: cols,
+                    indexes: idx,
+                    triggers: trg,
+                }),
+                _ => {
+                    let cons = constraints.remove(&r.oid).unwrap_or_default();
+                    let primary_key = cons
+                        .iter()
+                        .find(|c| c.kind == ConstraintKind::PrimaryKey)
+                        .map(|c| c.columns.clone());
+                    self.tables.push(Table {
+                        oid: r.oid,
+                        schema: r.schema,
+                        name: r.name,
+                        kind: if r.relkind == "p" {
+                            TableKind::Partitioned
+                        } else {
+                            TableKind::Ordinary
+                        },
+                        owner: r.owner,
+                        acl: r.acl,
+                        comment: r.comment,
+                        unlogged: r.unlogged,
+                        reloptions: r.reloptions,
+                        rls_enabled: r.rls_enabled,
+                        rls_forced: r.rls_forced,
+                        replica_identity: r.replica_identity,
+                        replica_identity_index: r.replica_identity_index,
+                        partition_key: r.partition_key,
+                        partition_bound: r.partition_bound,
+                        parents: r.parents,
+                        columns: cols,
+                        primary_key,
+                        constraints: cons,
+                        indexes: idx,
+                        triggers: trg,
+                        policies: policies.remove(&r.oid).unwrap_or_default(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The table `schema.name`.
+    pub fn table(&self, schema: &str, name: &str) -> Option<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+    }
+
+    /// The view or materialized view `schema.name`.
+    pub fn view(&self, schema: &str, name: &str) -> Option<&View> {
+        self.views
+            .iter()
+            .find(|v| v.schema == schema && v.name == name)
+    }
+
+    pub fn sequence(&self, schema: &str, name: &str) -> Option<&Sequence> {
+        self.sequences
+            .iter()
+            .find(|s| s.schema == schema && s.name == name)
+    }
+
+    pub fn type_def(&self, schema: &str, name: &str) -> Option<&TypeDef> {
+        self.types
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+    }
+
+    pub fn schema(&self, name: &str) -> Option<&Schema> {
+        self.schemas.iter().find(|s| s.name == name)
+    }
+
+    /// Functions and procedures called `schema.name` (all overloads).
+    pub fn functions_named<'a>(
+        &'a self,
+        schema: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Function> + 'a {
+        self.functions
+            .iter()
+            .filter(move |f| f.schema == schema && f.name == name)
+    }
+
+    pub fn table_by_oid(&self, oid: u32) -> Option<&Table> {
+        self.tables.iter().find(|t| t.oid == oid)
+    }
+
+    /// Foreign keys of other tables (or of the table itself) that reference `schema.name`, with
+    /// the table that holds each.
+    pub fn foreign_keys_to<'a>(
+        &'a self,
+        schema: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = (&'a Table, &'a Constraint)> + 'a {
+        self.tables.iter().flat_map(move |t| {
+            t.foreign_keys()
+                .filter(move |c| {
+                    c.references
+                        .as_ref()
+                        .is_some_and(|r| r.schema == schema && r.table == name)
+                })
+                .map(move |c| (t, c))
+        })
+    }
+
+    /// Sequences owned by columns of `schema.name` (serial and identity columns).
+    pub fn owned_sequences<'a>(
+        &'a self,
+        schema: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Sequence> + 'a {
+        self.sequences.iter().filter(move |s| {
+            s.owned_by
+                .as_ref()
+                .is_some_and(|o| o.schema == schema && o.table == name)
+        })
+    }
+
+    /// Views and materialized views that depend directly on the relation with `oid`.
+    pub fn dependent_views(&self, oid: u32) -> impl Iterator<Item = &View> + '_ {
+        let target = ObjRef {
+            class: ObjClass::Class,
+            oid,
+        };
+        self.views.iter().filter(move |v| {
+            self.dependencies.iter().any(|d| {
+                d.to == target
+                    && d.from
+                        == ObjRef {
+                            class: ObjClass::Class,
+                            oid: v.oid,
+                        }
+            })
+        })
+    }
+
+    /// Publications that publish `schema.name` explicitly.
+    pub fn publications_of<'a>(
+        &'a self,
+        schema: &'a str,
+        name: &'a str,
+    ) -> impl Iterator<Item = &'a Publication> + 'a {
+        self.publications.iter().filter(move |p| {
+            p.tables
+                .iter()
+                .any(|t| t.schema == schema && t.name == name)
+        })
+    }
+}
