@@ -12,6 +12,7 @@ pub mod events;
 pub mod ident;
 pub mod localpg;
 pub mod plan;
+pub mod schemadiff;
 pub mod state;
 
 pub use error::{Error, Result, Side};

@@ -8,6 +8,7 @@ mod common;
 mod demo;
 mod output;
 mod schema;
+mod schema_diff;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -68,7 +69,7 @@ pub enum SchemaCommand {
     /// Print a database's schema as SQL, in dependency order.
     Dump(schema::DumpArgs),
     /// Compare two databases' schemas and write (or apply) the ALTER script.
-    Diff(NotBuilt),
+    Diff(schema_diff::DiffArgs),
 }
 
 /// Placeholder for a command that is not built yet: accepts any arguments.
@@ -197,8 +198,8 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
-        Command::Schema(SchemaCommand::Diff(_)) => {
-            Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
+        Command::Schema(SchemaCommand::Diff(args)) => {
+            schema_diff::run(args, &cli.global, out).await
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
         Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),

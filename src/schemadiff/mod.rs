@@ -1,0 +1,152 @@
+//! `pgflip schema diff`: compare two databases' schemas and build the plan that makes the
+//! target's schema match the source's, without losing data by default.
+//!
+//! The work is split by concern: [`compare`] pairs the objects of two catalog snapshots and
+//! orders the steps (drops in reverse dependency order, creates and ALTERs in dependency
+//! order), [`steps`] builds single statements, [`mapping`] renames a schema of the source to
+//! the target's (`--source-schema A --target-schema B`), [`tombstones`] finds and removes the
+//! `<name>_dropped_<ts>` tables and columns that a diff leaves instead of dropping.
+//!
+//! Everything here is pure over two [`Snapshot`]s except loading and [`apply`], so the
+//! comparison can be benchmarked and tested without a server.
+
+mod compare;
+pub mod mapping;
+mod order;
+mod steps;
+pub mod tombstones;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::catalog::Snapshot;
+use crate::events::EventSink;
+use crate::plan::{ExecOptions, Plan};
+use crate::Result;
+
+/// How a diff is built.
+#[derive(Debug, Clone)]
+pub struct DiffOptions {
+    /// Drop tables and columns the source lacks instead of renaming them to tombstones.
+    pub drop: bool,
+    /// The time stamped into tombstone names.
+    pub at: DateTime<Utc>,
+    /// New indexes on existing tables CONCURRENTLY, new constraints NOT VALID then VALIDATE,
+    /// SET NOT NULL through a validated check.
+    pub online: bool,
+}
+
+impl Default for DiffOptions {
+    fn default() -> Self {
+        DiffOptions {
+            drop: false,
+            at: Utc::now(),
+            online: true,
+        }
+    }
+}
+
+/// A diff: the plan, and the drops of tombstones it left (listed commented out).
+#[derive(Debug, Clone, Serialize)]
+pub struct Diff {
+    pub plan: Plan,
+    pub commented_drops: Vec<String>,
+}
+
+impl Diff {
+    pub fn is_empty(&self) -> bool {
+        self.plan.is_empty()
+    }
+
+    /// The script: `header` lines as comments, the steps, the commented-out drops, a footer.
+    pub fn to_script(&self, header: &[String]) -> String {
+        let mut out = self.plan.to_script(header);
+        if !self.commented_drops.is_empty() {
+            out.push_str(
+                "-- Kept instead of dropped (tombstones). Drop them once nothing needs them,\n\
+                 -- or later with `pgflip cleanup --dropped --before DATE`:\n",
+            );
+            for d in &self.commented_drops {
+                for line in d.lines() {
+                    out.push_str("-- ");
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            out.push('\n');
+        }
+        out.push_str(&format!(
+            "-- End of script: {} statement{}.\n",
+            self.plan.steps.len(),
+            if self.plan.steps.len() == 1 { "" } else { "s" }
+        ));
+        out
+    }
+}
+
+/// Tables and columns whose names are tombstones play no part in a comparison.
+pub fn strip_tombstones(snap: &mut Snapshot) {
+    use crate::ident::is_tombstone;
+    snap.tables.retain(|t| !is_tombstone(&t.name));
+    for t in &mut snap.tables {
+        t.columns.retain(|c| !is_tombstone(&c.name));
+    }
+    snap.sequences.retain(|s| {
+        !s.owned_by
+            .as_ref()
+            .is_some_and(|o| is_tombstone(&o.table) || is_tombstone(&o.column))
+    });
+}
+
+/// The plan that turns `target`'s schema into `source`'s.
+pub fn diff(source: &Snapshot, target: &Snapshot, opts: &DiffOptions) -> Plan {
+    compare_snapshots(source, target, opts).plan
+}
+
+/// Like [`diff`], with the commented-out tombstone drops.
+pub fn compare_snapshots(source: &Snapshot, target: &Snapshot, opts: &DiffOptions) -> Diff {
+    let mut s = source.clone();
+    let mut t = target.clone();
+    strip_tombstones(&mut s);
+    strip_tombstones(&mut t);
+    compare::compare(&s, &t, opts)
+}
+
+/// Runs a diff's plan against the target. A failed `CREATE INDEX CONCURRENTLY` leaves an
+/// invalid index behind: those of this plan are dropped before the error is returned.
+pub async fn apply(client: &Client, plan: &Plan, events: &dyn EventSink) -> Result<()> {
+    let opts = ExecOptions::default();
+    let result = plan.execute(client, &opts, events).await;
+    if result.is_err() {
+        for step in plan.steps.iter().filter(|s| s.transaction.is_none()) {
+            if let Some(name) = concurrent_index_name(&step.sql) {
+                let _ = client
+                    .batch_execute(&format!(
+                        "DO $$DECLARE r regclass; BEGIN \
+                         SELECT i.indexrelid::regclass INTO r FROM pg_catalog.pg_index i \
+                         JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid \
+                         WHERE i.indrelid = pg_catalog.to_regclass({table}) AND c.relname = {name} \
+                         AND NOT i.indisvalid; \
+                         IF r IS NOT NULL THEN EXECUTE pg_catalog.format('DROP INDEX %s', r); END IF; END$$;",
+                        table = crate::ident::quote_literal(&step.lock.on),
+                        name = crate::ident::quote_literal(&name)
+                    ))
+                    .await;
+            }
+        }
+    }
+    result
+}
+
+/// The qualified index name of a `CREATE [UNIQUE] INDEX CONCURRENTLY name ON …` statement.
+fn concurrent_index_name(sql: &str) -> Option<String> {
+    let rest = sql.split_once(" INDEX CONCURRENTLY ")?.1;
+    let name = rest.split_once(" ON ")?.0.trim();
+    Some(
+        match name.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+            Some(q) => q.replace("\"\"", "\""),
+            None => name.to_string(),
+        },
+    )
+}
