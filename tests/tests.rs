@@ -6,3 +6,4 @@ mod cli;
 mod ddl_roundtrip;
 mod harness;
 mod state;
+mod schemadiff;

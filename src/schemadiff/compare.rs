@@ -199,6 +199,10 @@ impl<'a> Builder<'a> {
                     (TypeKind::Composite { .. }, TypeKind::Composite { .. }) => false,
                     _ => core(self.src, &s_item) != core(self.tgt, &t_item),
                 },
+                (Item::Constraint(_, sc), Item::Constraint(_, tc)) => {
+                    core(self.src, &s_item) != core(self.tgt, &t_item)
+                        || (!sc.validated && tc.validated)
+                }
                 (Item::Extension(_), _)
                 | (Item::Schema(_), _)
                 | (Item::Sequence(_), _)
@@ -384,6 +388,21 @@ impl<'a> Builder<'a> {
     /// Pass 1 part of a table both sides have: removals.
     fn table_pre(&mut self, s: &'a Table, t: &'a Table, key: &str) {
         let name = t.sql_name();
+        if (s.is_partition() || t.is_partition())
+            && (s.parents != t.parents || s.partition_bound != t.partition_bound)
+        {
+            if let Some(p) = t.parents.first().filter(|_| t.is_partition()) {
+                if !self.redo.contains(&table_key(&p.schema, &p.name))
+                    && self.tgt.table(&p.schema, &p.name).is_some()
+                {
+                    self.main.push(alter(
+                        t,
+                        format!("Detach partition {}", t.sql_name()),
+                        format!("ALTER TABLE {} DETACH PARTITION {};", p.sql(), t.sql_name()),
+                    ));
+                }
+            }
+        }
         let reset = self.reset_defaults.contains(key);
         for c in t.constraints.iter().filter(|c| ddl::is_inline_check(c)) {
             let keep = s.constraints.iter().any(|x| {
@@ -812,6 +831,18 @@ impl<'a> Builder<'a> {
                 let name = s.qualname().sql();
                 let changes = sequence_option_changes(&s.options, &t.options);
                 if !changes.is_empty() {
+                    if s.options.min > t.options.min {
+                        // The current value must stay within the new bounds.
+                        self.main.push(Step::new(
+                            format!("Move sequence {name} up to its new MINVALUE if below it"),
+                            format!(
+                                "SELECT pg_catalog.setval({}, {}, false) FROM {name} WHERE last_value < {};",
+                                quote_literal(&name),
+                                s.options.min,
+                                s.options.min
+                            ),
+                        ));
+                    }
                     self.main.push(
                         Step::new(
                             format!("Change the options of sequence {name}"),
@@ -1164,35 +1195,7 @@ impl<'a> Builder<'a> {
         let name = s.sql_name();
         let reset = self.reset_defaults.contains(key);
         // Partition bound and inheritance.
-        if s.is_partition() || t.is_partition() {
-            if s.parents != t.parents || s.partition_bound != t.partition_bound {
-                if let Some(p) = t.parents.first().filter(|_| t.is_partition()) {
-                    if !self.redo.contains(&table_key(&p.schema, &p.name))
-                        && self.tgt.table(&p.schema, &p.name).is_some()
-                    {
-                        self.main.push(alter(
-                            t,
-                            format!("Detach partition {name}"),
-                            format!("ALTER TABLE {} DETACH PARTITION {name};", p.sql()),
-                        ));
-                    }
-                }
-                if let Some(p) = s.parents.first().filter(|_| s.is_partition()) {
-                    self.main.push(
-                        alter(
-                            s,
-                            format!("Attach partition {name}"),
-                            format!(
-                                "ALTER TABLE {} ATTACH PARTITION {name} {};",
-                                p.sql(),
-                                s.partition_bound.as_deref().unwrap_or("DEFAULT")
-                            ),
-                        )
-                        .hazard(Hazard::Validates),
-                    );
-                }
-            }
-        } else if s.parents != t.parents {
+        if !(s.is_partition() || t.is_partition()) && s.parents != t.parents {
             for p in &t.parents {
                 if !s.parents.contains(p) {
                     self.main.push(alter(
@@ -1212,7 +1215,25 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        let partition = s.is_partition();
+        let mut attach = None;
+        if s.is_partition() && (s.parents != t.parents || s.partition_bound != t.partition_bound) {
+            if let Some(p) = s.parents.first().filter(|_| s.is_partition()) {
+                attach = Some(
+                    alter(
+                        s,
+                        format!("Attach partition {name}"),
+                        format!(
+                            "ALTER TABLE {} ATTACH PARTITION {name} {};",
+                            p.sql(),
+                            s.partition_bound.as_deref().unwrap_or("DEFAULT")
+                        ),
+                    )
+                    .hazard(Hazard::Validates),
+                );
+            }
+        }
+        // Columns follow the parent only when the table already was its partition.
+        let partition = s.is_partition() && t.is_partition();
         let plain = s.kind == TableKind::Ordinary && !partition && s.parents.is_empty();
         let children = self.src.tables.iter().any(|x| {
             x.parents
@@ -1224,9 +1245,20 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let col = quote_ident(&c.name);
-            let tc = t.column(&c.name).filter(|tc| tc.generated == c.generated);
+            // A column only inherited in the target disappears with its parent's.
+            let parent_drops = |tc: &Column| {
+                !tc.is_local
+                    && t.parents.iter().all(|p| {
+                        self.src
+                            .table(&p.schema, &p.name)
+                            .is_none_or(|pt| pt.column(&c.name).is_none())
+                    })
+            };
+            let tc = t
+                .column(&c.name)
+                .filter(|tc| tc.generated == c.generated && !parent_drops(tc));
             let Some(tc) = tc else {
-                if c.is_local && !partition {
+                if (c.is_local || s.is_partition()) && !partition {
                     let mut st = alter(
                         s,
                         format!("Add column {col} to {name}"),
@@ -1253,7 +1285,7 @@ impl<'a> Builder<'a> {
                 continue;
             };
             let mut have_default = if reset { None } else { tc.default.clone() };
-            let inherited = !c.is_local || partition;
+            let inherited = (!c.is_local && !s.is_partition()) || partition;
             if (c.type_name != tc.type_name || c.collation != tc.collation) && !inherited {
                 let mut sql = String::new();
                 if have_default.is_some() {
@@ -1372,7 +1404,7 @@ impl<'a> Builder<'a> {
                     .first()
                     .and_then(|p| self.tgt.table(&p.schema, &p.name))
                     .and_then(|p| p.column(&c.name))
-                    .is_some_and(|p| p.not_null != tc.not_null);
+                    .is_some_and(|p| p.not_null == tc.not_null);
             if c.not_null != tc.not_null
                 && !parent_same
                 && !(c.identity.is_some() && tc.identity.is_none())
@@ -1428,6 +1460,9 @@ impl<'a> Builder<'a> {
             if let Some(st) = column_acl_steps(&name, c, tc, &self.tgt.roles) {
                 self.main.push(st);
             }
+        }
+        if let Some(a) = attach {
+            self.main.push(a);
         }
         // Inline checks that are new or changed.
         for c in s.constraints.iter().filter(|c| ddl::is_inline_check(c)) {

@@ -62,6 +62,12 @@ impl Diff {
     /// The script: `header` lines as comments, the steps, the commented-out drops, a footer.
     pub fn to_script(&self, header: &[String]) -> String {
         let mut out = self.plan.to_script(header);
+        if !self.plan.is_empty() {
+            // After the header: the settings the statements rely on (qualified names, bodies
+            // that refer to objects created later).
+            let split = out.find("\n\n").map(|i| i + 2).unwrap_or(0);
+            out.insert_str(split, &format!("{}\n", crate::ddl::PREAMBLE));
+        }
         if !self.commented_drops.is_empty() {
             out.push_str(
                 "-- Kept instead of dropped (tombstones). Drop them once nothing needs them,\n\
@@ -117,6 +123,10 @@ pub fn compare_snapshots(source: &Snapshot, target: &Snapshot, opts: &DiffOption
 /// invalid index behind: those of this plan are dropped before the error is returned.
 pub async fn apply(client: &Client, plan: &Plan, events: &dyn EventSink) -> Result<()> {
     let opts = ExecOptions::default();
+    client
+        .batch_execute(SESSION_SETUP)
+        .await
+        .map_err(|e| crate::Error::db("preparing the target session", e))?;
     let result = plan.execute(client, &opts, events).await;
     if result.is_err() {
         for step in plan.steps.iter().filter(|s| s.transaction.is_none()) {
@@ -138,6 +148,11 @@ pub async fn apply(client: &Client, plan: &Plan, events: &dyn EventSink) -> Resu
     }
     result
 }
+
+/// What [`crate::ddl::PREAMBLE`] sets, for a session that runs a plan: every name in the
+/// statements is qualified, and function bodies may refer to objects created later.
+const SESSION_SETUP: &str =
+    "SET check_function_bodies = false; SELECT pg_catalog.set_config('search_path', '', false);";
 
 /// The qualified index name of a `CREATE [UNIQUE] INDEX CONCURRENTLY name ON …` statement.
 fn concurrent_index_name(sql: &str) -> Option<String> {
