@@ -40,6 +40,9 @@ struct Builder<'a> {
     /// Tables whose defaults and inline checks are dropped in pass 1 and set again in pass 2
     /// (they use a function or sequence that is dropped).
     reset_defaults: HashSet<String>,
+    /// New partitions of existing partitioned tables: created standalone with their indexes,
+    /// then attached (attaching adopts matching indexes instead of building new ones).
+    standalone: HashSet<String>,
     /// Target items kept because a tombstone needs them.
     kept: HashSet<String>,
     pre: Vec<Step>,
@@ -108,7 +111,7 @@ fn core(snap: &Snapshot, item: &Item) -> String {
             c.kind,
             c.definition.trim_end_matches(" NOT VALID")
         ),
-        Item::Index(_, i) => format!("{} {:?}", i.definition, i.parent_index),
+        Item::Index(_, i) => i.definition.clone(),
         Item::Trigger(_, t) => t.definition.clone(),
         Item::Policy(t, p) => {
             let mut p = p.clone();
@@ -139,6 +142,7 @@ pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Dif
         redo_tables: HashSet::new(),
         reset_defaults: HashSet::new(),
         kept: HashSet::new(),
+        standalone: HashSet::new(),
         pre: Vec::new(),
         main: Vec::new(),
         validate: Vec::new(),
@@ -299,8 +303,12 @@ impl<'a> Builder<'a> {
             let item = self.tg.items[i];
             let key = self.tg.keys[i].clone();
             if let Some(o) = owner_key(&item) {
-                if self.redo.contains(&o) {
-                    continue; // goes with its relation
+                // Goes with its relation; but a foreign key between two dropped tables must
+                // go first, or the referenced table cannot be dropped.
+                let fk =
+                    matches!(item, Item::Constraint(_, c) if c.kind == ConstraintKind::ForeignKey);
+                if self.redo.contains(&o) && !(fk && self.opts.drop) {
+                    continue;
                 }
             }
             let dropping = self.redo.contains(&key);
@@ -355,6 +363,7 @@ impl<'a> Builder<'a> {
                     format!("Detach partition {} from {name}", p.sql_name()),
                     format!("ALTER TABLE {name} DETACH PARTITION {};", p.sql_name()),
                 ));
+                self.drop_detached_subitems(p);
             }
         }
         if self.opts.drop {
@@ -385,6 +394,52 @@ impl<'a> Builder<'a> {
             .push(format!("DROP TABLE {};", qualified(&t.schema, &stone)));
     }
 
+    /// A detached partition keeps the indexes and constraints it had through its parent;
+    /// those that are recreated must go now (before the detach they could not be dropped).
+    fn drop_detached_subitems(&mut self, p: &'a Table) {
+        for c in &p.constraints {
+            let k = item_key(&Item::Constraint(p, c));
+            let inherited = c.from_parent
+                || c.index
+                    .as_deref()
+                    .and_then(|i| p.index(i))
+                    .is_some_and(|i| i.parent_index.is_some());
+            if inherited && self.redo.contains(&k) && !ddl::is_implied_constraint(c) {
+                self.main.push(alter(
+                    p,
+                    format!(
+                        "Drop constraint {} of detached {}",
+                        quote_ident(&c.name),
+                        p.sql_name()
+                    ),
+                    format!(
+                        "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {};",
+                        p.sql_name(),
+                        quote_ident(&c.name)
+                    ),
+                ));
+            }
+        }
+        for i in p
+            .indexes
+            .iter()
+            .filter(|i| i.constraint.is_none() && i.parent_index.is_some())
+        {
+            let k = item_key(&Item::Index(Relation::Table(p), i));
+            if self.redo.contains(&k) {
+                self.main.push(alter(
+                    p,
+                    format!(
+                        "Drop index {} of detached {}",
+                        quote_ident(&i.name),
+                        p.sql_name()
+                    ),
+                    format!("DROP INDEX IF EXISTS {};", qualified(&i.schema, &i.name)),
+                ));
+            }
+        }
+    }
+
     /// Pass 1 part of a table both sides have: removals.
     fn table_pre(&mut self, s: &'a Table, t: &'a Table, key: &str) {
         let name = t.sql_name();
@@ -400,6 +455,7 @@ impl<'a> Builder<'a> {
                         format!("Detach partition {}", t.sql_name()),
                         format!("ALTER TABLE {} DETACH PARTITION {};", p.sql(), t.sql_name()),
                     ));
+                    self.drop_detached_subitems(t);
                 }
             }
         }
@@ -513,7 +569,10 @@ impl<'a> Builder<'a> {
             let item = self.sg.items[i];
             let key = self.sg.keys[i].clone();
             let t_item = self.in_tgt(&key);
-            if t_item.is_none() || self.redo.contains(&key) {
+            // Ownership of a sequence by a recreated table must be set again.
+            let owner_recreated = matches!(item, Item::SequenceOwnedBy(q)
+                if q.owned_by.as_ref().is_some_and(|o| self.redo.contains(&table_key(&o.schema, &o.table))));
+            if t_item.is_none() || self.redo.contains(&key) || owner_recreated {
                 self.create(item, &key, t_item.is_some());
             } else if let Some(t_item) = t_item {
                 self.alter_item(item, t_item, &key);
@@ -531,6 +590,76 @@ impl<'a> Builder<'a> {
         let what = item.describe();
         let verb = if recreated { "Recreate" } else { "Create" };
         match item {
+            Item::Table(t) if t.is_partition() && !recreated => {
+                let parent = &t.parents[0];
+                if self.existing(&table_key(&parent.schema, &parent.name)) {
+                    self.standalone.insert(key.to_string());
+                    let mut alone = t.clone();
+                    alone.partition_bound = None;
+                    alone.parents.clear();
+                    for c in &mut alone.columns {
+                        c.is_local = true;
+                    }
+                    // ATTACH wants the parent's CHECK constraints already there.
+                    for c in &mut alone.constraints {
+                        if c.kind == ConstraintKind::Check {
+                            c.is_local = true;
+                            c.from_parent = false;
+                        }
+                    }
+                    alone
+                        .constraints
+                        .retain(|c| c.kind == ConstraintKind::Check);
+                    let parent_table = self.src.table(&parent.schema, &parent.name);
+                    for c in &mut alone.columns {
+                        if let Some(pc) = parent_table.and_then(|p| p.column(&c.name)) {
+                            if c.default.is_none() {
+                                c.default = pc.default.clone();
+                            }
+                        }
+                    }
+                    self.main.push(Step::new(
+                        format!("{verb} {what} on its own (attached below)"),
+                        ddl::create_table(&alone),
+                    ));
+                    self.after.push(
+                        alter(
+                            t,
+                            format!("Attach partition {} to {}", t.sql_name(), parent.sql()),
+                            format!(
+                                "ALTER TABLE {} ATTACH PARTITION {} {};",
+                                parent.sql(),
+                                t.sql_name(),
+                                t.partition_bound.as_deref().unwrap_or("DEFAULT")
+                            ),
+                        )
+                        .hazard(Hazard::Validates),
+                    );
+                    return;
+                }
+            }
+            Item::Index(Relation::Table(t), i)
+                if self.standalone.contains(&table_key(&t.schema, &t.name)) =>
+            {
+                let mut i = i.clone();
+                i.parent_index = None;
+                let sql = ddl::create_index(&i);
+                if !sql.is_empty() {
+                    self.main.push(Step::new(format!("{verb} {what}"), sql));
+                }
+                return;
+            }
+            Item::Constraint(t, c) if self.standalone.contains(&table_key(&t.schema, &t.name)) => {
+                let mut t = t.clone();
+                for i in &mut t.indexes {
+                    i.parent_index = None;
+                }
+                let sql = ddl::create_constraint(&t, c);
+                if !sql.is_empty() {
+                    self.main.push(Step::new(format!("{verb} {what}"), sql));
+                }
+                return;
+            }
             Item::Type(t) if recreated && matches!(t.kind, TypeKind::Enum { .. }) => {
                 self.main
                     .push(Step::new(format!("{verb} {what}"), ddl::create_type(t)));
@@ -924,9 +1053,27 @@ impl<'a> Builder<'a> {
                     }
                 }
             }
-            (Item::Constraint(st, s), Item::Constraint(_, t)) => {
+            (Item::Constraint(st, s), Item::Constraint(tt, t)) => {
                 let cn = quote_ident(&s.name);
                 let name = st.sql_name();
+                let si = s.index.as_deref().and_then(|i| st.index(i));
+                let ti = t.index.as_deref().and_then(|i| tt.index(i));
+                if let (Some(si), Some(ti)) = (si, ti) {
+                    if let (Some(p), None) = (&si.parent_index, &ti.parent_index) {
+                        self.after.push(Step::new(
+                            format!(
+                                "Attach index {} to {}",
+                                qualified(&si.schema, &si.name),
+                                p.sql()
+                            ),
+                            format!(
+                                "ALTER INDEX {} ATTACH PARTITION {};",
+                                p.sql(),
+                                qualified(&si.schema, &si.name)
+                            ),
+                        ));
+                    }
+                }
                 if s.validated && !t.validated {
                     self.validate.push(
                         Step::new(
@@ -965,6 +1112,20 @@ impl<'a> Builder<'a> {
                 }
             }
             (Item::Index(_, s), Item::Index(_, t)) => {
+                if let (Some(p), None) = (&s.parent_index, &t.parent_index) {
+                    self.after.push(Step::new(
+                        format!(
+                            "Attach index {} to {}",
+                            qualified(&s.schema, &s.name),
+                            p.sql()
+                        ),
+                        format!(
+                            "ALTER INDEX {} ATTACH PARTITION {};",
+                            p.sql(),
+                            qualified(&s.schema, &s.name)
+                        ),
+                    ));
+                }
                 if s.comment != t.comment && s.constraint.is_none() {
                     self.main.push(comment_step(
                         "INDEX",
@@ -1462,7 +1623,10 @@ impl<'a> Builder<'a> {
             }
         }
         if let Some(a) = attach {
-            self.main.push(a);
+            // After everything of this pass: the new parent and the partition's own indexes
+            // (which the attach adopts) exist by then.
+            self.standalone.insert(key.to_string());
+            self.after.push(a);
         }
         // Inline checks that are new or changed.
         for c in s.constraints.iter().filter(|c| ddl::is_inline_check(c)) {

@@ -90,7 +90,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                     t.sql_name()
                 ),
                 format!(
-                    "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {};",
+                    "ALTER TABLE IF EXISTS {} DROP CONSTRAINT IF EXISTS {};",
                     t.sql_name(),
                     quote_ident(&c.name)
                 ),
