@@ -659,3 +659,36 @@ fn a_failed_concurrent_index_build_leaves_no_invalid_index() {
         "0"
     );
 }
+
+#[test]
+fn awkward_identifiers_and_63_byte_tombstones() {
+    let long = "t".repeat(63);
+    let p = pair(
+        "awkward",
+        &format!(
+            "CREATE SCHEMA \"My Schema\";
+             CREATE TABLE \"My Schema\".\"Order\" (\"select\" int, \"we\"\"ird\" text, \"ünï\" int);
+             CREATE TABLE \"{long}\" (id int);
+             CREATE TABLE keep (\"{long}\" int, id int);"
+        ),
+        "CREATE SCHEMA \"My Schema\";
+         CREATE TABLE \"My Schema\".\"Order\" (\"select\" bigint, \"we\"\"ird\" text NOT NULL, \"new col\" int);
+         CREATE INDEX \"Idx Order\" ON \"My Schema\".\"Order\" (\"select\");
+         CREATE TABLE keep (id int);",
+    );
+    let s = p.script(&[]);
+    pos(&s, "ALTER TABLE \"My Schema\".\"Order\" ALTER COLUMN \"select\" TYPE bigint");
+    pos(&s, "CONCURRENTLY \"Idx Order\" ON \"My Schema\".\"Order\"");
+    p.apply(&[]);
+    // Tombstones fit in 63 bytes and are ignored by the next comparison.
+    let names = p.tgt.psql(
+        "SELECT relname FROM pg_class WHERE relname LIKE '%dropped%'
+         UNION ALL SELECT attname FROM pg_attribute WHERE attname LIKE '%dropped%'",
+    );
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    for n in names {
+        assert!(n.len() <= 63 && pgflip::ident::is_tombstone(n), "{n}");
+    }
+    assert_eq!(p.check(&[]), 0);
+}
