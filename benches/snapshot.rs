@@ -1,1 +1,119 @@
-fn main() {}
+//! Benchmark: catalog snapshot of a database with 2,000 tables of 20 columns and 3 indexes
+//! each, against `pg_dump --schema-only` of the same database.
+//!
+//! `cargo bench --bench snapshot` (a plain binary: harness = false). Starts a throwaway
+//! server, generates the schema with one DO block per batch, then times a few runs of each.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use pgflip::catalog::{Filter, Snapshot};
+use pgflip::localpg::LocalServer;
+
+const TABLES: usize = 2_000;
+const COLUMNS: usize = 20;
+const RUNS: usize = 5;
+
+fn generator(from: usize, to: usize) -> String {
+    // 20 columns of mixed types (id + 19), a primary key and 2 more indexes = 3 indexes.
+    let mut cols = vec!["id bigint PRIMARY KEY".to_string()];
+    let kinds = ["int", "text", "timestamptz", "numeric(12,2)", "boolean"];
+    for c in 1..COLUMNS {
+        let default = if c % 4 == 0 { " DEFAULT 0" } else { "" };
+        let (ty, default) = match kinds[c % kinds.len()] {
+            "int" => ("int", default),
+            "numeric(12,2)" => ("numeric(12,2)", default),
+            other => (other, ""),
+        };
+        cols.push(format!("c{c} {ty}{default}"));
+    }
+    format!(
+        "DO $$ BEGIN FOR i IN {from}..{to} LOOP \
+           EXECUTE format('CREATE TABLE bench.t%s ({cols})', i); \
+           EXECUTE format('CREATE INDEX ON bench.t%s (c1)', i); \
+           EXECUTE format('CREATE INDEX ON bench.t%s (c2, c3)', i); \
+         END LOOP; END $$",
+        cols = cols.join(", ")
+    )
+}
+
+fn stats(mut d: Vec<Duration>) -> (Duration, Duration) {
+    d.sort();
+    (d[0], d[d.len() / 2])
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn main() {
+    let srv = LocalServer::start().expect("start a local PostgreSQL server");
+    let db = srv.create_database("bench").expect("create database");
+    let t0 = Instant::now();
+    srv.psql(&db, "CREATE SCHEMA bench").unwrap();
+    for batch in (1..=TABLES).step_by(500) {
+        srv.psql(&db, &generator(batch, (batch + 499).min(TABLES)))
+            .expect("generate tables");
+    }
+    srv.psql(&db, "ANALYZE").unwrap();
+    println!(
+        "generated {TABLES} tables x {COLUMNS} columns x 3 indexes in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (load, snap) = rt.block_on(async {
+        let client = srv.connect(&db).await.unwrap();
+        let mut times = Vec::new();
+        let mut snap = None;
+        for _ in 0..RUNS {
+            let t = Instant::now();
+            let s = Snapshot::load(&client, &Filter::default()).await.unwrap();
+            times.push(t.elapsed());
+            snap = Some(s);
+        }
+        (times, snap.unwrap())
+    });
+    assert_eq!(snap.tables.len(), TABLES);
+    let indexes: usize = snap.tables.iter().map(|t| t.indexes.len()).sum();
+    let columns: usize = snap.tables.iter().map(|t| t.columns.len()).sum();
+    let t = Instant::now();
+    let sql = pgflip::ddl::render(&snap);
+    let render = t.elapsed();
+
+    let mut dump = Vec::new();
+    for _ in 0..RUNS {
+        let t = Instant::now();
+        let out = Command::new(srv.bindir().join("pg_dump"))
+            .args(["-h", "127.0.0.1", "-U", "postgres", "--schema-only"])
+            .args(["-p", &srv.port().to_string(), "-d", &db])
+            .output()
+            .expect("run pg_dump");
+        assert!(out.status.success());
+        dump.push(t.elapsed());
+    }
+    let (lmin, lmed) = stats(load);
+    let (dmin, dmed) = stats(dump);
+    println!("snapshot: {TABLES} tables, {columns} columns, {indexes} indexes");
+    println!("queries per snapshot: {}", Snapshot::QUERY_COUNT);
+    println!(
+        "Snapshot::load       min {} median {} ({RUNS} runs)",
+        ms(lmin),
+        ms(lmed)
+    );
+    println!(
+        "ddl::render          {} ({} bytes of SQL)",
+        ms(render),
+        sql.len()
+    );
+    println!(
+        "pg_dump --schema-only min {} median {} ({RUNS} runs)",
+        ms(dmin),
+        ms(dmed)
+    );
+    println!(
+        "snapshot is {:.1}x faster than pg_dump --schema-only (medians)",
+        dmed.as_secs_f64() / lmed.as_secs_f64()
+    );
+    srv.stop().ok();
+}

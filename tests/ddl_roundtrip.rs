@@ -13,7 +13,16 @@ use crate::util::*;
 /// Runs a SQL file with psql (stop on the first error); the error text on failure.
 fn psql_file(db: &TestDb, path: &Path) -> Result<(), String> {
     let out = Command::new(db.srv.bindir().join("psql"))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "postgres"])
+        .args([
+            "-X",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+        ])
         .args(["-p", &db.srv.port().to_string(), "-d", &db.name, "-f"])
         .arg(path)
         .env("PGOPTIONS", "-c client_min_messages=error")
@@ -49,11 +58,27 @@ fn first_difference(a: &str, b: &str) -> String {
 /// Dumps `src` with pgflip, applies the dump to a new database, and checks both equalities.
 /// Returns the dump.
 async fn round_trip(src: &TestDb) -> Result<String, String> {
+    let copy = fresh_db("rt_copy");
+    let result = round_trip_into(src, &copy).await;
+    drop_db(&copy);
+    result
+}
+
+fn drop_db(db: &TestDb) {
+    let _ = db.srv.psql(
+        "postgres",
+        &format!(
+            "DROP DATABASE IF EXISTS {}",
+            pgflip::ident::quote_ident(&db.name)
+        ),
+    );
+}
+
+async fn round_trip_into(src: &TestDb, copy: &TestDb) -> Result<String, String> {
     let dump1 = pgflip::ddl::dump_database(&src.client().await, &Filter::default())
         .await
         .map_err(|e| format!("dump: {e}"))?;
-    let copy = fresh_db("rt_copy");
-    psql_text(&copy, &dump1).map_err(|e| format!("applying the dump: {e}"))?;
+    psql_text(copy, &dump1).map_err(|e| format!("applying the dump: {e}"))?;
     let (a, b) = (src.schema_dump(), copy.schema_dump());
     if a != b {
         let base = std::env::temp_dir().join(&src.name);
@@ -79,6 +104,13 @@ async fn round_trip(src: &TestDb) -> Result<String, String> {
 
 fn ensure_roles(roles: &[&str]) {
     for r in roles {
+        let unquoted;
+        let r: &str = if r.len() > 1 && r.starts_with('"') && r.ends_with('"') {
+            unquoted = r[1..r.len() - 1].replace("\"\"", "\"");
+            &unquoted
+        } else {
+            r
+        };
         let lit = pgflip::ident::quote_literal(r);
         let id = pgflip::ident::quote_ident(r);
         server()
@@ -202,13 +234,26 @@ async fn every_object_kind_round_trips() {
             .unwrap_or_else(|| panic!("{needle:?} missing from the dump:\n{dump}"))
     };
     assert!(pos("CREATE SCHEMA \"Sales Dept\"") < pos("CREATE TABLE \"Sales Dept\".\"Customers\""));
-    assert!(pos("CREATE EXTENSION IF NOT EXISTS citext") < pos("CREATE TABLE \"Sales Dept\".\"Customers\""));
+    assert!(
+        pos("CREATE EXTENSION IF NOT EXISTS citext")
+            < pos("CREATE TABLE \"Sales Dept\".\"Customers\"")
+    );
     assert!(pos("CREATE VIEW \"Sales Dept\".big_orders") < pos("CREATE VIEW \"user\".biggest"));
     assert!(pos("CREATE SEQUENCE public.order_id_seq") < pos("CREATE TABLE public.\"order\""));
-    assert!(pos("CREATE TABLE public.\"order\"") < pos("ALTER SEQUENCE public.order_id_seq OWNED BY"));
-    assert!(pos("CREATE TABLE public.measurements_2024") < pos("CREATE INDEX measurements_at ON ONLY"));
-    assert!(!dump.contains("CREATE SEQUENCE \"Sales Dept\".\"Customers_id_seq\""), "identity sequences come with their column");
-    assert!(!dump.contains("CREATE INDEX order_totals_customer") || dump.contains("CREATE UNIQUE INDEX order_totals_customer"));
+    assert!(
+        pos("CREATE TABLE public.\"order\"") < pos("ALTER SEQUENCE public.order_id_seq OWNED BY")
+    );
+    assert!(
+        pos("CREATE TABLE public.measurements_2024") < pos("CREATE INDEX measurements_at ON ONLY")
+    );
+    assert!(
+        !dump.contains("CREATE SEQUENCE \"Sales Dept\".\"Customers_id_seq\""),
+        "identity sequences come with their column"
+    );
+    assert!(
+        !dump.contains("CREATE INDEX order_totals_customer")
+            || dump.contains("CREATE UNIQUE INDEX order_totals_customer")
+    );
     // Objects of the extensions are not dumped, the extensions are.
     assert!(!dump.contains("FUNCTION public.citext"));
 }
@@ -246,7 +291,14 @@ async fn schema_dump_command_writes_the_same_dump() {
     let only_a = std::fs::read_to_string(&file).unwrap();
     assert!(only_a.contains("CREATE TABLE a.t"));
     assert!(!only_a.contains("b.u"));
-    let out = pgflip(&["schema", "dump", "--source", &src.url(), "--exclude-schema", "a"]);
+    let out = pgflip(&[
+        "schema",
+        "dump",
+        "--source",
+        &src.url(),
+        "--exclude-schema",
+        "a",
+    ]);
     assert!(out.status.success());
     assert!(!stdout(&out).contains("CREATE TABLE a.t"));
     assert!(stdout(&out).contains("CREATE TABLE b.u"));
@@ -258,11 +310,23 @@ async fn schema_dump_command_writes_the_same_dump() {
     assert_eq!(v["tables"].as_array().unwrap().len(), 2);
 
     // A schema that does not exist is an input error naming it.
-    let out = pgflip(&["schema", "dump", "--source", &src.url(), "--schema", "No Such"]);
+    let out = pgflip(&[
+        "schema",
+        "dump",
+        "--source",
+        &src.url(),
+        "--schema",
+        "No Such",
+    ]);
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("\"No Such\""), "{}", stderr(&out));
     // An unreachable server is a connection error.
-    let out = pgflip(&["schema", "dump", "--source", "postgresql://postgres@127.0.0.1:1/x"]);
+    let out = pgflip(&[
+        "schema",
+        "dump",
+        "--source",
+        "postgresql://postgres@127.0.0.1:1/x",
+    ]);
     assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
 }
 
@@ -294,8 +358,26 @@ fn fixture_files(root: &Path) -> Vec<(PathBuf, PathBuf)> {
     out
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn shared_fixture_schemas_round_trip() {
+/// One fixture file: `Err(None)` when it does not load on this server.
+async fn fixture_round_trip(file: &Path) -> Result<(), Option<String>> {
+    let src = fresh_db("fx");
+    let result = match psql_file(&src, file) {
+        Err(e) => {
+            eprintln!(
+                "  did not load: {}: {}",
+                file.display(),
+                e.lines().next().unwrap_or("")
+            );
+            Err(None)
+        }
+        Ok(()) => round_trip(&src).await.map(|_| ()).map_err(Some),
+    };
+    drop_db(&src);
+    result
+}
+
+#[test]
+fn shared_fixture_schemas_round_trip() {
     let root = fixtures_dir();
     if !root.is_dir() {
         eprintln!(
@@ -304,40 +386,66 @@ async fn shared_fixture_schemas_round_trip() {
         );
         return;
     }
-    ensure_roles(&["schemainspect_test_role"]);
     let files = fixture_files(&root);
-    let (mut loaded, mut ok) = (0, 0);
-    let mut failures = Vec::new();
-    let mut not_loaded = Vec::new();
-    for (dir, file) in &files {
-        if let Ok(meta) = std::fs::read_to_string(dir.join("meta.json")) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&meta) {
-                let roles: Vec<String> = v["roles"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|r| r.as_str().map(String::from)).collect())
-                    .unwrap_or_default();
-                let roles: Vec<&str> = roles.iter().map(|s| s.as_str()).collect();
-                ensure_roles(&roles);
+    let mut roles = vec!["schemainspect_test_role".to_string()];
+    for (dir, _) in &files {
+        let Ok(meta) = std::fs::read_to_string(dir.join("meta.json")) else {
+            continue;
+        };
+        if let Ok(v) = serde_json::from_str::<serde_json::Value>(&meta) {
+            for r in v["roles"].as_array().into_iter().flatten() {
+                if let Some(r) = r.as_str() {
+                    roles.push(r.to_string());
+                }
             }
         }
-        let label = file.strip_prefix(&root).unwrap_or(file).display().to_string();
-        let src = fresh_db("fx");
-        if let Err(e) = psql_file(&src, file) {
-            not_loaded.push(format!("{label}: {}", e.lines().next().unwrap_or("")));
-            continue;
+    }
+    roles.sort();
+    roles.dedup();
+    ensure_roles(&roles.iter().map(|s| s.as_str()).collect::<Vec<_>>());
+
+    // A few workers: most of the time goes to CREATE DATABASE, psql and pg_dump.
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..3 {
+            scope.spawn(|| {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                loop {
+                    let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let Some((_, file)) = files.get(i) else { break };
+                    let r = rt.block_on(fixture_round_trip(file));
+                    let label = file
+                        .strip_prefix(&root)
+                        .unwrap_or(file)
+                        .display()
+                        .to_string();
+                    results.lock().unwrap().push((label, r));
+                }
+            });
         }
-        loaded += 1;
-        match round_trip(&src).await {
-            Ok(_) => ok += 1,
-            Err(e) => failures.push(format!("{label}: {e}")),
+    });
+    let mut results = results.into_inner().unwrap();
+    results.sort_by(|a, b| a.0.cmp(&b.0));
+    let loaded = results.iter().filter(|r| !matches!(r.1, Err(None))).count();
+    let ok = results.iter().filter(|r| r.1.is_ok()).count();
+    println!(
+        "round-trip: {} fixture files, {loaded} loaded, {ok} round-tripped",
+        files.len()
+    );
+    let mut failures = 0;
+    for (label, r) in &results {
+        match r {
+            Err(None) => println!("  did not load: {label}"),
+            Err(Some(e)) => {
+                failures += 1;
+                println!("  FAILED: {label}: {e}");
+            }
+            Ok(()) => {}
         }
     }
-    println!("round-trip: {} fixture files, {loaded} loaded, {ok} round-tripped", files.len());
-    for n in &not_loaded {
-        println!("  did not load: {n}");
-    }
-    for f in &failures {
-        println!("  FAILED: {f}");
-    }
-    assert!(failures.is_empty(), "{} fixture schemas did not round-trip", failures.len());
+    assert_eq!(failures, 0, "{failures} fixture schemas did not round-trip");
 }

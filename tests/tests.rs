@@ -2,6 +2,7 @@
 
 mod util;
 
+mod catalog;
 mod cli;
 mod ddl_roundtrip;
 mod harness;

@@ -191,43 +191,20 @@ impl Snapshot {
                 .await
                 .ctx(format!("reading the catalog ({what})"))?;
             let text: &str = row.get(0);
-            serde_json::from_str(text).map_err(|e| {
-                crate::Error::Config(format!("decoding the catalog ({what}): {e}"))
-            })
+            serde_json::from_str(text)
+                .map_err(|e| crate::Error::Config(format!("decoding the catalog ({what}): {e}")))
         }
-        let (
-            globals,
-            types,
-            sequences,
-            rels,
-            cols,
-            cons,
-            idx,
-            trg,
-            functions,
-            deps,
-        ): (
-            Globals,
-            Vec<TypeDef>,
-            Vec<Sequence>,
-            Vec<RawRelation>,
-            Vec<Rel<Column>>,
-            Vec<Rel<Constraint>>,
-            Vec<Rel<Index>>,
-            TriggersPolicies,
-            Vec<Function>,
-            Vec<RawDependency>,
-        ) = futures_util::try_join!(
-            one(client, "schemas", &q_globals, inc, exc),
-            one(client, "types", &q_types, inc, exc),
-            one(client, "sequences", &q_seqs, inc, exc),
-            one(client, "relations", &q_rels, inc, exc),
-            one(client, "columns", &q_cols, inc, exc),
-            one(client, "constraints", &q_cons, inc, exc),
-            one(client, "indexes", &q_idx, inc, exc),
-            one(client, "triggers", &q_trg, inc, exc),
-            one(client, "functions", &q_fun, inc, exc),
-            one(client, "dependencies", &q_dep, inc, exc),
+        let (globals, types, sequences, rels, cols, cons, idx, trg, functions, deps) = futures_util::try_join!(
+            one::<Globals>(client, "schemas", &q_globals, inc, exc),
+            one::<Vec<TypeDef>>(client, "types", &q_types, inc, exc),
+            one::<Vec<Sequence>>(client, "sequences", &q_seqs, inc, exc),
+            one::<Vec<RawRelation>>(client, "relations", &q_rels, inc, exc),
+            one::<Vec<Rel<Column>>>(client, "columns", &q_cols, inc, exc),
+            one::<Vec<Rel<Constraint>>>(client, "constraints", &q_cons, inc, exc),
+            one::<Vec<Rel<Index>>>(client, "indexes", &q_idx, inc, exc),
+            one::<TriggersPolicies>(client, "triggers", &q_trg, inc, exc),
+            one::<Vec<Function>>(client, "functions", &q_fun, inc, exc),
+            one::<Vec<RawDependency>>(client, "dependencies", &q_dep, inc, exc),
         )?;
         let mut snap = Snapshot {
             filter: filter.clone(),

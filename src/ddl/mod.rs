@@ -101,15 +101,37 @@ fn grantee_sql(g: &Option<String>) -> String {
     }
 }
 
-/// ACL entries grouped as the server stores them: one per (grantee, grantor).
-fn acl_entries(items: &[AclItem]) -> Vec<(&Option<String>, &str, Vec<(&str, bool)>)> {
-    let mut out: Vec<(&Option<String>, &str, Vec<(&str, bool)>)> = Vec::new();
+/// One ACL entry as the server stores it: a grantee's privileges from one grantor.
+struct AclEntry<'a> {
+    grantee: &'a Option<String>,
+    grantor: &'a str,
+    /// (privilege, with grant option)
+    privileges: Vec<(&'a str, bool)>,
+}
+
+impl AclEntry<'_> {
+    fn same(&self, other: &AclEntry) -> bool {
+        let mut x = self.privileges.clone();
+        let mut y = other.privileges.clone();
+        x.sort();
+        y.sort();
+        self.grantee == other.grantee && self.grantor == other.grantor && x == y
+    }
+}
+
+/// `aclexplode` rows grouped back into entries.
+fn acl_entries(items: &[AclItem]) -> Vec<AclEntry<'_>> {
+    let mut out: Vec<AclEntry> = Vec::new();
     for i in items {
         match out.last_mut() {
-            Some((g, r, privs)) if *g == &i.grantee && *r == i.grantor => {
-                privs.push((&i.privilege, i.grantable))
+            Some(e) if e.grantee == &i.grantee && e.grantor == i.grantor => {
+                e.privileges.push((&i.privilege, i.grantable))
             }
-            _ => out.push((&i.grantee, &i.grantor, vec![(&i.privilege, i.grantable)])),
+            _ => out.push(AclEntry {
+                grantee: &i.grantee,
+                grantor: &i.grantor,
+                privileges: vec![(&i.privilege, i.grantable)],
+            }),
         }
     }
     out
@@ -121,13 +143,18 @@ fn grant_statements(
     object: &str,
     column: Option<&str>,
     owner: &str,
-    entries: &[(&Option<String>, &str, Vec<(&str, bool)>)],
+    entries: &[AclEntry],
 ) -> String {
     let mut out = String::new();
     let cols = column
         .map(|c| format!(" ({})", quote_ident(c)))
         .unwrap_or_default();
-    for (grantee, grantor, privs) in entries {
+    for AclEntry {
+        grantee,
+        grantor,
+        privileges: privs,
+    } in entries
+    {
         let plain: Vec<String> = privs
             .iter()
             .filter(|p| !p.1)
@@ -176,15 +203,8 @@ pub fn grants_for(object: &str, owner: &str, acl: Option<&Acl>) -> String {
     };
     let actual = acl_entries(&acl.items);
     let default = acl_entries(&acl.default);
-    let same = |a: &(&Option<String>, &str, Vec<(&str, bool)>),
-                b: &(&Option<String>, &str, Vec<(&str, bool)>)| {
-        let mut x = a.2.clone();
-        let mut y = b.2.clone();
-        x.sort();
-        y.sort();
-        a.0 == b.0 && a.1 == b.1 && x == y
-    };
-    let prefix = default.len() <= actual.len() && default.iter().zip(&actual).all(|(d, a)| same(d, a));
+    let prefix =
+        default.len() <= actual.len() && default.iter().zip(&actual).all(|(d, a)| d.same(a));
     if prefix {
         return grant_statements(object, None, owner, &actual[default.len()..]);
     }
@@ -588,7 +608,10 @@ pub fn create_table_with_parents(t: &Table, parents: &[&Table]) -> String {
             }
         }
         if c.not_null && !parent_col.is_some_and(|p| p.not_null) {
-            let _ = writeln!(out, "ALTER TABLE ONLY {name} ALTER COLUMN {col} SET NOT NULL;");
+            let _ = writeln!(
+                out,
+                "ALTER TABLE ONLY {name} ALTER COLUMN {col} SET NOT NULL;"
+            );
         }
     }
     if t.rls_enabled {

@@ -43,6 +43,9 @@ impl Relation<'_> {
     }
 }
 
+/// Tie-break order: kind rank, then names.
+type Key = (u8, String, String, String);
+
 /// One thing to create, borrowing from the snapshot.
 #[derive(Debug, Clone, Copy)]
 pub enum Item<'a> {
@@ -67,7 +70,7 @@ pub enum Item<'a> {
 
 impl Item<'_> {
     /// Tie-break key among items whose dependencies are all met.
-    fn key(&self) -> (u8, String, String, String) {
+    fn key(&self) -> Key {
         let s = |x: &str| x.to_string();
         match self {
             Item::Schema(x) => (0, s(&x.name), String::new(), String::new()),
@@ -220,7 +223,9 @@ pub fn ordered(snap: &Snapshot) -> Vec<Item<'_>> {
     for t in &snap.tables {
         let qn = Relation::Table(t);
         let mut refs = vec![r(C::Class, t.oid)];
-        // Identity sequences and inline / implied constraints are part of the table.
+        // Identity sequences and inline CHECK constraints are part of the table. Constraints
+        // and triggers cloned from a parent are made by the parent's: no item, no edges (their
+        // edges would tie the partition to its parent's objects, which wait for it).
         refs.extend(
             snap.sequences
                 .iter()
@@ -235,22 +240,18 @@ pub fn ordered(snap: &Snapshot) -> Vec<Item<'_>> {
         refs.extend(
             t.constraints
                 .iter()
-                .filter(|c| crate::ddl::is_inline_check(c) || crate::ddl::is_implied_constraint(c))
+                .filter(|c| crate::ddl::is_inline_check(c))
                 .map(|c| r(C::Constraint, c.oid)),
-        );
-        refs.extend(
-            t.triggers
-                .iter()
-                .filter(|x| x.from_parent)
-                .map(|x| r(C::Trigger, x.oid)),
         );
         let tid = g.add(Item::Table(t), &refs);
         in_schema.push((tid, &t.schema));
         table_ids.insert((&t.schema, &t.name), tid);
         let mut subs = Vec::new();
-        for c in t.constraints.iter().filter(|c| {
-            !crate::ddl::is_inline_check(c) && !crate::ddl::is_implied_constraint(c)
-        }) {
+        for c in t
+            .constraints
+            .iter()
+            .filter(|c| !crate::ddl::is_inline_check(c) && !crate::ddl::is_implied_constraint(c))
+        {
             let mut refs = vec![r(C::Constraint, c.oid)];
             if let Some(i) = c.index.as_deref().and_then(|i| t.index(i)) {
                 refs.push(r(C::Class, i.oid));
@@ -276,11 +277,7 @@ pub fn ordered(snap: &Snapshot) -> Vec<Item<'_>> {
         if t.replica_identity == "i" && t.replica_identity_index.is_some() {
             let id = g.add(Item::ReplicaIdentity(t), &[]);
             g.edge(id, tid);
-            if let Some(ix) = t
-                .replica_identity_index
-                .as_deref()
-                .and_then(|n| t.index(n))
-            {
+            if let Some(ix) = t.replica_identity_index.as_deref().and_then(|n| t.index(n)) {
                 replica.push((id, ix.oid));
             }
         }
@@ -387,7 +384,7 @@ fn sort(g: Graph<'_>) -> Vec<Item<'_>> {
         waiting[after] += 1;
         dependents[before].push(after);
     }
-    let mut ready: BinaryHeap<Reverse<(&(u8, String, String, String), usize)>> = (0..n)
+    let mut ready: BinaryHeap<Reverse<(&Key, usize)>> = (0..n)
         .filter(|&i| waiting[i] == 0)
         .map(|i| Reverse((&keys[i], i)))
         .collect();
