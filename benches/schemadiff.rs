@@ -8,9 +8,9 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use pgflip::catalog::{Filter, Snapshot};
+use pgflip::catalog::Filter;
 use pgflip::localpg::LocalServer;
-use pgflip::schemadiff::{compare_snapshots, DiffOptions};
+use pgflip::schemadiff::{compare_snapshots, load_snapshot, DiffOptions};
 
 fn generate(tables: usize, changed: usize, variant: bool) -> String {
     let cols: Vec<String> = (1..=19)
@@ -74,7 +74,15 @@ fn main() {
     let e2e = best_of(3, || {
         let t = Instant::now();
         let o = Command::new(exe)
-            .args(["schema", "diff", "--source", &src_url, "--target", &tgt_url, "--dry-run"])
+            .args([
+                "schema",
+                "diff",
+                "--source",
+                &src_url,
+                "--target",
+                &tgt_url,
+                "--dry-run",
+            ])
             .output()
             .unwrap();
         let d = t.elapsed();
@@ -92,8 +100,7 @@ fn main() {
         let b = srv.connect(&old).await.unwrap();
         let f = Filter::default();
         let t = Instant::now();
-        let (s, g) = tokio::try_join!(Snapshot::load(&a, &f), Snapshot::load(&b, &f))
-        .unwrap();
+        let (s, g) = tokio::try_join!(load_snapshot(&a, &f), load_snapshot(&b, &f)).unwrap();
         (s, g, t.elapsed())
     });
     println!("library: both snapshots loaded concurrently: {load:.2?}");
@@ -121,7 +128,11 @@ fn main() {
                 .unwrap();
             let d = t.elapsed();
             // migra exits 2 when there are differences.
-            assert!(o.status.code() == Some(2) || o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            assert!(
+                o.status.code() == Some(2) || o.status.success(),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             d
         });
         println!("migra --unsafe (same pair): {migra:.2?}");

@@ -677,7 +677,10 @@ fn awkward_identifiers_and_63_byte_tombstones() {
          CREATE TABLE keep (id int);",
     );
     let s = p.script(&[]);
-    pos(&s, "ALTER TABLE \"My Schema\".\"Order\" ALTER COLUMN \"select\" TYPE bigint");
+    pos(
+        &s,
+        "ALTER TABLE \"My Schema\".\"Order\" ALTER COLUMN \"select\" TYPE bigint",
+    );
     pos(&s, "CONCURRENTLY \"Idx Order\" ON \"My Schema\".\"Order\"");
     p.apply(&[]);
     // Tombstones fit in 63 bytes and are ignored by the next comparison.

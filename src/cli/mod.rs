@@ -69,7 +69,7 @@ pub enum SchemaCommand {
     /// Print a database's schema as SQL, in dependency order.
     Dump(schema::DumpArgs),
     /// Compare two databases' schemas and write (or apply) the ALTER script.
-    Diff(schema_diff::DiffArgs),
+    Diff(Box<schema_diff::DiffArgs>),
 }
 
 /// Placeholder for a command that is not built yet: accepts any arguments.
@@ -199,7 +199,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
-            schema_diff::run(args, &cli.global, out).await
+            schema_diff::run(*args, &cli.global, out).await
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
         Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),

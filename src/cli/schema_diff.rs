@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use clap::Args;
 
-use pgflip::catalog::{Filter, Snapshot};
+use pgflip::catalog::Filter;
 use pgflip::ident::quote_ident;
 use pgflip::schemadiff::{self, DiffOptions};
 
@@ -62,8 +62,8 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         tgt_filter.include_schemas = vec![b.clone()];
     }
     let (src_snap, tgt_snap) = tokio::try_join!(
-        Snapshot::load(&src_client, &src_filter),
-        Snapshot::load(&tgt_client, &tgt_filter)
+        schemadiff::load_snapshot(&src_client, &src_filter),
+        schemadiff::load_snapshot(&tgt_client, &tgt_filter)
     )?;
     for s in &src_filter.include_schemas {
         if src_snap.schema(s).is_none() {
