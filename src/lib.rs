@@ -6,14 +6,18 @@
 
 pub mod catalog;
 pub mod conn;
+pub mod copy;
 pub mod ddl;
 pub mod error;
 pub mod events;
+pub mod flip;
 pub mod ident;
 pub mod localpg;
 pub mod plan;
+pub mod rowdiff;
 pub mod schemadiff;
 pub mod state;
+pub mod sync;
 
 pub use error::{Error, Result, Side};
 

@@ -308,3 +308,67 @@ pub async fn describe_holder(client: &Client) -> Result<String> {
         .collect::<Vec<_>>()
         .join("; "))
 }
+
+/// SQL that records (or updates) an in-flight operation — something prepared and waiting, such
+/// as a staging table awaiting its swap — to be sent in the same transaction as the work it
+/// describes. The flip deletes the row of the green relation it brings in, in its own
+/// transaction. Needs the state schema ([`ensure`]).
+pub fn record_operation_sql(
+    kind: &str,
+    phase: &str,
+    live: (&str, &str),
+    green: (&str, &str),
+    details: &serde_json::Value,
+) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "DELETE FROM pgflip.operations WHERE green_schema = {gs} AND green_name = {gn}; \
+         INSERT INTO pgflip.operations (kind, phase, live_schema, live_name, green_schema, green_name, details) \
+         VALUES ({}, {}, {}, {}, {gs}, {gn}, {}::jsonb)",
+        l(kind),
+        l(phase),
+        l(live.0),
+        l(live.1),
+        l(&details.to_string()),
+        gs = l(green.0),
+        gn = l(green.1),
+    )
+}
+
+/// An in-flight operation.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Operation {
+    pub kind: String,
+    pub phase: String,
+    pub live: String,
+    pub green: String,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+    pub details: serde_json::Value,
+}
+
+/// The in-flight operations (empty without state). Reads only.
+pub async fn operations(client: &Client) -> Result<Vec<Operation>> {
+    if !exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT kind, phase, coalesce(live_schema, ''), coalesce(live_name, ''), \
+                    coalesce(green_schema, ''), coalesce(green_name, ''), updated_at, details \
+             FROM pgflip.operations ORDER BY id",
+            &[],
+        )
+        .await
+        .ctx("reading in-flight operations")?;
+    Ok(rows
+        .iter()
+        .map(|r| Operation {
+            kind: r.get(0),
+            phase: r.get(1),
+            live: crate::ident::qualified(r.get(2), r.get(3)),
+            green: crate::ident::qualified(r.get(4), r.get(5)),
+            updated_at: r.get(6),
+            details: r.get(7),
+        })
+        .collect())
+}

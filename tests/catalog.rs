@@ -27,8 +27,8 @@ CREATE TABLE app.orders (
 );
 CREATE INDEX orders_big ON app.orders (user_id) INCLUDE (amount) WHERE amount > 100;
 CREATE INDEX users_name_trgm ON app.users USING gin (name gin_trgm_ops);
-CREATE TABLE "Other Schema".audit (id int PRIMARY KEY, order_id int, line int,
-    FOREIGN KEY (order_id, line) REFERENCES app.orders(id, "Line No") NOT VALID);
+CREATE TABLE "Other Schema".audit (id int PRIMARY KEY, order_id int, line int);
+ALTER TABLE "Other Schema".audit ADD FOREIGN KEY (order_id, line) REFERENCES app.orders(id, "Line No") NOT VALID;
 CREATE FUNCTION app.stamp() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$;
 CREATE TRIGGER on_insert BEFORE INSERT ON app.orders FOR EACH ROW EXECUTE FUNCTION app.stamp();
 CREATE TRIGGER off_one BEFORE UPDATE ON app.orders FOR EACH ROW EXECUTE FUNCTION app.stamp();

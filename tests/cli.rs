@@ -24,15 +24,9 @@ const COMMANDS: [&str; 11] = [
 
 /// Commands that are still placeholders. Remove a command from this list when it is built
 /// (its own tests take over).
-const NOT_BUILT: [&[&str]; 8] = [
-    &["sync"],
+const NOT_BUILT: [&[&str]; 2] = [
     &["migrate"],
     &["green"],
-    &["status"],
-    &["list"],
-    &["rollback"],
-    &["cleanup"],
-    &["verify"],
 ];
 
 fn bin() -> Command {
@@ -104,7 +98,7 @@ fn completions_for_bash_zsh_and_fish() {
 #[test]
 fn json_errors_are_json_on_stdout_with_the_exit_code() {
     // A command error.
-    let o = pgflip(&["--json", "status"]);
+    let o = pgflip(&["--json", "migrate"]);
     assert_eq!(o.status.code(), Some(6));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim())
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&o)));
@@ -129,10 +123,10 @@ fn json_errors_are_json_on_stdout_with_the_exit_code() {
 
 #[test]
 fn quiet_and_verbose_are_global_and_exclusive() {
-    let o = pgflip(&["sync", "-q"]);
+    let o = pgflip(&["migrate", "-q"]);
     assert_eq!(o.status.code(), Some(6), "errors still show with -q");
     assert!(stderr(&o).contains("not built"));
-    let o = pgflip(&["-vv", "list"]);
+    let o = pgflip(&["-vv", "migrate"]);
     assert_eq!(o.status.code(), Some(6));
     let o = pgflip(&["-q", "-v", "list"]);
     assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
@@ -166,10 +160,10 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     // Piped: never colour, whatever NO_COLOR says.
     let o = bin().args(["--help"]).output().unwrap();
     assert!(!stdout(&o).contains('\x1b'));
-    let o = bin().args(["sync"]).output().unwrap();
+    let o = bin().args(["migrate"]).output().unwrap();
     assert!(!stderr(&o).contains('\x1b'));
 
-    let Some(coloured) = on_a_terminal("sync", None) else {
+    let Some(coloured) = on_a_terminal("migrate", None) else {
         eprintln!("skipping the terminal part: `script` is not installed");
         return;
     };
@@ -179,7 +173,7 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
         "no colour on a terminal: {coloured:?}"
     );
     // ...and NO_COLOR turns it off, for our messages and for clap's help alike.
-    let plain = on_a_terminal("sync", Some("1")).unwrap();
+    let plain = on_a_terminal("migrate", Some("1")).unwrap();
     assert!(plain.contains("is not built yet"), "{plain:?}");
     assert!(
         !plain.contains('\x1b'),
@@ -189,7 +183,7 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     assert!(help.contains("Usage"), "{help:?}");
     assert!(!help.contains('\x1b'), "colour despite NO_COLOR: {help:?}");
     // An empty NO_COLOR does not count (no-color.org).
-    let empty = on_a_terminal("sync", Some("")).unwrap();
+    let empty = on_a_terminal("migrate", Some("")).unwrap();
     assert!(empty.contains('\x1b'), "{empty:?}");
 }
 

@@ -68,7 +68,7 @@ fn drop_db(db: &TestDb) {
     let _ = db.srv.psql(
         "postgres",
         &format!(
-            "DROP DATABASE IF EXISTS {}",
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
             pgflip::ident::quote_ident(&db.name)
         ),
     );
@@ -220,6 +220,13 @@ CREATE POLICY restrictive_one ON public."order" AS RESTRICTIVE FOR UPDATE USING 
 COMMENT ON POLICY "own orders" ON public."order" IS 'rls';
 CREATE PUBLICATION "rt pub" FOR TABLE public."order", "Sales Dept"."Customers" WITH (publish = 'insert, update');
 COMMENT ON PUBLICATION "rt pub" IS 'to the warehouse';
+GRANT SELECT ON public.scratch TO "rt app" WITH GRANT OPTION;
+SET SESSION AUTHORIZATION "rt app";
+GRANT SELECT ON public.scratch TO "rt owner";
+RESET SESSION AUTHORIZATION;
+CREATE COLLATION public."natural ci" (provider = icu, locale = 'en-u-kn-true', deterministic = false);
+CREATE TABLE "user"."Bücher ☃" (titel text COLLATE public."natural ci" PRIMARY KEY, "select" int);
+COMMENT ON COLUMN "user".biggest.total IS 'a view column';
 "#;
 
 #[tokio::test]
@@ -253,6 +260,13 @@ async fn every_object_kind_round_trips() {
     assert!(
         !dump.contains("CREATE INDEX order_totals_customer")
             || dump.contains("CREATE UNIQUE INDEX order_totals_customer")
+    );
+    // A grant made by a grantee with the grant option is replayed as that grantee.
+    assert!(dump.contains(
+        "SET SESSION AUTHORIZATION \"rt app\";\nGRANT SELECT ON TABLE public.scratch TO \"rt owner\";"
+    ));
+    assert!(
+        pos("CREATE COLLATION public.\"natural ci\"") < pos("CREATE TABLE \"user\".\"Bücher ☃\"")
     );
     // Objects of the extensions are not dumped, the extensions are.
     assert!(!dump.contains("FUNCTION public.citext"));

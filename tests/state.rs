@@ -139,3 +139,12 @@ async fn an_unlock_failure_does_not_hide_the_work_error() {
     let err = res.unwrap_err();
     assert!(err.to_string().contains("the work's own error"), "{err}");
 }
+#[tokio::test]
+async fn status_on_a_fresh_database_creates_nothing() {
+    let db = fresh_db("state_status_fresh");
+    let before = db.dump();
+    let out = pgflip(&["status", "--target", &db.url()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("no pgflip state"), "{}", stdout(&out));
+    assert_eq!(db.dump(), before);
+}

@@ -4,7 +4,10 @@ mod util;
 
 mod catalog;
 mod cli;
+mod conn;
 mod ddl_roundtrip;
+mod flip;
 mod harness;
 mod state;
+mod sync;
 mod schemadiff;

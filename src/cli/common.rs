@@ -156,3 +156,97 @@ impl TargetArgs {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    /// The connection flags as a command would flatten them.
+    #[derive(Parser, Debug)]
+    struct Probe {
+        #[command(flatten)]
+        global: Global,
+        #[command(flatten)]
+        source: SourceArgs,
+        #[command(flatten)]
+        target: TargetArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<Probe, clap::Error> {
+        Probe::try_parse_from(std::iter::once("pgflip").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn aliases_and_split_flags_reach_the_endpoint_args() {
+        for (src, tgt) in [
+            ("--source", "--target"),
+            ("--from", "--to"),
+            ("--from", "--dest"),
+        ] {
+            let p = parse(&[src, "postgresql://a/x", tgt, "host=b dbname=y"]).unwrap();
+            assert_eq!(
+                p.source.endpoint_args().url.as_deref(),
+                Some("postgresql://a/x")
+            );
+            assert_eq!(
+                p.target.endpoint_args().url.as_deref(),
+                Some("host=b dbname=y")
+            );
+        }
+        let p = parse(&[
+            "--source-host",
+            "h",
+            "--source-port",
+            "6000",
+            "--source-database",
+            "d",
+            "--source-username",
+            "u",
+            "--source-password",
+            "pw-from-flag",
+            "--target-host",
+            "th",
+        ])
+        .unwrap();
+        let a = p.source.endpoint_args();
+        assert_eq!(
+            (
+                a.host.as_deref(),
+                a.port,
+                a.database.as_deref(),
+                a.username.as_deref()
+            ),
+            (Some("h"), Some(6000), Some("d"), Some("u"))
+        );
+        assert_eq!(a.password.as_deref(), Some("pw-from-flag"));
+        assert!(
+            !format!("{p:?}").contains("pw-from-flag"),
+            "Debug must redact"
+        );
+        assert!(parse(&["--source-port", "notaport"]).is_err());
+        assert!(parse(&["--env", "x.env", "--no-env-file"]).is_err());
+    }
+
+    #[test]
+    fn env_file_flag_is_a_layer_below_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("deploy.env");
+        std::fs::write(
+            &file,
+            "TARGET_DATABASE_URL=postgresql://envfile_user:pw@envfile-host:6543/envfile_db\n",
+        )
+        .unwrap();
+        let f = file.to_str().unwrap();
+        let p = parse(&["--env", f, "--target-database", "from_flag"]).unwrap();
+        let ep = target_endpoint(&p.global, &p.target).unwrap();
+        assert_eq!(ep.describe(), "envfile-host:6543, database from_flag");
+        assert_eq!(ep.user(), "envfile_user");
+
+        let p = parse(&["--env", "/nonexistent/deploy.env"]).unwrap();
+        let err = source_endpoint(&p.global, &p.source)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("/nonexistent/deploy.env"), "{err}");
+    }
+}

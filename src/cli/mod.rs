@@ -6,9 +6,11 @@
 
 mod common;
 mod demo;
+mod generations;
 mod output;
 mod schema;
 mod schema_diff;
+mod sync;
 
 use clap::{CommandFactory, Parser, Subcommand};
 
@@ -36,7 +38,7 @@ pub struct Cli {
 pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
-    Sync(NotBuilt),
+    Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
     /// start / abort).
     Migrate(NotBuilt),
@@ -46,15 +48,15 @@ pub enum Command {
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
     Green(NotBuilt),
     /// What is in flight on a target, and its latest generations.
-    Status(NotBuilt),
+    Status(generations::StatusArgs),
     /// List the generations recorded on a target.
-    List(NotBuilt),
+    List(generations::ListArgs),
     /// Flip a generation's retired relations back in.
-    Rollback(NotBuilt),
+    Rollback(generations::RollbackArgs),
     /// Drop retired generations (and tombstones).
-    Cleanup(NotBuilt),
+    Cleanup(generations::CleanupArgs),
     /// Check that a generation's retired relations are intact.
-    Verify(NotBuilt),
+    Verify(generations::VerifyArgs),
     /// Show what pgflip does, on two throwaway local servers it starts and removes.
     Demo(demo::DemoArgs),
     /// Print shell completions (e.g. `pgflip completions bash > /etc/bash_completion.d/pgflip`).
@@ -195,17 +197,17 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
             Ok(exit::OK)
         }
         Command::Demo(args) => demo::run(&args, out).await,
-        Command::Sync(_) => Err(pgflip::Error::NotImplemented("pgflip sync").into()),
+        Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
-        Command::Status(_) => Err(pgflip::Error::NotImplemented("pgflip status").into()),
-        Command::List(_) => Err(pgflip::Error::NotImplemented("pgflip list").into()),
-        Command::Rollback(_) => Err(pgflip::Error::NotImplemented("pgflip rollback").into()),
-        Command::Cleanup(_) => Err(pgflip::Error::NotImplemented("pgflip cleanup").into()),
-        Command::Verify(_) => Err(pgflip::Error::NotImplemented("pgflip verify").into()),
+        Command::Status(a) => generations::status(a, &cli.global, out).await,
+        Command::List(a) => generations::list(a, &cli.global, out).await,
+        Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
+        Command::Cleanup(a) => generations::cleanup(a, &cli.global, out).await,
+        Command::Verify(a) => generations::verify(a, &cli.global, out).await,
     }
 }

@@ -94,6 +94,16 @@ pub fn owner_to(kind: &str, name: &str, owner: &str) -> String {
     format!("ALTER {kind} {name} OWNER TO {};\n", quote_ident(owner))
 }
 
+/// [`owner_to`] only when `owner` is one of `existing_roles` (the roles of the server the
+/// script is for: roles are global and may be missing there). Empty otherwise.
+pub fn owner_to_existing(kind: &str, name: &str, owner: &str, existing_roles: &[String]) -> String {
+    if existing_roles.iter().any(|r| r == owner) {
+        owner_to(kind, name, owner)
+    } else {
+        String::new()
+    }
+}
+
 fn grantee_sql(g: &Option<String>) -> String {
     match g {
         Some(r) => quote_ident(r),

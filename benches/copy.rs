@@ -1,0 +1,246 @@
+//! Copy benchmark: `pgflip sync` of one indexed table against what a user would otherwise run.
+//!
+//! Two throwaway servers (source and target). Methods, each into the target's table:
+//!   1. `pgflip sync T` (the binary; default mode: one transaction: TRUNCATE, drop the plain
+//!      indexes, binary COPY, rebuild them), with its peak memory (VmHWM); and the same with the
+//!      indexes maintained row by row during the COPY;
+//!   2. `pgflip sync T --staging-table` (loads `T_staging`: the blue-green path);
+//!   3. `pg_dump -Fc -t T | pg_restore` into a database without the table;
+//!   4. text `COPY … TO STDOUT | COPY … FROM STDIN` (psql | psql) into the indexed table (what
+//!      pgsync does);
+//!   5. the floor: `COPY (FORMAT binary)` pipe into an unindexed table, then every index built
+//!      at once on parallel connections.
+//!
+//! `PGFLIP_BENCH_ROWS` (default 5 000 000) sets the size. Run: `cargo bench --bench copy`.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pgflip::localpg::{LocalServer, ServerOptions};
+
+const DDL: &str = "CREATE TABLE t (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, \
+                   c timestamptz NOT NULL, d numeric(12,2)); \
+                   CREATE INDEX t_a ON t (a); CREATE INDEX t_b ON t (b); CREATE INDEX t_c ON t (c)";
+const INDEXES: [&str; 4] = [
+    "ALTER TABLE t ADD PRIMARY KEY (id)",
+    "CREATE INDEX t_a ON t (a)",
+    "CREATE INDEX t_b ON t (b)",
+    "CREATE INDEX t_c ON t (c)",
+];
+
+fn psql(srv: &LocalServer, db: &str, sql: &str) {
+    srv.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
+}
+
+fn sh(cmd: &str) -> Duration {
+    let t = Instant::now();
+    let st = Command::new("bash")
+        .args(["-o", "pipefail", "-c", cmd])
+        .status()
+        .expect("bash");
+    assert!(st.success(), "failed: {cmd}");
+    t.elapsed()
+}
+
+fn psql_cmd(srv: &LocalServer, db: &str) -> String {
+    format!(
+        "{} -X -q -h 127.0.0.1 -U postgres -p {} -d {db}",
+        srv.bindir().join("psql").display(),
+        srv.port()
+    )
+}
+
+/// Runs the pgflip binary, polling its VmHWM (peak resident memory) while it runs.
+fn pgflip(args: &[&str]) -> (Duration, u64) {
+    let t = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args(args)
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("run pgflip");
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kb = 0u64;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(&status_file) {
+            for l in s.lines() {
+                if let Some(v) = l.strip_prefix("VmHWM:") {
+                    let kb: u64 = v.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                    peak_kb = peak_kb.max(kb);
+                }
+            }
+        }
+        if let Some(st) = child.try_wait().expect("wait") {
+            assert!(st.success(), "pgflip failed");
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (t.elapsed(), peak_kb)
+}
+
+fn main() {
+    let rows: u64 = std::env::var("PGFLIP_BENCH_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000_000);
+    let opts = ServerOptions {
+        settings: vec![
+            ("max_wal_size".into(), "8GB".into()),
+            ("maintenance_work_mem".into(), "256MB".into()),
+        ],
+    };
+    let src = LocalServer::start_with(opts.clone()).expect("source server");
+    let tgt = LocalServer::start_with(opts).expect("target server");
+    let sdb = src.create_database("bench_src").unwrap();
+    eprintln!("loading {rows} rows on the source…");
+    psql(&src, &sdb, DDL);
+    psql(
+        &src,
+        &sdb,
+        &format!(
+            "INSERT INTO t SELECT g, (g::bigint * 7919) % 100000, md5(g::text), \
+             '2020-01-01'::timestamptz + (g::bigint * 7919 % 1000000) * interval '1 min', (g % 100000) / 7.0 \
+             FROM generate_series(1, {rows}) g"
+        ),
+    );
+    psql(&src, &sdb, "VACUUM ANALYZE t");
+    let size = src
+        .psql(&sdb, "SELECT pg_size_pretty(pg_total_relation_size('t'))")
+        .unwrap();
+    eprintln!("source table: {} with indexes", size.trim());
+
+    let tdb = tgt.create_database("bench_tgt").unwrap();
+    psql(&tgt, &tdb, DDL);
+    let t_url = tgt.url(&tdb);
+    let s_url = src.url(&sdb);
+    let fresh = |tgt: &LocalServer| {
+        psql(tgt, &tdb, "DROP TABLE IF EXISTS t, t_staging");
+        psql(tgt, &tdb, DDL);
+        psql(tgt, &tdb, "CHECKPOINT");
+    };
+
+    // 1. pgflip sync (in place).
+    fresh(&tgt);
+    let (pg_in_place, mem1) = pgflip(&["sync", "--source", &s_url, "--target", &t_url, "t"]);
+    let n = tgt.psql(&tdb, "SELECT count(*) FROM t").unwrap();
+    assert_eq!(n.trim(), rows.to_string());
+    eprintln!(
+        "pgflip sync: {:.2}s, peak {} MB",
+        pg_in_place.as_secs_f64(),
+        mem1 / 1024
+    );
+
+    // 1b. pgflip sync (in place) maintaining the indexes row by row during COPY.
+    fresh(&tgt);
+    let (pg_no_rebuild, _) = pgflip(&[
+        "sync",
+        "--source",
+        &s_url,
+        "--target",
+        &t_url,
+        "t",
+        "--rebuild-indexes-above",
+        "1e18",
+    ]);
+    eprintln!(
+        "pgflip sync (indexes maintained during COPY): {:.2}s",
+        pg_no_rebuild.as_secs_f64()
+    );
+
+    // 2. pgflip sync --staging-table.
+    fresh(&tgt);
+    let (pg_staging, mem2) = pgflip(&[
+        "sync",
+        "--source",
+        &s_url,
+        "--target",
+        &t_url,
+        "t",
+        "--staging-table",
+    ]);
+    eprintln!(
+        "pgflip sync --staging-table: {:.2}s, peak {} MB",
+        pg_staging.as_secs_f64(),
+        mem2 / 1024
+    );
+
+    // 3. pg_dump | pg_restore into a database without the table.
+    let rdb = tgt.create_database("bench_restore").unwrap();
+    psql(&tgt, &rdb, "CHECKPOINT");
+    let dump = format!(
+        "{} -Fc -t t -h 127.0.0.1 -U postgres -p {} -d {sdb} | {} -h 127.0.0.1 -U postgres -p {} -d {rdb}",
+        src.bindir().join("pg_dump").display(),
+        src.port(),
+        tgt.bindir().join("pg_restore").display(),
+        tgt.port()
+    );
+    let dump_restore = sh(&dump);
+    eprintln!("pg_dump | pg_restore: {:.2}s", dump_restore.as_secs_f64());
+
+    // 4. Text COPY pipe into the indexed table.
+    fresh(&tgt);
+    let text_pipe = sh(&format!(
+        "{} -c 'COPY t TO STDOUT' | {} -c 'COPY t FROM STDIN'",
+        psql_cmd(&src, &sdb),
+        psql_cmd(&tgt, &tdb)
+    ));
+    eprintln!("text COPY pipe: {:.2}s", text_pipe.as_secs_f64());
+
+    // 5. Floor: binary pipe into an unindexed table, then parallel index builds.
+    psql(&tgt, &tdb, "DROP TABLE IF EXISTS t, t_staging");
+    psql(
+        &tgt,
+        &tdb,
+        "CREATE TABLE t (id bigint NOT NULL, a int NOT NULL, b text NOT NULL, c timestamptz NOT NULL, d numeric(12,2))",
+    );
+    psql(&tgt, &tdb, "CHECKPOINT");
+    let t0 = Instant::now();
+    sh(&format!(
+        "{} -c 'COPY t TO STDOUT (FORMAT binary)' | {} -c 'COPY t FROM STDIN (FORMAT binary)'",
+        psql_cmd(&src, &sdb),
+        psql_cmd(&tgt, &tdb)
+    ));
+    let builds: Vec<String> = INDEXES
+        .iter()
+        .map(|i| format!("{} -c '{i}' &", psql_cmd(&tgt, &tdb)))
+        .collect();
+    sh(&format!("{} wait", builds.join(" ")));
+    let floor = t0.elapsed();
+    eprintln!(
+        "floor (binary pipe + parallel index builds): {:.2}s",
+        floor.as_secs_f64()
+    );
+
+    let r = |d: Duration| d.as_secs_f64();
+    println!(
+        "\ncopy benchmark, {rows} rows ({} with indexes on the source)",
+        size.trim()
+    );
+    println!(
+        "{:<48} {:>8}  {:>22}  {:>14}",
+        "method", "seconds", "pg_dump|pg_restore / x", "x / floor"
+    );
+    for (name, d) in [
+        (
+            "pgflip sync (in place, TRUNCATE + binary COPY)",
+            pg_in_place,
+        ),
+        ("pgflip sync --staging-table", pg_staging),
+        ("pg_dump -Fc | pg_restore", dump_restore),
+        ("text COPY pipe into indexed table (pgsync)", text_pipe),
+        ("floor: binary pipe + parallel index builds", floor),
+    ] {
+        println!(
+            "{name:<50} {:>8.2}  {:>22.2}  {:>10.2}",
+            r(d),
+            r(dump_restore) / r(d),
+            r(d) / r(floor)
+        );
+    }
+    println!(
+        "pgflip peak memory (VmHWM): {} MB in place, {} MB staging",
+        mem1 / 1024,
+        mem2 / 1024
+    );
+}

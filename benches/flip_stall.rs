@@ -1,0 +1,234 @@
+//! How long does a flip stall the application? A steady pgbench-style load (reader and writer
+//! connections running indexed SELECTs and UPDATEs in loops, every latency recorded) runs on a
+//! throwaway local server while pgflip flips 1 table, then 50 tables. Prints p50 / p99 / max of
+//! readers and writers before and during the flip, and the longest stall (worst latency during
+//! the flip minus the normal p50). Goal: no statement stalled by more than 20 ms beyond its
+//! normal latency for the 1-table flip.
+//!
+//! Run: `cargo bench --bench flip_stall` (add `--profile dev` to skip the release build: the
+//! figures are server-side waits, not client CPU). `FLIP_STALL_ROWS` sets rows per table.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use pgflip::events::NullSink;
+use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::localpg::LocalServer;
+use rand::{Rng, SeedableRng};
+
+const READERS: usize = 4;
+const WRITERS: usize = 2;
+
+#[derive(Clone, Copy)]
+struct Sample {
+    start: Instant,
+    latency: Duration,
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
+    let db = srv.create_database("flip_stall").expect("database");
+    let setup = srv.connect(&db).await.expect("connect");
+    let mut sql = String::new();
+    for i in 0..tables {
+        sql.push_str(&format!(
+            "CREATE TABLE t{i} (id bigint PRIMARY KEY, v bigint NOT NULL, payload text); \
+             INSERT INTO t{i} SELECT g, g, md5(g::text) FROM generate_series(1, {rows}) g; \
+             CREATE VIEW t{i}_v AS SELECT id, v FROM t{i}; \
+             CREATE TABLE t{i}_staging (LIKE t{i} INCLUDING ALL); \
+             INSERT INTO t{i}_staging SELECT g, -g, md5(g::text) FROM generate_series(1, {rows}) g; \
+             ANALYZE t{i}; ANALYZE t{i}_staging;"
+        ));
+    }
+    setup.batch_execute(&sql).await.expect("load");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let writers: Arc<Mutex<Vec<Sample>>> = Arc::default();
+    let mut handles = Vec::new();
+    for w in 0..READERS + WRITERS {
+        let is_writer = w >= READERS;
+        let client = srv.connect(&db).await.expect("connect");
+        let stop = stop.clone();
+        let out = if is_writer {
+            writers.clone()
+        } else {
+            readers.clone()
+        };
+        handles.push(tokio::spawn(async move {
+            let mut local = Vec::new();
+            let mut rng = rand::rngs::StdRng::from_entropy();
+            while !stop.load(Ordering::Relaxed) {
+                let t = rng.gen_range(0..tables);
+                let id: i64 = rng.gen_range(1..=rows);
+                let sql = if is_writer {
+                    format!("UPDATE t{t} SET v = v + 1 WHERE id = $1")
+                } else {
+                    format!("SELECT v FROM t{t}_v WHERE id = $1")
+                };
+                let start = Instant::now();
+                let r = client.execute(sql.as_str(), &[&id]).await;
+                let latency = start.elapsed();
+                if let Err(e) = r {
+                    panic!("load query failed: {e}");
+                }
+                local.push(Sample { start, latency });
+            }
+            out.lock().unwrap().extend(local);
+        }));
+    }
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let flipper = srv.connect(&db).await.expect("connect");
+    pgflip::state::ensure(&flipper).await.expect("state");
+    let first_pairs: Vec<FlipPair> = (0..tables)
+        .map(|i| FlipPair {
+            live: QualifiedName::new("public", format!("t{i}")),
+            green: QualifiedName::new("public", format!("t{i}_staging")),
+        })
+        .collect();
+    // The first flip swaps the staging tables in; the next ones roll back, back and forth
+    // (each one a full flip: same engine, dependents re-created).
+    let mut windows = Vec::new();
+    for n in 0..flips {
+        let (pairs, kind, opts) = if n == 0 {
+            (first_pairs.clone(), FlipKind::Sync, FlipOptions::default())
+        } else {
+            let gen = flip::generation::find(&flipper, None)
+                .await
+                .expect("generation");
+            let opts = FlipOptions {
+                rollback_of: Some(gen.id),
+                allow_column_changes: true,
+                ..FlipOptions::default()
+            };
+            (
+                flip::rollback_pairs(&gen, &[]).expect("pairs"),
+                FlipKind::Rollback,
+                opts,
+            )
+        };
+        // Green's checksum is a full read taken before the locks: planning is kept out of the
+        // flip's window.
+        let plan_started = Instant::now();
+        let fp = flip::plan_flip(&flipper, &pairs, kind, &opts)
+            .await
+            .expect("plan");
+        let planned = plan_started.elapsed();
+        let flip_start = Instant::now();
+        let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
+            .await
+            .expect("flip");
+        let flip_end = Instant::now();
+        let lock_from = outcome.locked_at.expect("locked_at");
+        let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
+        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.await.expect("load task");
+    }
+
+    println!(
+        "\n== {flips} flips of {tables} table(s), {rows} rows each, {READERS} readers + {WRITERS} writers looping =="
+    );
+    let first_start = windows[0].1;
+    let mut worst_stall = [Duration::ZERO; 2];
+    for (k, (name, samples)) in [("reader", &readers), ("writer", &writers)]
+        .iter()
+        .enumerate()
+    {
+        let samples = samples.lock().unwrap();
+        let mut before: Vec<Duration> = samples
+            .iter()
+            .filter(|s| s.start + s.latency < first_start)
+            .map(|s| s.latency)
+            .collect();
+        before.sort();
+        let normal = pct(&before, 0.5);
+        println!(
+            "{name}: before the flips: n={} p50={} p99={} max={} ms",
+            before.len(),
+            ms(normal),
+            ms(pct(&before, 0.99)),
+            ms(before.last().copied().unwrap_or_default())
+        );
+        for (i, (_, _, lock_from, lock_to, flip_end, _)) in windows.iter().enumerate() {
+            // During: statements overlapping the locked transaction (sent → committed).
+            let mut during: Vec<Duration> = samples
+                .iter()
+                .filter(|s| s.start <= *lock_to && s.start + s.latency >= *lock_from)
+                .map(|s| s.latency)
+                .collect();
+            during.sort();
+            let after_max = samples
+                .iter()
+                .filter(|s| s.start > *lock_to && s.start <= *flip_end)
+                .map(|s| s.latency)
+                .max()
+                .unwrap_or_default();
+            let worst = during.last().copied().unwrap_or_default();
+            let stall = worst.saturating_sub(normal);
+            worst_stall[k] = worst_stall[k].max(stall);
+            println!(
+                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms, stall beyond p50 {} ms; max during after-commit steps {} ms",
+                i + 1,
+                during.len(),
+                ms(pct(&during, 0.5)),
+                ms(pct(&during, 0.99)),
+                ms(worst),
+                ms(stall),
+                ms(after_max)
+            );
+        }
+    }
+    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome)) in
+        windows.iter().enumerate()
+    {
+        println!(
+            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt), after-commit steps {} ms",
+            i + 1,
+            ms(*planned),
+            ms(lock_from.saturating_duration_since(*flip_start)),
+            ms(lock_to.saturating_duration_since(*lock_from)),
+            outcome.attempts,
+            ms(flip_end.saturating_duration_since(*lock_to)),
+        );
+    }
+    println!(
+        "longest stall beyond normal p50 over {flips} flips: reader {} ms, writer {} ms",
+        ms(worst_stall[0]),
+        ms(worst_stall[1])
+    );
+    drop(setup);
+}
+
+fn main() {
+    let rows: i64 = std::env::var("FLIP_STALL_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let srv = LocalServer::start().expect("start a local PostgreSQL server");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        run(&srv, 1, rows, 5).await;
+        run(&srv, 50, (rows / 10).max(1000), 3).await;
+    });
+    srv.stop().ok();
+}

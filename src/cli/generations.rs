@@ -1,0 +1,473 @@
+//! `pgflip status`, `list`, `rollback`, `cleanup` and `verify`: the commands over generations
+//! (the records of flips, kept in the target's `pgflip` schema).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Args;
+use serde_json::json;
+
+use pgflip::conn::Endpoint;
+use pgflip::flip::{self, generation, FlipKind, FlipOptions};
+use pgflip::{state, Side};
+
+use super::{exit, Global, Output, TargetArgs};
+
+/// Parses `100ms`, `2s`, `1.5s`, `1m` or a bare number of milliseconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "ms"),
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("invalid duration '{s}' (e.g. 100ms, 2s)"))?;
+    let ms = match unit {
+        "ms" => v,
+        "s" => v * 1000.0,
+        "m" | "min" => v * 60_000.0,
+        _ => return Err(format!("invalid duration unit in '{s}' (ms, s, m)")),
+    };
+    if ms.is_nan() || ms < 0.0 || !ms.is_finite() {
+        return Err(format!("invalid duration '{s}'"));
+    }
+    Ok(Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// Lock behaviour of commands that flip.
+#[derive(Args, Debug, Clone)]
+pub struct LockArgs {
+    /// Longest a lock request of the flip may wait (so the longest the application waits behind
+    /// it) before the attempt is rolled back and retried.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = parse_duration)]
+    pub lock_timeout: Duration,
+    /// Give up retrying after this long, naming the sessions in the way.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub max_wait: Duration,
+    /// statement_timeout inside the flip transaction.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+impl LockArgs {
+    pub fn flip_options(&self) -> FlipOptions {
+        FlipOptions {
+            lock_timeout: self.lock_timeout,
+            max_wait: self.max_wait,
+            statement_timeout: self.statement_timeout,
+            // Testing aid for the kill -9 tests: hold the flip's locks this long.
+            hold_locks_for: std::env::var("PGFLIP_TEST_HOLD_LOCKS_MS")
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+                .map(Duration::from_millis),
+            ..FlipOptions::default()
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Roll back the latest active generation.
+    #[arg(
+        long,
+        conflicts_with = "timestamp",
+        required_unless_present = "timestamp"
+    )]
+    pub latest: bool,
+    /// Roll back this generation (its label, as `pgflip list` shows it).
+    #[arg(long, value_name = "TS")]
+    pub timestamp: Option<String>,
+    /// Tables whose current rows are kept: they are not flipped back.
+    #[arg(long, value_name = "TABLES", value_delimiter = ',')]
+    pub keep_tables: Vec<String>,
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CleanupArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Drop generations created before this date (YYYY-MM-DD, or an RFC 3339 time).
+    #[arg(
+        long,
+        value_name = "DATE",
+        required_unless_present = "keep",
+        conflicts_with = "keep"
+    )]
+    pub before: Option<String>,
+    /// Keep the newest N generations, drop the others.
+    #[arg(long, value_name = "N")]
+    pub keep: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// The generation to verify (its label, as `pgflip list` shows it).
+    #[arg(long, value_name = "TS", required_unless_present = "latest")]
+    pub timestamp: Option<String>,
+    /// Verify the latest active generation.
+    #[arg(long, conflicts_with = "timestamp")]
+    pub latest: bool,
+}
+
+async fn connect(target: &TargetArgs) -> anyhow::Result<(Endpoint, tokio_postgres::Client)> {
+    let ep = Endpoint::resolve(Side::Target, &target.endpoint_args())?;
+    let client = ep.connect().await?;
+    Ok((ep, client))
+}
+
+fn relation_summary(g: &generation::Generation) -> String {
+    g.relations
+        .iter()
+        .map(|r| r.live())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn human_bytes(b: i64) -> String {
+    let b = b as f64;
+    if b >= 1e9 {
+        format!("{:.1} GB", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} MB", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.1} kB", b / 1e3)
+    } else {
+        format!("{b} B")
+    }
+}
+
+/// Staging tables waiting for a swap: `<table>_staging` beside `<table>`.
+async fn staging_tables(
+    client: &tokio_postgres::Client,
+) -> anyhow::Result<Vec<(String, String, String)>> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgflip') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pgflip\\_%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .context("listing tables")?;
+    let tables: std::collections::BTreeSet<(String, String)> =
+        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+    let mut out = Vec::new();
+    for (schema, name) in &tables {
+        let staging = pgflip::ident::staging_name(name);
+        if tables.contains(&(schema.clone(), staging.clone())) {
+            out.push((schema.clone(), staging, name.clone()));
+        }
+    }
+    Ok(out)
+}
+
+pub async fn status(args: StatusArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (ep, client) = connect(&args.target).await?;
+    let version = state::current_version(&client).await?;
+    let staging = staging_tables(&client).await?;
+    let gens = generation::list(&client).await?;
+    let ops: Vec<(String, String, String, String, String)> = state::operations(&client)
+        .await?
+        .into_iter()
+        .map(|o| {
+            (
+                o.kind,
+                o.phase,
+                o.live,
+                o.green,
+                o.updated_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            )
+        })
+        .collect();
+    if out.json {
+        let v = json!({
+            "target": ep.describe(),
+            "state_version": version,
+            "in_flight": {
+                "staging_tables": staging.iter().map(|(s, st, t)| json!({
+                    "staging": pgflip::ident::qualified(s, st),
+                    "live": pgflip::ident::qualified(s, t),
+                })).collect::<Vec<_>>(),
+                "operations": ops.iter().map(|(k, p, l, g, u)| json!({
+                    "kind": k, "phase": p, "live": l, "green": g, "updated_at": u
+                })).collect::<Vec<_>>(),
+            },
+            "generations": gens.iter().take(5).collect::<Vec<_>>(),
+        });
+        out.println(&serde_json::to_string_pretty(&v)?);
+        return Ok(exit::OK);
+    }
+    let mut s = format!("Target: {}\n", ep.describe());
+    match version {
+        None => {
+            s.push_str("State: no pgflip state on this target (nothing has been flipped here)\n")
+        }
+        Some(v) => s.push_str(&format!("State: pgflip schema version {v}\n")),
+    }
+    s.push_str("\nIn flight:\n");
+    if staging.is_empty() && ops.is_empty() {
+        s.push_str("  nothing\n");
+    }
+    for (schema, st, t) in &staging {
+        s.push_str(&format!(
+            "  {} — staging table waiting for a swap into {}\n",
+            pgflip::ident::qualified(schema, st),
+            pgflip::ident::qualified(schema, t)
+        ));
+    }
+    for (k, p, l, g, u) in &ops {
+        s.push_str(&format!("  {k} ({p}): {g} → {l}, since {u}\n"));
+    }
+    if version.is_some() {
+        s.push_str("\nLatest generations:\n");
+        if gens.is_empty() {
+            s.push_str("  none\n");
+        }
+        for g in gens.iter().take(5) {
+            s.push_str(&format!(
+                "  {}  {:<8}  {:<11}  {}  ({} kept in {})\n",
+                g.label,
+                g.kind,
+                g.status.replace('_', " "),
+                g.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                relation_summary(g),
+                g.backup_schema
+            ));
+        }
+        if let Some(g) = gens.first() {
+            s.push_str(&format!(
+                "\nLatest flip: generation {} ({}) — {} {} live.\n",
+                g.label,
+                g.kind,
+                relation_summary(g),
+                if g.relations.len() == 1 { "is" } else { "are" }
+            ));
+        }
+    }
+    out.write_stdout(s.as_bytes());
+    Ok(exit::OK)
+}
+
+pub async fn list(args: ListArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(&args.target).await?;
+    let gens = generation::list(&client).await?;
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&gens)?);
+        return Ok(exit::OK);
+    }
+    if gens.is_empty() {
+        out.println("no generations on this target");
+        return Ok(exit::OK);
+    }
+    let mut s = format!(
+        "{:<24}  {:<20}  {:<8}  {:<11}  {:>10}  relations\n",
+        "generation", "time (UTC)", "kind", "status", "size"
+    );
+    for g in &gens {
+        s.push_str(&format!(
+            "{:<24}  {:<20}  {:<8}  {:<11}  {:>10}  {}\n",
+            g.label,
+            g.created_at.format("%Y-%m-%d %H:%M:%S"),
+            g.kind,
+            g.status.replace('_', " "),
+            if g.status != "active" {
+                "-".to_string()
+            } else {
+                human_bytes(g.total_retired_bytes())
+            },
+            relation_summary(g)
+        ));
+    }
+    out.write_stdout(s.as_bytes());
+    Ok(exit::OK)
+}
+
+pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(&args.target).await?;
+    let events = out.events();
+    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
+    let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
+    let mut opts = args.lock.flip_options();
+    opts.rollback_of = Some(gen.id);
+    // Rolling back means the tables' columns may differ (migrations); dependents are checked.
+    opts.allow_column_changes = true;
+    if g.dry_run {
+        opts.checksums = false;
+        let fp = flip::plan_flip(&client, &pairs, FlipKind::Rollback, &opts).await?;
+        print_plan(out, &fp)?;
+        return Ok(exit::OK);
+    }
+    let client = Arc::new(client);
+    let outcome = state::with_target_lock(client.clone(), |c| async move {
+        flip::flip(&c, &pairs, FlipKind::Rollback, &opts, &events).await
+    })
+    .await?;
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&json!({
+            "rolled_back": gen.label,
+            "generation": outcome.generation,
+            "attempts": outcome.attempts,
+            "locked_ms": outcome.locked_ms,
+            "warnings": outcome.warnings,
+        }))?);
+    } else {
+        out.println(&format!(
+            "Rolled back generation {}: {} {} back (locks held {:.1} ms). The rolled-back version is kept as generation {}; `pgflip rollback --timestamp {}` undoes this.",
+            gen.label,
+            relation_summary(&outcome.generation),
+            if outcome.generation.relations.len() == 1 { "is" } else { "are" },
+            outcome.locked_ms,
+            outcome.generation.label,
+            outcome.generation.label
+        ));
+    }
+    Ok(exit::OK)
+}
+
+fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
+    if out.json {
+        out.println(&serde_json::to_string_pretty(fp)?);
+    } else {
+        let mut header = vec![
+            fp.plan.title.clone(),
+            "dry run: nothing was changed".to_string(),
+        ];
+        for w in &fp.warnings {
+            header.push(format!("warning: {w}"));
+        }
+        out.write_stdout(fp.plan.to_script(&header).as_bytes());
+    }
+    Ok(())
+}
+
+fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let d = chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| {
+        pgflip::Error::InvalidInput(format!(
+            "invalid date '{s}' (use YYYY-MM-DD or an RFC 3339 time)"
+        ))
+    })?;
+    Ok(d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+}
+
+pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(&args.target).await?;
+    let select = match (&args.before, args.keep) {
+        (Some(d), _) => generation::CleanupSelect::Before(parse_date(d)?),
+        (None, Some(n)) => generation::CleanupSelect::KeepNewest(n),
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let all = generation::list(&client).await?;
+    let chosen = generation::select_for_cleanup(&all, &select);
+    let schemas: std::collections::BTreeSet<String> = client
+        .query("SELECT nspname::text FROM pg_namespace", &[])
+        .await
+        .context("listing schemas")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for gen in &chosen {
+        if schemas.contains(&gen.backup_schema) {
+            let deps = generation::outside_dependents(&client, &gen.backup_schema).await?;
+            if !deps.is_empty() {
+                return Err(pgflip::Error::Refused(format!(
+                    "generation {}'s schema {} is still used from outside it: {}",
+                    gen.label,
+                    gen.backup_schema,
+                    deps.join("; ")
+                ))
+                .into());
+            }
+        }
+    }
+    let plan = generation::cleanup_plan(&chosen, &|s| schemas.contains(s));
+    if g.dry_run {
+        if out.json {
+            out.println(&serde_json::to_string_pretty(&plan)?);
+        } else {
+            out.write_stdout(
+                plan.to_script(&[plan.title.clone(), "dry run: nothing was changed".into()])
+                    .as_bytes(),
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if !chosen.is_empty() {
+        let client = Arc::new(client);
+        let events = out.events();
+        state::with_target_lock(client.clone(), |c| async move {
+            plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
+                .await
+        })
+        .await?;
+    }
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&json!({
+            "cleaned": chosen.iter().map(|g| &g.label).collect::<Vec<_>>()
+        }))?);
+    } else if chosen.is_empty() {
+        out.println("nothing to clean up");
+    } else {
+        for gen in &chosen {
+            out.println(&format!(
+                "dropped generation {} ({}, {})",
+                gen.label, gen.kind, gen.backup_schema
+            ));
+        }
+    }
+    Ok(exit::OK)
+}
+
+pub async fn verify(args: VerifyArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(&args.target).await?;
+    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
+    let report = generation::verify(&client, &gen).await?;
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&report)?);
+    } else if report.ok {
+        let mut s = format!("generation {} verified:\n", gen.label);
+        for r in &report.relations {
+            s.push_str(&format!(
+                "  ✔ {} — {} rows, checksum matches\n",
+                r.retired,
+                r.rows.unwrap_or_default()
+            ));
+        }
+        out.write_stdout(s.as_bytes());
+    } else {
+        let mut s = format!("generation {} does NOT match its record:\n", gen.label);
+        for p in &report.problems {
+            s.push_str(&format!("  ✘ {p}\n"));
+        }
+        out.write_stdout(s.as_bytes());
+    }
+    Ok(if report.ok {
+        exit::OK
+    } else {
+        exit::DIFFERENCES
+    })
+}

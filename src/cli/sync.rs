@@ -1,0 +1,501 @@
+//! `pgflip sync`: arguments, confirmation, and rendering of the library's sync report.
+
+use std::collections::HashMap;
+use std::io::{BufRead, IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+
+use pgflip::conn::Endpoint;
+use pgflip::events::{Event, EventSink};
+use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
+use pgflip::Side;
+
+use super::{exit, Global, Output, SourceArgs, TargetArgs};
+
+/// Copy tables from a source database to a target: in place in one transaction, or into
+/// `<table>_staging` with a row-level diff.
+#[derive(Args, Debug)]
+pub struct SyncArgs {
+    /// Tables (`table`, `schema.table`, `*` patterns) or groups of pgflip.toml (`group`,
+    /// `group:value`). None: every table both sides have.
+    #[arg(value_name = "TABLE|GROUP")]
+    pub tables: Vec<String>,
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Configuration file (default: ./pgflip.toml when present).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Leave out tables matching this pattern (repeatable).
+    #[arg(long, value_name = "PATTERN")]
+    pub exclude: Vec<String>,
+    /// Schemas that unqualified names and "every table" refer to (default: public).
+    #[arg(long, value_delimiter = ',', value_name = "A,B")]
+    pub schemas: Vec<String>,
+    /// Every user schema.
+    #[arg(long, conflicts_with = "schemas")]
+    pub all_schemas: bool,
+    /// Upsert by primary key; keep target rows the source lacks.
+    #[arg(long, conflicts_with = "preserve")]
+    pub overwrite: bool,
+    /// Insert only rows whose primary key the target lacks.
+    #[arg(long)]
+    pub preserve: bool,
+    /// Only rows matching this SQL condition are replaced (needs a primary key).
+    #[arg(long = "where", value_name = "SQL")]
+    pub where_clause: Option<String>,
+    /// Make the foreign keys touching the synced tables deferrable for the transaction (they
+    /// are still checked before commit, and restored).
+    #[arg(long)]
+    pub defer_constraints: bool,
+    /// Skip triggers and foreign key checks (session_replication_role = replica; superuser).
+    #[arg(long, conflicts_with = "defer_constraints")]
+    pub disable_integrity: bool,
+    /// Do not copy the positions of sequences owned by synced columns.
+    #[arg(long)]
+    pub no_sequences: bool,
+    /// Ignore the data rules of the configuration file.
+    #[arg(long)]
+    pub no_rules: bool,
+    /// Load into `<table>_staging` (same structure as the live table), leaving the live table
+    /// untouched; an existing staging table is replaced.
+    #[arg(long = "staging-table", visible_alias = "staging")]
+    pub staging: bool,
+    /// Name of the staging table (default: `<table>_staging`).
+    #[arg(long, value_name = "NAME", requires = "staging")]
+    pub staging_name: Option<String>,
+    /// Show new / updated / deleted row counts by primary key.
+    #[arg(long = "show-diff", visible_alias = "diff")]
+    pub show_diff: bool,
+    /// Also show up to N example keys of each kind of difference.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub diff_sample: usize,
+    /// Swap the staging table into the live table (the flip engine).
+    #[arg(long)]
+    pub swap: bool,
+    /// Tables copied at once (default: number of cores).
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+    /// Do not ask before replacing data on a target that is not on this machine.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// lock_timeout of each attempt to lock a table, in milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub lock_timeout: u64,
+    /// Give up retrying locks after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub max_wait: u64,
+    /// Tables replaced in place with more estimated rows than this get their plain indexes
+    /// rebuilt after the copy (tuning; benchmarks and tests).
+    #[arg(long, value_name = "ROWS", hide = true)]
+    pub rebuild_indexes_above: Option<f64>,
+}
+
+pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let cfg = Config::load(args.config.as_deref())?;
+    let mut src_args = args.source.endpoint_args();
+    if src_args.url.is_none() && src_args.host.is_none() {
+        src_args.url = cfg.source.clone();
+    }
+    let mut tgt_args = args.target.endpoint_args();
+    if tgt_args.url.is_none() && tgt_args.host.is_none() {
+        tgt_args.url = cfg.target.clone();
+    }
+    let source = Endpoint::resolve(Side::Source, &src_args)?;
+    let target = Endpoint::resolve(Side::Target, &tgt_args)?;
+
+    let mut requests = Vec::new();
+    for t in &args.tables {
+        for (pattern, filter) in cfg.expand(t)? {
+            requests.push(Request { pattern, filter });
+        }
+    }
+    let mut exclude = cfg.exclude.clone();
+    exclude.extend(args.exclude.iter().cloned());
+    let defaults = SyncOptions::default();
+    let opts = SyncOptions {
+        requests,
+        exclude,
+        scope: if args.all_schemas {
+            SchemaScope::All
+        } else if !args.schemas.is_empty() {
+            SchemaScope::Only(args.schemas.clone())
+        } else {
+            SchemaScope::Only(vec!["public".into()])
+        },
+        mode: if args.overwrite {
+            Mode::Overwrite
+        } else if args.preserve {
+            Mode::Preserve
+        } else {
+            Mode::Replace
+        },
+        filter: args.where_clause.clone(),
+        defer_constraints: args.defer_constraints,
+        disable_integrity: args.disable_integrity,
+        sequences: !args.no_sequences,
+        rules: if args.no_rules {
+            Rules::default()
+        } else {
+            Rules::from_config(&cfg.data_rules)?
+        },
+        staging: args.staging,
+        staging_name: args.staging_name.clone(),
+        show_diff: args.show_diff,
+        diff_sample: args.diff_sample,
+        // The swap is the flip engine's, run below once the rows are in (sync::prepare only
+        // copies).
+        swap: false,
+        jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
+        lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
+        max_wait: Duration::from_secs(args.max_wait),
+        rebuild_indexes_above: args
+            .rebuild_indexes_above
+            .unwrap_or(defaults.rebuild_indexes_above),
+    };
+
+    let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
+    let swap_exclude = opts.exclude.clone();
+    let swap_scope = opts.scope.clone();
+    // --swap without --staging-table: nothing to copy; flip the staging tables already there.
+    if args.swap && !args.staging {
+        let client = target.connect().await?;
+        let tables = swap_tables(&client, &swap_patterns, &swap_exclude, &swap_scope, None).await?;
+        return swap_and_report(client, &tables, None, &args, global, out, None).await;
+    }
+
+    let sink = CliSink::new(out);
+    let prepared = sync::prepare(&source, &target, opts, &sink).await?;
+
+    if global.dry_run {
+        let report = prepared.dry_run_report();
+        if out.json {
+            let v = serde_json::json!({
+                "dry_run": true,
+                "tables": report.tables,
+                "plan": report.plan,
+            });
+            out.println(&serde_json::to_string_pretty(&v)?);
+        } else {
+            for t in &report.tables {
+                if let Some(d) = &t.diff {
+                    out.println(&format!("{}:", short(&t.table)));
+                    out.write_stdout(pgflip::rowdiff::render_summary(d).as_bytes());
+                }
+            }
+            let header = vec![
+                format!(
+                    "pgflip {} sync plan (dry run: nothing was changed)",
+                    pgflip::VERSION
+                ),
+                format!("source: {}", source.describe()),
+                format!("target: {}", target.describe()),
+            ];
+            out.write_stdout(report.plan.to_script(&header).as_bytes());
+        }
+        return Ok(exit::OK);
+    }
+
+    if prepared.replaces_live_data() && !sync::is_local(prepared.target()) && !args.yes {
+        let what = format!(
+            "replace rows of {} table(s) on {}",
+            prepared.dry_run_report().tables.len(),
+            target.describe()
+        );
+        if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
+            super::output::write_stderr(&format!("pgflip: about to {what}. Continue? [y/N] "));
+            let _ = std::io::stderr().flush();
+            let mut line = String::new();
+            std::io::stdin().lock().read_line(&mut line)?;
+            if !matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
+                return Err(
+                    pgflip::Error::Refused("not confirmed; nothing was changed".into()).into(),
+                );
+            }
+        } else {
+            return Err(pgflip::Error::Refused(format!(
+                "the target is not on this machine; pass --yes to {what} (no terminal to ask on)"
+            ))
+            .into());
+        }
+    }
+
+    let report = prepared.execute(&sink).await?;
+    sink.finish();
+    if args.swap {
+        let client = target.connect().await?;
+        let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
+        let tables = swap_tables(
+            &client,
+            &swap_patterns,
+            &swap_exclude,
+            &swap_scope,
+            Some(&synced),
+        )
+        .await?;
+        return swap_and_report(
+            client,
+            &tables,
+            args.staging_name.as_deref(),
+            &args,
+            global,
+            out,
+            Some(&report),
+        )
+        .await;
+    }
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&report)?);
+    } else if !out.quiet {
+        out.write_stdout(render_report(&report).as_bytes());
+    }
+    Ok(exit::OK)
+}
+
+/// The human report: a diff summary block and a `✔ table - 0.5s` line per table, then the total.
+fn render_report(report: &sync::SyncReport) -> String {
+    let mut text = String::new();
+    for t in &report.tables {
+        if let Some(d) = &t.diff {
+            text.push_str(&pgflip::rowdiff::render_summary(d));
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "✔ {} - {:.1}s\n",
+            short(&t.table),
+            t.elapsed.as_secs_f64()
+        ));
+    }
+    text.push_str(&format!(
+        "Completed in {:.1}s\n",
+        report.elapsed.as_secs_f64()
+    ));
+    text
+}
+
+/// `public.items` reads as `items`, as users name it.
+fn short(table: &str) -> &str {
+    table.strip_prefix("public.").unwrap_or(table)
+}
+
+/// Renders events: warnings on stderr, a progress line per table on a terminal, JSON lines on
+/// stderr with --json.
+struct CliSink {
+    json: bool,
+    quiet: bool,
+    multi: Option<MultiProgress>,
+    bars: Mutex<HashMap<String, ProgressBar>>,
+}
+
+impl CliSink {
+    fn new(out: &Output) -> CliSink {
+        let bars = !out.json && !out.quiet && std::io::stderr().is_terminal();
+        CliSink {
+            json: out.json,
+            quiet: out.quiet,
+            multi: bars.then(MultiProgress::new),
+            bars: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn finish(&self) {
+        for (_, b) in self.bars.lock().expect("bars").drain() {
+            b.finish_and_clear();
+        }
+    }
+}
+
+impl EventSink for CliSink {
+    fn emit(&self, event: Event) {
+        if self.json {
+            if matches!(event, Event::Warning { .. }) {
+                super::output::write_stderr(&format!(
+                    "{}\n",
+                    serde_json::to_string(&event).unwrap_or_default()
+                ));
+            }
+            return;
+        }
+        match event {
+            Event::Warning { message } if !self.quiet => match &self.multi {
+                Some(m) => {
+                    let _ = m.println(format!("warning: {message}"));
+                }
+                None => super::output::write_stderr(&format!("pgflip: warning: {message}\n")),
+            },
+            Event::TableProgress { table, rows, bytes } => {
+                if let Some(m) = &self.multi {
+                    let mut bars = self.bars.lock().expect("bars");
+                    let bar = bars.entry(table.clone()).or_insert_with(|| {
+                        let b = m.add(ProgressBar::new_spinner());
+                        b.set_style(
+                            ProgressStyle::with_template("{spinner} {prefix} {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        b.set_prefix(short(&table).to_string());
+                        b.enable_steady_tick(Duration::from_millis(120));
+                        b
+                    });
+                    let rows = if rows > 0 {
+                        format!("{rows} rows, ")
+                    } else {
+                        String::new()
+                    };
+                    bar.set_message(format!("{rows}{}", indicatif::HumanBytes(bytes)));
+                }
+            }
+            Event::TableDone { table, .. } => {
+                if let Some(b) = self.bars.lock().expect("bars").remove(&table) {
+                    b.finish_and_clear();
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The live tables `--swap` acts on, resolved on the target: the requested ones (all of them
+/// must have a staging table: the flip says which lacks one), or with no table argument every
+/// table in scope that has a `<table>_staging` beside it. `synced`: only these (`schema.table`,
+/// as the sync report names them).
+async fn swap_tables(
+    client: &tokio_postgres::Client,
+    patterns: &[String],
+    exclude: &[String],
+    scope: &SchemaScope,
+    synced: Option<&[String]>,
+) -> anyhow::Result<Vec<QualifiedName>> {
+    let listing = sync::tables::list_tables(client).await?;
+    let names: std::collections::BTreeSet<(String, String)> = listing
+        .iter()
+        .map(|(_, s, n)| (s.clone(), n.clone()))
+        .collect();
+    let is_staging_of_other = |s: &str, n: &str| {
+        names
+            .iter()
+            .any(|(ls, ln)| ls == s && pgflip::ident::staging_name(ln) == n)
+    };
+    let chosen = sync::tables::resolve(patterns, exclude, scope, &listing)?;
+    let mut out = Vec::new();
+    for (_, s, n) in chosen {
+        if let Some(only) = synced {
+            if !only.iter().any(|t| *t == format!("{s}.{n}")) {
+                continue;
+            }
+        } else if patterns.is_empty() {
+            // "Every table": the staging tables themselves are not candidates, and tables
+            // without one are simply not in flight.
+            if is_staging_of_other(&s, &n)
+                || !names.contains(&(s.clone(), pgflip::ident::staging_name(&n)))
+            {
+                continue;
+            }
+        }
+        out.push(QualifiedName::new(s, n));
+    }
+    if out.is_empty() {
+        return Err(pgflip::Error::InvalidInput(
+            "--swap: no staging tables to swap (load them with --staging-table)".into(),
+        )
+        .into());
+    }
+    Ok(out)
+}
+
+/// Flips the staging tables into `tables` in one transaction (pgflip's target lock held) and
+/// prints `Successfully swapped <table>_staging to <table>` per table (with the sync report
+/// first, when there is one).
+async fn swap_and_report(
+    client: tokio_postgres::Client,
+    tables: &[QualifiedName],
+    staging_name: Option<&str>,
+    args: &SyncArgs,
+    global: &Global,
+    out: &Output,
+    report: Option<&sync::SyncReport>,
+) -> anyhow::Result<u8> {
+    let pairs = match staging_name {
+        Some(name) => tables
+            .iter()
+            .map(|t| FlipPair {
+                live: t.clone(),
+                green: QualifiedName::new(t.schema.clone(), name),
+            })
+            .collect(),
+        None => flip::staging_pairs(&client, tables).await?,
+    };
+    let mut opts = FlipOptions {
+        lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
+        max_wait: Duration::from_secs(args.max_wait),
+        ..FlipOptions::default()
+    };
+    if global.dry_run {
+        opts.checksums = false;
+        let fp = flip::plan_flip(&client, &pairs, FlipKind::Sync, &opts).await?;
+        if out.json {
+            out.println(&serde_json::to_string_pretty(&fp)?);
+        } else {
+            out.write_stdout(
+                fp.plan
+                    .to_script(&[fp.plan.title.clone(), "dry run: nothing was changed".into()])
+                    .as_bytes(),
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let client = std::sync::Arc::new(client);
+    let events = out.events();
+    let flip_pairs = pairs.clone();
+    let outcome = pgflip::state::with_target_lock(client.clone(), |c| async move {
+        flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await
+    })
+    .await?;
+    let lines: Vec<String> = pairs
+        .iter()
+        .map(|p| {
+            format!(
+                "Successfully swapped {} to {}",
+                short(&format!("{}.{}", p.green.schema, p.green.name)),
+                short(&format!("{}.{}", p.live.schema, p.live.name))
+            )
+        })
+        .collect();
+    if out.json {
+        let mut v = match report {
+            Some(r) => serde_json::to_value(r)?,
+            None => serde_json::json!({}),
+        };
+        v["swap"] = serde_json::json!({
+            "swapped": pairs.iter().map(|p| serde_json::json!({
+                "staging": p.green.sql(),
+                "table": p.live.sql(),
+            })).collect::<Vec<_>>(),
+            "generation": outcome.generation,
+            "locked_ms": outcome.locked_ms,
+            "attempts": outcome.attempts,
+            "warnings": outcome.warnings,
+        });
+        out.println(&serde_json::to_string_pretty(&v)?);
+    } else if !out.quiet {
+        let mut text = String::new();
+        if let Some(report) = report {
+            text.push_str(&render_report(report));
+        }
+        for l in &lines {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text.push_str(&format!(
+            "Generation {} keeps the previous rows (`pgflip rollback --timestamp {}` brings them back).\n",
+            outcome.generation.label, outcome.generation.label
+        ));
+        out.write_stdout(text.as_bytes());
+    }
+    Ok(exit::OK)
+}

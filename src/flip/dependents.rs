@@ -1,0 +1,708 @@
+//! What a flip must carry over: everything PostgreSQL binds to a relation by OID.
+//!
+//! A rename swap moves names, but views, foreign keys of other tables, triggers, policies,
+//! grants, publication membership and sequence ownership stay attached to the *object*, i.e. to
+//! the retired table. This module reads all of that for every relation of a flip at once, with a
+//! fixed handful of set-based catalog queries (never one per table), inside one REPEATABLE READ
+//! read-only transaction with `search_path = ''` so that every name that the server's own
+//! deparsers (`pg_get_viewdef`, `pg_get_triggerdef`, `pg_get_constraintdef`, `pg_get_indexdef`,
+//! `pg_get_expr`) print is schema-qualified and means the same thing when replayed.
+//!
+//! It also lists what the flip cannot carry over (a function whose signature uses the table's
+//! row type, a rule, another table's policy that reads the table, partitions, ...), so that the
+//! flip refuses before it takes any lock, naming the object.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Client;
+
+use crate::error::{DbResultExt, Result};
+
+/// One privilege of one grantee (from `aclexplode`). `grantee` is "PUBLIC" or a role name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct AclItem {
+    pub grantee: String,
+    pub privilege: String,
+    pub grantable: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Rel {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    pub relkind: String,
+    pub owner: String,
+    /// `None` when the ACL is the default one (owner has everything).
+    pub acl: Option<Vec<AclItem>>,
+    pub comment: Option<String>,
+    pub rls: bool,
+    pub force_rls: bool,
+    pub replident: String,
+    pub partitioned_or_inherited: bool,
+    pub reloptions: Vec<String>,
+    pub populated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Column {
+    pub rel: u32,
+    pub num: i16,
+    pub name: String,
+    pub typ: String,
+    pub collation: Option<String>,
+    pub identity: String,
+    pub generated: String,
+    pub comment: Option<String>,
+    pub acl: Vec<AclItem>,
+    /// Sequences the column's default expression uses.
+    pub default_seqs: Vec<u32>,
+    /// The default expression (not for generated columns), schema-qualified.
+    pub default_expr: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Index {
+    pub oid: u32,
+    pub rel: u32,
+    pub name: String,
+    pub def: String,
+    /// Name of the constraint the index implements (primary key, unique, exclusion).
+    pub constraint: Option<String>,
+    pub replident: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Constraint {
+    pub rel: u32,
+    pub ref_rel: u32,
+    pub name: String,
+    pub contype: String,
+    pub def: String,
+    pub validated: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub rel: u32,
+    pub name: String,
+    pub def: String,
+    pub enabled: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub rel: u32,
+    pub name: String,
+    pub permissive: bool,
+    pub cmd: String,
+    pub roles: Vec<String>,
+    pub qual: Option<String>,
+    pub check: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct PubRel {
+    pub rel: u32,
+    pub publication: String,
+    pub columns: Option<Vec<String>>,
+    pub qual: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct OwnedSeq {
+    pub seq: u32,
+    pub schema: String,
+    pub name: String,
+    pub rel: u32,
+    pub column: String,
+    pub identity: bool,
+}
+
+/// A view or materialized view that reads (directly or through other views) a live relation.
+#[derive(Debug, Clone)]
+pub struct View {
+    pub rel: Rel,
+    /// 1 = reads a live relation directly; n = reads a view of depth n-1.
+    pub depth: i32,
+    pub def: String,
+    pub indexes: Vec<Index>,
+    pub column_comments: Vec<(String, String)>,
+    pub column_acl: Vec<(String, AclItem)>,
+}
+
+/// A column of a live relation that something outside the relation uses.
+#[derive(Debug, Clone)]
+pub struct UsedColumn {
+    pub rel: u32,
+    pub column: String,
+    pub user: String,
+}
+
+/// Everything read from the catalog for one flip.
+#[derive(Debug, Clone, Default)]
+pub struct Inventory {
+    pub rels: BTreeMap<u32, Rel>,
+    pub columns: Vec<Column>,
+    pub indexes: Vec<Index>,
+    pub constraints: Vec<Constraint>,
+    pub triggers: Vec<Trigger>,
+    pub policies: Vec<Policy>,
+    pub publications: Vec<PubRel>,
+    pub sequences: Vec<OwnedSeq>,
+    pub views: Vec<View>,
+    pub used_columns: Vec<UsedColumn>,
+    /// Objects the flip cannot carry over, described by the server (`pg_describe_object`).
+    pub unhandled: Vec<String>,
+    /// Extended statistics on live relations (left on the retired table; reported).
+    pub statistics: Vec<String>,
+    /// A hash of the catalog rows the flip depends on; checked again once the locks are held.
+    pub fingerprint: String,
+}
+
+impl Inventory {
+    pub fn columns_of(&self, rel: u32) -> impl Iterator<Item = &Column> {
+        self.columns.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn indexes_of(&self, rel: u32) -> impl Iterator<Item = &Index> {
+        self.indexes.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn constraints_of(&self, rel: u32) -> impl Iterator<Item = &Constraint> {
+        self.constraints.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn triggers_of(&self, rel: u32) -> impl Iterator<Item = &Trigger> {
+        self.triggers.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn policies_of(&self, rel: u32) -> impl Iterator<Item = &Policy> {
+        self.policies.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn publications_of(&self, rel: u32) -> impl Iterator<Item = &PubRel> {
+        self.publications.iter().filter(move |c| c.rel == rel)
+    }
+    pub fn sequences_of(&self, rel: u32) -> impl Iterator<Item = &OwnedSeq> {
+        self.sequences.iter().filter(move |c| c.rel == rel)
+    }
+    /// Foreign keys of tables outside `flipped` that reference one of `flipped`.
+    pub fn inbound_fks<'a>(
+        &'a self,
+        flipped: &'a BTreeSet<u32>,
+    ) -> impl Iterator<Item = &'a Constraint> {
+        self.constraints.iter().filter(move |c| {
+            c.contype == "f" && flipped.contains(&c.ref_rel) && !flipped.contains(&c.rel)
+        })
+    }
+}
+
+/// SQL that hashes the catalog rows a flip depends on (dependency rows, the relations' and
+/// columns' catalog rows, comments). `{oids}` is replaced by an `oid[]` expression.
+pub const FINGERPRINT_SQL: &str = "SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (\
+  SELECT format('d%s.%s.%s.%s.%s.%s', classid, objid, objsubid, refobjid, refobjsubid, deptype) AS x \
+    FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = ANY({oids}) \
+  UNION ALL SELECT format('c%s.%s', oid, xmin) FROM pg_catalog.pg_class WHERE oid = ANY({oids}) \
+  UNION ALL SELECT format('a%s.%s.%s', attrelid, attnum, xmin) FROM pg_catalog.pg_attribute WHERE attrelid = ANY({oids}) \
+  UNION ALL SELECT format('m%s.%s.%s', objoid, objsubid, md5(description)) FROM pg_catalog.pg_description \
+    WHERE classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND objoid = ANY({oids})) s";
+
+/// `'{1,2,3}'::oid[]`.
+pub fn oid_array_literal(oids: &[u32]) -> String {
+    let body: Vec<String> = oids.iter().map(|o| o.to_string()).collect();
+    format!("'{{{}}}'::pg_catalog.oid[]", body.join(","))
+}
+
+/// Resolves `(schema, name)` pairs to relation OIDs (0 when absent), in order.
+pub async fn resolve(client: &Client, names: &[(String, String)]) -> Result<Vec<u32>> {
+    let schemas: Vec<&str> = names.iter().map(|(s, _)| s.as_str()).collect();
+    let rels: Vec<&str> = names.iter().map(|(_, n)| n.as_str()).collect();
+    let rows = client
+        .query(
+            "SELECT coalesce(c.oid, 0::oid) FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(s, r, i) \
+             LEFT JOIN pg_catalog.pg_namespace n ON n.nspname = u.s \
+             LEFT JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = u.r \
+             ORDER BY u.i",
+            &[&schemas, &rels],
+        )
+        .await
+        .ctx("looking up the relations to flip")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+fn parse_acl(v: Option<serde_json::Value>) -> Vec<AclItem> {
+    let mut out: Vec<AclItem> = v
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(|e| AclItem {
+            grantee: e["g"].as_str().unwrap_or("PUBLIC").to_string(),
+            privilege: e["p"].as_str().unwrap_or_default().to_string(),
+            grantable: e["o"].as_bool().unwrap_or(false),
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// `jsonb` of an ACL column, grantee 0 shown as PUBLIC.
+fn acl_json(col: &str) -> String {
+    format!(
+        "(SELECT jsonb_agg(jsonb_build_object('g', CASE WHEN a.grantee = 0 THEN 'PUBLIC' \
+         ELSE pg_catalog.pg_get_userbyid(a.grantee)::text END, 'p', a.privilege_type, 'o', a.is_grantable)) \
+         FROM pg_catalog.aclexplode({col}) a)"
+    )
+}
+
+const REL_COLUMNS: &str = "c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
+     pg_catalog.pg_get_userbyid(c.relowner)::text, c.relacl IS NULL, {acl}, \
+     pg_catalog.obj_description(c.oid, 'pg_class'), c.relrowsecurity, c.relforcerowsecurity, \
+     c.relreplident::text, (c.relispartition OR c.relkind = 'p' \
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)), \
+     coalesce(c.reloptions, '{}')::text[], c.relispopulated";
+
+fn rel_from_row(r: &tokio_postgres::Row) -> Rel {
+    let default_acl: bool = r.get(5);
+    Rel {
+        oid: r.get(0),
+        schema: r.get(1),
+        name: r.get(2),
+        relkind: r.get(3),
+        owner: r.get(4),
+        acl: if default_acl {
+            None
+        } else {
+            Some(parse_acl(r.get(6)))
+        },
+        comment: r.get(7),
+        rls: r.get(8),
+        force_rls: r.get(9),
+        replident: r.get(10),
+        partitioned_or_inherited: r.get(11),
+        reloptions: r.get(12),
+        populated: r.get(13),
+    }
+}
+
+/// Reads everything the flip of `live` (and into it, `green`) needs, in one consistent snapshot.
+pub async fn load(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
+    client
+        .batch_execute(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = ''",
+        )
+        .await
+        .ctx("starting the catalog snapshot")?;
+    let res = load_in_snapshot(client, live, green).await;
+    let _ = client.batch_execute("COMMIT").await;
+    res
+}
+
+async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
+    let mut inv = Inventory::default();
+    let live_v: Vec<u32> = live.to_vec();
+    let acl = acl_json("c.relacl");
+    let rel_cols = REL_COLUMNS.replace("{acl}", &acl);
+
+    // Views and materialized views that read the live relations, transitively.
+    let view_rows = client
+        .query(
+            &format!(
+                "WITH RECURSIVE deps(oid, depth) AS ( \
+                   SELECT DISTINCT r.ev_class, 1 FROM pg_catalog.pg_depend d \
+                     JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+                    WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($1) \
+                      AND r.ev_class <> d.refobjid \
+                   UNION \
+                   SELECT r.ev_class, deps.depth + 1 FROM deps \
+                     JOIN pg_catalog.pg_depend d ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = deps.oid \
+                     JOIN pg_catalog.pg_rewrite r ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = r.oid \
+                    WHERE r.ev_class <> deps.oid AND deps.depth < 100) \
+                 SELECT {rel_cols}, max(deps.depth)::int, pg_catalog.pg_get_viewdef(c.oid), \
+                   (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, pg_catalog.col_description(c.oid, a.attnum))), '[]') \
+                      FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
+                       AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL) \
+                 FROM deps JOIN pg_catalog.pg_class c ON c.oid = deps.oid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 GROUP BY c.oid, n.nspname ORDER BY max(deps.depth), c.oid"
+            ),
+            &[&live_v],
+        )
+        .await
+        .ctx("finding the views that read the tables")?;
+    let mut view_oids = Vec::new();
+    for r in &view_rows {
+        let rel = rel_from_row(r);
+        let comments: serde_json::Value = r.get(16);
+        view_oids.push(rel.oid);
+        inv.views.push(View {
+            depth: r.get(14),
+            def: r
+                .get::<_, String>(15)
+                .trim()
+                .trim_end_matches(';')
+                .to_string(),
+            indexes: Vec::new(),
+            column_comments: comments
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .iter()
+                .map(|p| {
+                    (
+                        p[0].as_str().unwrap_or_default().to_string(),
+                        p[1].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect(),
+            column_acl: Vec::new(),
+            rel,
+        });
+    }
+
+    // Tables that hold foreign keys to the live relations, and tables the live / green
+    // relations reference: they are locked too.
+    let mut tables: Vec<u32> = live.iter().chain(green.iter()).copied().collect();
+    tables.sort();
+    tables.dedup();
+
+    let rel_rows = client
+        .query(
+            &format!(
+                "SELECT {rel_cols} FROM pg_catalog.pg_class c \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1) \
+                    OR c.oid IN (SELECT conrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND confrelid = ANY($1)) \
+                    OR c.oid IN (SELECT confrelid FROM pg_catalog.pg_constraint WHERE contype = 'f' AND conrelid = ANY($1))"
+            ),
+            &[&tables],
+        )
+        .await
+        .ctx("reading the relations")?;
+    for r in &rel_rows {
+        let rel = rel_from_row(r);
+        inv.rels.insert(rel.oid, rel);
+    }
+
+    // Columns (with their grants, comments and the sequences their defaults use).
+    let col_rows = client
+        .query(
+            &format!(
+                "SELECT a.attrelid, a.attnum, a.attname::text, pg_catalog.format_type(a.atttypid, a.atttypmod), \
+                   CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation \
+                        THEN (SELECT pg_catalog.quote_ident(co.collname) FROM pg_catalog.pg_collation co WHERE co.oid = a.attcollation) END, \
+                   a.attidentity::text, a.attgenerated::text, pg_catalog.col_description(a.attrelid, a.attnum), \
+                   {attacl}, \
+                   coalesce((SELECT array_agg(d.refobjid) FROM pg_catalog.pg_attrdef ad \
+                      JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND d.objid = ad.oid \
+                       AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                     WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum), '{{}}')::oid[], \
+                   CASE WHEN a.attgenerated = '' THEN (SELECT pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) \
+                     FROM pg_catalog.pg_attrdef ad WHERE ad.adrelid = a.attrelid AND ad.adnum = a.attnum) END \
+                 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid \
+                 WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attrelid, a.attnum",
+                attacl = acl_json("a.attacl")
+            ),
+            &[&tables],
+        )
+        .await
+        .ctx("reading columns")?;
+    for r in &col_rows {
+        inv.columns.push(Column {
+            rel: r.get(0),
+            num: r.get(1),
+            name: r.get(2),
+            typ: r.get(3),
+            collation: r.get(4),
+            identity: r.get(5),
+            generated: r.get(6),
+            comment: r.get(7),
+            acl: parse_acl(r.get(8)),
+            default_seqs: r.get(9),
+            default_expr: r.get(10),
+        });
+    }
+
+    // Indexes of the tables and of the dependent materialized views.
+    let mut with_views = tables.clone();
+    with_views.extend(&view_oids);
+    let idx_rows = client
+        .query(
+            "SELECT i.indexrelid, i.indrelid, ic.relname::text, pg_catalog.pg_get_indexdef(i.indexrelid), \
+               (SELECT conname::text FROM pg_catalog.pg_constraint co WHERE co.conindid = i.indexrelid \
+                  AND co.conrelid = i.indrelid AND co.contype IN ('p', 'u', 'x')), i.indisreplident \
+             FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class ic ON ic.oid = i.indexrelid \
+             WHERE i.indrelid = ANY($1) ORDER BY i.indrelid, ic.relname",
+            &[&with_views],
+        )
+        .await
+        .ctx("reading indexes")?;
+    for r in &idx_rows {
+        let idx = Index {
+            oid: r.get(0),
+            rel: r.get(1),
+            name: r.get(2),
+            def: r.get(3),
+            constraint: r.get(4),
+            replident: r.get(5),
+        };
+        if let Some(v) = inv.views.iter_mut().find(|v| v.rel.oid == idx.rel) {
+            v.indexes.push(idx);
+        } else {
+            inv.indexes.push(idx);
+        }
+    }
+
+    // Constraints of the tables, and foreign keys that reference them.
+    let con_rows = client
+        .query(
+            "SELECT conrelid, confrelid, conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated \
+             FROM pg_catalog.pg_constraint \
+             WHERE (conrelid = ANY($1) OR (contype = 'f' AND confrelid = ANY($1))) AND contype <> 't' \
+             ORDER BY conrelid, conname",
+            &[&tables],
+        )
+        .await
+        .ctx("reading constraints")?;
+    for r in &con_rows {
+        inv.constraints.push(Constraint {
+            rel: r.get(0),
+            ref_rel: r.get(1),
+            name: r.get(2),
+            contype: r.get(3),
+            def: r.get(4),
+            validated: r.get(5),
+        });
+    }
+
+    // Triggers (user ones; the foreign-key machinery's internal triggers follow the constraints).
+    let trg_rows = client
+        .query(
+            "SELECT tgrelid, tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text \
+             FROM pg_catalog.pg_trigger WHERE tgrelid = ANY($1) AND NOT tgisinternal ORDER BY tgrelid, tgname",
+            &[&tables],
+        )
+        .await
+        .ctx("reading triggers")?;
+    for r in &trg_rows {
+        inv.triggers.push(Trigger {
+            rel: r.get(0),
+            name: r.get(1),
+            def: r.get(2),
+            enabled: r.get(3),
+        });
+    }
+
+    // Row-level security policies.
+    let pol_rows = client
+        .query(
+            "SELECT p.polrelid, p.polname::text, p.polpermissive, p.polcmd::text, \
+               ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r)) END \
+                     FROM unnest(p.polroles) r ORDER BY 1), \
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+             FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY($1) ORDER BY p.polrelid, p.polname",
+            &[&tables],
+        )
+        .await
+        .ctx("reading row-level security policies")?;
+    for r in &pol_rows {
+        inv.policies.push(Policy {
+            rel: r.get(0),
+            name: r.get(1),
+            permissive: r.get(2),
+            cmd: r.get(3),
+            roles: r.get(4),
+            qual: r.get(5),
+            check: r.get(6),
+        });
+    }
+
+    // Publication membership (explicit; FOR ALL TABLES / TABLES IN SCHEMA follow the name).
+    let pub_rows = client
+        .query(
+            "SELECT pr.prrelid, p.pubname::text, \
+               CASE WHEN pr.prattrs IS NULL THEN NULL ELSE ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) ORDER BY a.attnum) END, \
+               pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) \
+             FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
+             WHERE pr.prrelid = ANY($1) ORDER BY pr.prrelid, p.pubname",
+            &[&tables],
+        )
+        .await
+        .ctx("reading publication membership")?;
+    for r in &pub_rows {
+        inv.publications.push(PubRel {
+            rel: r.get(0),
+            publication: r.get(1),
+            columns: r.get(2),
+            qual: r.get(3),
+        });
+    }
+
+    // Sequences owned by columns (serial: 'a', identity: 'i').
+    let seq_rows = client
+        .query(
+            "SELECT s.oid, n.nspname::text, s.relname::text, d.refobjid, a.attname::text, d.deptype = 'i' \
+             FROM pg_catalog.pg_depend d \
+             JOIN pg_catalog.pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_catalog.pg_namespace n ON n.oid = s.relnamespace \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+               AND d.refobjid = ANY($1) AND d.deptype IN ('a', 'i') ORDER BY d.refobjid, a.attnum",
+            &[&tables],
+        )
+        .await
+        .ctx("reading owned sequences")?;
+    for r in &seq_rows {
+        inv.sequences.push(OwnedSeq {
+            seq: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            rel: r.get(3),
+            column: r.get(4),
+            identity: r.get(5),
+        });
+    }
+
+    // Grants on the columns of dependent views.
+    let view_col_acl = client
+        .query(
+            &format!(
+                "SELECT a.attrelid, a.attname::text, {} FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = ANY($1) AND a.attnum > 0 AND a.attacl IS NOT NULL",
+                acl_json("a.attacl")
+            ),
+            &[&view_oids],
+        )
+        .await
+        .ctx("reading view column grants")?;
+    for r in &view_col_acl {
+        let rel: u32 = r.get(0);
+        let col: String = r.get(1);
+        if let Some(v) = inv.views.iter_mut().find(|v| v.rel.oid == rel) {
+            for item in parse_acl(r.get(2)) {
+                v.column_acl.push((col.clone(), item));
+            }
+        }
+    }
+
+    // What the flip cannot carry over: anything else that depends on the live relations, on
+    // their row types, or on the dependent views. Handled: view rules (re-created), foreign
+    // keys (re-added), and the relations' own parts (indexes, constraints, triggers, policies,
+    // sequences, publication membership), which depend automatically ('a') or internally.
+    let mut watched = live_v.clone();
+    watched.extend(&view_oids);
+    let unhandled = client
+        .query(
+            "WITH w AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)) \
+             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
+               || ' (depends on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+             FROM pg_catalog.pg_depend d \
+             WHERE ((d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid IN (SELECT oid FROM w)) \
+                 OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid IN (SELECT reltype FROM w))) \
+               AND d.deptype = 'n' \
+               AND NOT (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class rc ON rc.oid = r.ev_class \
+                     WHERE r.oid = d.objid AND r.ev_type = '1' AND rc.relkind IN ('v', 'm'))) \
+               AND NOT (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid AND co.contype = 'f')) \
+               AND NOT (d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.objid AND t.typelem = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_policy p WHERE p.oid = d.objid AND p.polrelid = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_trigger t WHERE t.oid = d.objid AND t.tgrelid = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid AND co.conrelid = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_attrdef ad WHERE ad.oid = d.objid AND ad.adrelid = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_index ix WHERE ix.indexrelid = d.objid AND ix.indrelid = d.refobjid)) \
+               AND NOT (d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_statistic_ext sx WHERE sx.oid = d.objid AND sx.stxrelid = d.refobjid)) \
+             UNION \
+             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
+               || ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ', which is re-created)' \
+             FROM pg_catalog.pg_depend d \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($2) AND d.deptype = 'a' \
+               AND (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+                 OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_type <> '1')) \
+                 OR d.classid = 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
+                 OR d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass) \
+             UNION \
+             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
+               || ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+             FROM pg_catalog.pg_depend d \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($3) AND d.deptype = 'a' \
+               AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_type <> '1') \
+             ORDER BY 1",
+            &[&watched, &view_oids, &live_v],
+        )
+        .await
+        .ctx("looking for dependents the flip cannot carry over")?;
+    inv.unhandled = unhandled.iter().map(|r| r.get(0)).collect();
+
+    let stats = client
+        .query(
+            "SELECT pg_catalog.pg_describe_object('pg_catalog.pg_statistic_ext'::pg_catalog.regclass, oid, 0) \
+             FROM pg_catalog.pg_statistic_ext WHERE stxrelid = ANY($1) ORDER BY 1",
+            &[&live_v],
+        )
+        .await
+        .ctx("reading extended statistics")?;
+    inv.statistics = stats.iter().map(|r| r.get(0)).collect();
+
+    // Columns of the live relations that other objects use (views, policies, triggers,
+    // foreign keys of other tables, publication column lists).
+    let used = client
+        .query(
+            "SELECT DISTINCT d.refobjid, a.attname::text, CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+                THEN (SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, r.ev_class, 0) \
+                      FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid) \
+                ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) END \
+             FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($1) AND d.refobjsubid > 0 \
+               AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
+                                 'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass) \
+             UNION \
+             SELECT co.confrelid, a.attname::text, pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, co.oid, 0) \
+             FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = ANY(co.confkey) \
+             WHERE co.contype = 'f' AND co.confrelid = ANY($1) AND co.conrelid <> co.confrelid",
+            &[&live_v],
+        )
+        .await
+        .ctx("reading which columns the dependents use")?;
+    inv.used_columns = used
+        .iter()
+        .map(|r| UsedColumn {
+            rel: r.get(0),
+            column: r.get(1),
+            user: r.get(2),
+        })
+        .collect();
+
+    let mut all: Vec<u32> = inv.rels.keys().copied().collect();
+    all.extend(&view_oids);
+    all.sort();
+    all.dedup();
+    inv.fingerprint = fingerprint(client, &all).await?;
+    Ok(inv)
+}
+
+/// The catalog fingerprint of `oids` (see [`FINGERPRINT_SQL`]).
+pub async fn fingerprint(client: &Client, oids: &[u32]) -> Result<String> {
+    let sql = FINGERPRINT_SQL.replace("{oids}", &oid_array_literal(oids));
+    let row = client
+        .query_one(&sql, &[])
+        .await
+        .ctx("fingerprinting the catalog")?;
+    Ok(row.get(0))
+}
+
+/// All relation OIDs the fingerprint covers.
+pub fn fingerprint_oids(inv: &Inventory) -> Vec<u32> {
+    let mut all: Vec<u32> = inv.rels.keys().copied().collect();
+    all.extend(inv.views.iter().map(|v| v.rel.oid));
+    all.sort();
+    all.dedup();
+    all
+}

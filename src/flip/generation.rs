@@ -1,0 +1,328 @@
+//! Generations: the record of each flip in `pgflip.generations` / `pgflip.generation_relations`,
+//! and what `list`, `status`, `verify` and `cleanup` read from and do to them.
+//!
+//! Row counts and checksums: a generation records, for each relation, the rows and an
+//! order-independent checksum of the side that became live (green, taken just before the locks:
+//! green is not written by the application, and the guardrails check that nobody is writing it)
+//! and of the side that was retired (taken right after the commit: once retired, nothing writes
+//! the relation, because the flip moved every foreign key, trigger and publication off it). Both
+//! are full scans, and neither runs while the flip holds its locks, so they cost time but never
+//! a stall. The checksum is the sum of the first 64 bits of md5 of each row's text form, as
+//! `numeric`: independent of row order and physical layout, stable across dump / restore.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::error::{DbResultExt, Error, Result};
+use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::plan::{LockMode, Plan, Step};
+
+/// SQL for `(count, checksum)` of the relation `rel` (already quoted).
+pub fn checksum_sql(rel: &str) -> String {
+    format!(
+        "SELECT count(*)::bigint, coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text \
+         FROM {rel} AS t"
+    )
+}
+
+/// Computes `(rows, checksum)` of a relation.
+pub async fn checksum(client: &Client, rel: &str) -> Result<(i64, String)> {
+    let row = client
+        .query_one(&checksum_sql(rel), &[])
+        .await
+        .ctx(format!("computing the checksum of {rel}"))?;
+    Ok((row.get(0), row.get(1)))
+}
+
+/// One relation of a generation.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationRelation {
+    pub position: i32,
+    pub live_schema: String,
+    pub live_name: String,
+    pub green_schema: String,
+    pub green_name: String,
+    pub retired_schema: String,
+    pub retired_name: String,
+    pub live_rows: Option<i64>,
+    pub live_checksum: Option<String>,
+    pub retired_rows: Option<i64>,
+    pub retired_checksum: Option<String>,
+    /// `pg_total_relation_size` of the retired relation, when it is still there.
+    pub retired_bytes: Option<i64>,
+}
+
+impl GenerationRelation {
+    pub fn live(&self) -> String {
+        qualified(&self.live_schema, &self.live_name)
+    }
+    pub fn retired(&self) -> String {
+        qualified(&self.retired_schema, &self.retired_name)
+    }
+}
+
+/// The record of one flip.
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub id: i64,
+    /// The generation's timestamp label, e.g. `20261121t104500123456z`; `--timestamp` takes it.
+    pub label: String,
+    pub created_at: DateTime<Utc>,
+    pub kind: String,
+    pub backup_schema: String,
+    /// `active` (retired relations kept), `rolled_back`, or `cleaned`.
+    pub status: String,
+    pub rollback_of: Option<i64>,
+    pub rolled_back_by: Option<i64>,
+    pub relations: Vec<GenerationRelation>,
+}
+
+impl Generation {
+    pub fn total_retired_bytes(&self) -> i64 {
+        self.relations.iter().filter_map(|r| r.retired_bytes).sum()
+    }
+}
+
+/// Every generation, newest first (empty when there is no pgflip state). Reads only.
+pub async fn list(client: &Client) -> Result<Vec<Generation>> {
+    if !crate::state::exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let gens = client
+        .query(
+            "SELECT id, label, created_at, kind, backup_schema, status, rollback_of, rolled_back_by \
+             FROM pgflip.generations ORDER BY created_at DESC, id DESC",
+            &[],
+        )
+        .await
+        .ctx("reading generations")?;
+    let rels = client
+        .query(
+            "SELECT generation_id, position, live_schema, live_name, green_schema, green_name, \
+                    retired_schema, retired_name, live_rows, live_checksum::text, retired_rows, \
+                    retired_checksum::text, \
+                    (SELECT pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE n.nspname = retired_schema AND c.relname = retired_name) \
+             FROM pgflip.generation_relations ORDER BY generation_id, position",
+            &[],
+        )
+        .await
+        .ctx("reading generation relations")?;
+    let mut out: Vec<Generation> = gens
+        .iter()
+        .map(|r| Generation {
+            id: r.get(0),
+            label: r.get(1),
+            created_at: r.get(2),
+            kind: r.get(3),
+            backup_schema: r.get(4),
+            status: r.get(5),
+            rollback_of: r.get(6),
+            rolled_back_by: r.get(7),
+            relations: Vec::new(),
+        })
+        .collect();
+    for r in &rels {
+        let gid: i64 = r.get(0);
+        if let Some(g) = out.iter_mut().find(|g| g.id == gid) {
+            g.relations.push(GenerationRelation {
+                position: r.get(1),
+                live_schema: r.get(2),
+                live_name: r.get(3),
+                green_schema: r.get(4),
+                green_name: r.get(5),
+                retired_schema: r.get(6),
+                retired_name: r.get(7),
+                live_rows: r.get(8),
+                live_checksum: r.get(9),
+                retired_rows: r.get(10),
+                retired_checksum: r.get(11),
+                retired_bytes: r.get(12),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Finds a generation by its label (or backup schema name); `None` selects the latest one
+/// whose relations are still retired (`active`).
+pub async fn find(client: &Client, label: Option<&str>) -> Result<Generation> {
+    let all = list(client).await?;
+    match label {
+        Some(l) => {
+            let l = l.trim();
+            all.into_iter()
+                .find(|g| g.label == l || g.backup_schema == l)
+                .ok_or_else(|| Error::InvalidInput(format!("no generation {l} on this target")))
+        }
+        None => all
+            .into_iter()
+            .find(|g| g.status == "active")
+            .ok_or_else(|| {
+                Error::InvalidInput("no active generation on this target to roll back".into())
+            }),
+    }
+}
+
+/// The result of `verify`.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub generation: String,
+    pub ok: bool,
+    pub problems: Vec<String>,
+    pub relations: Vec<VerifiedRelation>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifiedRelation {
+    pub retired: String,
+    pub present: bool,
+    pub recorded_rows: Option<i64>,
+    pub rows: Option<i64>,
+    pub recorded_checksum: Option<String>,
+    pub checksum: Option<String>,
+}
+
+/// Checks that a generation's retired relations are all there with the rows and checksums
+/// recorded at the flip.
+pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
+    let mut report = VerifyReport {
+        generation: gen.label.clone(),
+        ok: true,
+        problems: Vec::new(),
+        relations: Vec::new(),
+    };
+    if gen.status != "active" {
+        report.ok = false;
+        report.problems.push(format!(
+            "generation {} is {}: its retired relations are no longer kept",
+            gen.label,
+            gen.status.replace('_', " ")
+        ));
+        return Ok(report);
+    }
+    for r in &gen.relations {
+        let name = r.retired();
+        let present = r.retired_bytes.is_some();
+        let mut v = VerifiedRelation {
+            retired: name.clone(),
+            present,
+            recorded_rows: r.retired_rows,
+            rows: None,
+            recorded_checksum: r.retired_checksum.clone(),
+            checksum: None,
+        };
+        if !present {
+            report
+                .problems
+                .push(format!("{name} is missing (retired from {})", r.live()));
+        } else {
+            let (rows, sum) = checksum(client, &name).await?;
+            if r.retired_rows.is_none() || r.retired_checksum.is_none() {
+                report.problems.push(format!(
+                    "{name}: no row count / checksum was recorded at the flip (interrupted before it was taken)"
+                ));
+            } else if r.retired_rows != Some(rows) || r.retired_checksum.as_deref() != Some(&sum) {
+                report.problems.push(format!(
+                    "{name}: {rows} rows, checksum {sum}; recorded at the flip: {} rows, checksum {}",
+                    r.retired_rows.unwrap_or_default(),
+                    r.retired_checksum.clone().unwrap_or_default()
+                ));
+            }
+            v.rows = Some(rows);
+            v.checksum = Some(sum);
+        }
+        report.relations.push(v);
+    }
+    report.ok = report.problems.is_empty();
+    Ok(report)
+}
+
+/// Which generations `cleanup` drops.
+#[derive(Debug, Clone)]
+pub enum CleanupSelect {
+    Before(DateTime<Utc>),
+    KeepNewest(usize),
+}
+
+/// The generations a cleanup would drop (those not cleaned yet), oldest first.
+pub fn select_for_cleanup(all: &[Generation], select: &CleanupSelect) -> Vec<Generation> {
+    let mut candidates: Vec<&Generation> = all.iter().filter(|g| g.status != "cleaned").collect();
+    candidates.sort_by_key(|g| std::cmp::Reverse((g.created_at, g.id)));
+    let chosen: Vec<&Generation> = match select {
+        CleanupSelect::Before(t) => candidates
+            .into_iter()
+            .filter(|g| g.created_at < *t)
+            .collect(),
+        CleanupSelect::KeepNewest(n) => candidates.into_iter().skip(*n).collect(),
+    };
+    let mut out: Vec<Generation> = chosen.into_iter().cloned().collect();
+    out.reverse();
+    out
+}
+
+/// Objects outside a backup schema that still depend on something inside it: `DROP SCHEMA …
+/// CASCADE` would take them along, so cleanup refuses.
+pub async fn outside_dependents(client: &Client, schema: &str) -> Result<Vec<String>> {
+    let rows = client
+        .query(
+            "WITH inside AS ( \
+               SELECT 'pg_class'::regclass AS cls, c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = $1 \
+               UNION ALL SELECT 'pg_type'::regclass, t.oid FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace WHERE n.nspname = $1 \
+               UNION ALL SELECT 'pg_proc'::regclass, p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = $1) \
+             SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid) || ' uses ' || \
+                    pg_describe_object(d.refclassid, d.refobjid, d.refobjsubid) \
+             FROM pg_depend d JOIN inside i ON i.cls = d.refclassid AND i.oid = d.refobjid \
+             WHERE d.deptype = 'n' \
+               AND NOT EXISTS (SELECT 1 FROM inside i2 WHERE i2.cls = d.classid AND i2.oid = d.objid) \
+               AND NOT (d.classid = 'pg_class'::regclass AND EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = d.objid AND n.nspname = $1)) \
+               AND NOT (d.classid IN ('pg_attrdef'::regclass, 'pg_constraint'::regclass, 'pg_trigger'::regclass, 'pg_rewrite'::regclass, 'pg_policy'::regclass) \
+                        AND EXISTS (SELECT 1 FROM pg_attrdef ad JOIN pg_class c ON c.oid = ad.adrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_attrdef'::regclass AND ad.oid = d.objid AND n.nspname = $1 \
+                                    UNION ALL SELECT 1 FROM pg_constraint co JOIN pg_class c ON c.oid = co.conrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_constraint'::regclass AND co.oid = d.objid AND n.nspname = $1 \
+                                    UNION ALL SELECT 1 FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_trigger'::regclass AND tg.oid = d.objid AND n.nspname = $1 \
+                                    UNION ALL SELECT 1 FROM pg_rewrite rw JOIN pg_class c ON c.oid = rw.ev_class JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_rewrite'::regclass AND rw.oid = d.objid AND n.nspname = $1 \
+                                    UNION ALL SELECT 1 FROM pg_policy po JOIN pg_class c ON c.oid = po.polrelid JOIN pg_namespace n ON n.oid = c.relnamespace WHERE d.classid = 'pg_policy'::regclass AND po.oid = d.objid AND n.nspname = $1)) \
+             ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .ctx("checking what depends on the retired relations")?;
+    Ok(rows.iter().map(|r| r.get(0)).collect())
+}
+
+/// The cleanup plan: one transaction per generation (drop its schema, mark it cleaned).
+pub fn cleanup_plan(gens: &[Generation], schema_exists: &dyn Fn(&str) -> bool) -> Plan {
+    let mut plan = Plan::new("pgflip cleanup");
+    for (i, g) in gens.iter().enumerate() {
+        let group = i as u32;
+        if schema_exists(&g.backup_schema) {
+            plan.push(
+                Step::new(
+                    format!(
+                        "drop generation {} ({}, {} relation(s)) kept in schema {}",
+                        g.label,
+                        g.kind,
+                        g.relations.len(),
+                        g.backup_schema
+                    ),
+                    format!("DROP SCHEMA {} CASCADE", quote_ident(&g.backup_schema)),
+                )
+                .lock(LockMode::AccessExclusive, g.backup_schema.clone())
+                .hazard(crate::plan::Hazard::DeletesData)
+                .in_transaction(group),
+            );
+        }
+        plan.push(
+            Step::new(
+                format!("mark generation {} cleaned", g.label),
+                format!(
+                    "UPDATE pgflip.generations SET status = 'cleaned', cleaned_at = clock_timestamp() WHERE label = {}",
+                    quote_literal(&g.label)
+                ),
+            )
+            .in_transaction(group),
+        );
+    }
+    plan
+}

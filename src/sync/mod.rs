@@ -1,0 +1,1780 @@
+//! `pgflip sync`: copy tables from a source database into a target, in place or into
+//! `<table>_staging`, with row-level diffs.
+//!
+//! The job runs in two halves so that the binary can ask for confirmation in between:
+//! [`prepare`] connects, opens one exported snapshot on the source, resolves the tables, reads
+//! their structure on both sides, checks everything that can be checked before writing (unknown
+//! tables, missing keys, no shared columns, privileges, foreign keys), computes cross-server
+//! diffs, and builds the [`Plan`]; [`Prepared::execute`] then runs it. `--dry-run` stops after
+//! the first half and prints the same plan, so it can never differ from what would run.
+//!
+//! How rows are replaced (the default mode), and why:
+//!
+//! - Tables are grouped into *units*: the synced tables connected by foreign keys between them.
+//!   Each unit is one transaction on one target connection, so a failure or an interruption
+//!   leaves the old rows and no reader ever sees a half-filled table. Units run in parallel
+//!   (`--jobs`), each reading through its own source connection that imports the one exported
+//!   snapshot, so all tables are consistent with each other.
+//! - A unit that no other table references is emptied with one `TRUNCATE ONLY` of all its tables
+//!   (no CASCADE, ever) and reloaded with COPY, parents first. TRUNCATE inside the transaction
+//!   gives a fresh file (no dead rows, no bloat, and WAL can be skipped), at the price of an
+//!   ACCESS EXCLUSIVE lock held until COMMIT: readers wait and then see the new rows. The lock
+//!   is taken under a short `lock_timeout` and the unit retried with backoff, so pgflip never
+//!   queues in front of the application behind a long query. Use `--staging-table` when readers
+//!   must never wait: the live table is then not touched at all.
+//! - A table referenced from a table outside the sync cannot be truncated. Its rows are merged
+//!   instead: the source rows are copied into a temporary table, pgflip checks that no
+//!   referencing row would lose its parent (failing, naming the referencing table, if one
+//!   would), upserts changed rows, and deletes the rows the source lacks, children first.
+//!   `--defer-constraints` makes the foreign keys touching the synced tables deferrable for the
+//!   transaction only (restored before COMMIT, after the checks ran), so plain DELETE + COPY can
+//!   be used; `--disable-integrity` sets `session_replication_role = replica` (superuser).
+//! - Large tables are not split into key ranges in this mode: one transaction is one
+//!   connection, so ranges could only be parallel on the source side. Parallelism comes from
+//!   running units side by side.
+//!
+//! `--staging-table` never touches the live table. Rows go into `<staging>_pgflip_loading`,
+//! created `LIKE` the live table without its indexes (so COPY does not maintain them row by
+//! row, and can skip WAL where the server allows); the indexes are then built on parallel
+//! connections, primary key / unique / exclusion constraints attached (`USING INDEX`), serial
+//! columns given sequences of their own (LIKE would leave them on the live sequence), and the
+//! table renamed to the staging name in one last short transaction. So a staging table is
+//! either complete or absent, and an interrupted run leaves only a loading table that the next
+//! run drops. (Splitting one table's copy into key ranges would fit here, each range its own
+//! connection into the committed loading table; on two cores it did not pay, so it is not
+//! done yet.)
+
+pub mod config;
+pub mod rules;
+pub mod tables;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use futures_util::{StreamExt, TryStreamExt};
+use tokio_postgres::Client;
+
+use crate::conn::Endpoint;
+use crate::copy::{self, Format};
+use crate::error::{DbResultExt, Error, Result};
+use crate::events::{Event, EventSink};
+use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_name};
+use crate::plan::{self, Hazard, LockMode, Plan, Step};
+use crate::rowdiff::{self, DiffSummary, RowSource};
+
+pub use rules::Rules;
+pub use tables::SchemaScope;
+
+/// How target rows are changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// The target's rows are replaced by the source's.
+    Replace,
+    /// Upsert by primary key; target rows the source lacks stay.
+    Overwrite,
+    /// Insert only rows whose key the target lacks.
+    Preserve,
+}
+
+/// One requested table or pattern, with the where clause its group gave it.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub pattern: String,
+    pub filter: Option<String>,
+}
+
+/// Everything a sync needs besides the two endpoints.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    pub requests: Vec<Request>,
+    pub exclude: Vec<String>,
+    pub scope: SchemaScope,
+    pub mode: Mode,
+    /// `--where`: applies to every table (a group's clause takes precedence).
+    pub filter: Option<String>,
+    pub defer_constraints: bool,
+    pub disable_integrity: bool,
+    pub sequences: bool,
+    pub rules: Rules,
+    pub staging: bool,
+    pub staging_name: Option<String>,
+    pub show_diff: bool,
+    pub diff_sample: usize,
+    pub swap: bool,
+    pub jobs: usize,
+    pub lock_timeout: Duration,
+    pub max_wait: Duration,
+    /// Tables replaced by TRUNCATE with more (estimated) rows than this get their plain
+    /// secondary indexes rebuilt after the copy instead of maintained row by row.
+    pub rebuild_indexes_above: f64,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            requests: Vec::new(),
+            exclude: Vec::new(),
+            scope: SchemaScope::Only(vec!["public".into()]),
+            mode: Mode::Replace,
+            filter: None,
+            defer_constraints: false,
+            disable_integrity: false,
+            sequences: true,
+            rules: Rules::default(),
+            staging: false,
+            staging_name: None,
+            show_diff: false,
+            diff_sample: 0,
+            swap: false,
+            jobs: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            lock_timeout: Duration::from_millis(500),
+            max_wait: Duration::from_secs(30),
+            rebuild_indexes_above: 100_000.0,
+        }
+    }
+}
+
+/// What happened to one table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct TableReport {
+    /// `schema.table` as the user reads it.
+    pub table: String,
+    /// The relation rows went into (the staging table with `--staging-table`).
+    pub into: String,
+    pub rows: u64,
+    pub bytes: u64,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub format: Format,
+    /// How rows were replaced: truncate, delete, merge, upsert, insert_missing, staging.
+    pub strategy: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diff: Option<DiffSummary>,
+    pub warnings: Vec<String>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64((d.as_secs_f64() * 1000.0).round() / 1000.0)
+}
+
+/// The outcome of a sync (or of a dry run: nothing executed, `plan` filled).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SyncReport {
+    pub tables: Vec<TableReport>,
+    #[serde(serialize_with = "secs")]
+    pub elapsed: Duration,
+    pub dry_run: bool,
+    #[serde(skip)]
+    pub plan: Plan,
+}
+
+/// How one table's rows get into the target.
+#[derive(Debug, Clone, PartialEq)]
+enum Strategy {
+    /// Emptied by the unit's TRUNCATE, then COPY.
+    Truncate,
+    /// DELETE FROM, then COPY.
+    DeleteAll,
+    /// COPY into a temporary table, upsert, then delete what `delete` says.
+    Merge { delete: MergeDelete, update: bool },
+    /// A fresh staging table.
+    Staging,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum MergeDelete {
+    None,
+    Missing,
+    MissingWhere(String),
+}
+
+impl Strategy {
+    fn name(&self) -> &'static str {
+        match self {
+            Strategy::Truncate => "truncate",
+            Strategy::DeleteAll => "delete",
+            Strategy::Merge {
+                delete: MergeDelete::None,
+                update: true,
+            } => "upsert",
+            Strategy::Merge {
+                delete: MergeDelete::None,
+                update: false,
+            } => "insert_missing",
+            Strategy::Merge { .. } => "merge",
+            Strategy::Staging => "staging",
+        }
+    }
+}
+
+/// Everything decided about one table before anything is written.
+#[derive(Debug, Clone)]
+struct TablePlan {
+    display: String,
+    source: tables::Table,
+    target: tables::Table,
+    /// Where rows end up: the live table or the staging table (qualified).
+    into: String,
+    /// Where COPY writes: `into`, or the loading table that becomes the staging table.
+    load_into: String,
+    staging: Option<String>,
+    /// Shared columns, in target order: (name, source expression, compare as text).
+    columns: Vec<(String, String, bool)>,
+    format: Format,
+    filter: Option<String>,
+    strategy: Strategy,
+    /// (target sequence expression, last_value, is_called).
+    sequences: Vec<(String, i64, bool)>,
+    /// Foreign keys from tables outside the sync that reference this one.
+    external_refs: Vec<tables::ForeignKey>,
+    warnings: Vec<String>,
+    diff: Option<DiffSummary>,
+}
+
+impl TablePlan {
+    fn column_list(&self) -> String {
+        self.columns
+            .iter()
+            .map(|(c, _, _)| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn source_select(&self) -> String {
+        let exprs: Vec<String> = self
+            .columns
+            .iter()
+            .map(|(c, e, _)| {
+                if e == &quote_ident(c) {
+                    e.clone()
+                } else {
+                    format!("{e} AS {}", quote_ident(c))
+                }
+            })
+            .collect();
+        let mut s = format!(
+            "SELECT {} FROM {}",
+            exprs.join(", "),
+            only(&self.source.kind, &self.source.qualified())
+        );
+        if let Some(f) = &self.filter {
+            s.push_str(&format!(" WHERE ({f})"));
+        }
+        s
+    }
+
+    fn overriding(&self) -> &'static str {
+        let always = self
+            .columns
+            .iter()
+            .any(|(c, _, _)| self.target.column(c).is_some_and(|col| col.identity == "a"));
+        if always {
+            " OVERRIDING SYSTEM VALUE"
+        } else {
+            ""
+        }
+    }
+}
+
+/// One target transaction.
+#[derive(Debug, Clone)]
+struct Unit {
+    /// Indexes into the table plans, parents first.
+    tables: Vec<usize>,
+    actions: Vec<Action>,
+    /// Statements run after the unit's transaction commits, in parallel on their own
+    /// connections (index builds of staging tables).
+    after: Vec<Step>,
+    /// Statements of one last transaction (constraints, the rename of a complete staging table).
+    finish: Vec<Step>,
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    Sql(Step),
+    Copy {
+        table: usize,
+        step: Step,
+        copy_out: String,
+        copy_in: String,
+    },
+    /// A query returning a count that must be zero; the message names what would break.
+    Check {
+        step: Step,
+        message: String,
+    },
+}
+
+impl Action {
+    fn step(&self) -> &Step {
+        match self {
+            Action::Sql(s) | Action::Copy { step: s, .. } | Action::Check { step: s, .. } => s,
+        }
+    }
+}
+
+/// Connected, resolved, checked and planned; nothing written yet.
+pub struct Prepared {
+    source: Endpoint,
+    target: Endpoint,
+    opts: SyncOptions,
+    /// Holds the exported snapshot open until the copies have imported it.
+    _coordinator: Client,
+    snapshot: String,
+    tables: Vec<TablePlan>,
+    units: Vec<Unit>,
+    plan: Plan,
+    started: Instant,
+}
+
+/// Hosts pgflip treats as "this machine" (no confirmation needed).
+pub fn is_local(endpoint: &Endpoint) -> bool {
+    let hosts = endpoint.config.get_hosts();
+    if hosts.is_empty() {
+        return true;
+    }
+    hosts.iter().all(|h| match h {
+        tokio_postgres::config::Host::Unix(_) => true,
+        tokio_postgres::config::Host::Tcp(h) => {
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            h == "localhost" || h.starts_with("127.") || h == "::1" || h.starts_with('/')
+        }
+    })
+}
+
+async fn open_snapshot_reader(source: &Endpoint, snapshot: &str) -> Result<Client> {
+    let c = source.connect().await?;
+    c.batch_execute(&format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        quote_literal(snapshot)
+    ))
+    .await
+    .ctx("importing the source snapshot")?;
+    Ok(c)
+}
+
+/// Connects, resolves the tables and checks everything; builds the plan. Writes nothing.
+pub async fn prepare(
+    source: &Endpoint,
+    target: &Endpoint,
+    opts: SyncOptions,
+    events: &dyn EventSink,
+) -> Result<Prepared> {
+    let started = Instant::now();
+    if opts.swap {
+        return Err(Error::NotImplemented(
+            "sync --swap (the flip engine that swaps <table>_staging into the live table)",
+        ));
+    }
+    if opts.staging && opts.mode != Mode::Replace {
+        return Err(Error::InvalidInput(
+            "--staging-table loads whole tables: --overwrite and --preserve do not apply".into(),
+        ));
+    }
+    if opts.defer_constraints && opts.disable_integrity {
+        return Err(Error::InvalidInput(
+            "--defer-constraints and --disable-integrity exclude each other".into(),
+        ));
+    }
+    events.emit(Event::PhaseStarted {
+        phase: "loading tables".into(),
+    });
+    let coordinator = source.connect().await?;
+    let tgt = target.connect().await?;
+    coordinator
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .ctx("starting the source snapshot")?;
+    let snapshot: String = coordinator
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .ctx("exporting the source snapshot")?
+        .get(0);
+
+    // Resolve names on the source; every table must exist on the target too.
+    let src_list = tables::list_tables(&coordinator).await?;
+    let tgt_list = tables::list_tables(&tgt).await?;
+    let mut filters: BTreeMap<u32, Option<String>> = BTreeMap::new();
+    if opts.requests.is_empty() {
+        for (oid, s, n) in tables::resolve(&[], &opts.exclude, &opts.scope, &src_list)? {
+            if tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
+                filters.insert(oid, opts.filter.clone());
+            }
+        }
+    } else {
+        // All unknown names in one message, before resolving each with its own filter.
+        let all: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
+        tables::resolve(&all, &[], &opts.scope, &src_list)?;
+        for r in &opts.requests {
+            let found = tables::resolve(
+                std::slice::from_ref(&r.pattern),
+                &opts.exclude,
+                &opts.scope,
+                &src_list,
+            )?;
+            let exact = !r.pattern.contains('*')
+                || found.len() == 1 && {
+                    let (_, s, n) = &found[0];
+                    r.pattern == *n || r.pattern == format!("{s}.{n}")
+                };
+            for (oid, s, n) in found {
+                // A pattern takes the tables both sides have; a name must exist on both.
+                if !exact && !tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
+                    events.emit(Event::Warning {
+                        message: format!(
+                            "{s}.{n} matches {:?} but is not on the target; skipped",
+                            r.pattern
+                        ),
+                    });
+                    continue;
+                }
+                filters.insert(oid, r.filter.clone().or_else(|| opts.filter.clone()));
+            }
+        }
+    }
+    if filters.is_empty() {
+        return Err(Error::InvalidInput(
+            "no tables to sync (none matched, or every match was excluded)".into(),
+        ));
+    }
+    let mut missing = Vec::new();
+    let mut tgt_oids = Vec::new();
+    for (oid, s, n) in &src_list {
+        if filters.contains_key(oid) {
+            match tgt_list.iter().find(|(_, ts, tn)| ts == s && tn == n) {
+                Some((t, _, _)) => tgt_oids.push(*t),
+                None => missing.push(format!("{s}.{n}")),
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "table{} missing on the target: {} (pgflip sync copies rows, not schemas; create \
+             {} first, e.g. with pgflip schema diff)",
+            if missing.len() > 1 { "s" } else { "" },
+            missing.join(", "),
+            if missing.len() > 1 { "them" } else { "it" }
+        )));
+    }
+    let src_oids: Vec<u32> = filters.keys().copied().collect();
+    let src_cat = tables::load(&coordinator, &src_oids).await?;
+    let tgt_cat = tables::load(&tgt, &tgt_oids).await?;
+
+    let rules = &opts.rules;
+    let mut plans: Vec<TablePlan> = Vec::new();
+    for st in &src_cat.tables {
+        let tt = tgt_cat
+            .find(&st.schema, &st.name)
+            .expect("target table resolved above")
+            .clone();
+        plans.push(plan_table(
+            st.clone(),
+            tt,
+            filters[&st.oid].clone(),
+            &opts,
+            rules,
+        )?);
+    }
+    for p in &plans {
+        for w in &p.warnings {
+            events.emit(Event::Warning { message: w.clone() });
+        }
+    }
+
+    check_privileges(&coordinator, &tgt, &plans, &opts).await?;
+    if opts.disable_integrity {
+        let sup: bool = tgt
+            .query_one(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+                &[],
+            )
+            .await
+            .ctx("checking superuser")?
+            .get(0);
+        if !sup {
+            return Err(Error::InvalidInput(
+                "--disable-integrity sets session_replication_role = replica, which needs a \
+                 superuser on the target; the target user is not one (use --defer-constraints)"
+                    .into(),
+            ));
+        }
+    }
+
+    // Sequences: the source's positions, read once for all tables.
+    if opts.sequences && !plans.is_empty() {
+        read_sequences(&coordinator, &mut plans).await?;
+    }
+
+    // Foreign keys between synced tables make units; from outside, they change strategies.
+    let synced: BTreeSet<u32> = plans.iter().map(|p| p.target.oid).collect();
+    for p in plans.iter_mut() {
+        p.external_refs = tgt_cat
+            .foreign_keys
+            .iter()
+            .filter(|fk| fk.to_oid == p.target.oid && !synced.contains(&fk.from_oid))
+            .cloned()
+            .collect();
+    }
+    let units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
+
+    // Cross-server diffs happen before anything is written (and in dry runs).
+    if opts.show_diff && !opts.staging {
+        events.emit(Event::PhaseStarted {
+            phase: "diffing".into(),
+        });
+        let src_ep = source.clone();
+        let tgt_ep = target.clone();
+        let snap = snapshot.clone();
+        let diffs: Vec<(usize, Option<DiffSummary>)> =
+            futures_util::stream::iter(plans.iter().enumerate().map(|(i, p)| {
+                let (src_ep, tgt_ep, snap) = (src_ep.clone(), tgt_ep.clone(), snap.clone());
+                async move {
+                    if p.target.primary_key.is_empty() {
+                        return Ok::<_, Error>((i, None));
+                    }
+                    let s = open_snapshot_reader(&src_ep, &snap).await?;
+                    let t = tgt_ep.connect().await?;
+                    let d = rowdiff::cross_server(
+                        &s,
+                        &row_source(p, true),
+                        &t,
+                        &row_source(p, false),
+                        p.source.estimated_rows.max(p.target.estimated_rows),
+                        opts.diff_sample,
+                    )
+                    .await?;
+                    Ok((i, Some(d)))
+                }
+            }))
+            .buffer_unordered(opts.jobs.max(1))
+            .try_collect()
+            .await?;
+        for (i, d) in diffs {
+            plans[i].diff = d;
+        }
+    }
+
+    let mut plan = Plan::new("pgflip sync");
+    for (n, u) in units.iter().enumerate() {
+        for a in &u.actions {
+            plan.push(a.step().clone().in_transaction(2 * n as u32));
+        }
+        for s in &u.after {
+            plan.push(s.clone());
+        }
+        for s in &u.finish {
+            plan.push(s.clone().in_transaction(2 * n as u32 + 1));
+        }
+    }
+    Ok(Prepared {
+        source: source.clone(),
+        target: target.clone(),
+        opts,
+        _coordinator: coordinator,
+        snapshot,
+        tables: plans,
+        units,
+        plan,
+        started,
+    })
+}
+
+fn row_source(p: &TablePlan, source_side: bool) -> RowSource {
+    RowSource {
+        relation: if source_side {
+            p.source.qualified()
+        } else {
+            p.into.clone()
+        },
+        key: p.target.primary_key.clone(),
+        values: p
+            .columns
+            .iter()
+            .map(|(c, e, _)| {
+                if source_side {
+                    e.clone()
+                } else {
+                    quote_ident(c)
+                }
+            })
+            .collect(),
+        filter: p.filter.clone(),
+    }
+}
+
+fn plan_table(
+    st: tables::Table,
+    tt: tables::Table,
+    filter: Option<String>,
+    opts: &SyncOptions,
+    rules: &Rules,
+) -> Result<TablePlan> {
+    let display = st.display();
+    let mut warnings = Vec::new();
+    let mut columns = Vec::new();
+    let mut binary = true;
+    for tc in &tt.columns {
+        if tc.generated {
+            continue;
+        }
+        let Some(sc) = st.column(&tc.name) else {
+            warnings.push(format!(
+                "{display}: column {} is missing on the source; the target keeps its default",
+                quote_ident(&tc.name)
+            ));
+            continue;
+        };
+        if sc.type_name != tc.type_name {
+            warnings.push(format!(
+                "{display}: column {} is {} on the source and {} on the target; copied as text",
+                quote_ident(&tc.name),
+                sc.type_name,
+                tc.type_name
+            ));
+            binary = false;
+        } else if sc.type_oid != tc.type_oid || sc.type_oid >= 16384 {
+            // User-defined types: binary COPY carries OIDs that differ between databases.
+            binary = false;
+        }
+        let rule = rules.for_column(&st.schema, &st.name, &sc.name);
+        let expr = match rule {
+            Some(r) => r.expression(&sc.name, &sc.type_name, &st.primary_key),
+            None => quote_ident(&sc.name),
+        };
+        columns.push((
+            tc.name.clone(),
+            expr,
+            rowdiff::compare_as_text(&tc.type_name),
+        ));
+    }
+    for sc in &st.columns {
+        if tt.column(&sc.name).is_none() {
+            warnings.push(format!(
+                "{display}: column {} exists only on the source; not copied",
+                quote_ident(&sc.name)
+            ));
+        } else if tt.column(&sc.name).is_some_and(|c| c.generated) && !sc.generated {
+            warnings.push(format!(
+                "{display}: column {} is generated on the target; not copied",
+                quote_ident(&sc.name)
+            ));
+        }
+    }
+    if columns.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "{display}: the source and target tables have no columns in common"
+        )));
+    }
+    let needs_pk = match opts.mode {
+        Mode::Overwrite => Some("--overwrite"),
+        Mode::Preserve => Some("--preserve"),
+        Mode::Replace if filter.is_some() && !opts.staging => Some("--where"),
+        Mode::Replace if opts.show_diff => Some("--show-diff"),
+        Mode::Replace => None,
+    };
+    if tt.primary_key.is_empty() {
+        if let Some(flag) = needs_pk {
+            if flag == "--show-diff" {
+                warnings.push(format!(
+                    "{display}: no primary key on the target; no diff for this table"
+                ));
+            } else {
+                return Err(Error::InvalidInput(format!(
+                    "{display} has no primary key on the target; {flag} needs one to match rows"
+                )));
+            }
+        }
+    } else {
+        for k in &tt.primary_key {
+            if !columns.iter().any(|(c, _, _)| c == k) {
+                return Err(Error::InvalidInput(format!(
+                    "{display}: primary key column {} is not on the source",
+                    quote_ident(k)
+                )));
+            }
+        }
+    }
+    let (into, staging, load_into) = if opts.staging {
+        if tt.kind == "p" {
+            return Err(Error::InvalidInput(format!(
+                "{display} is partitioned; staging tables of partitioned tables are not \
+                 supported yet"
+            )));
+        }
+        let name = match &opts.staging_name {
+            Some(n) => n.clone(),
+            None => staging_name(&tt.name),
+        };
+        if name == tt.name {
+            return Err(Error::InvalidInput(format!(
+                "the staging name {name:?} is the live table's own name"
+            )));
+        }
+        let loading = qualified(&tt.schema, &derived_name(&name, "_pgflip_loading"));
+        (qualified(&tt.schema, &name), Some(name), loading)
+    } else {
+        (tt.qualified(), None, tt.qualified())
+    };
+    let strategy = if opts.staging {
+        Strategy::Staging
+    } else {
+        match opts.mode {
+            Mode::Overwrite => Strategy::Merge {
+                delete: MergeDelete::None,
+                update: true,
+            },
+            Mode::Preserve => Strategy::Merge {
+                delete: MergeDelete::None,
+                update: false,
+            },
+            Mode::Replace => match &filter {
+                Some(f) => Strategy::Merge {
+                    delete: MergeDelete::MissingWhere(f.clone()),
+                    update: true,
+                },
+                None => Strategy::Truncate,
+            },
+        }
+    };
+    Ok(TablePlan {
+        display,
+        source: st,
+        target: tt,
+        into,
+        load_into,
+        staging,
+        columns,
+        format: if binary { Format::Binary } else { Format::Text },
+        filter,
+        strategy,
+        sequences: Vec::new(),
+        external_refs: Vec::new(),
+        warnings,
+        diff: None,
+    })
+}
+
+async fn check_privileges(
+    src: &Client,
+    tgt: &Client,
+    plans: &[TablePlan],
+    opts: &SyncOptions,
+) -> Result<()> {
+    let src_oids: Vec<u32> = plans.iter().map(|p| p.source.oid).collect();
+    let rows = src
+        .query(
+            "SELECT c.oid::regclass::text FROM unnest($1::oid[]) o JOIN pg_class c ON c.oid = o \
+             WHERE NOT has_table_privilege(c.oid, 'SELECT')",
+            &[&src_oids],
+        )
+        .await
+        .ctx("checking privileges on the source")?;
+    if let Some(r) = rows.first() {
+        return Err(Error::InvalidInput(format!(
+            "permission denied: the source user may not SELECT from {}",
+            r.get::<_, String>(0)
+        )));
+    }
+    let tgt_oids: Vec<u32> = plans.iter().map(|p| p.target.oid).collect();
+    let (privs, what) = if opts.staging {
+        ("SELECT", "SELECT (staging tables are built LIKE it)")
+    } else {
+        match opts.mode {
+            Mode::Replace => (
+                "INSERT, DELETE, TRUNCATE, SELECT, UPDATE",
+                "INSERT, DELETE, TRUNCATE, SELECT and UPDATE",
+            ),
+            Mode::Overwrite => ("INSERT, UPDATE, SELECT", "INSERT, UPDATE and SELECT"),
+            Mode::Preserve => ("INSERT, SELECT", "INSERT and SELECT"),
+        }
+    };
+    // has_table_privilege with a list is true when ANY is held: check each one.
+    let rows = tgt
+        .query(
+            "SELECT c.oid::regclass::text FROM unnest($1::oid[]) o JOIN pg_class c ON c.oid = o \
+             WHERE NOT (SELECT bool_and(has_table_privilege(c.oid, trim(p))) \
+                        FROM unnest(string_to_array($2, ',')) p)",
+            &[&tgt_oids, &privs],
+        )
+        .await
+        .ctx("checking privileges on the target")?;
+    if let Some(r) = rows.first() {
+        return Err(Error::InvalidInput(format!(
+            "permission denied: the target user needs {what} on {}",
+            r.get::<_, String>(0)
+        )));
+    }
+    if opts.staging {
+        let schemas: Vec<String> = plans.iter().map(|p| p.target.schema.clone()).collect();
+        let rows = tgt
+            .query(
+                "SELECT s FROM unnest($1::text[]) s WHERE NOT has_schema_privilege(s, 'CREATE')",
+                &[&schemas],
+            )
+            .await
+            .ctx("checking schema privileges on the target")?;
+        if let Some(r) = rows.first() {
+            return Err(Error::InvalidInput(format!(
+                "permission denied: the target user may not create tables in schema {}",
+                r.get::<_, String>(0)
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `last_value, is_called` of every owned sequence of a copied column on the source in
+/// one statement, and pairs each with the target's sequence of the same column.
+async fn read_sequences(src: &Client, plans: &mut [TablePlan]) -> Result<()> {
+    let mut parts = Vec::new();
+    let mut index = Vec::new();
+    for (i, p) in plans.iter().enumerate() {
+        for s in &p.source.sequences {
+            if p.columns.iter().any(|(c, _, _)| c == &s.column)
+                && p.target.sequences.iter().any(|t| t.column == s.column)
+            {
+                parts.push(format!(
+                    "SELECT {} AS i, {} AS c, last_value, is_called FROM {}",
+                    index.len(),
+                    quote_literal(&s.column),
+                    s.sequence
+                ));
+                index.push(i);
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Ok(());
+    }
+    let rows = src
+        .query(&parts.join(" UNION ALL "), &[])
+        .await
+        .ctx("reading sequence positions on the source")?;
+    for r in rows {
+        let n: i32 = r.get(0);
+        let col: String = r.get(1);
+        let p = &mut plans[index[n as usize]];
+        let seq_expr = match &p.staging {
+            // The staging table's own sequence, whatever it is called.
+            Some(_) => format!(
+                "pg_get_serial_sequence({}, {})",
+                quote_literal(&p.load_into),
+                quote_literal(&col)
+            ),
+            None => {
+                let t = p
+                    .target
+                    .sequences
+                    .iter()
+                    .find(|t| t.column == col)
+                    .expect("paired above");
+                format!("{}::regclass", quote_literal(&t.sequence))
+            }
+        };
+        p.sequences.push((seq_expr, r.get(2), r.get(3)));
+    }
+    Ok(())
+}
+
+/// Groups tables into units (connected by foreign keys between synced tables, in the default
+/// mode), orders each unit parents first, picks strategies and writes the actions.
+fn build_units(
+    plans: &mut [TablePlan],
+    fks: &[tables::ForeignKey],
+    opts: &SyncOptions,
+) -> Result<Vec<Unit>> {
+    let by_oid: BTreeMap<u32, usize> = plans
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.target.oid, i))
+        .collect();
+    let internal: Vec<&tables::ForeignKey> = fks
+        .iter()
+        .filter(|fk| {
+            by_oid.contains_key(&fk.from_oid)
+                && by_oid.contains_key(&fk.to_oid)
+                && fk.from_oid != fk.to_oid
+        })
+        .collect();
+    // Union-find over internal FKs (only replacing needs them together).
+    let mut parent: Vec<usize> = (0..plans.len()).collect();
+    fn find(p: &mut [usize], x: usize) -> usize {
+        let mut r = x;
+        while p[r] != r {
+            r = p[r];
+        }
+        p[x] = r;
+        r
+    }
+    let grouped = opts.mode == Mode::Replace && !opts.staging;
+    if grouped {
+        for fk in &internal {
+            let a = find(&mut parent, by_oid[&fk.from_oid]);
+            let b = find(&mut parent, by_oid[&fk.to_oid]);
+            if a != b {
+                parent[a] = b;
+            }
+        }
+    }
+    let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+    for i in 0..plans.len() {
+        let r = find(&mut parent, i);
+        groups.entry(r).or_default().push(i);
+    }
+    let mut units = Vec::new();
+    for (_, members) in groups {
+        // Parents first (Kahn's algorithm over internal FKs of the unit).
+        let set: BTreeSet<usize> = members.iter().copied().collect();
+        let mut order = Vec::new();
+        let mut remaining: BTreeSet<usize> = set.clone();
+        while !remaining.is_empty() {
+            let ready: Vec<usize> = remaining
+                .iter()
+                .copied()
+                .filter(|&t| {
+                    !internal.iter().any(|fk| {
+                        by_oid[&fk.from_oid] == t
+                            && remaining.contains(&by_oid[&fk.to_oid])
+                            && by_oid[&fk.to_oid] != t
+                    })
+                })
+                .collect();
+            if ready.is_empty() {
+                if !(opts.defer_constraints || opts.disable_integrity) {
+                    let names: Vec<String> = remaining
+                        .iter()
+                        .map(|&i| plans[i].display.clone())
+                        .collect();
+                    return Err(Error::InvalidInput(format!(
+                        "tables {} reference each other in a cycle; loading them needs \
+                         --defer-constraints or --disable-integrity",
+                        names.join(", ")
+                    )));
+                }
+                order.extend(remaining.iter().copied());
+                break;
+            }
+            for t in ready {
+                remaining.remove(&t);
+                order.push(t);
+            }
+        }
+        let unit_fks: Vec<&tables::ForeignKey> = fks
+            .iter()
+            .filter(|fk| {
+                by_oid.get(&fk.from_oid).is_some_and(|i| set.contains(i))
+                    || by_oid.get(&fk.to_oid).is_some_and(|i| set.contains(i))
+            })
+            .collect();
+        units.push(unit_actions(plans, order, &unit_fks, opts)?);
+    }
+    Ok(units)
+}
+
+fn unit_actions(
+    plans: &mut [TablePlan],
+    order: Vec<usize>,
+    unit_fks: &[&tables::ForeignKey],
+    opts: &SyncOptions,
+) -> Result<Unit> {
+    let mut actions = Vec::new();
+    let mut after = Vec::new();
+    let mut finish_steps = Vec::new();
+    let replacing = opts.mode == Mode::Replace && !opts.staging;
+    let has_external = order.iter().any(|&i| !plans[i].external_refs.is_empty());
+
+    // Strategies for whole-table replacement, now that foreign keys are known. A unit that
+    // tables outside the sync reference cannot be truncated; without flags every table of it is
+    // merged (upserts parents first, deletes children first), so no reference ever breaks.
+    if replacing {
+        let in_unit = |oid: u32| order.iter().any(|&i| plans[i].target.oid == oid);
+        let all_no_action = unit_fks
+            .iter()
+            .filter(|fk| in_unit(fk.to_oid))
+            .all(|fk| fk.on_delete == "a");
+        for &i in &order {
+            if plans[i].filter.is_some() {
+                continue; // --where: merge within the filter, decided in plan_table
+            }
+            let p = &plans[i];
+            plans[i].strategy = if !has_external {
+                Strategy::Truncate
+            } else if opts.disable_integrity || (opts.defer_constraints && all_no_action) {
+                Strategy::DeleteAll
+            } else if p.target.primary_key.is_empty() {
+                let fk = order
+                    .iter()
+                    .flat_map(|&j| plans[j].external_refs.iter())
+                    .next()
+                    .expect("has_external");
+                return Err(Error::InvalidInput(format!(
+                    "{} has no primary key and its rows are referenced (from {}, constraint {}), \
+                     so pgflip cannot replace them without breaking references; use \
+                     --defer-constraints or --disable-integrity",
+                    p.display,
+                    fk.from,
+                    quote_ident(&fk.name)
+                )));
+            } else {
+                Strategy::Merge {
+                    delete: MergeDelete::Missing,
+                    update: true,
+                }
+            };
+        }
+    }
+
+    let deferred: Vec<&&tables::ForeignKey> = if opts.defer_constraints {
+        unit_fks.iter().filter(|fk| !fk.deferrable).collect()
+    } else {
+        Vec::new()
+    };
+    if opts.disable_integrity && replacing {
+        actions.push(Action::Sql(Step::new(
+            "disable triggers and foreign key checks for this transaction (superuser)",
+            "SET LOCAL session_replication_role = replica",
+        )));
+    }
+    for fk in &deferred {
+        actions.push(Action::Sql(
+            Step::new(
+                format!(
+                    "make foreign key {} of {} deferrable for this transaction",
+                    quote_ident(&fk.name),
+                    fk.from
+                ),
+                format!(
+                    "ALTER TABLE {} ALTER CONSTRAINT {} DEFERRABLE; SET CONSTRAINTS {} DEFERRED",
+                    fk.from,
+                    quote_ident(&fk.name),
+                    qualified_constraint(fk)
+                ),
+            )
+            .lock(LockMode::AccessExclusive, fk.from.clone()),
+        ));
+    }
+
+    // Clear.
+    let truncated: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|&i| plans[i].strategy == Strategy::Truncate)
+        .collect();
+    if !truncated.is_empty() {
+        let names: Vec<String> = truncated.iter().map(|&i| plans[i].into.clone()).collect();
+        let entries: Vec<String> = truncated
+            .iter()
+            .map(|&i| only(&plans[i].target.kind, &plans[i].into))
+            .collect();
+        let mut step = Step::new(
+            format!(
+                "empty {} (inside the transaction: readers wait, then see the new rows)",
+                names.join(", ")
+            ),
+            format!("TRUNCATE {}", entries.join(", ")),
+        )
+        .hazard(Hazard::ReplacesData);
+        step = step.lock(LockMode::AccessExclusive, names.join(", "));
+        actions.push(Action::Sql(step));
+    }
+    for &i in order.iter().rev() {
+        let p = &plans[i];
+        if p.strategy == Strategy::DeleteAll {
+            actions.push(Action::Sql(
+                Step::new(
+                    format!("delete every row of {}", p.into),
+                    format!("DELETE FROM {}", only(&p.target.kind, &p.into)),
+                )
+                .lock(LockMode::RowExclusive, p.into.clone())
+                .hazard(Hazard::ReplacesData),
+            ));
+        }
+        if p.strategy == Strategy::Staging {
+            let staging = p.into.clone();
+            let loading = p.load_into.clone();
+            let live = p.target.qualified();
+            let staging_bare = p.staging.clone().unwrap_or_default();
+            // Rows go into a loading table without indexes; the indexes are built after the
+            // copy, in parallel, and the table is renamed to the staging name only when it is
+            // complete. An interrupted run leaves at most the loading table, which the next run
+            // drops.
+            let index_builds = staging_index_builds(p, &loading);
+            let including = if index_builds.is_some() {
+                "INCLUDING ALL EXCLUDING INDEXES"
+            } else {
+                "INCLUDING ALL"
+            };
+            let mut sql = format!(
+                "DROP TABLE IF EXISTS {staging}; DROP TABLE IF EXISTS {loading}; \
+                 CREATE TABLE {loading} (LIKE {live} {including})"
+            );
+            // LIKE copies serial defaults as they are: nextval() of the live table's sequence.
+            // The staging table gets its own sequence so that loading or using it never moves
+            // the live one.
+            for c in &p.target.columns {
+                let owned = p.target.sequences.iter().any(|s| s.column == c.name);
+                if c.identity.is_empty()
+                    && owned
+                    && c.default
+                        .as_deref()
+                        .is_some_and(|d| d.starts_with("nextval("))
+                {
+                    let base = format!("{staging_bare}_{}", c.name);
+                    let seq = qualified(&p.target.schema, &derived_name(&base, "_seq"));
+                    let ty = if c.type_name == "smallint"
+                        || c.type_name == "integer"
+                        || c.type_name == "bigint"
+                    {
+                        c.type_name.clone()
+                    } else {
+                        "bigint".into()
+                    };
+                    sql.push_str(&format!(
+                        "; CREATE SEQUENCE {seq} AS {ty} OWNED BY {loading}.{col}; \
+                         ALTER TABLE {loading} ALTER COLUMN {col} SET DEFAULT nextval({lit}::regclass)",
+                        col = quote_ident(&c.name),
+                        lit = quote_literal(&seq)
+                    ));
+                }
+            }
+            actions.push(Action::Sql(
+                Step::new(
+                    format!(
+                        "drop any previous {staging}; create {loading} with the structure of {live}"
+                    ),
+                    sql,
+                )
+                .lock(LockMode::AccessExclusive, staging.clone()),
+            ));
+            let (builds, finish) = index_builds.unwrap_or_default();
+            after.extend(builds);
+            let mut fin = finish;
+            // LIKE names identity sequences after the loading table: give them the names they
+            // would have had under the staging name.
+            for c in p.target.columns.iter().filter(|c| !c.identity.is_empty()) {
+                let new_name = derived_name(&format!("{staging_bare}_{}", c.name), "_seq");
+                fin.push(Step::new(
+                    format!(
+                        "name the identity sequence of {staging}.{}",
+                        quote_ident(&c.name)
+                    ),
+                    format!(
+                        "DO $pgflip$BEGIN EXECUTE format('ALTER SEQUENCE %s RENAME TO %I', \
+                         pg_get_serial_sequence({}, {}), {}); END$pgflip$",
+                        quote_literal(&loading),
+                        quote_literal(&c.name),
+                        quote_literal(&new_name)
+                    ),
+                ));
+            }
+            fin.push(
+                Step::new(
+                    format!("rename the complete {loading} to {staging}"),
+                    format!(
+                        "ALTER TABLE {loading} RENAME TO {}",
+                        quote_ident(&staging_bare)
+                    ),
+                )
+                .lock(LockMode::AccessExclusive, loading.clone()),
+            );
+            finish_steps.extend(fin);
+        }
+    }
+
+    // Large tables emptied by TRUNCATE: their plain secondary indexes are dropped and rebuilt
+    // after the copy, in the same transaction (readers are locked out by the TRUNCATE anyway,
+    // so nobody sees the table without them). A sorted build is several times cheaper than
+    // inserting millions of random keys one by one.
+    let mut rebuild = Vec::new();
+    for &i in &order {
+        let p = &plans[i];
+        if p.strategy != Strategy::Truncate
+            || p.target.kind != "r"
+            || p.source.estimated_rows.max(p.target.estimated_rows) < opts.rebuild_indexes_above
+        {
+            continue;
+        }
+        for idx in p
+            .target
+            .indexes
+            .iter()
+            .filter(|x| x.constraint.is_none() && x.plain)
+        {
+            let name = qualified(&p.target.schema, &idx.name);
+            actions.push(Action::Sql(
+                Step::new(
+                    format!("drop index {name} for the load (rebuilt after it)"),
+                    format!("DROP INDEX {name}"),
+                )
+                .lock(LockMode::AccessExclusive, p.into.clone()),
+            ));
+            let mut sql = idx.definition.clone();
+            if let Some(c) = &idx.comment {
+                sql.push_str(&format!(
+                    "; COMMENT ON INDEX {name} IS {}",
+                    quote_literal(c)
+                ));
+            }
+            rebuild.push(Action::Sql(
+                Step::new(format!("rebuild index {name}"), sql)
+                    .lock(LockMode::AccessExclusive, p.into.clone())
+                    .hazard(Hazard::BuildsIndex),
+            ));
+        }
+    }
+
+    // Load, parents first.
+    for (n, &i) in order.iter().enumerate() {
+        let p = &plans[i];
+        let cols = p.column_list();
+        let copy_out = copy::copy_out_sql(&p.source_select(), p.format);
+        let label = p.display.clone();
+        match &p.strategy {
+            Strategy::Truncate | Strategy::DeleteAll | Strategy::Staging => {
+                let copy_in = copy::copy_in_sql(&p.load_into, &cols, p.format);
+                actions.push(Action::Copy {
+                    table: i,
+                    step: Step::new(
+                        format!(
+                            "copy the rows of {label} from the source ({:?} COPY)",
+                            p.format
+                        ),
+                        format!("{copy_in}  -- rows from the source: {copy_out}"),
+                    )
+                    .lock(LockMode::RowExclusive, p.load_into.clone()),
+                    copy_out,
+                    copy_in,
+                });
+            }
+            Strategy::Merge { update, .. } => {
+                let tmp = quote_ident(&format!("pgflip_load_{n}"));
+                actions.push(Action::Sql(Step::new(
+                    format!("create a temporary table for the source rows of {label}"),
+                    format!(
+                        "CREATE TEMP TABLE {tmp} ON COMMIT DROP AS SELECT {cols} FROM {} WITH NO DATA",
+                        p.into
+                    ),
+                )));
+                let copy_in = copy::copy_in_sql(&tmp, &cols, p.format);
+                actions.push(Action::Copy {
+                    table: i,
+                    step: Step::new(
+                        format!("copy the rows of {label} from the source into {tmp}"),
+                        format!("{copy_in}  -- rows from the source: {copy_out}"),
+                    ),
+                    copy_out,
+                    copy_in,
+                });
+                let pk: Vec<String> = p
+                    .target
+                    .primary_key
+                    .iter()
+                    .map(|k| quote_ident(k))
+                    .collect();
+                let non_key: Vec<&(String, String, bool)> = p
+                    .columns
+                    .iter()
+                    .filter(|(c, _, _)| !p.target.primary_key.contains(c))
+                    .collect();
+                let conflict = if *update && !non_key.is_empty() {
+                    let sets: Vec<String> = non_key
+                        .iter()
+                        .map(|(c, _, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                        .collect();
+                    let cmp = |alias: &str| {
+                        non_key
+                            .iter()
+                            .map(|(c, _, t)| {
+                                let q = format!("{alias}.{}", quote_ident(c));
+                                if *t {
+                                    format!("{q}::text")
+                                } else {
+                                    q
+                                }
+                            })
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    format!(
+                        "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+                        sets.join(", "),
+                        cmp("t"),
+                        cmp("EXCLUDED")
+                    )
+                } else {
+                    "DO NOTHING".to_string()
+                };
+                actions.push(Action::Sql(
+                    Step::new(
+                        if *update {
+                            format!("insert new and update changed rows of {label}")
+                        } else {
+                            format!("insert the rows of {label} whose key the target lacks")
+                        },
+                        format!(
+                            "INSERT INTO {} AS t ({cols}){} SELECT {cols} FROM {tmp} ON CONFLICT ({}) {conflict}",
+                            p.into,
+                            p.overriding(),
+                            pk.join(", ")
+                        ),
+                    )
+                    .lock(LockMode::RowExclusive, p.into.clone()),
+                ));
+            }
+        }
+    }
+
+    actions.extend(rebuild);
+
+    // Merges: check references from outside, then delete what the source lacks, children first.
+    for (n, &i) in order.iter().enumerate().rev() {
+        let p = &plans[i];
+        let Strategy::Merge { delete, .. } = &p.strategy else {
+            continue;
+        };
+        if *delete == MergeDelete::None {
+            continue;
+        }
+        let tmp = quote_ident(&format!("pgflip_load_{n}"));
+        let cond = match delete {
+            MergeDelete::MissingWhere(f) => format!("({f}) AND "),
+            _ => String::new(),
+        };
+        let pk_match: Vec<String> = p
+            .target
+            .primary_key
+            .iter()
+            .map(|k| format!("n.{0} = o.{0}", quote_ident(k)))
+            .collect();
+        let doomed = format!(
+            "{cond}NOT EXISTS (SELECT 1 FROM {tmp} n WHERE {})",
+            pk_match.join(" AND ")
+        );
+        if !opts.disable_integrity {
+            for fk in &p.external_refs {
+                if opts.defer_constraints && fk.on_delete == "a" {
+                    continue; // deferred: checked at the end of the transaction
+                }
+                let not_null: Vec<String> = fk
+                    .from_columns
+                    .iter()
+                    .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+                    .collect();
+                let refmatch: Vec<String> = fk
+                    .from_columns
+                    .iter()
+                    .zip(&fk.to_columns)
+                    .map(|(f, t)| format!("o.{} = c.{}", quote_ident(t), quote_ident(f)))
+                    .collect();
+                let sql = format!(
+                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM {} o WHERE {} AND {doomed})",
+                    fk.from,
+                    not_null.join(" AND "),
+                    only(&p.target.kind, &p.into),
+                    refmatch.join(" AND ")
+                );
+                actions.push(Action::Check {
+                    step: Step::new(
+                        format!(
+                            "check that no row of {} loses the row of {} it references",
+                            fk.from, p.display
+                        ),
+                        sql,
+                    ),
+                    message: format!(
+                        "{} is referenced by {} (constraint {}): {{n}} row(s) of {} reference \
+                         rows of {} that the source does not have. Sync {} too, or use \
+                         --defer-constraints (still checked at commit) or --disable-integrity",
+                        p.display,
+                        fk.from,
+                        quote_ident(&fk.name),
+                        fk.from,
+                        p.display,
+                        fk.from
+                    ),
+                });
+            }
+        }
+        actions.push(Action::Sql(
+            Step::new(
+                format!(
+                    "delete the rows of {} that the source does not have",
+                    p.display
+                ),
+                format!(
+                    "DELETE FROM {} o WHERE {doomed}",
+                    only(&p.target.kind, &p.into)
+                ),
+            )
+            .lock(LockMode::RowExclusive, p.into.clone())
+            .hazard(Hazard::DeletesData),
+        ));
+    }
+
+    for &i in &order {
+        let p = &plans[i];
+        for (seq, v, called) in &p.sequences {
+            actions.push(Action::Sql(Step::new(
+                format!("set the sequence of {} to the source's position", p.display),
+                format!("SELECT setval({seq}, {v}, {called})"),
+            )));
+        }
+    }
+    if !deferred.is_empty() {
+        let mut sql = String::from("SET CONSTRAINTS ALL IMMEDIATE");
+        for fk in &deferred {
+            sql.push_str(&format!(
+                "; ALTER TABLE {} ALTER CONSTRAINT {} NOT DEFERRABLE",
+                fk.from,
+                quote_ident(&fk.name)
+            ));
+        }
+        actions.push(Action::Sql(
+            Step::new(
+                "check the deferred foreign keys now and make them NOT DEFERRABLE again",
+                sql,
+            )
+            .hazard(Hazard::Validates),
+        ));
+    }
+    Ok(Unit {
+        tables: order,
+        actions,
+        after,
+        finish: finish_steps,
+    })
+}
+
+/// The index builds (parallel, after the copy) and constraint steps (in the final
+/// transaction) that give a staging table the live table's indexes. `None` when an index
+/// definition cannot be re-targeted safely: then `LIKE … INCLUDING ALL` builds them during the
+/// copy instead.
+fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<Step>)> {
+    let live = p.target.qualified();
+    let marker = format!(" ON {live} USING ");
+    let mut builds = Vec::new();
+    let mut finish = Vec::new();
+    for idx in &p.target.indexes {
+        let base = idx
+            .constraint
+            .as_ref()
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| idx.name.clone());
+        let name = derived_name(&base, "_staging");
+        let kind = idx.constraint.as_ref().map(|(_, k)| k.as_str());
+        if kind == Some("x") {
+            finish.push(
+                Step::new(
+                    format!(
+                        "add exclusion constraint {} to {loading}",
+                        quote_ident(&name)
+                    ),
+                    format!(
+                        "ALTER TABLE {loading} ADD CONSTRAINT {} {}",
+                        quote_ident(&name),
+                        idx.constraint_definition.as_deref()?
+                    ),
+                )
+                .hazard(Hazard::BuildsIndex),
+            );
+            continue;
+        }
+        let at = idx.definition.find(&marker)?;
+        let rest = &idx.definition[at + marker.len()..];
+        let unique = idx.definition.starts_with("CREATE UNIQUE INDEX ");
+        builds.push(
+            Step::new(
+                format!("build index {} on {loading}", quote_ident(&name)),
+                format!(
+                    "CREATE {}INDEX {} ON {loading} USING {rest}",
+                    if unique { "UNIQUE " } else { "" },
+                    quote_ident(&name)
+                ),
+            )
+            .lock(LockMode::Share, loading.to_string())
+            .hazard(Hazard::BuildsIndex)
+            .outside_transaction(),
+        );
+        if let Some(k @ ("p" | "u")) = kind {
+            let def = idx.constraint_definition.as_deref().unwrap_or_default();
+            let mut opts = String::new();
+            if def.contains(" DEFERRABLE") && !def.contains("NOT DEFERRABLE") {
+                opts.push_str(" DEFERRABLE");
+            }
+            if def.contains("INITIALLY DEFERRED") {
+                opts.push_str(" INITIALLY DEFERRED");
+            }
+            finish.push(Step::new(
+                format!(
+                    "make index {} the {} constraint of {loading}",
+                    quote_ident(&name),
+                    if k == "p" { "primary key" } else { "unique" }
+                ),
+                format!(
+                    "ALTER TABLE {loading} ADD CONSTRAINT {n} {} USING INDEX {n}{opts}",
+                    if k == "p" { "PRIMARY KEY" } else { "UNIQUE" },
+                    n = quote_ident(&name)
+                ),
+            ));
+        }
+    }
+    Some((builds, finish))
+}
+
+/// `ONLY rel` for a plain table (its inheritance children are tables of their own); a
+/// partitioned table is read and emptied through its partitions.
+fn only(kind: &str, rel: &str) -> String {
+    if kind == "p" {
+        rel.to_string()
+    } else {
+        format!("ONLY {rel}")
+    }
+}
+
+fn qualified_constraint(fk: &tables::ForeignKey) -> String {
+    // SET CONSTRAINTS takes schema-qualified constraint names; the schema is the table's.
+    let schema = fk.from.rsplit_once('.').map(|(s, _)| s).unwrap_or("public");
+    format!("{schema}.{}", quote_ident(&fk.name))
+}
+
+impl Prepared {
+    /// The plan that [`Prepared::execute`] would run.
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    /// Whether executing changes live tables (not only staging tables).
+    pub fn replaces_live_data(&self) -> bool {
+        !self.opts.staging
+    }
+
+    pub fn target(&self) -> &Endpoint {
+        &self.target
+    }
+
+    /// The report of a dry run: the tables, their diffs, and the plan; nothing executed.
+    pub fn dry_run_report(&self) -> SyncReport {
+        SyncReport {
+            tables: self
+                .tables
+                .iter()
+                .map(|p| self.report_for(p, 0, 0, Duration::ZERO))
+                .collect(),
+            elapsed: self.started.elapsed(),
+            dry_run: true,
+            plan: self.plan.clone(),
+        }
+    }
+
+    fn report_for(&self, p: &TablePlan, rows: u64, bytes: u64, elapsed: Duration) -> TableReport {
+        TableReport {
+            table: p.display.clone(),
+            into: p.into.clone(),
+            rows,
+            bytes,
+            elapsed,
+            format: p.format,
+            strategy: p.strategy.name(),
+            diff: p.diff.clone(),
+            warnings: p.warnings.clone(),
+        }
+    }
+
+    /// Runs the units, `jobs` at a time. Each unit commits on its own; the first failure stops
+    /// the others (their transactions roll back) and is returned.
+    pub async fn execute(self, events: &dyn EventSink) -> Result<SyncReport> {
+        events.emit(Event::PhaseStarted {
+            phase: "copying".into(),
+        });
+        let this = &self;
+        let results: Vec<Vec<TableReport>> = futures_util::stream::iter(
+            self.units
+                .iter()
+                .map(|u| this.run_unit_with_retry(u, events)),
+        )
+        .buffer_unordered(self.opts.jobs.max(1))
+        .try_collect()
+        .await?;
+        let mut tables: Vec<TableReport> = results.into_iter().flatten().collect();
+        tables.sort_by(|a, b| a.table.cmp(&b.table));
+        Ok(SyncReport {
+            tables,
+            elapsed: self.started.elapsed(),
+            dry_run: false,
+            plan: self.plan.clone(),
+        })
+    }
+
+    async fn run_unit_with_retry(
+        &self,
+        unit: &Unit,
+        events: &dyn EventSink,
+    ) -> Result<Vec<TableReport>> {
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.run_unit(unit, events).await {
+                Err(e) if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE) => {
+                    if started.elapsed() >= self.opts.max_wait {
+                        let names: Vec<String> = unit
+                            .tables
+                            .iter()
+                            .map(|&i| self.tables[i].into.clone())
+                            .collect();
+                        let t = self.target.connect().await?;
+                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+                        let blockers = plan::describe_lock_holders(&t, &refs)
+                            .await
+                            .unwrap_or_default();
+                        return Err(Error::LockTimeout {
+                            attempts: attempt,
+                            waited_ms: started.elapsed().as_millis() as u64,
+                            blockers: if blockers.is_empty() {
+                                "(none found)".into()
+                            } else {
+                                blockers.join("\n")
+                            },
+                        });
+                    }
+                    let retry_in = plan::backoff(
+                        attempt,
+                        self.opts.max_wait.saturating_sub(started.elapsed()),
+                    );
+                    events.emit(Event::LockAttemptFailed {
+                        attempt,
+                        retry_in,
+                        blockers: Vec::new(),
+                    });
+                    tokio::time::sleep(retry_in).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn run_unit(&self, unit: &Unit, events: &dyn EventSink) -> Result<Vec<TableReport>> {
+        let t0 = Instant::now();
+        let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
+        let tgt = self.target.connect().await?;
+        tgt.batch_execute(&format!(
+            "BEGIN; SET LOCAL lock_timeout = {}",
+            self.opts.lock_timeout.as_millis().max(1)
+        ))
+        .await
+        .ctx("starting the target transaction")?;
+        let mut stats: BTreeMap<usize, (u64, u64, Duration)> = BTreeMap::new();
+        for a in &unit.actions {
+            match a {
+                Action::Sql(step) => {
+                    tgt.batch_execute(&step.sql)
+                        .await
+                        .ctx(step.description.clone())?;
+                }
+                Action::Copy {
+                    table,
+                    copy_out,
+                    copy_in,
+                    ..
+                } => {
+                    let c0 = Instant::now();
+                    let p = &self.tables[*table];
+                    let s = copy::stream(&src, copy_out, &tgt, copy_in, &p.display, events).await?;
+                    stats.insert(*table, (s.rows, s.bytes, c0.elapsed()));
+                }
+                Action::Check { step, message } => {
+                    let n: i64 = tgt
+                        .query_one(&step.sql, &[])
+                        .await
+                        .ctx(step.description.clone())?
+                        .get(0);
+                    if n > 0 {
+                        return Err(Error::InvalidInput(message.replace("{n}", &n.to_string())));
+                    }
+                }
+            }
+        }
+        tgt.batch_execute("COMMIT")
+            .await
+            .ctx("committing on the target")?;
+        let _ = src.batch_execute("COMMIT").await;
+        if !unit.after.is_empty() {
+            let target = &self.target;
+            futures_util::stream::iter(unit.after.iter().map(|step| async move {
+                let c = target.connect().await?;
+                c.batch_execute(&step.sql)
+                    .await
+                    .ctx(step.description.clone())
+            }))
+            .buffer_unordered(self.opts.jobs.max(1))
+            .try_collect::<Vec<()>>()
+            .await?;
+        }
+        if !unit.finish.is_empty() {
+            let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
+            tgt.batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
+                self.opts.lock_timeout.as_millis().max(1),
+                sql.join("; ")
+            ))
+            .await
+            .ctx("finishing the staging tables")?;
+        }
+        let mut reports = Vec::new();
+        for &i in &unit.tables {
+            let p = &self.tables[i];
+            let (rows, bytes, _) = stats.get(&i).copied().unwrap_or_default();
+            let mut r = self.report_for(p, rows, bytes, t0.elapsed());
+            if self.opts.show_diff && self.opts.staging {
+                if p.target.primary_key.is_empty() {
+                    r.diff = None;
+                } else {
+                    let cols: Vec<(String, bool)> = p
+                        .columns
+                        .iter()
+                        .filter(|(c, _, _)| !p.target.primary_key.contains(c))
+                        .map(|(c, _, t)| (c.clone(), *t))
+                        .collect();
+                    r.diff = Some(
+                        rowdiff::in_database(
+                            &tgt,
+                            &p.into,
+                            &p.target.qualified(),
+                            &p.target.primary_key,
+                            &cols,
+                            self.opts.diff_sample,
+                        )
+                        .await?,
+                    );
+                }
+            }
+            r.elapsed = t0.elapsed();
+            events.emit(Event::TableDone {
+                table: p.display.clone(),
+                rows,
+                bytes,
+                elapsed: r.elapsed,
+            });
+            reports.push(r);
+        }
+        Ok(reports)
+    }
+}
+
+/// Prepares and executes in one call (no confirmation step); `dry_run` stops after planning.
+pub async fn run(
+    source: &Endpoint,
+    target: &Endpoint,
+    opts: SyncOptions,
+    dry_run: bool,
+    events: &dyn EventSink,
+) -> Result<SyncReport> {
+    let prepared = prepare(source, target, opts, events).await?;
+    if dry_run {
+        return Ok(prepared.dry_run_report());
+    }
+    prepared.execute(events).await
+}

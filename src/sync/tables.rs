@@ -1,0 +1,497 @@
+//! Which tables a sync touches, and what pgflip needs to know about them on each side.
+//!
+//! The full catalog snapshot (`catalog`) describes everything; a sync needs only a few facts
+//! per table (columns with their exact types, the primary key, foreign keys in and out, owned
+//! sequences, indexes), so it reads them here with a few set-based queries per side, whatever the number
+//! of tables. Requested names are matched exactly first (so `"Line Items"` or `Order` are one
+//! name), then as `*` patterns, always against the catalog and never by building SQL from them.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use tokio_postgres::Client;
+
+use crate::error::{DbResultExt, Error, Result};
+use crate::ident::qualified;
+
+/// A column as the catalog describes it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Column {
+    pub name: String,
+    /// `format_type(atttypid, atttypmod)`: the type as SQL spells it.
+    pub type_name: String,
+    pub type_oid: u32,
+    pub not_null: bool,
+    /// A `GENERATED ALWAYS AS (…) STORED` column: never written.
+    pub generated: bool,
+    /// `a` (ALWAYS), `d` (BY DEFAULT) or empty.
+    pub identity: String,
+    pub default: Option<String>,
+}
+
+/// A foreign key (from the referencing table's point of view).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ForeignKey {
+    pub name: String,
+    pub from_oid: u32,
+    pub from: String,
+    pub from_columns: Vec<String>,
+    pub to_oid: u32,
+    pub to: String,
+    pub to_columns: Vec<String>,
+    pub deferrable: bool,
+    pub initially_deferred: bool,
+    /// `confdeltype`: a (no action), r (restrict), c (cascade), n (set null), d (set default).
+    pub on_delete: String,
+}
+
+/// A sequence owned by a column (serial or identity).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct OwnedSequence {
+    pub column: String,
+    /// Qualified, quoted.
+    pub sequence: String,
+}
+
+/// An index of a table, and the constraint it backs (if any).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Index {
+    pub name: String,
+    /// `pg_get_indexdef`.
+    pub definition: String,
+    /// Name and kind (`p`, `u`, `x`) of the constraint the index implements.
+    pub constraint: Option<(String, String)>,
+    /// `pg_get_constraintdef` of that constraint.
+    pub constraint_definition: Option<String>,
+    /// Neither the replica identity, the clustering index, nor an index a foreign key uses
+    /// (dropping it would lose that or fail).
+    pub plain: bool,
+    pub comment: Option<String>,
+}
+
+/// One table on one side.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Table {
+    pub oid: u32,
+    pub schema: String,
+    pub name: String,
+    /// `r` (plain) or `p` (partitioned).
+    pub kind: String,
+    pub estimated_rows: f64,
+    pub columns: Vec<Column>,
+    pub primary_key: Vec<String>,
+    pub sequences: Vec<OwnedSequence>,
+    pub indexes: Vec<Index>,
+}
+
+impl Table {
+    /// `schema.name`, quoted where needed.
+    pub fn qualified(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+
+    /// `schema.name` as a user types it (unquoted), for messages.
+    pub fn display(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
+
+    pub fn column(&self, name: &str) -> Option<&Column> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+}
+
+/// The tables of one side that a sync looks at, and the foreign keys touching them.
+#[derive(Debug, Clone, Default)]
+pub struct SideCatalog {
+    pub tables: Vec<Table>,
+    /// Foreign keys whose referencing or referenced table is one of `tables`.
+    pub foreign_keys: Vec<ForeignKey>,
+}
+
+impl SideCatalog {
+    pub fn find(&self, schema: &str, name: &str) -> Option<&Table> {
+        self.tables
+            .iter()
+            .find(|t| t.schema == schema && t.name == name)
+    }
+}
+
+/// Schemas that belong to PostgreSQL or to pgflip's own bookkeeping.
+const SYSTEM_SCHEMA_FILTER: &str =
+    "n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgflip') \
+     AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp\\_%' \
+     AND n.nspname NOT LIKE 'pgflip\\_backup\\_%' AND n.nspname NOT LIKE 'pgflip\\_shadow\\_%'";
+
+/// Every user table (name only): what requested names are matched against.
+pub async fn list_tables(client: &Client) -> Result<Vec<(u32, String, String)>> {
+    let sql = format!(
+        "SELECT c.oid, n.nspname::text, c.relname::text FROM pg_class c \
+         JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND {SYSTEM_SCHEMA_FILTER} \
+           AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass \
+                           AND d.objid = c.oid AND d.deptype = 'e') \
+         ORDER BY 2, 3"
+    );
+    let rows = client.query(&sql, &[]).await.ctx("listing tables")?;
+    Ok(rows
+        .iter()
+        .map(|r| (r.get::<_, u32>(0), r.get(1), r.get(2)))
+        .collect())
+}
+
+/// Loads columns, primary keys, owned sequences, indexes and the foreign keys touching `oids`,
+/// in six queries whatever the number of tables.
+pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
+    let oid_list: Vec<u32> = oids.to_vec();
+    let rels = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
+                    greatest(c.reltuples, 0)::float8 \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.oid = ANY($1::oid[])",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading tables")?;
+    let cols = client
+        .query(
+            "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                    a.atttypid, a.attnotnull, a.attgenerated <> '', a.attidentity::text, \
+                    pg_get_expr(d.adbin, d.adrelid) \
+             FROM pg_attribute a \
+             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+             WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+             ORDER BY a.attrelid, a.attnum",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading columns")?;
+    let pks = client
+        .query(
+            "SELECT con.conrelid, a.attname::text \
+             FROM pg_constraint con \
+             CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord) \
+             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum \
+             WHERE con.contype = 'p' AND con.conrelid = ANY($1::oid[]) \
+             ORDER BY con.conrelid, k.ord",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading primary keys")?;
+    let seqs = client
+        .query(
+            "SELECT d.refobjid, a.attname::text, n.nspname::text, s.relname::text \
+             FROM pg_depend d \
+             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+             JOIN pg_namespace n ON n.oid = s.relnamespace \
+             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+               AND d.deptype IN ('a', 'i') AND d.refobjid = ANY($1::oid[])",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading owned sequences")?;
+    let fks = client
+        .query(
+            "SELECT con.conname::text, con.conrelid, fn.nspname::text, fc.relname::text, \
+                    ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o) \
+                          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n \
+                          ORDER BY k.o), \
+                    con.confrelid, tn.nspname::text, tc.relname::text, \
+                    ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o) \
+                          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n \
+                          ORDER BY k.o), \
+                    con.condeferrable, con.condeferred, con.confdeltype::text \
+             FROM pg_constraint con \
+             JOIN pg_class fc ON fc.oid = con.conrelid \
+             JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
+             JOIN pg_class tc ON tc.oid = con.confrelid \
+             JOIN pg_namespace tn ON tn.oid = tc.relnamespace \
+             WHERE con.contype = 'f' AND con.conparentid = 0 \
+               AND (con.conrelid = ANY($1::oid[]) OR con.confrelid = ANY($1::oid[])) \
+             ORDER BY 1, 2",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading foreign keys")?;
+
+    let idx = client
+        .query(
+            "SELECT i.indrelid, c.relname::text, pg_get_indexdef(i.indexrelid), \
+                    con.conname::text, con.contype::text, pg_get_constraintdef(con.oid), \
+                    NOT i.indisreplident AND NOT i.indisclustered AND NOT EXISTS \
+                        (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid \
+                         AND f.contype = 'f'), \
+                    obj_description(i.indexrelid, 'pg_class') \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
+                  AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
+             WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, c.relname",
+            &[&oid_list],
+        )
+        .await
+        .ctx("reading indexes")?;
+    let mut indexes: BTreeMap<u32, Vec<Index>> = BTreeMap::new();
+    for r in &idx {
+        let conname: Option<String> = r.get(3);
+        let contype: Option<String> = r.get(4);
+        indexes.entry(r.get(0)).or_default().push(Index {
+            name: r.get(1),
+            definition: r.get(2),
+            constraint: conname.zip(contype),
+            constraint_definition: r.get(5),
+            plain: r.get(6),
+            comment: r.get(7),
+        });
+    }
+    let mut columns: BTreeMap<u32, Vec<Column>> = BTreeMap::new();
+    for r in &cols {
+        columns.entry(r.get(0)).or_default().push(Column {
+            name: r.get(1),
+            type_name: r.get(2),
+            type_oid: r.get(3),
+            not_null: r.get(4),
+            generated: r.get(5),
+            identity: r.get(6),
+            default: r.get(7),
+        });
+    }
+    let mut pk: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for r in &pks {
+        pk.entry(r.get(0)).or_default().push(r.get(1));
+    }
+    let mut sequences: BTreeMap<u32, Vec<OwnedSequence>> = BTreeMap::new();
+    for r in &seqs {
+        sequences.entry(r.get(0)).or_default().push(OwnedSequence {
+            column: r.get(1),
+            sequence: qualified(r.get(2), r.get(3)),
+        });
+    }
+    let mut tables: Vec<Table> = rels
+        .iter()
+        .map(|r| {
+            let oid: u32 = r.get(0);
+            Table {
+                oid,
+                schema: r.get(1),
+                name: r.get(2),
+                kind: r.get(3),
+                estimated_rows: r.get(4),
+                columns: columns.remove(&oid).unwrap_or_default(),
+                primary_key: pk.remove(&oid).unwrap_or_default(),
+                sequences: sequences.remove(&oid).unwrap_or_default(),
+                indexes: indexes.remove(&oid).unwrap_or_default(),
+            }
+        })
+        .collect();
+    tables.sort_by(|a, b| (&a.schema, &a.name).cmp(&(&b.schema, &b.name)));
+    let foreign_keys = fks
+        .iter()
+        .map(|r| ForeignKey {
+            name: r.get(0),
+            from_oid: r.get(1),
+            from: qualified(r.get(2), r.get(3)),
+            from_columns: r.get(4),
+            to_oid: r.get(5),
+            to: qualified(r.get(6), r.get(7)),
+            to_columns: r.get(8),
+            deferrable: r.get(9),
+            initially_deferred: r.get(10),
+            on_delete: r.get(11),
+        })
+        .collect();
+    Ok(SideCatalog {
+        tables,
+        foreign_keys,
+    })
+}
+
+/// Which schemas unqualified names and "every table" refer to.
+#[derive(Debug, Clone)]
+pub enum SchemaScope {
+    /// These schemas (default: `public`).
+    Only(Vec<String>),
+    All,
+}
+
+impl SchemaScope {
+    pub fn contains(&self, schema: &str) -> bool {
+        match self {
+            SchemaScope::All => true,
+            SchemaScope::Only(s) => s.iter().any(|x| x == schema),
+        }
+    }
+}
+
+/// `*` matches any run of characters (including none); everything else is literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0, 0);
+    let (mut star, mut mark) = (None, 0);
+    while ti < t.len() {
+        if pi < p.len() && p[pi] != '*' && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some(pi);
+            mark = ti;
+            pi += 1;
+        } else if let Some(s) = star {
+            pi = s + 1;
+            mark += 1;
+            ti = mark;
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+/// True when `pattern` names the table `schema.name`: exactly (`name` in scope, or
+/// `schema.name`), or as a `*` pattern over either form.
+pub fn matches(pattern: &str, schema: &str, name: &str, scope: &SchemaScope) -> bool {
+    if pattern == name && scope.contains(schema) {
+        return true;
+    }
+    if pattern.len() == schema.len() + 1 + name.len()
+        && pattern.starts_with(schema)
+        && pattern[schema.len()..].starts_with('.')
+        && pattern.ends_with(name)
+    {
+        return true;
+    }
+    if pattern.contains('*') {
+        if glob_match(pattern, name) && scope.contains(schema) {
+            return true;
+        }
+        return glob_match(pattern, &format!("{schema}.{name}"));
+    }
+    false
+}
+
+/// Resolves requested names (or, with none, every table in scope) against the listing; exact
+/// matches win over patterns, so a table literally named `a*` can still be asked for. Unknown
+/// names are an error naming each of them.
+pub fn resolve(
+    requested: &[String],
+    exclude: &[String],
+    scope: &SchemaScope,
+    listing: &[(u32, String, String)],
+) -> Result<Vec<(u32, String, String)>> {
+    let mut chosen: BTreeSet<usize> = BTreeSet::new();
+    let mut unknown = Vec::new();
+    if requested.is_empty() {
+        for (i, (_, s, _)) in listing.iter().enumerate() {
+            if scope.contains(s) {
+                chosen.insert(i);
+            }
+        }
+    }
+    for req in requested {
+        // Exact first: `name` in scope, then `schema.name` split at any dot.
+        let exact: Vec<usize> = listing
+            .iter()
+            .enumerate()
+            .filter(|(_, (_, s, n))| {
+                (n == req && scope.contains(s))
+                    || (req.len() == s.len() + 1 + n.len()
+                        && req.starts_with(s.as_str())
+                        && req[s.len()..].starts_with('.')
+                        && req.ends_with(n.as_str()))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        let found: Vec<usize> = if !exact.is_empty() {
+            exact
+        } else if req.contains('*') {
+            listing
+                .iter()
+                .enumerate()
+                .filter(|(_, (_, s, n))| matches(req, s, n, scope))
+                .map(|(i, _)| i)
+                .collect()
+        } else {
+            Vec::new()
+        };
+        if found.is_empty() {
+            unknown.push(req.clone());
+        }
+        chosen.extend(found);
+    }
+    if !unknown.is_empty() {
+        let list = unknown
+            .iter()
+            .map(|u| format!("\"{u}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::InvalidInput(format!(
+            "unknown table{} on the source: {list}",
+            if unknown.len() > 1 { "s" } else { "" }
+        )));
+    }
+    Ok(chosen
+        .into_iter()
+        .map(|i| listing[i].clone())
+        .filter(|(_, s, n)| !exclude.iter().any(|p| matches(p, s, n, &SchemaScope::All)))
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn listing() -> Vec<(u32, String, String)> {
+        [
+            ("public", "orders"),
+            ("public", "Order"),
+            ("public", "Line Items"),
+            ("public", "a*"),
+            ("public", "abc"),
+            ("sales", "orders"),
+            ("sales", "x.y"),
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, (s, n))| (i as u32, s.to_string(), n.to_string()))
+        .collect()
+    }
+
+    fn names(r: &[(u32, String, String)]) -> Vec<String> {
+        r.iter().map(|(_, s, n)| format!("{s}.{n}")).collect()
+    }
+
+    #[test]
+    fn exact_names_then_patterns() {
+        let scope = SchemaScope::Only(vec!["public".into()]);
+        let l = listing();
+        let r = resolve(&["Line Items".into(), "Order".into()], &[], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["public.Order", "public.Line Items"]);
+        let r = resolve(&["a*".into()], &[], &scope, &l).unwrap();
+        assert_eq!(
+            names(&r),
+            ["public.a*"],
+            "exact match wins over the pattern"
+        );
+        let r = resolve(&["ab*".into()], &[], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["public.abc"]);
+        let r = resolve(&["sales.x.y".into()], &[], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["sales.x.y"]);
+        let r = resolve(&["*.orders".into()], &[], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["public.orders", "sales.orders"]);
+        let r = resolve(&[], &["a*".into(), "L*".into()], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["public.orders", "public.Order"]);
+        let e = resolve(&["nope".into(), "order".into()], &[], &scope, &l).unwrap_err();
+        assert!(e.to_string().contains("\"nope\", \"order\""), "{e}");
+    }
+
+    #[test]
+    fn globbing() {
+        assert!(glob_match("*", ""));
+        assert!(glob_match("a*c", "abbc"));
+        assert!(!glob_match("a*c", "abcd"));
+        assert!(glob_match("*_log*", "x_log_2024"));
+    }
+}

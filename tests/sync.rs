@@ -1,0 +1,858 @@
+//! `pgflip sync` against two real servers: the shared test server is the source, the second
+//! server the target, each test in fresh databases.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn pair(hint: &str) -> (TestDb, TestDb) {
+    (
+        TestDb::new(server(), &format!("{hint}_src")),
+        TestDb::new(second_server(), &format!("{hint}_tgt")),
+    )
+}
+
+fn sync(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> std::process::Output {
+    let (s, t) = (src.url(), tgt.url());
+    let mut args = vec!["sync", "--source", &s, "--target", &t];
+    args.extend_from_slice(extra);
+    pgflip(&args)
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+fn q(db: &TestDb, sql: &str) -> String {
+    db.psql(sql).trim().to_string()
+}
+
+/// The seed's example: source rows 1, 2, 3, 5; target rows 1, 2, 4; row 1 has a NULL on both
+/// sides (unchanged), row 2 differs. New 2 (3, 5), updated 1 (2), deleted 1 (4).
+const SEED_SOURCE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, note text); \
+     INSERT INTO items VALUES (1, 'a', 10, NULL), (2, 'b', 21, 'x'), (3, 'c', 30, NULL), (5, 'e', 50, 'y')";
+const SEED_TARGET: &str =
+    "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, note text); \
+     INSERT INTO items VALUES (1, 'a', 10, NULL), (2, 'b', 20, 'x'), (4, 'd', 40, NULL)";
+
+const SEED_SUMMARY: &str =
+    "Diff Summary:\n  New rows:     2\n  Updated rows: 1\n  Deleted rows: 1\n";
+
+#[test]
+fn seed_example_staging_with_diff_leaves_live_untouched() {
+    let (src, tgt) = pair("seed");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    tgt.psql("CREATE INDEX items_name ON items (name); ALTER TABLE items ADD CONSTRAINT price_pos CHECK (price > 0); ALTER TABLE items ALTER COLUMN note SET DEFAULT 'n/a'");
+    let live_before = q(
+        &tgt,
+        "SELECT string_agg(t::text, ';' ORDER BY id) FROM items t",
+    );
+
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["items", "--staging-table", "--show-diff"],
+    ));
+    assert!(out.contains(SEED_SUMMARY), "{out}");
+    assert!(out.contains("✔ items - "), "{out}");
+    assert!(out.contains("Completed in "), "{out}");
+
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(t::text, ';' ORDER BY id) FROM items t"
+        ),
+        live_before,
+        "live table untouched"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM items_staging"
+        ),
+        "1,2,3,5"
+    );
+    // Same structure: columns, defaults, constraints, indexes.
+    let shape = |rel: &str| {
+        q(
+            &tgt,
+            &format!(
+                "SELECT (SELECT string_agg(attname || ' ' || format_type(atttypid, atttypmod) || ' ' || attnotnull || ' ' || coalesce(pg_get_expr(d.adbin, d.adrelid), ''), ', ' ORDER BY attnum) \
+                   FROM pg_attribute a LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum WHERE attrelid = '{rel}'::regclass AND attnum > 0) \
+                 || ' | ' || (SELECT string_agg(contype::text || ':' || pg_get_constraintdef(oid), ', ' ORDER BY contype, pg_get_constraintdef(oid)) FROM pg_constraint WHERE conrelid = '{rel}'::regclass) \
+                 || ' | ' || (SELECT string_agg(d, ', ' ORDER BY d) FROM (SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') AS d FROM pg_index WHERE indrelid = '{rel}'::regclass) x)"
+            ),
+        )
+    };
+    assert_eq!(shape("items"), shape("items_staging"));
+
+    // An existing staging table is replaced, not appended to.
+    tgt.psql("INSERT INTO items_staging VALUES (99, 'stale', 1, NULL)");
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["items", "--staging", "--diff", "--diff-sample", "5"],
+    ));
+    assert!(out.contains(SEED_SUMMARY), "{out}");
+    assert!(out.contains("New keys (sample): 3, 5"), "{out}");
+    assert!(out.contains("Updated keys (sample): 2"), "{out}");
+    assert!(out.contains("Deleted keys (sample): 4"), "{out}");
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM items_staging WHERE id = 99"),
+        "0"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgflip%'"
+        ),
+        "0",
+        "nothing else left behind"
+    );
+}
+
+#[test]
+fn cross_server_diff_equals_the_in_database_diff() {
+    let (src, tgt) = pair("xdiff");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    // A bigger table too, so chunks matter: 20 000 rows, 1% changed on each kind.
+    let big = "CREATE TABLE big (a int, b text, v float8, t timestamptz, PRIMARY KEY (a, b)); \
+               INSERT INTO big SELECT g, 'k' || (g % 7), g / 3.0, '2024-01-01'::timestamptz + g * interval '1 min' FROM generate_series(1, 20000) g";
+    src.psql(big);
+    tgt.psql(big);
+    src.psql("UPDATE big SET v = v + 1 WHERE a % 100 = 1; DELETE FROM big WHERE a % 100 = 2; INSERT INTO big SELECT g, 'new', 0, NULL FROM generate_series(30001, 30200) g");
+    tgt.psql("ANALYZE; SET TimeZone = 'America/New_York'");
+
+    let before = tgt.dump();
+    let o = sync(
+        &src,
+        &tgt,
+        &["items", "big", "--show-diff", "--dry-run", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    assert_eq!(tgt.dump(), before, "--dry-run --show-diff changes nothing");
+    let find = |v: &serde_json::Value, t: &str| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["table"] == t)
+            .unwrap()["diff"]
+            .clone()
+    };
+    let cross_items = find(&v, "public.items");
+    assert_eq!(cross_items["method"], "chunk_checksums");
+    assert_eq!(
+        (
+            &cross_items["new"],
+            &cross_items["updated"],
+            &cross_items["deleted"]
+        ),
+        (&2.into(), &1.into(), &1.into())
+    );
+    let cross_big = find(&v, "public.big");
+    assert_eq!(
+        (
+            &cross_big["new"],
+            &cross_big["updated"],
+            &cross_big["deleted"]
+        ),
+        (&200.into(), &200.into(), &200.into()),
+        "{cross_big}"
+    );
+    let table_bytes: u64 = q(
+        &src,
+        "SELECT sum(length(b::text) + length(a::text) + 40) FROM big",
+    )
+    .parse()
+    .unwrap();
+    assert!(
+        cross_big["bytes_moved"].as_u64().unwrap() < table_bytes,
+        "{cross_big} vs {table_bytes}"
+    );
+
+    let o = sync(
+        &src,
+        &tgt,
+        &["items", "big", "--staging", "--show-diff", "--json"],
+    );
+    let v: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    for t in ["public.items", "public.big"] {
+        let d = find(&v, t);
+        assert_eq!(d["method"], "one_pass");
+        let c = if t == "public.items" {
+            &cross_items
+        } else {
+            &cross_big
+        };
+        for k in ["new", "updated", "deleted"] {
+            assert_eq!(d[k], c[k], "{t} {k}");
+        }
+    }
+}
+
+#[test]
+fn replace_copies_mixed_case_composite_generated_and_sequences() {
+    let (src, tgt) = pair("replace");
+    let ddl = r#"CREATE SCHEMA "Sales";
+        CREATE TABLE "Sales"."Line Items" ("Order" int, line serial, qty int, price numeric,
+            total numeric GENERATED ALWAYS AS (qty * price) STORED, PRIMARY KEY ("Order", line));
+        CREATE TABLE "select" (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "from" text)"#;
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql(r#"ALTER TABLE "Sales"."Line Items" ADD COLUMN src_only text;
+        INSERT INTO "Sales"."Line Items" ("Order", qty, price) SELECT g / 3, g, 1.5 FROM generate_series(1, 50) g;
+        INSERT INTO "select" ("from") SELECT 'v' || g FROM generate_series(1, 7) g"#);
+    tgt.psql(
+        r#"ALTER TABLE "Sales"."Line Items" ADD COLUMN tgt_only text DEFAULT 'kept';
+        INSERT INTO "Sales"."Line Items" ("Order", qty, price) VALUES (999, 1, 1);
+        INSERT INTO "select" ("from") VALUES ('old')"#,
+    );
+
+    let o = sync(
+        &src,
+        &tgt,
+        &["Sales.Line Items", "select", "--schemas", "public,Sales"],
+    );
+    ok(&o);
+    let err = stderr(&o);
+    assert!(
+        err.contains("src_only") && err.contains("exists only on the source"),
+        "{err}"
+    );
+    assert!(
+        err.contains("tgt_only") && err.contains("missing on the source"),
+        "{err}"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            r#"SELECT count(*), sum(total), min(tgt_only), max(line) FROM "Sales"."Line Items""#
+        ),
+        "50|1912.5|kept|50"
+    );
+    // A partitioned table is read and replaced through its partitions.
+    let parted = "CREATE TABLE parted (id int, k int, PRIMARY KEY (id, k)) PARTITION BY LIST (k); \
+                  CREATE TABLE parted_1 PARTITION OF parted FOR VALUES IN (1); \
+                  CREATE TABLE parted_2 PARTITION OF parted FOR VALUES IN (2)";
+    src.psql(parted);
+    tgt.psql(parted);
+    src.psql("INSERT INTO parted SELECT g, 1 + g % 2 FROM generate_series(1, 10) g");
+    tgt.psql("INSERT INTO parted VALUES (100, 1)");
+    ok(&sync(&src, &tgt, &["parted", "--show-diff"]));
+    assert_eq!(q(&tgt, "SELECT count(*), max(id) FROM parted"), "10|10");
+    let o = sync(&src, &tgt, &["parted", "--staging"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("partitioned"), "{}", stderr(&o));
+    // Sequences follow the source: the next values do not collide.
+    tgt.psql(r#"INSERT INTO "Sales"."Line Items" ("Order", qty, price) VALUES (1, 1, 1); INSERT INTO "select" ("from") VALUES ('next')"#);
+    assert_eq!(
+        q(&tgt, r#"SELECT max(line) FROM "Sales"."Line Items""#),
+        "51"
+    );
+    assert_eq!(
+        q(&tgt, r#"SELECT id FROM "select" WHERE "from" = 'next'"#),
+        "8"
+    );
+    // --no-sequences leaves them alone.
+    ok(&sync(&src, &tgt, &["select", "--no-sequences"]));
+    tgt.psql(r#"INSERT INTO "select" ("from") VALUES ('after')"#);
+    assert_eq!(
+        q(&tgt, r#"SELECT id FROM "select" WHERE "from" = 'after'"#),
+        "9"
+    );
+}
+
+#[test]
+fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
+    let (src, tgt) = pair("rebuild");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, a text, b int); CREATE INDEX t_a ON t (lower(a)) WHERE b > 0; \
+               CREATE UNIQUE INDEX t_b ON t (b); COMMENT ON INDEX t_a IS 'why a'; \
+               CREATE INDEX t_clustered ON t (a); CLUSTER t USING t_clustered";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 1000) g");
+    let shape = || {
+        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass")
+    };
+    let before = shape();
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["t", "--rebuild-indexes-above", "0", "--dry-run"],
+    ));
+    assert!(
+        out.contains("DROP INDEX public.t_a") && out.contains("DROP INDEX public.t_b"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("DROP INDEX public.t_clustered"),
+        "the clustering index is kept: {out}"
+    );
+    ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE b > 0"), "1000");
+    assert_eq!(shape(), before);
+    // A unique index that the new rows violate: the whole replacement rolls back.
+    src.psql("DROP INDEX t_b; UPDATE t SET b = 1 WHERE id = 2");
+    let dump = tgt.dump();
+    let o = sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), dump);
+}
+
+#[test]
+fn a_failure_in_the_middle_leaves_the_old_rows() {
+    let (src, tgt) = pair("atomic");
+    src.psql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10000) g");
+    tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v <> 7000)); INSERT INTO t VALUES (1, -1), (2, -2)");
+    let before = tgt.dump();
+    let o = sync(&src, &tgt, &["t"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(stderr(&o).contains("check constraint"), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), before, "old rows kept");
+
+    // A type mismatch: text on the source that the target's int cannot take.
+    src.psql("CREATE TABLE u (id int PRIMARY KEY, v text); INSERT INTO u SELECT g, g::text FROM generate_series(1, 5000) g; UPDATE u SET v = 'oops' WHERE id = 4000");
+    tgt.psql("CREATE TABLE u (id int PRIMARY KEY, v int); INSERT INTO u VALUES (1, 1)");
+    let before = tgt.dump();
+    let o = sync(&src, &tgt, &["u"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("copied as text"),
+        "type difference is a warning: {}",
+        stderr(&o)
+    );
+    assert_eq!(tgt.dump(), before);
+}
+
+#[test]
+fn dry_run_changes_neither_database() {
+    let (src, tgt) = pair("dry");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    let (sb, tb) = (src.dump(), tgt.dump());
+    for extra in [
+        &["items"][..],
+        &["items", "--staging"],
+        &["--overwrite"],
+        &["items", "--where", "id > 2"],
+    ] {
+        let mut a = extra.to_vec();
+        a.push("--dry-run");
+        let out = ok(&sync(&src, &tgt, &a));
+        assert!(out.contains("BEGIN;") && out.contains("COPY"), "{out}");
+        assert!(out.contains("-- lock: "), "locks are listed: {out}");
+    }
+    let out = ok(&sync(&src, &tgt, &["items", "--dry-run"]));
+    assert!(
+        out.contains("TRUNCATE ONLY public.items") && out.contains("ACCESS EXCLUSIVE"),
+        "{out}"
+    );
+    assert_eq!(src.dump(), sb);
+    assert_eq!(tgt.dump(), tb);
+}
+
+#[test]
+fn overwrite_preserve_and_where() {
+    let (src, tgt) = pair("modes");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    let rows = |db: &TestDb| {
+        q(
+            db,
+            "SELECT string_agg(id || ':' || price, ',' ORDER BY id) FROM items",
+        )
+    };
+
+    ok(&sync(&src, &tgt, &["items", "--preserve"]));
+    assert_eq!(rows(&tgt), "1:10,2:20,3:30,4:40,5:50");
+    ok(&sync(&src, &tgt, &["items", "--overwrite"]));
+    assert_eq!(rows(&tgt), "1:10,2:21,3:30,4:40,5:50");
+    tgt.psql("UPDATE items SET price = price * 100; INSERT INTO items VALUES (6, 'f', 1, NULL)");
+    ok(&sync(
+        &src,
+        &tgt,
+        &["items", "--where", "id >= 3 AND id <> 5"],
+    ));
+    assert_eq!(
+        rows(&tgt),
+        "1:1000,2:2100,3:30,5:5000",
+        "4 and 6 match the where clause and the source lacks them"
+    );
+    ok(&sync(&src, &tgt, &["items"]));
+    assert_eq!(rows(&tgt), rows(&src));
+
+    // No primary key where one is needed: a clear error, nothing changed.
+    src.psql("CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x')");
+    tgt.psql("CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (2, 'y')");
+    let before = tgt.dump();
+    for flag in ["--overwrite", "--preserve"] {
+        let o = sync(&src, &tgt, &["nopk", flag]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        assert!(
+            stderr(&o).contains("public.nopk has no primary key") && stderr(&o).contains(flag),
+            "{}",
+            stderr(&o)
+        );
+    }
+    let o = sync(&src, &tgt, &["nopk", "--where", "a > 0"]);
+    assert!(stderr(&o).contains("--where needs one"), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), before);
+    // --show-diff on a table without a key: a warning, no diff, the sync still happens.
+    let o = sync(&src, &tgt, &["nopk", "--show-diff"]);
+    ok(&o);
+    assert!(
+        stderr(&o).contains("no primary key on the target; no diff"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(q(&tgt, "SELECT a FROM nopk"), "1");
+}
+
+#[test]
+fn bad_input_is_named_and_changes_nothing() {
+    let (src, tgt) = pair("badinput");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    src.psql("CREATE TABLE only_src (id int); CREATE TABLE disjoint (a int)");
+    tgt.psql("CREATE TABLE disjoint (b int)");
+    tgt.psql("DO $$ BEGIN CREATE ROLE sync_reader LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$; GRANT SELECT ON items TO sync_reader");
+    let before = tgt.dump();
+    let o = sync(&src, &tgt, &["items", "nope", "Items"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains(r#"unknown tables on the source: "nope", "Items""#),
+        "{}",
+        stderr(&o)
+    );
+    let o = sync(&src, &tgt, &["only_src"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("missing on the target: public.only_src"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sync(&src, &tgt, &["disjoint"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("no columns in common"),
+        "{}",
+        stderr(&o)
+    );
+    let o = sync(&src, &tgt, &["items", "--swap"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("items_staging"), "{}", stderr(&o));
+    let dead = "postgresql://postgres@127.0.0.1:1/x";
+    let o = pgflip(&["sync", "--source", &src.url(), "--target", dead, "items"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("could not connect to target"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tgt.dump(), before);
+
+    // Permission denied: a role that may read but not write.
+    let url = tgt.url().replace("postgres@", "sync_reader@");
+    let o = pgflip(&["sync", "--source", &src.url(), "--target", &url, "items"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("permission denied") && stderr(&o).contains("items"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tgt.dump(), before);
+}
+
+#[test]
+fn a_remote_target_needs_confirmation() {
+    let (src, tgt) = pair("confirm");
+    src.psql(SEED_SOURCE);
+    tgt.psql(SEED_TARGET);
+    // 0.0.0.0 reaches this machine but is not one of the names pgflip treats as local.
+    let remote = tgt.url().replace("127.0.0.1", "0.0.0.0");
+    let before = tgt.dump();
+    let o = pgflip(&["sync", "--source", &src.url(), "--target", &remote, "items"]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("--yes"), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), before);
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &src.url(),
+        "--target",
+        &remote,
+        "items",
+        "--yes",
+    ]);
+    ok(&o);
+    assert_eq!(q(&tgt, "SELECT count(*) FROM items"), "4");
+}
+
+#[test]
+fn foreign_keys_from_other_tables() {
+    let (src, tgt) = pair("fk");
+    let ddl = "CREATE TABLE parent (id int PRIMARY KEY, v text); \
+               CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent); \
+               CREATE TABLE cascading (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO parent VALUES (1, 'one'), (3, 'three')");
+    tgt.psql("INSERT INTO parent VALUES (1, 'uno'), (2, 'dos'); INSERT INTO child VALUES (10, 2); INSERT INTO cascading VALUES (20, 1)");
+    let fks = |db: &TestDb| {
+        q(db, "SELECT string_agg(conname || ':' || condeferrable || condeferred || ':' || pg_get_constraintdef(oid), ',' ORDER BY conname) FROM pg_constraint WHERE contype = 'f'")
+    };
+    let fk_before = fks(&tgt);
+    let before = tgt.dump();
+
+    // child references parent 2, which the source lacks: refuse, naming child.
+    let o = sync(&src, &tgt, &["parent"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("referenced by public.child")
+            && stderr(&o).contains("child_parent_id_fkey"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tgt.dump(), before, "target unchanged");
+    // Deferring does not make dangling references valid: still refused, at commit, FKs restored.
+    let o = sync(&src, &tgt, &["parent", "--defer-constraints"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("child_parent_id_fkey"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(tgt.dump(), before);
+
+    // Once the source has every referenced row: the default merges, and nothing cascades.
+    src.psql("INSERT INTO parent VALUES (2, 'two')");
+    ok(&sync(&src, &tgt, &["parent"]));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id || v, ',' ORDER BY id) FROM parent"
+        ),
+        "1one,2two,3three"
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM cascading"), "1", "no cascade");
+    assert_eq!(fks(&tgt), fk_before);
+
+    // --defer-constraints: delete + copy inside one transaction with the FKs deferred; the
+    // cascading FK cannot be deferred, so that table is merged. FKs restored afterwards.
+    src.psql("UPDATE parent SET v = upper(v)");
+    ok(&sync(&src, &tgt, &["parent", "--defer-constraints"]));
+    assert_eq!(
+        q(&tgt, "SELECT string_agg(v, ',' ORDER BY id) FROM parent"),
+        "ONE,TWO,THREE"
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM cascading"), "1", "no cascade");
+    assert_eq!(fks(&tgt), fk_before, "foreign keys restored");
+
+    // Syncing parent and child together: one transaction, truncated together (no CASCADE).
+    src.psql("INSERT INTO child VALUES (11, 3); DELETE FROM parent WHERE id = 2");
+    tgt.psql("DELETE FROM cascading");
+    let o = sync(&src, &tgt, &["parent", "child", "cascading", "--dry-run"]);
+    assert!(
+        stdout(&o).contains("TRUNCATE ONLY public.parent, ONLY public.c")
+            && !stdout(&o).contains("CASCADE"),
+        "{}",
+        stdout(&o)
+    );
+    ok(&sync(&src, &tgt, &["parent", "child", "cascading"]));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id || ':' || parent_id, ',') FROM child"
+        ),
+        "11:3"
+    );
+
+    // --disable-integrity lets dangling references through (superuser only).
+    tgt.psql("INSERT INTO parent VALUES (7, 'x'); INSERT INTO child VALUES (12, 7)");
+    ok(&sync(&src, &tgt, &["parent", "--disable-integrity"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM parent WHERE id = 7"), "0");
+    assert_eq!(fks(&tgt), fk_before);
+}
+
+#[test]
+fn groups_with_variables_and_data_rules() {
+    let (src, tgt) = pair("groups");
+    let ddl = "CREATE TABLE products (id int PRIMARY KEY, name text); \
+               CREATE TABLE reviews (id int PRIMARY KEY, product_id int, body text); \
+               CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, phone text, token text, score int, born date)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO products VALUES (1, 'p1'), (2, 'p2'); \
+              INSERT INTO reviews VALUES (1, 1, 'good'), (2, 2, 'bad'), (3, 1, 'ok'); \
+              INSERT INTO users SELECT g, 'real' || g || '@corp.com', '0123', 'tok' || g, g, '1990-01-01' FROM generate_series(1, 20) g");
+    tgt.psql("INSERT INTO products VALUES (1, 'old'), (2, 'keep'); INSERT INTO reviews VALUES (9, 1, 'stale'), (8, 2, 'keep')");
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgflip.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+[groups]
+product = { products = "where id = {1}", reviews = "product_id = {1}" }
+[data_rules]
+email = "unique_email"
+"users.phone" = "null"
+token = { value = "redacted" }
+score = { statement = "score * 10" }
+born = "random_date"
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    // The variable is a quoted literal: an injection attempt is just a value that matches nothing.
+    let o = sync(&src, &tgt, &["--config", cfg, "product:1' OR '1'='1"]);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    ok(&sync(&src, &tgt, &["--config", cfg, "product:1"]));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id || name, ',' ORDER BY id) FROM products"
+        ),
+        "1p1,2keep"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id || body, ',' ORDER BY id) FROM reviews"
+        ),
+        "1good,3ok,8keep"
+    );
+
+    ok(&sync(&src, &tgt, &["--config", cfg, "users"]));
+    assert_eq!(
+        q(&tgt, "SELECT count(DISTINCT email), bool_and(email LIKE 'user%@example.org'), count(phone), min(token), max(token), sum(score), bool_and(born <> '1990-01-01') FROM users"),
+        "20|t|0|redacted|redacted|2100|t"
+    );
+    ok(&sync(&src, &tgt, &["--config", cfg, "users", "--no-rules"]));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM users WHERE email LIKE 'real%'"),
+        "20"
+    );
+}
+
+#[test]
+fn kill_9_during_a_large_copy_keeps_the_old_rows() {
+    let (src, tgt) = pair("kill");
+    let rows: u64 = std::env::var("PGFLIP_TEST_KILL_ROWS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    src.psql(&format!("CREATE TABLE big (id bigint PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, {rows}) g"));
+    tgt.psql("CREATE TABLE big (id bigint PRIMARY KEY, pad text); INSERT INTO big VALUES (1, 'old'), (2, 'old')");
+    let (s, t) = (src.url(), tgt.url());
+    for mode in [&["big"][..], &["big", "--staging"]] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(["sync", "--source", &s, "--target", &t])
+            .args(mode)
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let n = q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND query LIKE 'COPY%' AND state = 'active'");
+            if n != "0" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the copy never started");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "pgflip ended before it was killed"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the copy finished before the kill; use more rows"
+        );
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+        assert_eq!(
+            q(
+                &tgt,
+                "SELECT string_agg(id || pad, ',' ORDER BY id) FROM big"
+            ),
+            "1old,2old",
+            "the live table keeps its old rows"
+        );
+    }
+    // A rerun succeeds (waiting for the killed sessions to go) and leaves nothing behind.
+    ok(&sync(&src, &tgt, &["big"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM big"), rows.to_string());
+    ok(&sync(&src, &tgt, &["big", "--staging"]));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM big_staging"),
+        rows.to_string()
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'pgflip%' OR relpersistence = 't'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'"
+        ),
+        "0"
+    );
+}
+
+#[test]
+fn staging_gets_every_index_and_its_own_sequences() {
+    let (src, tgt) = pair("staging_struct");
+    let ddl = "CREATE EXTENSION IF NOT EXISTS btree_gist; \
+               CREATE TABLE \"Odd \"\"Name\" (id serial PRIMARY KEY, ident bigint GENERATED BY DEFAULT AS IDENTITY, \
+               code text UNIQUE, during tstzrange, flag bool DEFAULT true, \
+               EXCLUDE USING gist (during WITH &&), UNIQUE (ident) DEFERRABLE INITIALLY DEFERRED); \
+               CREATE INDEX partial_idx ON \"Odd \"\"Name\" (lower(code)) WHERE flag";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO \"Odd \"\"Name\" (code, during) SELECT 'c' || g, tstzrange(now() + g * interval '1 h', now() + (g + 1) * interval '1 h') FROM generate_series(1, 100) g");
+    tgt.psql("INSERT INTO \"Odd \"\"Name\" (code) VALUES ('live')");
+    let live_seq = q(&tgt, "SELECT last_value FROM \"Odd \"\"Name_id_seq\"");
+    ok(&sync(&src, &tgt, &["Odd \"Name", "--staging"]));
+    let staging = "\"Odd \"\"Name_staging\"";
+    assert_eq!(q(&tgt, &format!("SELECT count(*) FROM {staging}")), "100");
+    let defs = |rel: &str| {
+        q(
+            &tgt,
+            &format!(
+                "SELECT string_agg(d, ' / ' ORDER BY d) FROM (SELECT regexp_replace(pg_get_indexdef(indexrelid), '^.* USING ', '') || ' ' || indisunique AS d FROM pg_index WHERE indrelid = '{rel}'::regclass \
+                 UNION ALL SELECT contype::text || pg_get_constraintdef(oid) FROM pg_constraint WHERE conrelid = '{rel}'::regclass) x"
+            ),
+        )
+    };
+    assert_eq!(defs("\"Odd \"\"Name\""), defs(staging));
+    // Inserting into staging uses its own sequences; the live ones do not move.
+    tgt.psql(&format!("INSERT INTO {staging} (code) VALUES ('new')"));
+    assert_eq!(
+        q(
+            &tgt,
+            &format!("SELECT id, ident FROM {staging} WHERE code = 'new'")
+        ),
+        "101|101"
+    );
+    assert_eq!(
+        q(&tgt, "SELECT last_value FROM \"Odd \"\"Name_id_seq\""),
+        live_seq
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%pgflip_loading%'"
+        ),
+        "0"
+    );
+    // Dry run lists the parallel index builds outside the transaction.
+    let out = ok(&sync(&src, &tgt, &["Odd \"Name", "--staging", "--dry-run"]));
+    assert!(
+        out.contains("-- runs outside a transaction\nCREATE UNIQUE INDEX"),
+        "{out}"
+    );
+}
+
+#[test]
+fn every_shared_table_by_default_with_excludes_schemas_and_config_endpoints() {
+    let (src, tgt) = pair("alltables");
+    let ddl = "CREATE SCHEMA other; CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE audit_log (id int); \
+               CREATE TABLE b (id int); CREATE TABLE other.c (id int)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("CREATE TABLE only_on_source (id int); INSERT INTO a VALUES (1); INSERT INTO audit_log VALUES (1); \
+              INSERT INTO b VALUES (1); INSERT INTO other.c VALUES (1)");
+    let counts = || {
+        q(&tgt, "SELECT concat((SELECT count(*) FROM a), (SELECT count(*) FROM audit_log), (SELECT count(*) FROM b), (SELECT count(*) FROM other.c))")
+    };
+    // Endpoints from pgflip.toml in the current directory.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("pgflip.toml"),
+        format!(
+            "source = {:?}\ntarget = {:?}\nexclude = [\"audit_*\"]\n",
+            src.url(),
+            tgt.url()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .arg("sync")
+            .args(args)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    ok(&run(&[]));
+    assert_eq!(
+        counts(),
+        "1010",
+        "public tables both sides have, minus the excluded ones"
+    );
+    ok(&run(&["--exclude", "b", "--all-schemas", "--json"]));
+    assert_eq!(counts(), "1011");
+    tgt.psql("TRUNCATE a, b, other.c");
+    ok(&run(&["--schemas", "other"]));
+    assert_eq!(counts(), "0001");
+    ok(&run(&[
+        "*",
+        "--schemas",
+        "public,other",
+        "--exclude",
+        "other.*",
+    ]));
+    assert_eq!(counts(), "1011");
+}
+
+#[test]
+fn readers_see_the_old_rows_or_the_new_rows_never_a_mix() {
+    let (src, tgt) = pair("readers");
+    src.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'new' FROM generate_series(1, 300000) g");
+    tgt.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'old' FROM generate_series(1, 1000) g");
+    let (s, t) = (src.url(), tgt.url());
+    let child = std::thread::spawn(move || pgflip(&["sync", "--source", &s, "--target", &t, "r"]));
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let v = q(
+            &tgt,
+            "SELECT count(*) || ':' || min(v) || ':' || max(v) FROM r",
+        );
+        seen.insert(v);
+        if child.is_finished() || Instant::now() > deadline {
+            break;
+        }
+    }
+    ok(&child.join().unwrap());
+    seen.insert(q(
+        &tgt,
+        "SELECT count(*) || ':' || min(v) || ':' || max(v) FROM r",
+    ));
+    for v in &seen {
+        assert!(
+            v == "1000:old:old" || v == "300000:new:new",
+            "a reader saw {v}"
+        );
+    }
+    assert!(seen.contains("300000:new:new"));
+}
