@@ -40,6 +40,8 @@ struct Builder<'a> {
     /// Tables whose defaults and inline checks are dropped in pass 1 and set again in pass 2
     /// (they use a function or sequence that is dropped).
     reset_defaults: HashSet<String>,
+    /// Source tables that have children (partitions or inheritance).
+    parents: HashSet<String>,
     /// New partitions of existing partitioned tables: created standalone with their indexes,
     /// then attached (attaching adopts matching indexes instead of building new ones).
     standalone: HashSet<String>,
@@ -143,6 +145,11 @@ pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Dif
         reset_defaults: HashSet::new(),
         kept: HashSet::new(),
         standalone: HashSet::new(),
+        parents: src
+            .tables
+            .iter()
+            .flat_map(|t| t.parents.iter().map(|p| table_key(&p.schema, &p.name)))
+            .collect(),
         pre: Vec::new(),
         main: Vec::new(),
         validate: Vec::new(),
@@ -275,10 +282,7 @@ impl<'a> Builder<'a> {
             for s in &self.tgt.sequences {
                 if let Some(o) = &s.owned_by {
                     let tk = table_key(&o.schema, &o.table);
-                    let col_gone = self
-                        .src
-                        .table(&o.schema, &o.table)
-                        .is_some_and(|t| t.column(&o.column).is_none());
+                    let col_gone = matches!(self.in_src(&tk), Some(Item::Table(t)) if t.column(&o.column).is_none());
                     if stones.contains(&tk) || col_gone {
                         kept.insert(item_key(&Item::Sequence(s)));
                         kept.extend(
@@ -1396,11 +1400,7 @@ impl<'a> Builder<'a> {
         // Columns follow the parent only when the table already was its partition.
         let partition = s.is_partition() && t.is_partition();
         let plain = s.kind == TableKind::Ordinary && !partition && s.parents.is_empty();
-        let children = self.src.tables.iter().any(|x| {
-            x.parents
-                .iter()
-                .any(|p| p.schema == s.schema && p.name == s.name)
-        });
+        let children = self.parents.contains(key);
         for c in &s.columns {
             if crate::ident::is_tombstone(&c.name) {
                 continue;
