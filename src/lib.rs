@@ -15,6 +15,7 @@ pub mod ident;
 pub mod localpg;
 pub mod plan;
 pub mod rowdiff;
+pub mod schemadiff;
 pub mod state;
 pub mod sync;
 

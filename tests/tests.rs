@@ -8,5 +8,6 @@ mod conn;
 mod ddl_roundtrip;
 mod flip;
 mod harness;
+mod schemadiff;
 mod state;
 mod sync;

@@ -9,6 +9,7 @@ mod demo;
 mod generations;
 mod output;
 mod schema;
+mod schema_diff;
 mod sync;
 
 use clap::{CommandFactory, Parser, Subcommand};
@@ -70,7 +71,7 @@ pub enum SchemaCommand {
     /// Print a database's schema as SQL, in dependency order.
     Dump(schema::DumpArgs),
     /// Compare two databases' schemas and write (or apply) the ALTER script.
-    Diff(NotBuilt),
+    Diff(Box<schema_diff::DiffArgs>),
 }
 
 /// Placeholder for a command that is not built yet: accepts any arguments.
@@ -199,8 +200,8 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
-        Command::Schema(SchemaCommand::Diff(_)) => {
-            Err(pgflip::Error::NotImplemented("pgflip schema diff").into())
+        Command::Schema(SchemaCommand::Diff(args)) => {
+            schema_diff::run(*args, &cli.global, out).await
         }
         Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
         Command::Status(a) => generations::status(a, &cli.global, out).await,

@@ -1,0 +1,206 @@
+//! `pgflip schema diff`: compare the source's schema with the target's and write, print,
+//! check or apply the ALTER script. A thin layer over [`pgflip::schemadiff`]: connect, load
+//! both snapshots (concurrently), build the diff, then render or execute it.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use pgflip::catalog::Filter;
+use pgflip::ident::quote_ident;
+use pgflip::schemadiff::{self, DiffOptions};
+
+use super::common::{endpoints, Global};
+use super::{exit, Output, SourceArgs, TargetArgs};
+
+/// Compare two databases' schemas and write (or apply) the ALTER script.
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Only this schema (repeatable; default: every user schema).
+    #[arg(long = "schema", value_name = "SCHEMA")]
+    pub schemas: Vec<String>,
+    /// Leave this schema out (repeatable).
+    #[arg(long = "exclude-schema", value_name = "SCHEMA")]
+    pub exclude_schemas: Vec<String>,
+    /// Compare this schema of the source… (with --target-schema)
+    #[arg(long, value_name = "SCHEMA", requires = "target_schema")]
+    pub source_schema: Option<String>,
+    /// …with this schema of the target; references to the source schema become this one.
+    #[arg(long, value_name = "SCHEMA", requires = "source_schema")]
+    pub target_schema: Option<String>,
+    /// Write the script to this file.
+    #[arg(long, short = 'o', value_name = "FILE", default_value = "alter.sql")]
+    pub output: PathBuf,
+    /// Execute the script against the target.
+    #[arg(long, conflicts_with = "check")]
+    pub apply: bool,
+    /// Print a summary; exit 0 when nothing differs, 1 when something does.
+    #[arg(long)]
+    pub check: bool,
+    /// Drop tables and columns the source lacks (default: rename them to tombstones).
+    #[arg(long)]
+    pub drop: bool,
+    /// Plain (blocking) DDL instead of CONCURRENTLY / NOT VALID + VALIDATE.
+    #[arg(long)]
+    pub offline: bool,
+}
+
+pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (src_ep, tgt_ep) = endpoints(global, &args.source, &args.target)?;
+    let (src_client, tgt_client) = tokio::try_join!(src_ep.connect(), tgt_ep.connect())?;
+    let mut src_filter = Filter {
+        include_schemas: args.schemas.clone(),
+        exclude_schemas: args.exclude_schemas.clone(),
+    };
+    let mut tgt_filter = src_filter.clone();
+    if let (Some(a), Some(b)) = (&args.source_schema, &args.target_schema) {
+        src_filter.include_schemas = vec![a.clone()];
+        tgt_filter.include_schemas = vec![b.clone()];
+    }
+    let (src_snap, tgt_snap) = tokio::try_join!(
+        schemadiff::load_snapshot(&src_client, &src_filter),
+        schemadiff::load_snapshot(&tgt_client, &tgt_filter)
+    )?;
+    for s in &src_filter.include_schemas {
+        if src_snap.schema(s).is_none() {
+            return Err(pgflip::Error::InvalidInput(format!(
+                "schema {} does not exist in the source database ({})",
+                quote_ident(s),
+                src_ep.describe()
+            ))
+            .into());
+        }
+    }
+    if let Some(b) = &args.target_schema {
+        if tgt_snap.schema(b).is_none() {
+            return Err(pgflip::Error::InvalidInput(format!(
+                "schema {} does not exist in the target database ({})",
+                quote_ident(b),
+                tgt_ep.describe()
+            ))
+            .into());
+        }
+    }
+    let src_snap = match (&args.source_schema, &args.target_schema) {
+        (Some(a), Some(b)) => schemadiff::mapping::remap(&src_snap, a, b)?,
+        _ => src_snap,
+    };
+    let opts = DiffOptions {
+        drop: args.drop,
+        online: !args.offline,
+        ..DiffOptions::default()
+    };
+    let diff = schemadiff::compare_snapshots(&src_snap, &tgt_snap, &opts);
+
+    if args.check {
+        if out.json {
+            out.json_line(&serde_json::json!({
+                "differences": diff.plan.steps.len(),
+                "statements": diff.plan.steps,
+            }));
+        } else if diff.is_empty() {
+            out.println("No differences: the target's schema matches the source's.");
+        } else {
+            out.println(&format!(
+                "{} difference{} to apply:",
+                diff.plan.steps.len(),
+                if diff.plan.steps.len() == 1 { "" } else { "s" }
+            ));
+            for s in &diff.plan.steps {
+                out.println(&format!("  {}", s.description));
+            }
+        }
+        return Ok(if diff.is_empty() {
+            exit::OK
+        } else {
+            exit::DIFFERENCES
+        });
+    }
+
+    let mut scope = if let (Some(a), Some(b)) = (&args.source_schema, &args.target_schema) {
+        format!(
+            "source schema {} -> target schema {}",
+            quote_ident(a),
+            quote_ident(b)
+        )
+    } else if args.schemas.is_empty() {
+        "every user schema".to_string()
+    } else {
+        let s: Vec<String> = args.schemas.iter().map(|s| quote_ident(s)).collect();
+        format!("schemas {}", s.join(", "))
+    };
+    if !args.exclude_schemas.is_empty() {
+        let s: Vec<String> = args
+            .exclude_schemas
+            .iter()
+            .map(|s| quote_ident(s))
+            .collect();
+        scope.push_str(&format!(" except {}", s.join(", ")));
+    }
+    let header = vec![
+        format!("pgflip {} schema diff", pgflip::VERSION),
+        format!("source: {}", src_ep.describe()),
+        format!("target: {}", tgt_ep.describe()),
+        format!("scope:  {scope}"),
+        format!(
+            "time:   {}",
+            chrono::Utc::now().format("%Y-%m-%d %H:%M:%S UTC")
+        ),
+        if args.drop {
+            "mode:   --drop (tables and columns the source lacks are dropped)".to_string()
+        } else {
+            "mode:   tables and columns the source lacks are kept as tombstones".to_string()
+        },
+    ];
+    let script = diff.to_script(&header);
+
+    if global.dry_run {
+        if out.json {
+            out.json_line(&serde_json::to_value(&diff)?);
+        } else {
+            out.write_stdout(script.as_bytes());
+        }
+        return Ok(exit::OK);
+    }
+    if args.apply {
+        if !diff.is_empty() {
+            let events = out.events();
+            schemadiff::apply(&tgt_client, &diff.plan, &events).await?;
+        }
+        if out.json {
+            out.json_line(&serde_json::json!({
+                "applied": diff.plan.steps.len(),
+                "statements": diff.plan.steps,
+                "commented_drops": diff.commented_drops,
+            }));
+        } else {
+            out.info(&format!(
+                "Applied {} statement{} to the target.",
+                diff.plan.steps.len(),
+                if diff.plan.steps.len() == 1 { "" } else { "s" }
+            ));
+        }
+        return Ok(exit::OK);
+    }
+    std::fs::write(&args.output, &script)
+        .map_err(|e| pgflip::Error::io(format!("writing {}", args.output.display()), e))?;
+    if out.json {
+        out.json_line(&serde_json::json!({
+            "output": args.output.display().to_string(),
+            "statements": diff.plan.steps,
+            "commented_drops": diff.commented_drops,
+        }));
+    } else {
+        out.info(&format!(
+            "Wrote {} statement{} to {}.",
+            diff.plan.steps.len(),
+            if diff.plan.steps.len() == 1 { "" } else { "s" },
+            args.output.display()
+        ));
+    }
+    Ok(exit::OK)
+}
