@@ -282,7 +282,36 @@ fn demo_json_prints_one_line_per_act() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
         .collect();
     let acts: Vec<&str> = lines.iter().map(|v| v["act"].as_str().unwrap()).collect();
-    assert_eq!(acts, ["servers", "sample", "schema-dump", "cleanup"]);
+    assert_eq!(
+        acts,
+        [
+            "servers",
+            "sample",
+            "schema-dump",
+            "schema-diff",
+            "staging-sync",
+            "swap",
+            "rollback",
+            "generation-cleanup",
+            "cleanup"
+        ]
+    );
+    // Every command an act ran exited as the demo expected, and the diff found what the
+    // sample was built to show: one new, one updated and one deleted product.
+    for line in &lines[3..lines.len() - 1] {
+        for c in line["result"]["commands"].as_array().unwrap() {
+            assert_eq!(c["exit_code"], 0, "{c}");
+        }
+    }
+    let diff = lines[4]["result"]["commands"][0]["output"]
+        .as_str()
+        .unwrap();
+    assert!(
+        diff.contains("New rows:     1")
+            && diff.contains("Updated rows: 1")
+            && diff.contains("Deleted rows: 1"),
+        "{diff}"
+    );
     let sample = &lines[1]["result"]["relations"];
     let orders = sample
         .as_array()
@@ -297,7 +326,7 @@ fn demo_json_prints_one_line_per_act() {
         .unwrap()
         .contains("Orders"));
     assert!(lines[1]["explanation"].as_str().unwrap().len() > 20);
-    assert_eq!(lines[3]["removed"], true);
+    assert_eq!(lines[lines.len() - 1]["removed"], true);
     let dirs: Vec<PathBuf> = ["source", "target"]
         .iter()
         .map(|s| PathBuf::from(lines[0][s]["dir"].as_str().unwrap()))

@@ -89,6 +89,8 @@ INSERT INTO products (sku, title, price) VALUES
     ('MS-02', 'Mouse', 19.50),
     ('MN-27', 'Monitor 27"', 289.00),
     ('CB-10', 'USB-C cable', 9.90);
+INSERT INTO products (id, sku, title, price) VALUES (6, 'HS-06', 'Headset', 59.00);
+SELECT setval(pg_get_serial_sequence('products', 'id'), 6);
 INSERT INTO "Orders" (id, customer_id, placed_at, status) OVERRIDING SYSTEM VALUE
     SELECT g, 1 + (g * 7) % 5, timestamptz '2026-02-01 12:00+00' + g * interval '9 hours',
            CASE WHEN g <= 6 THEN 'shipped' ELSE 'new' END
@@ -150,7 +152,8 @@ INSERT INTO products (sku, title, price) VALUES
     ('KB-01', 'Keyboard', 45.00),
     ('MS-02', 'Mouse', 19.50),
     ('MN-27', 'Monitor 27"', 289.00),
-    ('CB-10', 'USB-C cable', 9.90);
+    ('CB-10', 'USB-C cable', 9.90),
+    ('FD-05', 'Floppy disk', 1.00);
 INSERT INTO "Orders" (id, customer_id, placed_at) OVERRIDING SYSTEM VALUE
     SELECT g, CASE WHEN 1 + (g * 7) % 5 = 5 THEN 6 ELSE 1 + (g * 7) % 5 END,
            timestamptz '2026-02-01 12:00+00' + g * interval '9 hours'
@@ -293,6 +296,11 @@ impl<'a> Demo<'a> {
     async fn play(&self) -> Result<()> {
         act_sample(self).await?;
         act_schema_dump(self).await?;
+        act_schema_diff(self).await?;
+        act_staging_sync(self).await?;
+        act_swap(self).await?;
+        act_rollback(self).await?;
+        act_cleanup(self).await?;
         Ok(())
     }
 
@@ -506,4 +514,197 @@ async fn act_schema_dump(d: &Demo<'_>) -> Result<()> {
 /// The source's schema as `pgflip schema dump` prints it.
 async fn schema_dump(client: &Client) -> Result<String> {
     Ok(pgflip::ddl::dump_database(client, &pgflip::catalog::Filter::default()).await?)
+}
+
+/// Runs this pgflip binary with `args` (`$SOURCE` / `$TARGET` stand for the demo databases) and
+/// returns the command line as shown to the reader, its exit code and what it printed. The acts
+/// run the real commands so that what the demo shows is exactly what a user gets.
+async fn pgflip_command(d: &Demo<'_>, args: &[&str]) -> Result<(String, i32, String)> {
+    let (source, target) = (d.source.url(DB), d.target.url(DB));
+    let real: Vec<String> = args
+        .iter()
+        .map(|a| a.replace("$SOURCE", &source).replace("$TARGET", &target))
+        .collect();
+    let exe = std::env::current_exe().context("finding the pgflip binary")?;
+    let output = tokio::process::Command::new(exe)
+        .args(&real)
+        .arg("--no-env-file")
+        .env("NO_COLOR", "1")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("running pgflip")?;
+    // Progress lines (stderr) happen while the command runs, its result (stdout) at the end.
+    let mut text = String::from_utf8_lossy(&output.stderr).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stdout));
+    let shown = format!("$ pgflip {}", args.join(" "));
+    Ok((shown, output.status.code().unwrap_or(-1), text))
+}
+
+/// Runs the commands of one act in order and shows each with its output; stops the demo when
+/// one exits with a code other than the expected one.
+async fn show_commands(d: &Demo<'_>, act: Act, commands: &[(&[&str], i32)]) -> Result<()> {
+    let mut text = String::new();
+    let mut results = vec![];
+    for (args, expected) in commands {
+        let (shown, code, output) = pgflip_command(d, args).await?;
+        text.push_str(&format!("{shown}\n{}\n", output.trim_end()));
+        results.push(json!({ "command": shown, "exit_code": code, "output": output }));
+        anyhow::ensure!(
+            code == *expected,
+            "demo step `{shown}` exited {code} (expected {expected}):\n{output}"
+        );
+    }
+    d.show(act, &text, json!({ "commands": results }));
+    Ok(())
+}
+
+/// Act: `pgflip schema diff`, dry run, then applied, then checked.
+async fn act_schema_diff(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "schema-diff",
+            "pgflip schema diff --source … --target …",
+            "schema diff compares the two live databases and writes the ALTER script that makes \
+             the target's schema match the source's, in dependency order, each statement with \
+             the lock it takes; --dry-run prints it, --apply runs it, --check exits 0 once \
+             nothing differs.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (
+                &[
+                    "schema",
+                    "diff",
+                    "--source",
+                    "$SOURCE",
+                    "--target",
+                    "$TARGET",
+                    "--dry-run",
+                ],
+                0,
+            ),
+            (
+                &[
+                    "schema", "diff", "--source", "$SOURCE", "--target", "$TARGET", "--apply", "-q",
+                ],
+                0,
+            ),
+            (
+                &[
+                    "schema", "diff", "--source", "$SOURCE", "--target", "$TARGET", "--check",
+                ],
+                0,
+            ),
+        ],
+    )
+    .await
+}
+
+/// Act: `pgflip sync --staging-table --show-diff`.
+async fn act_staging_sync(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "staging-sync",
+            "pgflip sync products --staging-table --show-diff",
+            "sync copies the source's rows into products_staging beside the live table (the \
+             application keeps using products, untouched), then counts the rows that are new, \
+             updated and deleted by primary key, in one pass.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[(
+            &[
+                "sync",
+                "products",
+                "--source",
+                "$SOURCE",
+                "--target",
+                "$TARGET",
+                "--staging-table",
+                "--show-diff",
+                "--diff-sample",
+                "3",
+            ],
+            0,
+        )],
+    )
+    .await
+}
+
+/// Act: `pgflip sync --swap` and `pgflip status`.
+async fn act_swap(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "swap",
+            "pgflip sync products --swap",
+            "The flip: one short transaction, under a 100 ms lock_timeout with retries, moves \
+             the live products into a backup schema, renames products_staging into its place, \
+             and re-points what PostgreSQL binds by table OID (the view, the foreign key from \
+             order_lines, grants, sequence ownership). The old table is kept for rollback.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (
+                &[
+                    "sync", "products", "--source", "$SOURCE", "--target", "$TARGET", "--swap",
+                ],
+                0,
+            ),
+            (&["status", "--target", "$TARGET"], 0),
+        ],
+    )
+    .await
+}
+
+/// Act: `pgflip rollback --latest`.
+async fn act_rollback(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "rollback",
+            "pgflip rollback --latest",
+            "Rollback is the same flip run the other way: the retired table comes back in \
+             milliseconds, with its dependents re-pointed again, and the table it replaces is \
+             kept as a generation of its own, so the rollback can be undone too.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (&["rollback", "--latest", "--target", "$TARGET"], 0),
+            (&["list", "--target", "$TARGET"], 0),
+        ],
+    )
+    .await
+}
+
+/// Act: `pgflip cleanup`.
+async fn act_cleanup(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "generation-cleanup",
+            "pgflip cleanup --keep 0",
+            "Retired generations stay until you drop them; cleanup removes each one with a \
+             single DROP SCHEMA of its backup schema.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (&["cleanup", "--keep", "0", "--target", "$TARGET"], 0),
+            (&["list", "--target", "$TARGET"], 0),
+        ],
+    )
+    .await
 }
