@@ -236,20 +236,56 @@ async fn tombstones_by_default_then_cleanup() {
     p.tgt.psql("INSERT INTO kept (id) VALUES (2);");
     assert_eq!(p.check(&[]), 0);
     assert_eq!(p.script(&[]).matches("BEGIN").count(), 0);
-    // Cleanup: nothing is older than an hour ago; everything is older than tomorrow.
-    let early = chrono::Utc::now() - chrono::Duration::hours(1);
-    let none = pgflip::schemadiff::tombstones::drop_before(&c, early)
-        .await
-        .unwrap();
-    assert!(none.is_empty());
-    let later = chrono::Utc::now() + chrono::Duration::days(1);
-    let plan = pgflip::schemadiff::tombstones::drop_before(&c, later)
-        .await
-        .unwrap();
-    assert_eq!(plan.steps.len(), 2);
-    plan.execute(&c, &Default::default(), &pgflip::events::NullSink)
-        .await
-        .unwrap();
+    // Cleanup through the command: nothing is older than yesterday; a dry run for tomorrow
+    // changes nothing; then everything older than tomorrow goes.
+    let url = p.tgt.url();
+    let day = |d: i64| {
+        (chrono::Utc::now() + chrono::Duration::days(d))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let (yesterday, tomorrow) = (day(-1), day(1));
+    let o = pgflip(&[
+        "cleanup",
+        "--dropped",
+        "--before",
+        &yesterday,
+        "--target",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("no tombstones to drop"),
+        "{}",
+        stdout(&o)
+    );
+    let before = p.tgt.dump();
+    let o = pgflip(&[
+        "cleanup",
+        "--dropped",
+        "--before",
+        &tomorrow,
+        "--target",
+        &url,
+        "--dry-run",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("DROP TABLE IF EXISTS public.gone_dropped_"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(before, p.tgt.dump(), "--dry-run changed the target");
+    let o = pgflip(&[
+        "cleanup",
+        "--dropped",
+        "--before",
+        &tomorrow,
+        "--target",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o).lines().count(), 2, "{}", stdout(&o));
     assert!(pgflip::schemadiff::tombstones::list(&c)
         .await
         .unwrap()

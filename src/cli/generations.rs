@@ -116,6 +116,10 @@ pub struct CleanupArgs {
     /// Keep the newest N generations, drop the others.
     #[arg(long, value_name = "N")]
     pub keep: Option<usize>,
+    /// Drop the tombstones `schema diff` left (tables and columns renamed
+    /// `<name>_dropped_<UTC time>`) retired before --before, instead of generations.
+    #[arg(long, requires = "before", conflicts_with = "keep")]
+    pub dropped: bool,
 }
 
 #[derive(Args, Debug)]
@@ -130,8 +134,12 @@ pub struct VerifyArgs {
     pub latest: bool,
 }
 
-async fn connect(target: &TargetArgs) -> anyhow::Result<(Endpoint, tokio_postgres::Client)> {
-    let ep = Endpoint::resolve(Side::Target, &target.endpoint_args())?;
+async fn connect(
+    g: &Global,
+    target: &TargetArgs,
+) -> anyhow::Result<(Endpoint, tokio_postgres::Client)> {
+    // Through the shared resolver, so that --env / ./.env apply here as everywhere.
+    let ep = super::common::target_endpoint(g, target)?;
     let client = ep.connect().await?;
     Ok((ep, client))
 }
@@ -183,8 +191,8 @@ async fn staging_tables(
     Ok(out)
 }
 
-pub async fn status(args: StatusArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (ep, client) = connect(&args.target).await?;
+pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (ep, client) = connect(g, &args.target).await?;
     let version = state::current_version(&client).await?;
     let staging = staging_tables(&client).await?;
     let gens = generation::list(&client).await?;
@@ -270,8 +278,8 @@ pub async fn status(args: StatusArgs, _g: &Global, out: &Output) -> anyhow::Resu
     Ok(exit::OK)
 }
 
-pub async fn list(args: ListArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(&args.target).await?;
+pub async fn list(args: ListArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(g, &args.target).await?;
     let gens = generation::list(&client).await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&gens)?);
@@ -305,7 +313,7 @@ pub async fn list(args: ListArgs, _g: &Global, out: &Output) -> anyhow::Result<u
 }
 
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(&args.target).await?;
+    let (_ep, client) = connect(g, &args.target).await?;
     let events = out.events();
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
@@ -375,7 +383,10 @@ fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(&args.target).await?;
+    let (_ep, client) = connect(g, &args.target).await?;
+    if args.dropped {
+        return cleanup_tombstones(&args, client, g, out).await;
+    }
     let select = match (&args.before, args.keep) {
         (Some(d), _) => generation::CleanupSelect::Before(parse_date(d)?),
         (None, Some(n)) => generation::CleanupSelect::KeepNewest(n),
@@ -442,8 +453,8 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     Ok(exit::OK)
 }
 
-pub async fn verify(args: VerifyArgs, _g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(&args.target).await?;
+pub async fn verify(args: VerifyArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
+    let (_ep, client) = connect(g, &args.target).await?;
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let report = generation::verify(&client, &gen).await?;
     if out.json {
@@ -470,4 +481,49 @@ pub async fn verify(args: VerifyArgs, _g: &Global, out: &Output) -> anyhow::Resu
     } else {
         exit::DIFFERENCES
     })
+}
+
+/// `cleanup --dropped --before DATE`: drops the tombstones of `schema diff` retired before DATE.
+async fn cleanup_tombstones(
+    args: &CleanupArgs,
+    client: tokio_postgres::Client,
+    g: &Global,
+    out: &Output,
+) -> anyhow::Result<u8> {
+    let before = parse_date(args.before.as_deref().expect("clap requires --before"))?;
+    let plan = pgflip::schemadiff::tombstones::drop_before(&client, before).await?;
+    if g.dry_run {
+        if out.json {
+            out.println(&serde_json::to_string_pretty(&plan)?);
+        } else {
+            out.write_stdout(
+                plan.to_script(&[plan.title.clone(), "dry run: nothing was changed".into()])
+                    .as_bytes(),
+            );
+        }
+        return Ok(exit::OK);
+    }
+    if !plan.is_empty() {
+        let client = Arc::new(client);
+        let events = out.events();
+        let steps = plan.clone();
+        state::with_target_lock(client.clone(), |c| async move {
+            steps
+                .execute(&c, &pgflip::plan::ExecOptions::default(), &events)
+                .await
+        })
+        .await?;
+    }
+    if out.json {
+        out.println(&serde_json::to_string_pretty(&json!({
+            "dropped": plan.steps.iter().map(|s| &s.description).collect::<Vec<_>>()
+        }))?);
+    } else if plan.is_empty() {
+        out.println("no tombstones to drop");
+    } else {
+        for step in &plan.steps {
+            out.println(&step.description);
+        }
+    }
+    Ok(exit::OK)
 }

@@ -199,7 +199,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
-        Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, out).await,
+        Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }

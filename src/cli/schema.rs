@@ -6,10 +6,8 @@ use std::path::PathBuf;
 use clap::Args;
 
 use pgflip::catalog::{Filter, Snapshot};
-use pgflip::conn::Endpoint;
-use pgflip::Side;
 
-use super::{exit, Output, SourceArgs};
+use super::{exit, Global, Output, SourceArgs};
 
 /// Print a database's schema as SQL, in dependency order.
 #[derive(Args, Debug)]
@@ -27,8 +25,8 @@ pub struct DumpArgs {
     pub output: Option<PathBuf>,
 }
 
-pub async fn dump(args: DumpArgs, out: &Output) -> anyhow::Result<u8> {
-    let client = Endpoint::resolve(Side::Source, &args.source.endpoint_args())?
+pub async fn dump(args: DumpArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let client = super::common::source_endpoint(global, &args.source)?
         .connect()
         .await?;
     let filter = Filter {
