@@ -85,12 +85,13 @@ pub struct SyncArgs {
     /// Do not ask before replacing data on a target that is not on this machine.
     #[arg(long, short = 'y')]
     pub yes: bool,
-    /// lock_timeout of each attempt to lock a table, in milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 500)]
-    pub lock_timeout: u64,
-    /// Give up retrying locks after this many seconds.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub max_wait: u64,
+    /// Longest a lock request may wait (so the longest the application waits behind it)
+    /// before the attempt is rolled back and retried: `100ms`, `1s`.
+    #[arg(long, value_name = "DURATION", default_value = "100ms", value_parser = super::generations::parse_duration)]
+    pub lock_timeout: Duration,
+    /// Give up retrying locks after this long, naming the sessions in the way.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::generations::parse_duration)]
+    pub max_wait: Duration,
     /// Tables replaced in place with more estimated rows than this get their plain indexes
     /// rebuilt after the copy (tuning; benchmarks and tests).
     #[arg(long, value_name = "ROWS", hide = true)]
@@ -99,16 +100,18 @@ pub struct SyncArgs {
 
 pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
     let cfg = Config::load(args.config.as_deref())?;
-    let mut src_args = args.source.endpoint_args();
-    if src_args.url.is_none() && src_args.host.is_none() {
-        src_args.url = cfg.source.clone();
+    // pgflip.toml's source / target stand in for --source / --target when neither the URL nor
+    // the host flag is given; everything then goes through the shared resolver (--env, .env,
+    // libpq defaults).
+    let mut src_args = args.source.clone();
+    if src_args.source.is_none() && src_args.source_host.is_none() {
+        src_args.source = cfg.source.clone();
     }
-    let mut tgt_args = args.target.endpoint_args();
-    if tgt_args.url.is_none() && tgt_args.host.is_none() {
-        tgt_args.url = cfg.target.clone();
+    let mut tgt_args = args.target.clone();
+    if tgt_args.target.is_none() && tgt_args.target_host.is_none() {
+        tgt_args.target = cfg.target.clone();
     }
-    let source = Endpoint::resolve(Side::Source, &src_args)?;
-    let target = Endpoint::resolve(Side::Target, &tgt_args)?;
+    let (source, target) = super::common::endpoints(global, &src_args, &tgt_args)?;
 
     let mut requests = Vec::new();
     for t in &args.tables {
@@ -153,8 +156,8 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         // copies).
         swap: false,
         jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
-        lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
-        max_wait: Duration::from_secs(args.max_wait),
+        lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
+        max_wait: args.max_wait,
         rebuild_indexes_above: args
             .rebuild_indexes_above
             .unwrap_or(defaults.rebuild_indexes_above),
@@ -431,8 +434,8 @@ async fn swap_and_report(
         None => flip::staging_pairs(&client, tables).await?,
     };
     let mut opts = FlipOptions {
-        lock_timeout: Duration::from_millis(args.lock_timeout.max(1)),
-        max_wait: Duration::from_secs(args.max_wait),
+        lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
+        max_wait: args.max_wait,
         ..FlipOptions::default()
     };
     if global.dry_run {
