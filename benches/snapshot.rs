@@ -62,17 +62,63 @@ fn main() {
     );
 
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let (load, snap) = rt.block_on(async {
+    let (load, load2, snap) = rt.block_on(async {
         let client = srv.connect(&db).await.unwrap();
+        let second = srv.connect(&db).await.unwrap();
         let mut times = Vec::new();
+        let mut times2 = Vec::new();
         let mut snap = None;
         for _ in 0..RUNS {
             let t = Instant::now();
             let s = Snapshot::load(&client, &Filter::default()).await.unwrap();
             times.push(t.elapsed());
+            let t = Instant::now();
+            let s2 = Snapshot::load_on(&[&client, &second], &Filter::default())
+                .await
+                .unwrap();
+            times2.push(t.elapsed());
+            assert_eq!(s.tables, s2.tables);
             snap = Some(s);
         }
-        (times, snap.unwrap())
+        // Where the time goes: each catalog query alone.
+        use pgflip::catalog::queries as q;
+        let empty: Vec<String> = Vec::new();
+        for (name, sql) in [
+            ("globals", q::globals()),
+            ("types", q::types()),
+            ("sequences", q::sequences()),
+            ("relations", q::relations()),
+            ("columns", q::columns()),
+            ("constraints", q::constraints()),
+            ("indexes", q::indexes()),
+            ("triggers+policies", q::triggers_and_policies()),
+            ("functions", q::functions()),
+            ("dependencies", q::dependencies()),
+        ] {
+            client.batch_execute("SET search_path = ''").await.unwrap();
+            let stmt = client
+                .prepare(&format!("SELECT ({sql})::text"))
+                .await
+                .unwrap();
+            let t = Instant::now();
+            let row = client.query_one(&stmt, &[&empty, &empty]).await.unwrap();
+            let len = row.get::<_, &str>(0).len();
+            if std::env::var_os("EXPLAIN").is_some() {
+                let plan = client
+                    .query(
+                        &format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}"),
+                        &[&empty, &empty],
+                    )
+                    .await
+                    .unwrap();
+                for r in plan {
+                    println!("    {}", r.get::<_, &str>(0));
+                }
+            }
+            println!("  query {name:<18} {} ({len} bytes)", ms(t.elapsed()));
+        }
+        client.batch_execute("RESET search_path").await.unwrap();
+        (times, times2, snap.unwrap())
     });
     assert_eq!(snap.tables.len(), TABLES);
     let indexes: usize = snap.tables.iter().map(|t| t.indexes.len()).sum();
@@ -93,6 +139,7 @@ fn main() {
         dump.push(t.elapsed());
     }
     let (lmin, lmed) = stats(load);
+    let (l2min, l2med) = stats(load2);
     let (dmin, dmed) = stats(dump);
     println!("snapshot: {TABLES} tables, {columns} columns, {indexes} indexes");
     println!("queries per snapshot: {}", Snapshot::QUERY_COUNT);
@@ -100,6 +147,11 @@ fn main() {
         "Snapshot::load       min {} median {} ({RUNS} runs)",
         ms(lmin),
         ms(lmed)
+    );
+    println!(
+        "Snapshot::load_on, 2 connections: min {} median {} ({RUNS} runs)",
+        ms(l2min),
+        ms(l2med)
     );
     println!(
         "ddl::render          {} ({} bytes of SQL)",

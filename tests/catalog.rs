@@ -173,6 +173,14 @@ async fn snapshot_holds_the_schema() {
     assert!(!snap.types.iter().any(|t| t.name == "gtrgm"));
     assert!(snap.functions.iter().any(|f| f.name == "stamp"));
     assert!(snap.roles.iter().any(|r| r == "cat_reader"));
+    // Spread over two connections: the same snapshot.
+    let (c1, c2) = (db.client().await, db.client().await);
+    let mut two = Snapshot::load_on(&[&c1, &c2], &Filter::default())
+        .await
+        .unwrap();
+    assert_eq!(two.queries, Snapshot::QUERY_COUNT + 2);
+    two.queries = snap.queries;
+    assert_eq!(two, snap);
     // The caller's search_path is left as it was.
     let c = db.client().await;
     c.batch_execute("SET search_path = app, public")

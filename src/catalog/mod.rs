@@ -15,7 +15,8 @@
 //! belong to an extension (the extension stands for them), aggregates, foreign tables, rules
 //! other than view definitions, and default privileges.
 
-mod queries;
+#[doc(hidden)]
+pub mod queries;
 pub mod types;
 
 use std::collections::HashMap;
@@ -140,30 +141,51 @@ impl Snapshot {
     /// as of its own start, so run it when no DDL is in flight (or inside a REPEATABLE READ
     /// transaction of the caller's) for a consistent picture.
     pub async fn load(client: &Client, filter: &Filter) -> Result<Snapshot> {
-        let saved: String = client
-            .query_one(
-                "SELECT pg_catalog.current_setting('search_path'), \
-                 pg_catalog.set_config('search_path', '', false)",
-                &[],
-            )
-            .await
-            .ctx("reading the catalog: setting search_path")?
-            .get(0);
-        let result = Self::load_inner(client, filter).await;
-        let restore = client
-            .query_one(
-                "SELECT pg_catalog.set_config('search_path', $1, false)",
-                &[&saved],
-            )
-            .await
-            .ctx("reading the catalog: restoring search_path");
+        Self::load_on(&[client], filter).await
+    }
+
+    /// Like [`Snapshot::load`], with the catalog queries spread over several connections to
+    /// the same database, so that the server answers them in parallel (each connection runs
+    /// its share in one pipeline). The statement count is [`Snapshot::QUERY_COUNT`] plus two
+    /// per extra connection.
+    pub async fn load_on(clients: &[&Client], filter: &Filter) -> Result<Snapshot> {
+        assert!(!clients.is_empty(), "Snapshot::load_on needs a connection");
+        let mut saved = Vec::with_capacity(clients.len());
+        for c in clients {
+            let s: String = c
+                .query_one(
+                    "SELECT pg_catalog.current_setting('search_path'), \
+                     pg_catalog.set_config('search_path', '', false)",
+                    &[],
+                )
+                .await
+                .ctx("reading the catalog: setting search_path")?
+                .get(0);
+            saved.push(s);
+        }
+        let result = Self::load_inner(clients, filter).await;
+        let mut restore = Ok(());
+        for (c, s) in clients.iter().zip(&saved) {
+            let r = c
+                .query_one(
+                    "SELECT pg_catalog.set_config('search_path', $1, false)",
+                    &[s],
+                )
+                .await
+                .ctx("reading the catalog: restoring search_path");
+            if restore.is_ok() {
+                restore = r.map(|_| ());
+            }
+        }
         let mut snap = result?;
         restore?;
-        snap.queries = Self::QUERY_COUNT;
+        snap.queries = Self::QUERY_COUNT + 2 * (clients.len() - 1);
         Ok(snap)
     }
 
-    async fn load_inner(client: &Client, filter: &Filter) -> Result<Snapshot> {
+    async fn load_inner(clients: &[&Client], filter: &Filter) -> Result<Snapshot> {
+        // Round-robin, biggest queries first, so that they land on different connections.
+        let c = |i: usize| clients[i % clients.len()];
         let inc = &filter.include_schemas;
         let exc = &filter.exclude_schemas;
         let (q_globals, q_types, q_seqs, q_rels, q_cols, q_cons, q_idx, q_trg, q_fun, q_dep) = (
@@ -195,16 +217,16 @@ impl Snapshot {
                 .map_err(|e| crate::Error::Config(format!("decoding the catalog ({what}): {e}")))
         }
         let (globals, types, sequences, rels, cols, cons, idx, trg, functions, deps) = futures_util::try_join!(
-            one::<Globals>(client, "schemas", &q_globals, inc, exc),
-            one::<Vec<TypeDef>>(client, "types", &q_types, inc, exc),
-            one::<Vec<Sequence>>(client, "sequences", &q_seqs, inc, exc),
-            one::<Vec<RawRelation>>(client, "relations", &q_rels, inc, exc),
-            one::<Vec<Rel<Column>>>(client, "columns", &q_cols, inc, exc),
-            one::<Vec<Rel<Constraint>>>(client, "constraints", &q_cons, inc, exc),
-            one::<Vec<Rel<Index>>>(client, "indexes", &q_idx, inc, exc),
-            one::<TriggersPolicies>(client, "triggers", &q_trg, inc, exc),
-            one::<Vec<Function>>(client, "functions", &q_fun, inc, exc),
-            one::<Vec<RawDependency>>(client, "dependencies", &q_dep, inc, exc),
+            one::<Globals>(c(5), "schemas", &q_globals, inc, exc),
+            one::<Vec<TypeDef>>(c(6), "types", &q_types, inc, exc),
+            one::<Vec<Sequence>>(c(7), "sequences", &q_seqs, inc, exc),
+            one::<Vec<RawRelation>>(c(4), "relations", &q_rels, inc, exc),
+            one::<Vec<Rel<Column>>>(c(0), "columns", &q_cols, inc, exc),
+            one::<Vec<Rel<Constraint>>>(c(3), "constraints", &q_cons, inc, exc),
+            one::<Vec<Rel<Index>>>(c(1), "indexes", &q_idx, inc, exc),
+            one::<TriggersPolicies>(c(8), "triggers", &q_trg, inc, exc),
+            one::<Vec<Function>>(c(9), "functions", &q_fun, inc, exc),
+            one::<Vec<RawDependency>>(c(2), "dependencies", &q_dep, inc, exc),
         )?;
         let mut snap = Snapshot {
             filter: filter.clone(),
