@@ -10,7 +10,7 @@ use serde_json::json;
 
 use pgflip::conn::Endpoint;
 use pgflip::flip::{self, generation, FlipKind, FlipOptions};
-use pgflip::{state, Side};
+use pgflip::state;
 
 use super::{exit, Global, Output, TargetArgs};
 

@@ -1,9 +1,6 @@
 //! Command-line interface: argument definitions (their doc comments are the help text),
 //! dispatch, and the mapping from library errors to exit codes.
 
-// Skeleton stage: some shared pieces have no caller until the commands are wired.
-#![allow(dead_code, unused_imports)]
-
 mod common;
 mod demo;
 mod generations;

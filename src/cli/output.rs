@@ -102,14 +102,6 @@ impl Output {
         }
     }
 
-    /// A warning on stderr (hidden only by `-q`).
-    pub fn warn(&self, message: &str) {
-        if !self.quiet {
-            let prefix = paint(self.color, YELLOW, "warning");
-            write_stderr(&format!("pgflip: {prefix}: {message}\n"));
-        }
-    }
-
     /// Prints the whole cause chain once on stderr; with `--json` also
     /// `{"error": "...", "exit_code": N}` on stdout, so a script reading stdout always gets JSON.
     pub fn error(&self, err: &anyhow::Error, exit_code: u8) {

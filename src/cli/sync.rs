@@ -9,11 +9,9 @@ use std::time::Duration;
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use pgflip::conn::Endpoint;
 use pgflip::events::{Event, EventSink};
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
-use pgflip::Side;
 
 use super::{exit, Global, Output, SourceArgs, TargetArgs};
 
