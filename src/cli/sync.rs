@@ -1,15 +1,11 @@
 //! `pgflip sync`: arguments, confirmation, and rendering of the library's sync report.
 
-use std::collections::HashMap;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
-use pgflip::events::{Event, EventSink};
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
 
@@ -171,7 +167,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         return swap_and_report(client, &tables, None, &args, global, out, None).await;
     }
 
-    let sink = CliSink::new(out);
+    let sink = out.events();
     let prepared = sync::prepare(&source, &target, opts, &sink).await?;
 
     if global.dry_run {
@@ -228,7 +224,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     }
 
     let report = prepared.execute(&sink).await?;
-    sink.finish();
+    drop(sink);
     if args.swap {
         let client = target.connect().await?;
         let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
@@ -283,82 +279,6 @@ fn render_report(report: &sync::SyncReport) -> String {
 /// `public.items` reads as `items`, as users name it.
 fn short(table: &str) -> &str {
     table.strip_prefix("public.").unwrap_or(table)
-}
-
-/// Renders events: warnings on stderr, a progress line per table on a terminal, JSON lines on
-/// stderr with --json.
-struct CliSink {
-    json: bool,
-    quiet: bool,
-    multi: Option<MultiProgress>,
-    bars: Mutex<HashMap<String, ProgressBar>>,
-}
-
-impl CliSink {
-    fn new(out: &Output) -> CliSink {
-        let bars = !out.json && !out.quiet && std::io::stderr().is_terminal();
-        CliSink {
-            json: out.json,
-            quiet: out.quiet,
-            multi: bars.then(MultiProgress::new),
-            bars: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn finish(&self) {
-        for (_, b) in self.bars.lock().expect("bars").drain() {
-            b.finish_and_clear();
-        }
-    }
-}
-
-impl EventSink for CliSink {
-    fn emit(&self, event: Event) {
-        if self.json {
-            if matches!(event, Event::Warning { .. }) {
-                super::output::write_stderr(&format!(
-                    "{}\n",
-                    serde_json::to_string(&event).unwrap_or_default()
-                ));
-            }
-            return;
-        }
-        match event {
-            Event::Warning { message } if !self.quiet => match &self.multi {
-                Some(m) => {
-                    let _ = m.println(format!("warning: {message}"));
-                }
-                None => super::output::write_stderr(&format!("pgflip: warning: {message}\n")),
-            },
-            Event::TableProgress { table, rows, bytes } => {
-                if let Some(m) = &self.multi {
-                    let mut bars = self.bars.lock().expect("bars");
-                    let bar = bars.entry(table.clone()).or_insert_with(|| {
-                        let b = m.add(ProgressBar::new_spinner());
-                        b.set_style(
-                            ProgressStyle::with_template("{spinner} {prefix} {msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        b.set_prefix(short(&table).to_string());
-                        b.enable_steady_tick(Duration::from_millis(120));
-                        b
-                    });
-                    let rows = if rows > 0 {
-                        format!("{rows} rows, ")
-                    } else {
-                        String::new()
-                    };
-                    bar.set_message(format!("{rows}{}", indicatif::HumanBytes(bytes)));
-                }
-            }
-            Event::TableDone { table, .. } => {
-                if let Some(b) = self.bars.lock().expect("bars").remove(&table) {
-                    b.finish_and_clear();
-                }
-            }
-            _ => {}
-        }
-    }
 }
 
 /// The live tables `--swap` acts on, resolved on the target: the requested ones (all of them
