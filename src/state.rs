@@ -44,10 +44,11 @@ pub struct Migration {
 
 /// The state schema's migrations, oldest first. Append only: a release never edits a migration
 /// that has shipped, it adds the next one.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "runs, generations, generation relations, in-flight operations",
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "runs, generations, generation relations, in-flight operations",
+        sql: r#"
 CREATE TABLE pgflip.runs (
     id             bigserial PRIMARY KEY,
     command        text NOT NULL,
@@ -100,7 +101,17 @@ CREATE TABLE pgflip.operations (
     details      jsonb NOT NULL DEFAULT '{}'
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "runs: outcome and error message",
+        sql: r#"
+ALTER TABLE pgflip.runs ADD COLUMN error text;
+ALTER TABLE pgflip.runs ADD CONSTRAINT runs_status_check
+    CHECK (status IN ('running', 'succeeded', 'failed'));
+"#,
+    },
+];
 
 /// The newest state version this build knows.
 pub fn latest_version() -> i32 {
@@ -257,21 +268,150 @@ impl Drop for TargetLock {
     }
 }
 
-/// Runs `work` while holding the target lock. The lock is released whatever happens, and an
-/// unlock failure never hides the work's own error.
-pub async fn with_target_lock<T, F, Fut>(client: Arc<Client>, work: F) -> Result<T>
+/// Runs `work` while holding the target lock, and records it in `pgflip.runs` as `command`
+/// (which must not carry secrets: the CLI passes the subcommand and its table names). The lock
+/// is released whatever happens, and neither an unlock failure nor a failure to record the
+/// outcome hides the work's own error.
+pub async fn with_target_lock<T, F, Fut>(client: Arc<Client>, command: &str, work: F) -> Result<T>
 where
     F: FnOnce(Arc<Client>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
     let lock = TargetLock::acquire(client.clone()).await?;
-    let result = work(client).await;
+    let run = match RunRecord::start(&client, command).await {
+        Ok(run) => run,
+        Err(e) => {
+            let _ = lock.release().await;
+            return Err(e);
+        }
+    };
+    let result = work(client.clone()).await;
+    let error = result.as_ref().err().map(|e| e.to_string());
+    run.finish(&client, error.as_deref()).await;
     let unlocked = lock.release().await;
     match (result, unlocked) {
         (Err(e), _) => Err(e),
         (Ok(_), Err(e)) => Err(e),
         (Ok(v), Ok(())) => Ok(v),
     }
+}
+
+/// A run being recorded in `pgflip.runs`. The row is written before the work when the target
+/// already has pgflip state, so a run killed half-way stays visible (as `running` with a dead
+/// backend: `interrupted`); on a target without state the first write creates it, and the run
+/// is recorded when it ends.
+struct RunRecord {
+    id: Option<i64>,
+    command: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl RunRecord {
+    async fn start(client: &Client, command: &str) -> Result<RunRecord> {
+        let started_at = chrono::Utc::now();
+        let mut id = None;
+        if exists(client).await? {
+            // A writing run upgrades an older state first (it holds the target lock).
+            ensure(client).await?;
+            id = Some(
+                client
+                    .query_one(
+                        "INSERT INTO pgflip.runs (command, pgflip_version) VALUES ($1, $2) RETURNING id",
+                        &[&command, &crate::VERSION],
+                    )
+                    .await
+                    .ctx("recording the run in pgflip.runs")?
+                    .get(0),
+            );
+        }
+        Ok(RunRecord {
+            id,
+            command: command.to_string(),
+            started_at,
+        })
+    }
+
+    /// Best effort: the work's outcome matters more than its record.
+    async fn finish(self, client: &Client, error: Option<&str>) {
+        let status = if error.is_some() {
+            "failed"
+        } else {
+            "succeeded"
+        };
+        if error.is_some() {
+            // A failed step may have left its transaction open and aborted.
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        let _ = match self.id {
+            Some(id) => {
+                client
+                    .execute(
+                        "UPDATE pgflip.runs SET finished_at = clock_timestamp(), status = $2, error = $3 \
+                         WHERE id = $1",
+                        &[&id, &status, &error],
+                    )
+                    .await
+            }
+            None => {
+                if !matches!(current_version(client).await, Ok(Some(v)) if v >= 2) {
+                    return;
+                }
+                client
+                    .execute(
+                        "INSERT INTO pgflip.runs (command, started_at, finished_at, status, pgflip_version, error) \
+                         VALUES ($1, $2, clock_timestamp(), $3, $4, $5)",
+                        &[&self.command, &self.started_at, &status, &crate::VERSION, &error],
+                    )
+                    .await
+            }
+        };
+    }
+}
+
+/// A recorded run, newest first from [`runs`].
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Run {
+    pub id: i64,
+    pub command: String,
+    pub started_at: chrono::DateTime<chrono::Utc>,
+    pub finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// `running`, `succeeded`, `failed`, or `interrupted` (recorded as running, but its session
+    /// is gone: pgflip was killed or lost its connection).
+    pub status: String,
+    pub pgflip_version: String,
+    pub error: Option<String>,
+}
+
+/// The latest `limit` runs (empty without state). Reads only; works on every state version.
+pub async fn runs(client: &Client, limit: i64) -> Result<Vec<Run>> {
+    if !exists(client).await? {
+        return Ok(Vec::new());
+    }
+    let rows = client
+        .query(
+            "SELECT r.id, r.command, r.started_at, r.finished_at, \
+                    CASE WHEN r.status = 'running' AND NOT EXISTS \
+                         (SELECT 1 FROM pg_catalog.pg_stat_activity a \
+                          WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at) \
+                         THEN 'interrupted' ELSE r.status END, \
+                    r.pgflip_version, pg_catalog.to_jsonb(r) ->> 'error' \
+             FROM pgflip.runs r ORDER BY r.id DESC LIMIT $1",
+            &[&limit],
+        )
+        .await
+        .ctx("reading pgflip.runs")?;
+    Ok(rows
+        .iter()
+        .map(|r| Run {
+            id: r.get(0),
+            command: r.get(1),
+            started_at: r.get(2),
+            finished_at: r.get(3),
+            status: r.get(4),
+            pgflip_version: r.get(5),
+            error: r.get(6),
+        })
+        .collect())
 }
 
 /// Who holds the target lock: pid, application, client address, since when.

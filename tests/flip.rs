@@ -644,6 +644,12 @@ async fn kill_9_during_a_flip_leaves_the_target_wholly_before_or_after() {
         s.contains(&format!("Latest flip: generation {} (sync)", gen.label)),
         "{s}"
     );
+    // The killed run is on record, and said to be interrupted (its session is gone).
+    assert!(
+        s.lines()
+            .any(|l| l.contains("interrupted") && l.contains(&format!("rollback {}", gen.label))),
+        "{s}"
+    );
     assert_eq!(
         text(&c, "SELECT count(*) FROM v WHERE v = 'green'").await,
         "50"

@@ -128,7 +128,7 @@ async fn the_lock_goes_when_the_holding_connection_closes() {
 async fn an_unlock_failure_does_not_hide_the_work_error() {
     let db = fresh_db("state_unlock_err");
     let c = Arc::new(db.client().await);
-    let res: pgflip::Result<()> = state::with_target_lock(c.clone(), |c| async move {
+    let res: pgflip::Result<()> = state::with_target_lock(c.clone(), "test", |c| async move {
         // Kill our own session: both the work and the unlock then fail.
         let _ = c
             .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
@@ -147,4 +147,83 @@ async fn status_on_a_fresh_database_creates_nothing() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("no pgflip state"), "{}", stdout(&out));
     assert_eq!(db.dump(), before);
+}
+
+#[tokio::test]
+async fn runs_are_recorded_with_their_outcome() {
+    let db = fresh_db("state_runs");
+    let c = Arc::new(db.client().await);
+    // Without state, a run that fails before writing anything records nothing (and creates
+    // nothing).
+    let before = db.pg_dump(&[]);
+    let res: pgflip::Result<()> = state::with_target_lock(c.clone(), "first", |_| async move {
+        Err(pgflip::Error::Refused("refused early".into()))
+    })
+    .await;
+    assert!(res.is_err());
+    assert!(!state::exists(&c).await.unwrap());
+    assert_eq!(db.pg_dump(&[]), before);
+
+    // A run that creates the state is recorded at its end.
+    state::with_target_lock(c.clone(), "creates state", |c| async move {
+        state::ensure(&c).await.map(|_| ())
+    })
+    .await
+    .unwrap();
+    // With state, the row is written first: a failure in a transaction is recorded as failed
+    // with its message, and the aborted transaction is not left open.
+    let res: pgflip::Result<()> = state::with_target_lock(c.clone(), "fails", |c| async move {
+        c.batch_execute("BEGIN; SELECT 1/0")
+            .await
+            .map_err(|e| pgflip::Error::db("dividing", e))
+    })
+    .await;
+    assert!(res.is_err());
+    let runs = state::runs(&c, 10).await.unwrap();
+    let got: Vec<(&str, &str)> = runs
+        .iter()
+        .map(|r| (r.command.as_str(), r.status.as_str()))
+        .collect();
+    assert_eq!(got, [("fails", "failed"), ("creates state", "succeeded")]);
+    assert!(
+        runs[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("division by zero"),
+        "{:?}",
+        runs[0].error
+    );
+    assert!(runs.iter().all(|r| r.finished_at.is_some()));
+
+    // A run whose session dies half-way (pgflip killed) shows as interrupted.
+    let doomed = Arc::new(db.client().await);
+    let res: pgflip::Result<()> =
+        state::with_target_lock(doomed.clone(), "killed", |c| async move {
+            let _ = c
+                .batch_execute("SELECT pg_terminate_backend(pg_backend_pid())")
+                .await;
+            Err(pgflip::Error::Refused("gone".into()))
+        })
+        .await;
+    assert!(res.is_err());
+    let mut latest = state::runs(&c, 1).await.unwrap();
+    for _ in 0..50 {
+        if latest[0].status == "interrupted" {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        latest = state::runs(&c, 1).await.unwrap();
+    }
+    assert_eq!(
+        (latest[0].command.as_str(), latest[0].status.as_str()),
+        ("killed", "interrupted")
+    );
+    let s = stdout(&pgflip(&["status", "--target", &db.url()]));
+    assert!(s.contains("Latest runs:"), "{s}");
+    assert!(s.contains("interrupted") && s.contains("killed"), "{s}");
+    assert!(
+        s.contains("failed") && s.contains("division by zero"),
+        "{s}"
+    );
 }

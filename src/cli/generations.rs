@@ -196,6 +196,7 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
     let version = state::current_version(&client).await?;
     let staging = staging_tables(&client).await?;
     let gens = generation::list(&client).await?;
+    let runs = state::runs(&client, 5).await?;
     let ops: Vec<(String, String, String, String, String)> = state::operations(&client)
         .await?
         .into_iter()
@@ -223,6 +224,7 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
                 })).collect::<Vec<_>>(),
             },
             "generations": gens.iter().take(5).collect::<Vec<_>>(),
+            "runs": runs,
         });
         out.println(&serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
@@ -271,6 +273,29 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
                 g.kind,
                 relation_summary(g),
                 if g.relations.len() == 1 { "is" } else { "are" }
+            ));
+        }
+        if !runs.is_empty() {
+            s.push_str("\nLatest runs:\n");
+        }
+        for r in &runs {
+            let took = match r.finished_at {
+                Some(f) => format!(
+                    "{:.1}s",
+                    (f - r.started_at).num_milliseconds().max(0) as f64 / 1000.0
+                ),
+                None => "-".into(),
+            };
+            s.push_str(&format!(
+                "  {}  {:<11}  {:>7}  {}{}\n",
+                r.started_at.format("%Y-%m-%d %H:%M:%S UTC"),
+                r.status,
+                took,
+                r.command,
+                match &r.error {
+                    Some(e) => format!(" — {}", e.lines().next().unwrap_or("")),
+                    None => String::new(),
+                }
             ));
         }
     }
@@ -328,7 +353,8 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
         return Ok(exit::OK);
     }
     let client = Arc::new(client);
-    let outcome = state::with_target_lock(client.clone(), |c| async move {
+    let command = format!("rollback {}", gen.label);
+    let outcome = state::with_target_lock(client.clone(), &command, |c| async move {
         flip::flip(&c, &pairs, FlipKind::Rollback, &opts, &events).await
     })
     .await?;
@@ -430,7 +456,9 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     if !chosen.is_empty() {
         let client = Arc::new(client);
         let events = out.events();
-        state::with_target_lock(client.clone(), |c| async move {
+        let labels: Vec<&str> = chosen.iter().map(|g| g.label.as_str()).collect();
+        let command = format!("cleanup {}", labels.join(" "));
+        state::with_target_lock(client.clone(), &command, |c| async move {
             plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
                 .await
         })
@@ -507,7 +535,8 @@ async fn cleanup_tombstones(
         let client = Arc::new(client);
         let events = out.events();
         let steps = plan.clone();
-        state::with_target_lock(client.clone(), |c| async move {
+        let command = format!("cleanup --dropped --before {before}");
+        state::with_target_lock(client.clone(), &command, |c| async move {
             steps
                 .execute(&c, &pgflip::plan::ExecOptions::default(), &events)
                 .await

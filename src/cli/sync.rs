@@ -373,7 +373,9 @@ async fn swap_and_report(
     let client = std::sync::Arc::new(client);
     let events = out.events();
     let flip_pairs = pairs.clone();
-    let outcome = pgflip::state::with_target_lock(client.clone(), |c| async move {
+    let names: Vec<String> = pairs.iter().map(|p| p.live.to_string()).collect();
+    let command = format!("sync --swap {}", names.join(" "));
+    let outcome = pgflip::state::with_target_lock(client.clone(), &command, |c| async move {
         flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await
     })
     .await?;
