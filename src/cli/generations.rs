@@ -380,6 +380,35 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
     Ok(exit::OK)
 }
 
+/// A plan that was not run: as JSON, or as its script under a "dry run" header.
+fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::Result<()> {
+    if out.json {
+        out.println(&serde_json::to_string_pretty(plan)?);
+    } else {
+        out.write_stdout(
+            plan.to_script(&[plan.title.clone(), "dry run: nothing was changed".into()])
+                .as_bytes(),
+        );
+    }
+    Ok(())
+}
+
+/// Runs a plan with pgflip's target lock held, recorded in `pgflip.runs` as `command`.
+async fn execute_locked(
+    client: tokio_postgres::Client,
+    command: &str,
+    plan: pgflip::plan::Plan,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let events = out.events();
+    state::with_target_lock(Arc::new(client), command, |c| async move {
+        plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
+            .await
+    })
+    .await?;
+    Ok(())
+}
+
 fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(fp)?);
@@ -443,26 +472,12 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     }
     let plan = generation::cleanup_plan(&chosen, &|s| schemas.contains(s));
     if g.dry_run {
-        if out.json {
-            out.println(&serde_json::to_string_pretty(&plan)?);
-        } else {
-            out.write_stdout(
-                plan.to_script(&[plan.title.clone(), "dry run: nothing was changed".into()])
-                    .as_bytes(),
-            );
-        }
+        print_dry_run(out, &plan)?;
         return Ok(exit::OK);
     }
     if !chosen.is_empty() {
-        let client = Arc::new(client);
-        let events = out.events();
         let labels: Vec<&str> = chosen.iter().map(|g| g.label.as_str()).collect();
-        let command = format!("cleanup {}", labels.join(" "));
-        state::with_target_lock(client.clone(), &command, |c| async move {
-            plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
-                .await
-        })
-        .await?;
+        execute_locked(client, &format!("cleanup {}", labels.join(" ")), plan, out).await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
@@ -521,27 +536,12 @@ async fn cleanup_tombstones(
     let before = parse_date(args.before.as_deref().expect("clap requires --before"))?;
     let plan = pgflip::schemadiff::tombstones::drop_before(&client, before).await?;
     if g.dry_run {
-        if out.json {
-            out.println(&serde_json::to_string_pretty(&plan)?);
-        } else {
-            out.write_stdout(
-                plan.to_script(&[plan.title.clone(), "dry run: nothing was changed".into()])
-                    .as_bytes(),
-            );
-        }
+        print_dry_run(out, &plan)?;
         return Ok(exit::OK);
     }
     if !plan.is_empty() {
-        let client = Arc::new(client);
-        let events = out.events();
-        let steps = plan.clone();
         let command = format!("cleanup --dropped --before {before}");
-        state::with_target_lock(client.clone(), &command, |c| async move {
-            steps
-                .execute(&c, &pgflip::plan::ExecOptions::default(), &events)
-                .await
-        })
-        .await?;
+        execute_locked(client, &command, plan.clone(), out).await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
