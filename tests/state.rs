@@ -227,3 +227,60 @@ async fn runs_are_recorded_with_their_outcome() {
         "{s}"
     );
 }
+
+#[tokio::test]
+async fn schema_diff_apply_holds_the_target_lock_and_is_recorded() {
+    let src = fresh_db("state_sd_src");
+    let tgt = fresh_db("state_sd_tgt");
+    src.psql("CREATE TABLE t (id int PRIMARY KEY, v text)");
+    tgt.psql("CREATE TABLE t (id int PRIMARY KEY)");
+    let c = Arc::new(tgt.client().await);
+    state::ensure(&c).await.unwrap();
+    let before = tgt.dump();
+
+    // Another pgflip run holds the target: the apply is refused (exit 5, holder named) and
+    // nothing changes.
+    let holder = state::TargetLock::acquire(c.clone()).await.unwrap();
+    let pid: i32 = c
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let args = [
+        "schema",
+        "diff",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--apply",
+    ];
+    let out = pgflip(&args);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("pid {pid}")),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(tgt.dump(), before);
+    holder.release().await.unwrap();
+
+    let out = pgflip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let runs = state::runs(&c, 5).await.unwrap();
+    assert_eq!(runs[0].command, "schema diff --apply");
+    assert_eq!(runs[0].status, "succeeded");
+    // The lock was released at the end (not left to the session's end).
+    let l = state::TargetLock::acquire(c.clone()).await.unwrap();
+    l.release().await.unwrap();
+    let out = pgflip(&[
+        "schema",
+        "diff",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stdout(&out));
+}

@@ -52,6 +52,14 @@ pub struct DiffArgs {
 pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
     let (src_ep, tgt_ep) = endpoints(global, &args.source, &args.target)?;
     let (src_client, tgt_client) = tokio::try_join!(src_ep.connect(), tgt_ep.connect())?;
+    let tgt_client = std::sync::Arc::new(tgt_client);
+    // Applying: pgflip's target lock is held from before the target is read until the script
+    // has run, so no other pgflip run changes the target between the comparison and the apply.
+    let held = if args.apply && !global.dry_run {
+        Some(pgflip::state::TargetLock::acquire(tgt_client.clone()).await?)
+    } else {
+        None
+    };
     let mut src_filter = Filter {
         include_schemas: args.schemas.clone(),
         exclude_schemas: args.exclude_schemas.clone(),
@@ -169,7 +177,17 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
     if args.apply {
         if !diff.is_empty() {
             let events = out.events();
-            schemadiff::apply(&tgt_client, &diff.plan, &events).await?;
+            let plan = &diff.plan;
+            // Advisory locks nest within a session: this records the run in `pgflip.runs`
+            // (when the target has pgflip state) under the lock already held.
+            pgflip::state::with_target_lock(tgt_client.clone(), "schema diff --apply", |c| {
+                let events = &events;
+                async move { schemadiff::apply(&c, plan, events).await }
+            })
+            .await?;
+        }
+        if let Some(lock) = held {
+            lock.release().await?;
         }
         if out.json {
             out.json_line(&serde_json::json!({
