@@ -39,9 +39,12 @@
 //! row); the indexes are then built on parallel connections, primary key / unique / exclusion
 //! constraints attached (`USING INDEX`), serial columns given sequences of their own (LIKE would
 //! leave them on the live sequence), and the table renamed to the staging name in one last short
-//! transaction. So a staging table is either complete or absent. A failure after the loading
-//! table was created drops it again; a killed run leaves only a loading table, which the next
-//! run drops.
+//! transaction (retried alone on a lock timeout). So a staging table is either complete or
+//! absent. Autovacuum is off on the loading table until that rename: it would otherwise start on
+//! the filling table and hold locks the index builds and the rename wait behind. A failure after
+//! the loading table was created drops it again; a killed run leaves only a loading table, which
+//! the next run drops. (The previous staging table goes when the loading table is created:
+//! after a failure in a split copy or an index build there is none.)
 //!
 //! Large tables are split in this mode (`split_larger_than`, default 256 MB of heap on the
 //! source): the loading table is committed first, and the table is copied in ranges of heap
@@ -1256,9 +1259,12 @@ fn unit_actions(
             } else {
                 "INCLUDING ALL"
             };
+            // Autovacuum stays off while loading: on a table filling up it would start, take
+            // locks that the index builds and the final rename then wait behind.
             let mut sql = format!(
                 "DROP TABLE IF EXISTS {staging}; DROP TABLE IF EXISTS {loading}; \
-                 CREATE TABLE {loading} (LIKE {live} {including})"
+                 CREATE TABLE {loading} (LIKE {live} {including}) \
+                 WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
             );
             // LIKE copies serial defaults as they are: nextval() of the live table's sequence.
             // The staging table gets its own sequence so that loading or using it never moves
@@ -1321,9 +1327,10 @@ fn unit_actions(
             }
             fin.push(
                 Step::new(
-                    format!("rename the complete {loading} to {staging}"),
+                    format!("rename the complete {loading} to {staging}; autovacuum on again"),
                     format!(
-                        "ALTER TABLE {loading} RENAME TO {}",
+                        "ALTER TABLE {loading} RESET (autovacuum_enabled, \
+                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}",
                         quote_ident(&staging_bare)
                     ),
                 )
@@ -2029,13 +2036,40 @@ impl Prepared {
         .await?;
         if !unit.finish.is_empty() {
             let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
-            tgt.batch_execute(&format!(
+            let sql = format!(
                 "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
                 self.opts.lock_timeout.as_millis().max(1),
                 sql.join("; ")
-            ))
-            .await
-            .ctx("finishing the staging tables")?;
+            );
+            // A lock timeout here retries this short transaction, not the whole copy.
+            let started = Instant::now();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match tgt
+                    .batch_execute(&sql)
+                    .await
+                    .ctx("finishing the staging tables")
+                {
+                    Err(e)
+                        if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE)
+                            && started.elapsed() < self.opts.max_wait =>
+                    {
+                        let _ = tgt.batch_execute("ROLLBACK").await;
+                        let retry_in = plan::backoff(
+                            attempt,
+                            self.opts.max_wait.saturating_sub(started.elapsed()),
+                        );
+                        events.emit(Event::LockAttemptFailed {
+                            attempt,
+                            retry_in,
+                            blockers: Vec::new(),
+                        });
+                        tokio::time::sleep(retry_in).await;
+                    }
+                    other => break other?,
+                }
+            }
         }
         Ok(moved)
     }
