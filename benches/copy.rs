@@ -243,7 +243,7 @@ fn main() {
         }
     );
     println!(
-        "{:<48} {:>8}  {:>12}  {:>9}  {:>8}",
+        "{:<48} {:>8}  {:>14}  {:>9}  {:>8}",
         "method", "seconds", "dump|restore/x", "x/floor", "peak MB"
     );
     for (name, d, mem) in &results {
