@@ -4,14 +4,18 @@
 //!   1. `pgflip sync T` (the binary; default mode: one transaction: TRUNCATE, drop the plain
 //!      indexes, binary COPY, rebuild them), with its peak memory (VmHWM); and the same with the
 //!      indexes maintained row by row during the COPY;
-//!   2. `pgflip sync T --staging-table` (loads `T_staging`: the blue-green path);
+//!   2. `pgflip sync T --staging-table` (loads `T_staging`: the blue-green path), as one copy
+//!      and split into block ranges copied in parallel; then `--staging-table --swap` (load
+//!      beside, then the flip puts it under the live name);
 //!   3. `pg_dump -Fc -t T | pg_restore` into a database without the table;
 //!   4. text `COPY … TO STDOUT | COPY … FROM STDIN` (psql | psql) into the indexed table (what
 //!      pgsync does);
 //!   5. the floor: `COPY (FORMAT binary)` pipe into an unindexed table, then every index built
 //!      at once on parallel connections.
 //!
-//! `PGFLIP_BENCH_ROWS` (default 5 000 000) sets the size. Run: `cargo bench --bench copy`.
+//! `PGFLIP_BENCH_ROWS` (default 5 000 000) sets the size; `PGFLIP_BENCH_QUICK=1` leaves out the
+//! slow references (pg_dump | pg_restore, the text pipe, in place with the indexes kept) while
+//! iterating. Run: `cargo bench --bench copy`.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -120,50 +124,46 @@ fn main() {
         psql(tgt, &tdb, "CHECKPOINT");
     };
 
-    // 1. pgflip sync (in place).
-    fresh(&tgt);
-    let (pg_in_place, mem1) = pgflip(&["sync", "--source", &s_url, "--target", &t_url, "t"]);
+    let quick = std::env::var_os("PGFLIP_BENCH_QUICK").is_some();
+    let mut results: Vec<(String, Duration, Option<u64>)> = Vec::new();
+    let mut run = |name: &str, extra: &[&str]| {
+        fresh(&tgt);
+        let mut args = vec!["sync", "--source", &s_url, "--target", &t_url, "t"];
+        args.extend_from_slice(extra);
+        let (d, mem) = pgflip(&args);
+        eprintln!("{name}: {:.2}s, peak {} MB", d.as_secs_f64(), mem / 1024);
+        results.push((name.to_string(), d, Some(mem)));
+    };
+
+    // 1. pgflip sync (in place), and the same maintaining the indexes row by row during COPY.
+    run("pgflip sync (in place; indexes rebuilt)", &[]);
     let n = tgt.psql(&tdb, "SELECT count(*) FROM t").unwrap();
     assert_eq!(n.trim(), rows.to_string());
-    eprintln!(
-        "pgflip sync: {:.2}s, peak {} MB",
-        pg_in_place.as_secs_f64(),
-        mem1 / 1024
-    );
+    if !quick {
+        run(
+            "pgflip sync (in place; indexes kept in COPY)",
+            &["--rebuild-indexes-above", "1e18"],
+        );
+    }
 
-    // 1b. pgflip sync (in place) maintaining the indexes row by row during COPY.
-    fresh(&tgt);
-    let (pg_no_rebuild, _) = pgflip(&[
-        "sync",
-        "--source",
-        &s_url,
-        "--target",
-        &t_url,
-        "t",
-        "--rebuild-indexes-above",
-        "1e18",
-    ]);
-    eprintln!(
-        "pgflip sync (indexes maintained during COPY): {:.2}s",
-        pg_no_rebuild.as_secs_f64()
+    // 2. pgflip sync --staging-table, whole and split into block ranges; then with --swap
+    //    (load beside, then the flip).
+    run(
+        "pgflip sync --staging-table (one copy)",
+        &["--staging-table", "--split-tables-larger-than", "off"],
     );
-
-    // 2. pgflip sync --staging-table.
-    fresh(&tgt);
-    let (pg_staging, mem2) = pgflip(&[
-        "sync",
-        "--source",
-        &s_url,
-        "--target",
-        &t_url,
-        "t",
-        "--staging-table",
-    ]);
-    eprintln!(
-        "pgflip sync --staging-table: {:.2}s, peak {} MB",
-        pg_staging.as_secs_f64(),
-        mem2 / 1024
+    run(
+        "pgflip sync --staging-table (block ranges)",
+        &["--staging-table"],
     );
+    let n = tgt.psql(&tdb, "SELECT count(*) FROM t_staging").unwrap();
+    assert_eq!(n.trim(), rows.to_string());
+    run(
+        "pgflip sync --staging-table --swap",
+        &["--staging-table", "--swap"],
+    );
+    let n = tgt.psql(&tdb, "SELECT count(*) FROM t").unwrap();
+    assert_eq!(n.trim(), rows.to_string());
 
     // 3. pg_dump | pg_restore into a database without the table.
     let rdb = tgt.create_database("bench_restore").unwrap();
@@ -175,17 +175,27 @@ fn main() {
         tgt.bindir().join("pg_restore").display(),
         tgt.port()
     );
-    let dump_restore = sh(&dump);
-    eprintln!("pg_dump | pg_restore: {:.2}s", dump_restore.as_secs_f64());
+    if !quick {
+        let dump_restore = sh(&dump);
+        eprintln!("pg_dump | pg_restore: {:.2}s", dump_restore.as_secs_f64());
+        results.push(("pg_dump -Fc | pg_restore".into(), dump_restore, None));
+    }
 
     // 4. Text COPY pipe into the indexed table.
-    fresh(&tgt);
-    let text_pipe = sh(&format!(
-        "{} -c 'COPY t TO STDOUT' | {} -c 'COPY t FROM STDIN'",
-        psql_cmd(&src, &sdb),
-        psql_cmd(&tgt, &tdb)
-    ));
-    eprintln!("text COPY pipe: {:.2}s", text_pipe.as_secs_f64());
+    if !quick {
+        fresh(&tgt);
+        let text_pipe = sh(&format!(
+            "{} -c 'COPY t TO STDOUT' | {} -c 'COPY t FROM STDIN'",
+            psql_cmd(&src, &sdb),
+            psql_cmd(&tgt, &tdb)
+        ));
+        eprintln!("text COPY pipe: {:.2}s", text_pipe.as_secs_f64());
+        results.push((
+            "text COPY pipe into indexed table (pgsync)".into(),
+            text_pipe,
+            None,
+        ));
+    }
 
     // 5. Floor: binary pipe into an unindexed table, then parallel index builds.
     psql(&tgt, &tdb, "DROP TABLE IF EXISTS t, t_staging");
@@ -212,36 +222,40 @@ fn main() {
         floor.as_secs_f64()
     );
 
+    results.push((
+        "floor: binary pipe + parallel index builds".into(),
+        floor,
+        None,
+    ));
+
     let r = |d: Duration| d.as_secs_f64();
+    let dump_restore = results
+        .iter()
+        .find(|(n, _, _)| n.starts_with("pg_dump"))
+        .map(|(_, d, _)| *d);
     println!(
-        "\ncopy benchmark, {rows} rows ({} with indexes on the source)",
-        size.trim()
+        "\ncopy benchmark, {rows} rows ({} with indexes on the source){}",
+        size.trim(),
+        if quick {
+            "; quick: no slow references"
+        } else {
+            ""
+        }
     );
     println!(
-        "{:<48} {:>8}  {:>22}  {:>14}",
-        "method", "seconds", "pg_dump|pg_restore / x", "x / floor"
+        "{:<48} {:>8}  {:>14}  {:>9}  {:>8}",
+        "method", "seconds", "dump|restore/x", "x/floor", "peak MB"
     );
-    for (name, d) in [
-        ("pgflip sync (in place; indexes rebuilt)", pg_in_place),
-        (
-            "pgflip sync (in place; indexes kept in COPY)",
-            pg_no_rebuild,
-        ),
-        ("pgflip sync --staging-table", pg_staging),
-        ("pg_dump -Fc | pg_restore", dump_restore),
-        ("text COPY pipe into indexed table (pgsync)", text_pipe),
-        ("floor: binary pipe + parallel index builds", floor),
-    ] {
+    for (name, d, mem) in &results {
         println!(
-            "{name:<50} {:>8.2}  {:>22.2}  {:>10.2}",
-            r(d),
-            r(dump_restore) / r(d),
-            r(d) / r(floor)
+            "{name:<48} {:>8.2}  {:>14}  {:>9.2}  {:>8}",
+            r(*d),
+            dump_restore
+                .map(|x| format!("{:.2}", r(x) / r(*d)))
+                .unwrap_or_else(|| "-".into()),
+            r(*d) / r(floor),
+            mem.map(|m| (m / 1024).to_string())
+                .unwrap_or_else(|| "-".into())
         );
     }
-    println!(
-        "pgflip peak memory (VmHWM): {} MB in place, {} MB staging",
-        mem1 / 1024,
-        mem2 / 1024
-    );
 }

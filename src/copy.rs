@@ -6,11 +6,14 @@
 //! column has the same built-in type on both sides (cheaper to produce and to parse); text
 //! otherwise, since binary input checks type OIDs, which differ between databases for
 //! user-defined types and arrays of them. Which transaction each side runs in is the caller's
-//! business: this module only moves bytes.
+//! business: this module only moves bytes. Several copies may feed one table at once (block
+//! ranges of a large table): they share one [`Progress`], so the table's progress is their sum.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use tokio_postgres::Client;
 
@@ -41,6 +44,43 @@ pub struct CopyStats {
     pub bytes: u64,
 }
 
+/// Bytes forwarded to the target per CopyData message.
+const BATCH: usize = 64 * 1024;
+
+/// The running totals of one table, shared by every copy into it.
+pub struct Progress {
+    label: String,
+    rows: AtomicU64,
+    bytes: AtomicU64,
+    last: Mutex<Instant>,
+}
+
+impl Progress {
+    pub fn new(label: impl Into<String>) -> Progress {
+        Progress {
+            label: label.into(),
+            rows: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
+            last: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn add(&self, rows: u64, bytes: u64, events: &dyn EventSink) {
+        let rows = self.rows.fetch_add(rows, Ordering::Relaxed) + rows;
+        let bytes = self.bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        // At most every 200 ms per table, however many copies feed it.
+        if last.elapsed() >= Duration::from_millis(200) {
+            *last = Instant::now();
+            events.emit(Event::TableProgress {
+                table: self.label.clone(),
+                rows,
+                bytes,
+            });
+        }
+    }
+}
+
 /// `COPY (select) TO STDOUT (FORMAT …)`.
 pub fn copy_out_sql(select: &str, format: Format) -> String {
     format!("COPY ({select}) TO STDOUT {}", format.options())
@@ -54,52 +94,65 @@ pub fn copy_in_sql(relation: &str, columns: &str, format: Format) -> String {
     )
 }
 
-/// Streams `copy_out` on `source` into `copy_in` on `target`; reports cumulative progress for
-/// `label` at most every 200 ms. Returns the rows the target accepted.
+/// Streams `copy_out` on `source` into `copy_in` on `target`, adding to `progress`; `what`
+/// names the copy in errors. Returns what this copy moved (the rows the target accepted).
 pub async fn stream(
     source: &Client,
     copy_out: &str,
     target: &Client,
     copy_in: &str,
-    label: &str,
+    what: &str,
+    progress: &Progress,
     events: &dyn EventSink,
 ) -> Result<CopyStats> {
     let sink = target
         .copy_in::<_, Bytes>(copy_in)
         .await
-        .ctx(format!("starting COPY into {label} on the target"))?;
+        .ctx(format!("starting COPY into {what} on the target"))?;
     let out = source
         .copy_out(copy_out)
         .await
-        .ctx(format!("starting COPY of {label} on the source"))?;
+        .ctx(format!("starting COPY of {what} on the source"))?;
     futures_util::pin_mut!(sink);
     futures_util::pin_mut!(out);
     let text = copy_in.ends_with("(FORMAT text)");
     let mut stats = CopyStats::default();
-    let mut last = Instant::now();
-    while let Some(chunk) = out.next().await {
-        let chunk = chunk.ctx(format!("reading {label} from the source"))?;
-        stats.bytes += chunk.len() as u64;
-        if text {
-            // In text COPY a raw newline only ever ends a row (newlines in values are escaped).
-            stats.rows += chunk.iter().filter(|b| **b == b'\n').count() as u64;
-        }
-        sink.feed(chunk)
+    // The source sends one message per row; forwarding them in batches of BATCH bytes makes one
+    // CopyData message (and one progress update) of many rows, instead of the driver's 4 kB.
+    let mut batch = BytesMut::with_capacity(BATCH);
+    let mut rows = 0u64;
+    loop {
+        let chunk = out
+            .next()
             .await
-            .ctx(format!("writing {label} to the target"))?;
-        if last.elapsed() >= Duration::from_millis(200) {
-            last = Instant::now();
-            events.emit(Event::TableProgress {
-                table: label.to_string(),
-                rows: stats.rows,
-                bytes: stats.bytes,
-            });
+            .transpose()
+            .ctx(format!("reading {what} from the source"))?;
+        if let Some(chunk) = &chunk {
+            if text {
+                // In text COPY a raw newline only ever ends a row (newlines in values are escaped).
+                rows += chunk.iter().filter(|b| **b == b'\n').count() as u64;
+            }
+            batch.extend_from_slice(chunk);
+        }
+        if batch.len() >= BATCH || (chunk.is_none() && !batch.is_empty()) {
+            let data = batch.split().freeze();
+            let bytes = data.len() as u64;
+            sink.feed(data)
+                .await
+                .ctx(format!("writing {what} to the target"))?;
+            stats.bytes += bytes;
+            stats.rows += rows;
+            progress.add(rows, bytes, events);
+            rows = 0;
+        }
+        if chunk.is_none() {
+            break;
         }
     }
     stats.rows = sink
         .as_mut()
         .finish()
         .await
-        .ctx(format!("finishing COPY into {label} on the target"))?;
+        .ctx(format!("finishing COPY into {what} on the target"))?;
     Ok(stats)
 }

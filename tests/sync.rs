@@ -35,6 +35,18 @@ fn q(db: &TestDb, sql: &str) -> String {
     db.psql(sql).trim().to_string()
 }
 
+/// Row count and a checksum of every row of `rel` (a relation or a parenthesized query), in an
+/// order that needs no key.
+fn digest(db: &TestDb, rel: &str) -> String {
+    q(
+        db,
+        &format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') \
+             FROM {rel} x"
+        ),
+    )
+}
+
 /// The seed's example: source rows 1, 2, 3, 5; target rows 1, 2, 4; row 1 has a NULL on both
 /// sides (unchanged), row 2 differs. New 2 (3, 5), updated 1 (2), deleted 1 (4).
 const SEED_SOURCE: &str = "CREATE TABLE items (id int PRIMARY KEY, name text, price numeric, note text); \
@@ -655,7 +667,8 @@ fn kill_9_during_a_large_copy_keeps_the_old_rows() {
     src.psql(&format!("CREATE TABLE big (id bigint PRIMARY KEY, pad text); INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, {rows}) g"));
     tgt.psql("CREATE TABLE big (id bigint PRIMARY KEY, pad text); INSERT INTO big VALUES (1, 'old'), (2, 'old')");
     let (s, t) = (src.url(), tgt.url());
-    for mode in [&["big"][..], &["big", "--staging"]] {
+    let split = ["big", "--staging", "--split-tables-larger-than", "16MB"];
+    for mode in [&["big"][..], &["big", "--staging"], &split[..]] {
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
             .args(["sync", "--source", &s, "--target", &t])
             .args(mode)
@@ -692,6 +705,14 @@ fn kill_9_during_a_large_copy_keeps_the_old_rows() {
             "1old,2old",
             "the live table keeps its old rows"
         );
+        assert_eq!(
+            q(
+                &tgt,
+                "SELECT count(*) FROM pg_class WHERE relname = 'big_staging'"
+            ),
+            "0",
+            "no staging table, half-filled or not"
+        );
     }
     // A rerun succeeds (waiting for the killed sessions to go) and leaves nothing behind.
     ok(&sync(&src, &tgt, &["big"]));
@@ -700,6 +721,15 @@ fn kill_9_during_a_large_copy_keeps_the_old_rows() {
     assert_eq!(
         q(&tgt, "SELECT count(*) FROM big_staging"),
         rows.to_string()
+    );
+    ok(&sync(&src, &tgt, &split));
+    assert_eq!(digest(&tgt, "big_staging"), digest(&src, "big"));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%pgflip_loading%'"
+        ),
+        "0"
     );
     assert_eq!(
         q(
@@ -855,4 +885,161 @@ fn readers_see_the_old_rows_or_the_new_rows_never_a_mix() {
         );
     }
     assert!(seen.contains("300000:new:new"));
+}
+
+const SPLIT: [&str; 3] = ["--staging", "--split-tables-larger-than", "1MB"];
+
+#[test]
+fn staging_split_into_block_ranges_copies_every_row_once() {
+    let (src, tgt) = pair("split");
+    let ddl = "CREATE TABLE k (id bigint PRIMARY KEY, email text, pad text); \
+               CREATE TABLE nokey (a int, b text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    // Holes in the blocks (deleted rows) and duplicates in the table without a key.
+    src.psql(
+        "INSERT INTO k SELECT g, 'real' || g || '@corp.com', repeat(md5(g::text), 6) FROM generate_series(1, 20000) g; \
+         DELETE FROM k WHERE id % 7 = 0; \
+         INSERT INTO nokey SELECT g % 5000, repeat('n', 200) FROM generate_series(1, 20000) g",
+    );
+    tgt.psql("INSERT INTO k VALUES (1, 'live', 'live'); INSERT INTO nokey VALUES (-1, 'live')");
+    let live = (digest(&tgt, "k"), digest(&tgt, "nokey"));
+
+    let mut args = vec!["k", "nokey"];
+    args.extend(SPLIT);
+    let plan = ok(&sync(&src, &tgt, &[&args[..], &["--dry-run"]].concat()));
+    for t in ["public.k", "public.nokey"] {
+        assert!(
+            plan.contains(&format!("of {t} from the source (range 1 of ")),
+            "{t} is split: {plan}"
+        );
+    }
+    assert!(plan.contains("ctid >= '(") && plan.contains("to the end of public.nokey"));
+    assert!(plan.contains("-- runs outside a transaction\nCOPY public.k_staging_pgflip_loading"));
+
+    ok(&sync(&src, &tgt, &args));
+    assert_eq!(digest(&tgt, "k_staging"), digest(&src, "k"));
+    assert_eq!(digest(&tgt, "nokey_staging"), digest(&src, "nokey"));
+    assert_eq!((digest(&tgt, "k"), digest(&tgt, "nokey")), live);
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%pgflip_loading%'"
+        ),
+        "0"
+    );
+
+    // --where applies to every range.
+    let mut args = vec!["k", "--where", "id % 3 = 0"];
+    args.extend(SPLIT);
+    ok(&sync(&src, &tgt, &args));
+    assert_eq!(
+        digest(&tgt, "k_staging"),
+        digest(&src, "(SELECT * FROM k WHERE id % 3 = 0)")
+    );
+
+    // Data rules too.
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("pgflip.toml");
+    std::fs::write(&cfg, "[data_rules]\n\"k.email\" = \"unique_email\"\n").unwrap();
+    let mut args = vec!["k", "--config", cfg.to_str().unwrap()];
+    args.extend(SPLIT);
+    ok(&sync(&src, &tgt, &args));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*), count(DISTINCT email), \
+             bool_and(email = 'user' || id || '@example.org') FROM k_staging"
+        ),
+        format!("{0}|{0}|t", q(&src, "SELECT count(*) FROM k"))
+    );
+    assert_eq!(
+        digest(&tgt, "(SELECT id, pad FROM k_staging)"),
+        digest(&src, "(SELECT id, pad FROM k)")
+    );
+}
+
+#[test]
+fn split_ranges_read_the_snapshot_not_later_rows() {
+    let (src, tgt) = pair("split_snap");
+    let ddl = "CREATE TABLE t (id bigint PRIMARY KEY, v int, pad text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, g, repeat('p', 200) FROM generate_series(1, 20000) g");
+    let at_snapshot = digest(&src, "t");
+    // A session holding a lock on t_staging makes the sync wait after its snapshot is taken.
+    tgt.psql("CREATE TABLE t_staging (x int)");
+    let srv = tgt.srv;
+    let db = tgt.name.clone();
+    let holder = std::thread::spawn(move || {
+        let _ = srv.psql(
+            &db,
+            "BEGIN; LOCK TABLE t_staging IN ACCESS EXCLUSIVE MODE; SELECT pg_sleep(120); COMMIT",
+        );
+    });
+    wait_for(&tgt, "SELECT count(*) FROM pg_locks l JOIN pg_class c ON c.oid = l.relation WHERE c.relname = 't_staging' AND l.granted AND l.mode = 'AccessExclusiveLock'");
+    let (s, t) = (src.url(), tgt.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args(["sync", "--source", &s, "--target", &t, "t"])
+        .args(SPLIT)
+        .args(["--lock-timeout", "60s", "--max-wait", "90s"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND wait_event_type = 'Lock'");
+    // Committed after the snapshot: new rows (in every range, the last one too), updates,
+    // deletes. None of it may show.
+    src.psql(
+        "INSERT INTO t SELECT g, g, repeat('q', 200) FROM generate_series(20001, 30000) g; \
+         UPDATE t SET v = -v WHERE id % 100 = 0; DELETE FROM t WHERE id % 11 = 0",
+    );
+    q(&tgt, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()");
+    holder.join().unwrap();
+    let o = child.wait_with_output().unwrap();
+    ok(&o);
+    assert_eq!(digest(&tgt, "t_staging"), at_snapshot);
+}
+
+/// Polls `sql` (a count) on `db` until it is not zero.
+fn wait_for(db: &TestDb, sql: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q(db, sql) == "0" {
+        assert!(Instant::now() < deadline, "timed out waiting for: {sql}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_failing_range_fails_the_sync_and_leaves_no_loading_table() {
+    let (src, tgt) = pair("split_fail");
+    src.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int, pad text); \
+              INSERT INTO t SELECT g, g, repeat('p', 200) FROM generate_series(1, 20000) g",
+    );
+    // The staging table is built LIKE the live one, CHECK included: one range breaks it.
+    tgt.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v <> 15000), pad text); \
+              INSERT INTO t VALUES (1, 1, 'live')",
+    );
+    let before = tgt.dump();
+    let mut args = vec!["t"];
+    args.extend(SPLIT);
+    let o = sync(&src, &tgt, &args);
+    assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("check constraint") && err.contains("range "),
+        "the message names the constraint and the range: {err}"
+    );
+    assert_eq!(
+        tgt.dump(),
+        before,
+        "no staging or loading table left, live untouched"
+    );
+    // Fixed at the source, a rerun goes through.
+    src.psql("UPDATE t SET v = -1 WHERE v = 15000");
+    ok(&sync(&src, &tgt, &args));
+    assert_eq!(digest(&tgt, "t_staging"), digest(&src, "t"));
 }

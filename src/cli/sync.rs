@@ -86,6 +86,12 @@ pub struct SyncArgs {
     /// Give up retrying locks after this long, naming the sessions in the way.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::generations::parse_duration)]
     pub max_wait: Duration,
+    /// With --staging-table: tables whose data on the source is larger than SIZE (`256MB`,
+    /// `1GB`) are split into ranges of blocks (at least one per job, about SIZE each), copied
+    /// in parallel on connections of their own under the same snapshot; `0` or `off`: never.
+    /// Needs PostgreSQL 14 on the source (TID range scans); an older source copies whole.
+    #[arg(long, value_name = "SIZE", default_value = "256MB", value_parser = parse_size)]
+    pub split_tables_larger_than: u64,
     /// Tables replaced in place with more estimated rows than this get their plain indexes
     /// rebuilt after the copy (tuning; benchmarks and tests).
     #[arg(long, value_name = "ROWS", hide = true)]
@@ -155,6 +161,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         rebuild_indexes_above: args
             .rebuild_indexes_above
             .unwrap_or(defaults.rebuild_indexes_above),
+        split_larger_than: args.split_tables_larger_than,
     };
 
     let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
@@ -253,6 +260,31 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         out.write_stdout(render_report(&report).as_bytes());
     }
     Ok(exit::OK)
+}
+
+/// `256MB`, `1GB`, `512kB`, `1.5GB`, a number of bytes, or `0` / `off` (PostgreSQL's units,
+/// powers of 1024).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    if t.eq_ignore_ascii_case("off") {
+        return Ok(0);
+    }
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = (t[..split].trim(), t[split..].trim());
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("{s:?} is not a size (e.g. 256MB, 1GB, 0)"))?;
+    let mult: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("{s:?}: unknown unit {unit:?} (kB, MB, GB, TB)")),
+    };
+    Ok((n * mult as f64) as u64)
 }
 
 /// The human report: a diff summary block and a `✔ table - 0.5s` line per table, then the total.
@@ -421,4 +453,22 @@ async fn swap_and_report(
         out.write_stdout(text.as_bytes());
     }
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_in_postgres_units() {
+        assert_eq!(parse_size("256MB"), Ok(256 << 20));
+        assert_eq!(parse_size("1GB"), Ok(1 << 30));
+        assert_eq!(parse_size("1.5 GB"), Ok(3 << 29));
+        assert_eq!(parse_size("64kB"), Ok(64 << 10));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("0"), Ok(0));
+        assert_eq!(parse_size("off"), Ok(0));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+    }
 }

@@ -29,20 +29,34 @@
 //!   `--defer-constraints` makes the foreign keys touching the synced tables deferrable for the
 //!   transaction only (restored before COMMIT, after the checks ran), so plain DELETE + COPY can
 //!   be used; `--disable-integrity` sets `session_replication_role = replica` (superuser).
-//! - Large tables are not split into key ranges in this mode: one transaction is one
-//!   connection, so ranges could only be parallel on the source side. Parallelism comes from
-//!   running units side by side.
+//! - Large tables are not split into ranges in this mode: one transaction is one connection,
+//!   so ranges could only be parallel on the source side, and the target side (parsing,
+//!   inserting, rebuilding indexes) is where the time goes. Parallelism comes from running
+//!   units side by side.
 //!
 //! `--staging-table` never touches the live table. Rows go into `<staging>_pgflip_loading`,
 //! created `LIKE` the live table without its indexes (so COPY does not maintain them row by
-//! row, and can skip WAL where the server allows); the indexes are then built on parallel
-//! connections, primary key / unique / exclusion constraints attached (`USING INDEX`), serial
-//! columns given sequences of their own (LIKE would leave them on the live sequence), and the
-//! table renamed to the staging name in one last short transaction. So a staging table is
-//! either complete or absent, and an interrupted run leaves only a loading table that the next
-//! run drops. (Splitting one table's copy into key ranges would fit here, each range its own
-//! connection into the committed loading table; on two cores it did not pay, so it is not
-//! done yet.)
+//! row); the indexes are then built on parallel connections, primary key / unique / exclusion
+//! constraints attached (`USING INDEX`), serial columns given sequences of their own (LIKE would
+//! leave them on the live sequence), and the table renamed to the staging name in one last short
+//! transaction (retried alone on a lock timeout). So a staging table is either complete or
+//! absent. Autovacuum is off on the loading table until that rename: it would otherwise start on
+//! the filling table and hold locks the index builds and the rename wait behind. A failure after
+//! the loading table was created drops it again; a killed run leaves only a loading table, which
+//! the next run drops. (The previous staging table goes when the loading table is created:
+//! after a failure in a split copy or an index build there is none.)
+//!
+//! Large tables are split in this mode (`split_larger_than`, default 256 MB of heap on the
+//! source): the loading table is committed first, and the table is copied in ranges of heap
+//! blocks (`ctid >= '(a,0)' AND ctid < '(b,0)'`, a TID Range Scan since PostgreSQL 14: any
+//! table, no key needed), about the threshold each and at least one per job, each range a COPY
+//! on its own pair of connections. Every range imports the one exported snapshot, so together
+//! they are exactly the table as of the snapshot: a row committed later is in no range, and the
+//! last range is open-ended, so blocks beyond the size read at planning are not lost. Filters
+//! and data rules are part of every range's query. Every connection pair at work — a unit's
+//! transaction, a range, an index build — holds one of `--jobs` slots, so ranges share the
+//! parallelism with the other tables. A source older than 14 copies such tables whole (its
+//! ctid ranges would each scan the whole table), and the plan says so.
 
 pub mod config;
 pub mod rules;
@@ -52,6 +66,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
+use tokio::sync::Semaphore;
 use tokio_postgres::Client;
 
 use crate::conn::Endpoint;
@@ -108,7 +123,16 @@ pub struct SyncOptions {
     /// Tables replaced by TRUNCATE with more (estimated) rows than this get their plain
     /// secondary indexes rebuilt after the copy instead of maintained row by row.
     pub rebuild_indexes_above: f64,
+    /// `--staging-table`: tables whose heap on the source is larger than this many bytes are
+    /// copied in block ranges on parallel connections; 0: never split.
+    pub split_larger_than: u64,
 }
+
+/// Default of [`SyncOptions::split_larger_than`].
+pub const DEFAULT_SPLIT_LARGER_THAN: u64 = 256 * 1024 * 1024;
+
+/// At most this many ranges per table, however small the threshold.
+const MAX_RANGES: u64 = 1024;
 
 impl Default for SyncOptions {
     fn default() -> Self {
@@ -133,6 +157,7 @@ impl Default for SyncOptions {
             lock_timeout: Duration::from_millis(500),
             max_wait: Duration::from_secs(30),
             rebuild_indexes_above: 100_000.0,
+            split_larger_than: DEFAULT_SPLIT_LARGER_THAN,
         }
     }
 }
@@ -232,6 +257,56 @@ struct TablePlan {
     external_refs: Vec<tables::ForeignKey>,
     warnings: Vec<String>,
     diff: Option<DiffSummary>,
+    /// Block ranges `[from, to)` of the source heap, each copied on its own connections (a
+    /// missing bound is open); empty: one copy of the whole table.
+    ranges: Vec<BlockRange>,
+    /// Why a table above the split threshold is copied whole (said in the plan).
+    unsplit: Option<String>,
+}
+
+/// A range of heap blocks: `ctid >= '(from,0)' AND ctid < '(to,0)'`, read by a TID Range Scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct BlockRange {
+    from: Option<u64>,
+    to: Option<u64>,
+}
+
+impl BlockRange {
+    fn condition(&self) -> String {
+        let mut c = Vec::new();
+        if let Some(f) = self.from {
+            c.push(format!("ctid >= '({f},0)'::tid"));
+        }
+        if let Some(t) = self.to {
+            c.push(format!("ctid < '({t},0)'::tid"));
+        }
+        c.join(" AND ")
+    }
+
+    fn describe(&self) -> String {
+        match (self.from, self.to) {
+            (None, Some(t)) => format!("blocks 0 to {t}"),
+            (Some(f), Some(t)) => format!("blocks {f} to {t}"),
+            (Some(f), None) => format!("blocks {f} to the end"),
+            (None, None) => "every block".into(),
+        }
+    }
+}
+
+/// `pieces` ranges over a heap of `blocks` blocks. The first starts at the beginning and the
+/// last has no end, so rows in blocks the size estimate did not count are still copied.
+fn block_ranges(blocks: u64, pieces: u64) -> Vec<BlockRange> {
+    let pieces = pieces.min(blocks).max(1);
+    if pieces == 1 {
+        return Vec::new();
+    }
+    let bound = |i: u64| blocks * i / pieces;
+    (0..pieces)
+        .map(|i| BlockRange {
+            from: (i > 0).then(|| bound(i)),
+            to: (i + 1 < pieces).then(|| bound(i + 1)),
+        })
+        .collect()
 }
 
 impl TablePlan {
@@ -243,7 +318,7 @@ impl TablePlan {
             .join(", ")
     }
 
-    fn source_select(&self) -> String {
+    fn source_select(&self, range: Option<&BlockRange>) -> String {
         let exprs: Vec<String> = self
             .columns
             .iter()
@@ -260,8 +335,15 @@ impl TablePlan {
             exprs.join(", "),
             only(&self.source.kind, &self.source.qualified())
         );
+        let mut conds = Vec::new();
         if let Some(f) = &self.filter {
-            s.push_str(&format!(" WHERE ({f})"));
+            conds.push(format!("({f})"));
+        }
+        if let Some(r) = range {
+            conds.push(r.condition());
+        }
+        if !conds.is_empty() {
+            s.push_str(&format!(" WHERE {}", conds.join(" AND ")));
         }
         s
     }
@@ -285,8 +367,11 @@ struct Unit {
     /// Indexes into the table plans, parents first.
     tables: Vec<usize>,
     actions: Vec<Action>,
-    /// Statements run after the unit's transaction commits, in parallel on their own
-    /// connections (index builds of staging tables).
+    /// Copies run after the unit's transaction commits (which created the loading tables),
+    /// in parallel, each on its own connections: the block ranges of large tables.
+    ranges: Vec<Action>,
+    /// Statements run after the copies, in parallel on their own connections (index builds of
+    /// staging tables).
     after: Vec<Step>,
     /// Statements of one last transaction (constraints, the rename of a complete staging table).
     finish: Vec<Step>,
@@ -297,6 +382,8 @@ enum Action {
     Sql(Step),
     Copy {
         table: usize,
+        /// Names the copy in errors: the table, and its range.
+        what: String,
         step: Step,
         copy_out: String,
         copy_in: String,
@@ -507,6 +594,9 @@ pub async fn prepare(
     if opts.sequences && !plans.is_empty() {
         read_sequences(&coordinator, &mut plans).await?;
     }
+    if opts.staging && opts.split_larger_than > 0 {
+        plan_ranges(&coordinator, &mut plans, &opts, events).await?;
+    }
 
     // Foreign keys between synced tables make units; from outside, they change strategies.
     let synced: BTreeSet<u32> = plans.iter().map(|p| p.target.oid).collect();
@@ -561,6 +651,9 @@ pub async fn prepare(
     for (n, u) in units.iter().enumerate() {
         for a in &u.actions {
             plan.push(a.step().clone().in_transaction(2 * n as u32));
+        }
+        for a in &u.ranges {
+            plan.push(a.step().clone());
         }
         for s in &u.after {
             plan.push(s.clone());
@@ -754,6 +847,8 @@ fn plan_table(
         external_refs: Vec::new(),
         warnings,
         diff: None,
+        ranges: Vec::new(),
+        unsplit: None,
     })
 }
 
@@ -879,6 +974,62 @@ async fn read_sequences(src: &Client, plans: &mut [TablePlan]) -> Result<()> {
     Ok(())
 }
 
+/// Splits the tables whose source heap is above the threshold into block ranges. The sizes are
+/// read in the snapshot's transaction; a table that grew since is still copied whole, as the
+/// last range is open-ended, and every range reads the snapshot, never a later row.
+async fn plan_ranges(
+    src: &Client,
+    plans: &mut [TablePlan],
+    opts: &SyncOptions,
+    events: &dyn EventSink,
+) -> Result<()> {
+    let oids: Vec<u32> = plans
+        .iter()
+        .filter(|p| p.source.kind == "r")
+        .map(|p| p.source.oid)
+        .collect();
+    let rows = src
+        .query(
+            "SELECT o, pg_relation_size(o), current_setting('block_size')::bigint,                     current_setting('server_version_num')::int              FROM unnest($1::oid[]) o",
+            &[&oids],
+        )
+        .await
+        .ctx("reading table sizes on the source")?;
+    for r in rows {
+        let (oid, size, block, version): (u32, i64, i64, i32) =
+            (r.get(0), r.get(1), r.get(2), r.get(3));
+        let size = size.max(0) as u64;
+        if size <= opts.split_larger_than {
+            continue;
+        }
+        let p = plans
+            .iter_mut()
+            .find(|p| p.source.oid == oid)
+            .expect("oid of a planned table");
+        if version < 140000 {
+            // Before 14 a ctid range is a full scan per range; one copy reads the table once.
+            let why = format!(
+                "not split: the source is PostgreSQL {}.{}, and TID range scans need 14",
+                version / 10000,
+                version % 10000 / 100
+            );
+            events.emit(Event::Warning {
+                message: format!("{}: {why}", p.display),
+            });
+            p.unsplit = Some(why);
+            continue;
+        }
+        // Ranges of about the threshold each, and at least one per job so that a single large
+        // table keeps every connection busy.
+        let pieces = size
+            .div_ceil(opts.split_larger_than)
+            .max(opts.jobs as u64)
+            .min(MAX_RANGES);
+        p.ranges = block_ranges(size / block.max(1) as u64, pieces);
+    }
+    Ok(())
+}
+
 /// Groups tables into units (connected by foreign keys between synced tables, in the default
 /// mode), orders each unit parents first, picks strategies and writes the actions.
 fn build_units(
@@ -981,6 +1132,7 @@ fn unit_actions(
     opts: &SyncOptions,
 ) -> Result<Unit> {
     let mut actions = Vec::new();
+    let mut ranges = Vec::new();
     let mut after = Vec::new();
     let mut finish_steps = Vec::new();
     let replacing = opts.mode == Mode::Replace && !opts.staging;
@@ -1107,9 +1259,12 @@ fn unit_actions(
             } else {
                 "INCLUDING ALL"
             };
+            // Autovacuum stays off while loading: on a table filling up it would start, take
+            // locks that the index builds and the final rename then wait behind.
             let mut sql = format!(
                 "DROP TABLE IF EXISTS {staging}; DROP TABLE IF EXISTS {loading}; \
-                 CREATE TABLE {loading} (LIKE {live} {including})"
+                 CREATE TABLE {loading} (LIKE {live} {including}) \
+                 WITH (autovacuum_enabled = false, toast.autovacuum_enabled = false)"
             );
             // LIKE copies serial defaults as they are: nextval() of the live table's sequence.
             // The staging table gets its own sequence so that loading or using it never moves
@@ -1172,9 +1327,10 @@ fn unit_actions(
             }
             fin.push(
                 Step::new(
-                    format!("rename the complete {loading} to {staging}"),
+                    format!("rename the complete {loading} to {staging}; autovacuum on again"),
                     format!(
-                        "ALTER TABLE {loading} RENAME TO {}",
+                        "ALTER TABLE {loading} RESET (autovacuum_enabled, \
+                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}",
                         quote_ident(&staging_bare)
                     ),
                 )
@@ -1230,17 +1386,49 @@ fn unit_actions(
     for (n, &i) in order.iter().enumerate() {
         let p = &plans[i];
         let cols = p.column_list();
-        let copy_out = copy::copy_out_sql(&p.source_select(), p.format);
+        let copy_out = copy::copy_out_sql(&p.source_select(None), p.format);
         let label = p.display.clone();
         match &p.strategy {
+            Strategy::Staging if !p.ranges.is_empty() => {
+                // The loading table is committed first; each range is then its own COPY on
+                // its own connections, so ranges load side by side.
+                let copy_in = copy::copy_in_sql(&p.load_into, &cols, p.format);
+                let n = p.ranges.len();
+                for (k, r) in p.ranges.iter().enumerate() {
+                    let copy_out = copy::copy_out_sql(&p.source_select(Some(r)), p.format);
+                    ranges.push(Action::Copy {
+                        table: i,
+                        what: format!("{label}, range {} of {n} ({})", k + 1, r.describe()),
+                        step: Step::new(
+                            format!(
+                                "copy {} of {label} from the source (range {} of {n}, {:?} \
+                                 COPY, on its own connections)",
+                                r.describe(),
+                                k + 1,
+                                p.format
+                            ),
+                            format!("{copy_in}  -- rows from the source: {copy_out}"),
+                        )
+                        .lock(LockMode::RowExclusive, p.load_into.clone())
+                        .outside_transaction(),
+                        copy_out,
+                        copy_in: copy_in.clone(),
+                    });
+                }
+            }
             Strategy::Truncate | Strategy::DeleteAll | Strategy::Staging => {
                 let copy_in = copy::copy_in_sql(&p.load_into, &cols, p.format);
                 actions.push(Action::Copy {
                     table: i,
+                    what: label.clone(),
                     step: Step::new(
                         format!(
-                            "copy the rows of {label} from the source ({:?} COPY)",
-                            p.format
+                            "copy the rows of {label} from the source ({:?} COPY{})",
+                            p.format,
+                            p.unsplit
+                                .as_deref()
+                                .map(|u| format!("; {u}"))
+                                .unwrap_or_default()
                         ),
                         format!("{copy_in}  -- rows from the source: {copy_out}"),
                     )
@@ -1261,6 +1449,7 @@ fn unit_actions(
                 let copy_in = copy::copy_in_sql(&tmp, &cols, p.format);
                 actions.push(Action::Copy {
                     table: i,
+                    what: label.clone(),
                     step: Step::new(
                         format!("copy the rows of {label} from the source into {tmp}"),
                         format!("{copy_in}  -- rows from the source: {copy_out}"),
@@ -1443,6 +1632,7 @@ fn unit_actions(
     Ok(Unit {
         tables: order,
         actions,
+        ranges,
         after,
         finish: finish_steps,
     })
@@ -1457,7 +1647,11 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
     let marker = format!(" ON {live} USING ");
     let mut builds = Vec::new();
     let mut finish = Vec::new();
-    for idx in &p.target.indexes {
+    // Largest first (by the live table's index sizes): builds share the job slots, and the
+    // longest one started last would finish alone on an idle machine.
+    let mut indexes: Vec<&tables::Index> = p.target.indexes.iter().collect();
+    indexes.sort_by_key(|i| std::cmp::Reverse(i.pages));
+    for idx in indexes {
         let base = idx
             .constraint
             .as_ref()
@@ -1583,20 +1777,21 @@ impl Prepared {
         }
     }
 
-    /// Runs the units, `jobs` at a time. Each unit commits on its own; the first failure stops
-    /// the others (their transactions roll back) and is returned.
+    /// Runs the units side by side. Every connection pair at work (a unit's transaction, one
+    /// range of a large table, an index build) holds one of `jobs` slots, so the ranges of a
+    /// large table share the parallelism with the other tables. Each unit commits on its own;
+    /// the first failure stops the others (their transactions roll back) and is returned.
     pub async fn execute(self, events: &dyn EventSink) -> Result<SyncReport> {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
         });
+        let slots = Semaphore::new(self.opts.jobs.max(1));
         let this = &self;
-        let results: Vec<Vec<TableReport>> = futures_util::stream::iter(
+        let results: Vec<Vec<TableReport>> = futures_util::future::try_join_all(
             self.units
                 .iter()
-                .map(|u| this.run_unit_with_retry(u, events)),
+                .map(|u| this.run_unit_with_retry(u, &slots, events)),
         )
-        .buffer_unordered(self.opts.jobs.max(1))
-        .try_collect()
         .await?;
         let mut tables: Vec<TableReport> = results.into_iter().flatten().collect();
         tables.sort_by(|a, b| a.table.cmp(&b.table));
@@ -1611,13 +1806,14 @@ impl Prepared {
     async fn run_unit_with_retry(
         &self,
         unit: &Unit,
+        slots: &Semaphore,
         events: &dyn EventSink,
     ) -> Result<Vec<TableReport>> {
         let started = Instant::now();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match self.run_unit(unit, events).await {
+            match self.run_unit(unit, slots, events).await {
                 Err(e) if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE) => {
                     if started.elapsed() >= self.opts.max_wait {
                         let names: Vec<String> = unit
@@ -1656,77 +1852,100 @@ impl Prepared {
         }
     }
 
-    async fn run_unit(&self, unit: &Unit, events: &dyn EventSink) -> Result<Vec<TableReport>> {
+    async fn run_unit(
+        &self,
+        unit: &Unit,
+        slots: &Semaphore,
+        events: &dyn EventSink,
+    ) -> Result<Vec<TableReport>> {
         let t0 = Instant::now();
-        let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
-        let tgt = self.target.connect().await?;
-        tgt.batch_execute(&format!(
-            "BEGIN; SET LOCAL lock_timeout = {}",
-            self.opts.lock_timeout.as_millis().max(1)
-        ))
-        .await
-        .ctx("starting the target transaction")?;
-        let mut stats: BTreeMap<usize, (u64, u64, Duration)> = BTreeMap::new();
-        for a in &unit.actions {
-            match a {
-                Action::Sql(step) => {
-                    tgt.batch_execute(&step.sql)
-                        .await
-                        .ctx(step.description.clone())?;
-                }
-                Action::Copy {
-                    table,
-                    copy_out,
-                    copy_in,
-                    ..
-                } => {
-                    let c0 = Instant::now();
-                    let p = &self.tables[*table];
-                    let s = copy::stream(&src, copy_out, &tgt, copy_in, &p.display, events).await?;
-                    stats.insert(*table, (s.rows, s.bytes, c0.elapsed()));
-                }
-                Action::Check { step, message } => {
-                    let n: i64 = tgt
-                        .query_one(&step.sql, &[])
-                        .await
-                        .ctx(step.description.clone())?
-                        .get(0);
-                    if n > 0 {
-                        return Err(Error::InvalidInput(message.replace("{n}", &n.to_string())));
+        let progress: BTreeMap<usize, copy::Progress> = unit
+            .tables
+            .iter()
+            .map(|&i| (i, copy::Progress::new(self.tables[i].display.clone())))
+            .collect();
+        let mut stats: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        let tgt = {
+            let _slot = slots.acquire().await.expect("never closed");
+            let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
+            let tgt = self.target.connect().await?;
+            tgt.batch_execute(&format!(
+                "BEGIN; SET LOCAL lock_timeout = {}",
+                self.opts.lock_timeout.as_millis().max(1)
+            ))
+            .await
+            .ctx("starting the target transaction")?;
+            for a in &unit.actions {
+                match a {
+                    Action::Sql(step) => {
+                        tgt.batch_execute(&step.sql)
+                            .await
+                            .ctx(step.description.clone())?;
+                    }
+                    Action::Copy {
+                        table,
+                        what,
+                        copy_out,
+                        copy_in,
+                        ..
+                    } => {
+                        let s = copy::stream(
+                            &src,
+                            copy_out,
+                            &tgt,
+                            copy_in,
+                            what,
+                            &progress[table],
+                            events,
+                        )
+                        .await?;
+                        let e = stats.entry(*table).or_default();
+                        e.0 += s.rows;
+                        e.1 += s.bytes;
+                    }
+                    Action::Check { step, message } => {
+                        let n: i64 = tgt
+                            .query_one(&step.sql, &[])
+                            .await
+                            .ctx(step.description.clone())?
+                            .get(0);
+                        if n > 0 {
+                            return Err(Error::InvalidInput(
+                                message.replace("{n}", &n.to_string()),
+                            ));
+                        }
                     }
                 }
             }
-        }
-        tgt.batch_execute("COMMIT")
+            tgt.batch_execute("COMMIT")
+                .await
+                .ctx("committing on the target")?;
+            let _ = src.batch_execute("COMMIT").await;
+            tgt
+        };
+        // The loading tables are committed from here on: a failure drops them again, so that
+        // nothing half-filled stays behind.
+        match self
+            .load_and_finish(unit, &tgt, slots, &progress, events)
             .await
-            .ctx("committing on the target")?;
-        let _ = src.batch_execute("COMMIT").await;
-        if !unit.after.is_empty() {
-            let target = &self.target;
-            futures_util::stream::iter(unit.after.iter().map(|step| async move {
-                let c = target.connect().await?;
-                c.batch_execute(&step.sql)
-                    .await
-                    .ctx(step.description.clone())
-            }))
-            .buffer_unordered(self.opts.jobs.max(1))
-            .try_collect::<Vec<()>>()
-            .await?;
-        }
-        if !unit.finish.is_empty() {
-            let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
-            tgt.batch_execute(&format!(
-                "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
-                self.opts.lock_timeout.as_millis().max(1),
-                sql.join("; ")
-            ))
-            .await
-            .ctx("finishing the staging tables")?;
+        {
+            Ok(more) => {
+                for (i, (rows, bytes)) in more {
+                    let e = stats.entry(i).or_default();
+                    e.0 += rows;
+                    e.1 += bytes;
+                }
+            }
+            Err(e) => {
+                drop(tgt);
+                self.drop_loading_tables(unit, events).await;
+                return Err(e);
+            }
         }
         let mut reports = Vec::new();
         for &i in &unit.tables {
             let p = &self.tables[i];
-            let (rows, bytes, _) = stats.get(&i).copied().unwrap_or_default();
+            let (rows, bytes) = stats.get(&i).copied().unwrap_or_default();
             let mut r = self.report_for(p, rows, bytes, t0.elapsed());
             if self.opts.show_diff && self.opts.staging {
                 if p.target.primary_key.is_empty() {
@@ -1762,6 +1981,152 @@ impl Prepared {
         }
         Ok(reports)
     }
+
+    /// After the unit's transaction: the range copies, then the index builds, each on its own
+    /// connections in a slot, then the finishing transaction on `tgt`. Returns what the ranges
+    /// moved per table.
+    async fn load_and_finish(
+        &self,
+        unit: &Unit,
+        tgt: &Client,
+        slots: &Semaphore,
+        progress: &BTreeMap<usize, copy::Progress>,
+        events: &dyn EventSink,
+    ) -> Result<BTreeMap<usize, (u64, u64)>> {
+        let mut moved: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
+        let copies = futures_util::future::try_join_all(unit.ranges.iter().map(|a| async move {
+            let Action::Copy {
+                table,
+                what,
+                copy_out,
+                copy_in,
+                ..
+            } = a
+            else {
+                unreachable!("ranges are copies")
+            };
+            let _slot = slots.acquire().await.expect("never closed");
+            let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
+            let tgt = self.target.connect().await?;
+            let s = copy::stream(
+                &src,
+                copy_out,
+                &tgt,
+                copy_in,
+                what,
+                &progress[table],
+                events,
+            )
+            .await?;
+            Ok::<_, Error>((*table, s))
+        }))
+        .await?;
+        for (i, s) in copies {
+            let e = moved.entry(i).or_default();
+            e.0 += s.rows;
+            e.1 += s.bytes;
+        }
+        futures_util::future::try_join_all(unit.after.iter().map(|step| async move {
+            let _slot = slots.acquire().await.expect("never closed");
+            let c = self.target.connect().await?;
+            c.batch_execute(&step.sql)
+                .await
+                .ctx(step.description.clone())
+        }))
+        .await?;
+        if !unit.finish.is_empty() {
+            let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
+            let sql = format!(
+                "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
+                self.opts.lock_timeout.as_millis().max(1),
+                sql.join("; ")
+            );
+            // A lock timeout here retries this short transaction, not the whole copy.
+            let started = Instant::now();
+            let mut attempt = 0;
+            loop {
+                attempt += 1;
+                match tgt
+                    .batch_execute(&sql)
+                    .await
+                    .ctx("finishing the staging tables")
+                {
+                    Err(e)
+                        if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE)
+                            && started.elapsed() < self.opts.max_wait =>
+                    {
+                        let _ = tgt.batch_execute("ROLLBACK").await;
+                        let retry_in = plan::backoff(
+                            attempt,
+                            self.opts.max_wait.saturating_sub(started.elapsed()),
+                        );
+                        events.emit(Event::LockAttemptFailed {
+                            attempt,
+                            retry_in,
+                            blockers: Vec::new(),
+                        });
+                        tokio::time::sleep(retry_in).await;
+                    }
+                    other => break other?,
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Drops the loading tables of a unit that failed after creating them. The failed copies'
+    /// sessions may still be ending, so the lock is retried (short lock_timeout) until
+    /// `max_wait`; if that fails too, the next run drops them.
+    async fn drop_loading_tables(&self, unit: &Unit, events: &dyn EventSink) {
+        let loading: Vec<&str> = unit
+            .tables
+            .iter()
+            .map(|&i| &self.tables[i])
+            .filter(|p| p.strategy == Strategy::Staging)
+            .map(|p| p.load_into.as_str())
+            .collect();
+        if loading.is_empty() {
+            return;
+        }
+        let sql = format!(
+            "SET lock_timeout = {}; DROP TABLE IF EXISTS {}",
+            self.opts.lock_timeout.as_millis().max(1),
+            loading.join(", ")
+        );
+        let started = Instant::now();
+        let mut attempt = 0;
+        let outcome = loop {
+            attempt += 1;
+            let r = match self.target.connect().await {
+                Ok(c) => c
+                    .batch_execute(&sql)
+                    .await
+                    .ctx("dropping the loading tables"),
+                Err(e) => Err(e),
+            };
+            match r {
+                Err(e)
+                    if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE)
+                        && started.elapsed() < self.opts.max_wait =>
+                {
+                    tokio::time::sleep(plan::backoff(
+                        attempt,
+                        self.opts.max_wait.saturating_sub(started.elapsed()),
+                    ))
+                    .await;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = outcome {
+            events.emit(Event::Warning {
+                message: format!(
+                    "could not drop {} after the failure ({e}); the next run drops it",
+                    loading.join(", ")
+                ),
+            });
+        }
+    }
 }
 
 /// Prepares and executes in one call (no confirmation step); `dry_run` stops after planning.
@@ -1777,4 +2142,41 @@ pub async fn run(
         return Ok(prepared.dry_run_report());
     }
     prepared.execute(events).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_ranges_cover_every_block_once_and_leave_the_end_open() {
+        let r = block_ranges(1000, 3);
+        assert_eq!(
+            r,
+            vec![
+                BlockRange {
+                    from: None,
+                    to: Some(333)
+                },
+                BlockRange {
+                    from: Some(333),
+                    to: Some(666)
+                },
+                BlockRange {
+                    from: Some(666),
+                    to: None
+                },
+            ]
+        );
+        assert_eq!(r[0].condition(), "ctid < '(333,0)'::tid");
+        assert_eq!(
+            r[1].condition(),
+            "ctid >= '(333,0)'::tid AND ctid < '(666,0)'::tid"
+        );
+        assert_eq!(r[2].condition(), "ctid >= '(666,0)'::tid");
+        // Never more ranges than blocks; one range is no split at all.
+        assert_eq!(block_ranges(2, 8).len(), 2);
+        assert!(block_ranges(1, 8).is_empty());
+        assert!(block_ranges(0, 8).is_empty());
+    }
 }

@@ -66,6 +66,8 @@ pub struct Index {
     /// (dropping it would lose that or fail).
     pub plain: bool,
     pub comment: Option<String>,
+    /// `relpages`: the size as of the last VACUUM, ANALYZE or build (no lock needed to read).
+    pub pages: i64,
 }
 
 /// One table on one side.
@@ -221,7 +223,7 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
                     NOT i.indisreplident AND NOT i.indisclustered AND NOT EXISTS \
                         (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid \
                          AND f.contype = 'f'), \
-                    obj_description(i.indexrelid, 'pg_class') \
+                    obj_description(i.indexrelid, 'pg_class'), c.relpages::bigint \
              FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
              LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
                   AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
@@ -241,6 +243,7 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
             constraint_definition: r.get(5),
             plain: r.get(6),
             comment: r.get(7),
+            pages: r.get(8),
         });
     }
     let mut columns: BTreeMap<u32, Vec<Column>> = BTreeMap::new();
