@@ -1043,3 +1043,73 @@ fn a_failing_range_fails_the_sync_and_leaves_no_loading_table() {
     ok(&sync(&src, &tgt, &args));
     assert_eq!(digest(&tgt, "t_staging"), digest(&src, "t"));
 }
+
+/// A sync holds pgflip's target lock: a second pgflip run on the same target is refused while
+/// the first one is at work (naming it), and every run is on record in `pgflip.runs`.
+#[tokio::test]
+async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
+    let (src, tgt) = pair("sync_lock");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(&format!(
+        "{ddl}; INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g"
+    ));
+    tgt.psql(ddl);
+    // State first (as after any swap), so the run is recorded from its start.
+    let c = std::sync::Arc::new(tgt.client().await);
+    pgflip::state::ensure(&c).await.unwrap();
+
+    // The first run waits on a lock held on the live table (its TRUNCATE retries under
+    // lock_timeout), holding pgflip's target lock all the while.
+    let blocker = tgt.client().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE")
+        .await
+        .unwrap();
+    let (s, t) = (src.url(), tgt.url());
+    let mut first = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "t",
+            "--max-wait",
+            "30s",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let held = q(
+            &tgt,
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+        );
+        if held != "0" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first sync never took pgflip's lock"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let second = sync(&src, &tgt, &["t"]);
+    assert_eq!(second.status.code(), Some(5), "{}", stderr(&second));
+    assert!(stderr(&second).contains("pid"), "{}", stderr(&second));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "0");
+
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+    let out = first.wait_with_output().unwrap();
+    ok(&out);
+    assert_eq!(digest(&tgt, "t"), digest(&src, "t"));
+    let runs = pgflip::state::runs(&c, 5).await.unwrap();
+    assert_eq!(runs.len(), 1, "{runs:?}");
+    assert_eq!(runs[0].command, "sync public.t");
+    assert_eq!(runs[0].status, "succeeded");
+    // The lock is gone with the run.
+    let l = pgflip::state::TargetLock::acquire(c.clone()).await.unwrap();
+    l.release().await.unwrap();
+}

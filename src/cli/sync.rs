@@ -2,11 +2,13 @@
 
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::state::{self, TargetLock};
 use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
 
 use super::{exit, Global, Output, SourceArgs, TargetArgs};
@@ -169,11 +171,19 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     let swap_scope = opts.scope.clone();
     // --swap without --staging-table: nothing to copy; flip the staging tables already there.
     if args.swap && !args.staging {
-        let client = target.connect().await?;
+        let client = Arc::new(target.connect().await?);
         let tables = swap_tables(&client, &swap_patterns, &swap_exclude, &swap_scope, None).await?;
         return swap_and_report(client, &tables, None, &args, global, out, None).await;
     }
 
+    // pgflip's target lock, held from before the target is read until the last write (and the
+    // swap): no other pgflip run acts on the target meanwhile. A dry run only reads.
+    let lock_client = Arc::new(target.connect().await?);
+    let held = if global.dry_run {
+        None
+    } else {
+        Some(TargetLock::acquire(lock_client.clone()).await?)
+    };
     let sink = out.events();
     let prepared = sync::prepare(&source, &target, opts, &sink).await?;
 
@@ -230,10 +240,29 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         }
     }
 
-    let report = prepared.execute(&sink).await?;
+    let names: Vec<String> = prepared
+        .dry_run_report()
+        .tables
+        .iter()
+        .map(|t| t.table.clone())
+        .collect();
+    let command = run_label(
+        if args.staging {
+            "sync --staging-table"
+        } else {
+            "sync"
+        },
+        &names,
+    );
+    // Advisory locks nest within a session: this records the run under the lock already held.
+    let sink_ref = &sink;
+    let report = state::with_target_lock(lock_client.clone(), &command, |_| async move {
+        prepared.execute(sink_ref).await
+    })
+    .await?;
     drop(sink);
     if args.swap {
-        let client = target.connect().await?;
+        let client = lock_client.clone();
         let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
         let tables = swap_tables(
             &client,
@@ -243,7 +272,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             Some(&synced),
         )
         .await?;
-        return swap_and_report(
+        let code = swap_and_report(
             client,
             &tables,
             args.staging_name.as_deref(),
@@ -252,7 +281,14 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             out,
             Some(&report),
         )
-        .await;
+        .await?;
+        if let Some(lock) = held {
+            lock.release().await?;
+        }
+        return Ok(code);
+    }
+    if let Some(lock) = held {
+        lock.release().await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
@@ -364,8 +400,26 @@ async fn swap_tables(
 /// Flips the staging tables into `tables` in one transaction (pgflip's target lock held) and
 /// prints `Successfully swapped <table>_staging to <table>` per table (with the sync report
 /// first, when there is one).
+/// What `pgflip.runs` says a sync did: the subcommand and the first tables (never endpoints).
+fn run_label(what: &str, tables: &[String]) -> String {
+    const SHOWN: usize = 10;
+    let mut label = format!(
+        "{what} {}",
+        tables
+            .iter()
+            .take(SHOWN)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    if tables.len() > SHOWN {
+        label.push_str(&format!(" (and {} more)", tables.len() - SHOWN));
+    }
+    label
+}
+
 async fn swap_and_report(
-    client: tokio_postgres::Client,
+    client: Arc<tokio_postgres::Client>,
     tables: &[QualifiedName],
     staging_name: Option<&str>,
     args: &SyncArgs,
@@ -402,7 +456,6 @@ async fn swap_and_report(
         }
         return Ok(exit::OK);
     }
-    let client = std::sync::Arc::new(client);
     let events = out.events();
     let flip_pairs = pairs.clone();
     let names: Vec<String> = pairs.iter().map(|p| p.live.to_string()).collect();
