@@ -111,6 +111,14 @@ ALTER TABLE pgflip.runs ADD CONSTRAINT runs_status_check
     CHECK (status IN ('running', 'succeeded', 'failed'));
 "#,
     },
+    Migration {
+        version: 3,
+        description: "generation relations: checksum method",
+        sql: r#"
+ALTER TABLE pgflip.generation_relations ADD COLUMN checksum_method text
+    CHECK (checksum_method IN ('md5', 'hash'));
+"#,
+    },
 ];
 
 /// The newest state version this build knows.

@@ -1370,3 +1370,65 @@ async fn sync_swap_alone_swaps_the_staging_tables_already_loaded() {
     assert_eq!(gens.len(), 1);
     assert_eq!(gens[0].relations.len(), 2);
 }
+
+/// Checksums hash rows with the row type's own hash when every column type has one, and with
+/// md5 of the text otherwise; `verify` recomputes with the recorded method and catches a
+/// changed row either way.
+#[tokio::test]
+async fn checksums_pick_their_method_and_verify_catches_a_changed_row() {
+    let db = fresh_db("flip_checksum_method");
+    db.psql(
+        "CREATE DOMAIN pos AS numeric CHECK (VALUE > 0); CREATE TYPE mood AS ENUM ('ok', 'meh'); \
+         CREATE TABLE h (id int PRIMARY KEY, v varchar(10), n pos, m mood, tags text[], at timestamptz); \
+         CREATE TABLE h_staging (LIKE h INCLUDING ALL); \
+         INSERT INTO h SELECT g, 'v' || g, g, 'ok', ARRAY['a', g::text], now() FROM generate_series(1, 50) g; \
+         INSERT INTO h_staging SELECT g, 'w' || g, g + 0.5, 'meh', ARRAY['b'], now() FROM generate_series(1, 40) g; \
+         CREATE TABLE j (id int PRIMARY KEY, doc json, p point); \
+         CREATE TABLE j_staging (LIKE j INCLUDING ALL); \
+         INSERT INTO j SELECT g, '{\"a\": 1}', point(g, g) FROM generate_series(1, 30) g; \
+         INSERT INTO j_staging SELECT g, '{\"b\": 2}', point(g, 0) FROM generate_series(1, 20) g;",
+    );
+    let c = db.client().await;
+    for (table, method, rows) in [("h", "hash", 40), ("j", "md5", 20)] {
+        let gen = flip::flip(
+            &c,
+            &[FlipPair {
+                live: QualifiedName::new("public", table),
+                green: QualifiedName::new("public", format!("{table}_staging")),
+            }],
+            FlipKind::Sync,
+            &FlipOptions::default(),
+            &NullSink,
+        )
+        .await
+        .unwrap()
+        .generation;
+        let r = &gen.relations[0];
+        assert_eq!(r.checksum_method.as_str(), method, "{table}");
+        assert_eq!(r.live_rows, Some(rows));
+        assert!(r.retired_checksum.is_some(), "{table}: no retired checksum");
+        // The recorded live checksum is what the method gives on the live table now.
+        assert_eq!(
+            text(
+                &c,
+                &pgflip::flip::generation::checksum_sql(
+                    &format!("public.{table}"),
+                    r.checksum_method
+                )
+                .replacen("count(*)::bigint, ", "", 1)
+            )
+            .await,
+            r.live_checksum.clone().unwrap()
+        );
+        let out = pgflip(&["verify", "--target", &db.url(), "--timestamp", &gen.label]);
+        assert!(out.status.success(), "{}", stdout(&out));
+        // A changed value in the retired table is caught.
+        db.psql(&format!(
+            "UPDATE {}.{table} SET id = id + 1000 WHERE id = 1",
+            gen.backup_schema
+        ));
+        let out = pgflip(&["verify", "--target", &db.url(), "--timestamp", &gen.label]);
+        assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+        assert!(stdout(&out).contains("checksum"), "{}", stdout(&out));
+    }
+}

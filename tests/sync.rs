@@ -1066,7 +1066,7 @@ async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
         .await
         .unwrap();
     let (s, t) = (src.url(), tgt.url());
-    let mut first = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+    let first = Command::new(env!("CARGO_BIN_EXE_pgflip"))
         .args([
             "sync",
             "--source",

@@ -7,8 +7,15 @@
 //! and of the side that was retired (taken right after the commit: once retired, nothing writes
 //! the relation, because the flip moved every foreign key, trigger and publication off it). Both
 //! are full scans, and neither runs while the flip holds its locks, so they cost time but never
-//! a stall. The checksum is the sum of the first 64 bits of md5 of each row's text form, as
-//! `numeric`: independent of row order and physical layout, stable across dump / restore.
+//! a stall.
+//!
+//! The checksum is an order-independent sum, as `numeric`, of one 64-bit hash per row, so it
+//! does not depend on row order or physical layout and survives dump / restore. Two ways of
+//! hashing a row ([`ChecksumMethod`]): `hash`, the row type's own hash (`hash_record_extended`,
+//! PostgreSQL 14+), several times cheaper because it never prints the row as text, used when
+//! every column type has an extended hash function; otherwise `md5`, the first 64 bits of md5 of
+//! the row's text form. The method is recorded with the relation so that `verify` recomputes the
+//! same one. (`hash` follows the types' equality: `1.0` and `1.00` hash alike.)
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -18,21 +25,103 @@ use crate::error::{DbResultExt, Error, Result};
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{LockMode, Plan, Step};
 
-/// SQL for `(count, checksum)` of the relation `rel` (already quoted).
-pub fn checksum_sql(rel: &str) -> String {
-    format!(
-        "SELECT count(*)::bigint, coalesce(sum(('x' || left(md5(t::text), 16))::bit(64)::bigint::numeric), 0)::text \
-         FROM {rel} AS t"
-    )
+/// How a relation's rows are hashed for its checksum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChecksumMethod {
+    /// First 64 bits of md5 of each row's text form (what generations recorded before there
+    /// was a choice, so a missing method means this one).
+    Md5,
+    /// `hash_record_extended(row, 0)`.
+    Hash,
+}
+
+impl ChecksumMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChecksumMethod::Md5 => "md5",
+            ChecksumMethod::Hash => "hash",
+        }
+    }
+
+    /// The method recorded in the state (`None`: recorded before methods existed).
+    pub fn recorded(s: Option<&str>) -> ChecksumMethod {
+        match s {
+            Some("hash") => ChecksumMethod::Hash,
+            _ => ChecksumMethod::Md5,
+        }
+    }
+}
+
+/// SQL for `(count, checksum)` of the relation `rel` (already quoted). `sum(bigint)` adds in
+/// 128-bit integers and returns `numeric`: no overflow, no numeric arithmetic per row.
+pub fn checksum_sql(rel: &str, method: ChecksumMethod) -> String {
+    let hash = match method {
+        ChecksumMethod::Md5 => "('x' || left(md5(t::text), 16))::bit(64)::bigint",
+        ChecksumMethod::Hash => "pg_catalog.hash_record_extended(t, 0)",
+    };
+    format!("SELECT count(*)::bigint, coalesce(sum({hash}), 0)::text FROM {rel} AS t")
 }
 
 /// Computes `(rows, checksum)` of a relation.
-pub async fn checksum(client: &Client, rel: &str) -> Result<(i64, String)> {
+pub async fn checksum(client: &Client, rel: &str, method: ChecksumMethod) -> Result<(i64, String)> {
     let row = client
-        .query_one(&checksum_sql(rel), &[])
+        .query_one(&checksum_sql(rel, method), &[])
         .await
         .ctx(format!("computing the checksum of {rel}"))?;
     Ok((row.get(0), row.get(1)))
+}
+
+/// The cheapest method that works for every one of `relations` (oids): [`ChecksumMethod::Hash`]
+/// when the server has it and every column type (through domains and arrays) is a base or enum
+/// type with a default hash operator class that has an extended hash function; composite,
+/// range and other types take [`ChecksumMethod::Md5`] (their hashing depends on their parts,
+/// and md5 of the text never fails).
+pub async fn checksum_method(client: &Client, relations: &[u32]) -> Result<ChecksumMethod> {
+    let version: i32 = client
+        .query_one(
+            "SELECT pg_catalog.current_setting('server_version_num')::int",
+            &[],
+        )
+        .await
+        .ctx("reading the server version")?
+        .get(0);
+    if version < 140000 {
+        return Ok(ChecksumMethod::Md5);
+    }
+    let hashable: bool = client
+        .query_one(
+            "WITH RECURSIVE ty(oid) AS ( \
+               SELECT a.atttypid FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = ANY($1::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+               UNION \
+               SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END \
+               FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid \
+               WHERE t.typtype = 'd' \
+                  OR (t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc) \
+             ) \
+             SELECT NOT EXISTS ( \
+               SELECT 1 FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid \
+               WHERE t.typtype <> 'd' \
+                 AND NOT (t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc) \
+                 AND NOT (t.typtype = 'e' OR (t.typtype = 'b' AND EXISTS ( \
+                   SELECT 1 FROM pg_catalog.pg_opclass oc \
+                   JOIN pg_catalog.pg_am am ON am.oid = oc.opcmethod AND am.amname = 'hash' \
+                   JOIN pg_catalog.pg_amproc p ON p.amprocfamily = oc.opcfamily AND p.amprocnum = 2 \
+                     AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype \
+                   WHERE oc.opcdefault AND (oc.opcintype = t.oid OR EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = t.oid \
+                       AND c.casttarget = oc.opcintype AND c.castmethod = 'b'))))))",
+            &[&relations.to_vec()],
+        )
+        .await
+        .ctx("choosing how to checksum rows")?
+        .get(0);
+    Ok(if hashable {
+        ChecksumMethod::Hash
+    } else {
+        ChecksumMethod::Md5
+    })
 }
 
 /// One relation of a generation.
@@ -49,6 +138,8 @@ pub struct GenerationRelation {
     pub live_checksum: Option<String>,
     pub retired_rows: Option<i64>,
     pub retired_checksum: Option<String>,
+    /// How both checksums hash rows.
+    pub checksum_method: ChecksumMethod,
     /// `pg_total_relation_size` of the retired relation, when it is still there.
     pub retired_bytes: Option<i64>,
 }
@@ -102,9 +193,10 @@ pub async fn list(client: &Client) -> Result<Vec<Generation>> {
             "SELECT generation_id, position, live_schema, live_name, green_schema, green_name, \
                     retired_schema, retired_name, live_rows, live_checksum::text, retired_rows, \
                     retired_checksum::text, \
+                    pg_catalog.to_jsonb(gr) ->> 'checksum_method', \
                     (SELECT pg_total_relation_size(c.oid) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
                       WHERE n.nspname = retired_schema AND c.relname = retired_name) \
-             FROM pgflip.generation_relations ORDER BY generation_id, position",
+             FROM pgflip.generation_relations gr ORDER BY generation_id, position",
             &[],
         )
         .await
@@ -138,7 +230,8 @@ pub async fn list(client: &Client) -> Result<Vec<Generation>> {
                 live_checksum: r.get(9),
                 retired_rows: r.get(10),
                 retired_checksum: r.get(11),
-                retired_bytes: r.get(12),
+                checksum_method: ChecksumMethod::recorded(r.get(12)),
+                retired_bytes: r.get(13),
             });
         }
     }
@@ -218,7 +311,7 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
                 .problems
                 .push(format!("{name} is missing (retired from {})", r.live()));
         } else {
-            let (rows, sum) = checksum(client, &name).await?;
+            let (rows, sum) = checksum(client, &name, r.checksum_method).await?;
             if r.retired_rows.is_none() || r.retired_checksum.is_none() {
                 report.problems.push(format!(
                     "{name}: no row count / checksum was recorded at the flip (interrupted before it was taken)"

@@ -168,6 +168,8 @@ pub struct PlannedRelation {
     pub green_oid: u32,
     pub green_rows: Option<i64>,
     pub green_checksum: Option<String>,
+    /// How green's rows (now) and the retired side's (after the commit) are hashed.
+    pub checksum_method: generation::ChecksumMethod,
 }
 
 /// A flip, fully planned: what `--dry-run` prints and what [`execute`] runs.
@@ -298,12 +300,15 @@ pub async fn plan_flip(
             green_oid: green_oids[i],
             green_rows: None,
             green_checksum: None,
+            checksum_method: generation::checksum_method(client, &[live_oids[i], green_oids[i]])
+                .await?,
         });
     }
     let warnings = check(&inv, &relations, opts)?;
     if opts.checksums {
         for r in relations.iter_mut() {
-            let (rows, sum) = generation::checksum(client, &r.green.sql()).await?;
+            let (rows, sum) =
+                generation::checksum(client, &r.green.sql(), r.checksum_method).await?;
             r.green_rows = Some(rows);
             r.green_checksum = Some(sum);
         }
@@ -1294,8 +1299,8 @@ fn render(
     for (i, r) in relations.iter().enumerate() {
         rec.push_str(&format!(
             "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
-               retired_schema, retired_name, live_rows, live_checksum) \
-             SELECT id, {i}, {}, {}, {}, {}, {}, {}, {}, {} FROM pgflip.generations WHERE label = {}",
+               retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
+             SELECT id, {i}, {}, {}, {}, {}, {}, {}, {}, {}, {} FROM pgflip.generations WHERE label = {}",
             quote_literal(&r.live.schema),
             quote_literal(&r.live.name),
             quote_literal(&r.green.schema),
@@ -1304,6 +1309,7 @@ fn render(
             quote_literal(&r.retired.name),
             r.green_rows.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into()),
             r.green_checksum.as_deref().map(|c| format!("{}::numeric", quote_literal(c))).unwrap_or_else(|| "NULL".into()),
+            quote_literal(r.checksum_method.as_str()),
             quote_literal(&label),
         ));
         rec.push_str(&format!(
@@ -1344,7 +1350,7 @@ fn render(
                     "UPDATE pgflip.generation_relations gr SET retired_rows = s.n, retired_checksum = s.h::numeric \
                      FROM ({}) AS s(n, h) \
                      WHERE gr.position = {i} AND gr.generation_id = (SELECT id FROM pgflip.generations WHERE label = {})",
-                    generation::checksum_sql(&r.retired.sql()),
+                    generation::checksum_sql(&r.retired.sql(), r.checksum_method),
                     quote_literal(&label)
                 ),
             )
