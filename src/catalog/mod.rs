@@ -15,6 +15,7 @@
 //! belong to an extension (the extension stands for them), aggregates, foreign tables, rules
 //! other than view definitions, and default privileges.
 
+mod deps;
 #[doc(hidden)]
 pub mod queries;
 pub mod types;
@@ -113,23 +114,6 @@ struct TriggersPolicies {
     policies: Vec<Rel<Policy>>,
 }
 
-type RawDependency = (String, u32, String, u32, String);
-
-fn obj_class(catalog: &str) -> Option<ObjClass> {
-    Some(match catalog {
-        "pg_namespace" => ObjClass::Namespace,
-        "pg_extension" => ObjClass::Extension,
-        "pg_collation" => ObjClass::Collation,
-        "pg_type" => ObjClass::Type,
-        "pg_class" => ObjClass::Class,
-        "pg_proc" => ObjClass::Proc,
-        "pg_constraint" => ObjClass::Constraint,
-        "pg_trigger" => ObjClass::Trigger,
-        "pg_policy" => ObjClass::Policy,
-        _ => return None,
-    })
-}
-
 impl Snapshot {
     /// Statements sent by [`Snapshot::load`]: one to save and clear `search_path`, the catalog
     /// queries, one to restore `search_path`. The same for 1 table or 10,000.
@@ -226,7 +210,13 @@ impl Snapshot {
             one::<Vec<Rel<Index>>>(c(1), "indexes", &q_idx, inc, exc),
             one::<TriggersPolicies>(c(8), "triggers", &q_trg, inc, exc),
             one::<Vec<Function>>(c(9), "functions", &q_fun, inc, exc),
-            one::<Vec<RawDependency>>(c(2), "dependencies", &q_dep, inc, exc),
+            async {
+                let row = c(2)
+                    .query_one(q_dep.as_str(), &[])
+                    .await
+                    .ctx("reading the catalog (dependencies)")?;
+                deps::RawDeps::from_row(&row).ctx("decoding the catalog (dependencies)")
+            },
         )?;
         let mut snap = Snapshot {
             filter: filter.clone(),
@@ -245,24 +235,7 @@ impl Snapshot {
             queries: 0,
         };
         snap.assemble(rels, cols, cons, idx, trg);
-        snap.dependencies = deps
-            .into_iter()
-            .filter_map(|(fc, fo, tc, to, dt)| {
-                Some(Dependency {
-                    from: ObjRef {
-                        class: obj_class(&fc)?,
-                        oid: fo,
-                    },
-                    to: ObjRef {
-                        class: obj_class(&tc)?,
-                        oid: to,
-                    },
-                    deptype: dt.chars().next().unwrap_or('n'),
-                })
-            })
-            .collect();
-        snap.dependencies.sort_by_key(|d| (d.from, d.to, d.deptype));
-        snap.dependencies.dedup();
+        snap.dependencies = deps::fold(&deps);
         Ok(snap)
     }
 

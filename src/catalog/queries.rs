@@ -397,57 +397,48 @@ WHERE p.prokind <> 'a' AND {p_not_ext}
     )
 }
 
-/// Dependency edges between user objects, with sub-objects folded into their owner: column
-/// defaults and view rules into the relation, array and multirange types into their element
-/// and range type, row types into their relation. A reference to an extension member becomes
-/// a reference to the extension. System objects (oid < 16384) never matter for ordering.
+/// The raw material of the dependency edges between user objects, as one row of arrays (not
+/// JSON), each from a plain scan of one catalog: the `pg_depend` rows between user objects
+/// (oid >= 16384: system objects never matter for ordering), extension memberships, and the
+/// sub-objects that are folded into their owner ([`super::deps`] does the folding): column
+/// defaults and rules into their relation, array and multirange types into their element and
+/// range type, row types into their relation.
+///
+/// No joins on purpose: after bulk DDL the catalog's statistics are stale (autovacuum has not
+/// analyzed it yet; the histogram says no `pg_depend` row has an oid >= 16384), and the joins
+/// this once did in SQL were then planned as nested loops over tens of thousands of rows,
+/// which took a minute. A scan per catalog is linear whatever the statistics say.
 pub fn dependencies() -> String {
-    format!(
-        r#"{SCOPE},
-dep AS (
-  SELECT DISTINCT d.classid, d.objid, d.refclassid, d.refobjid, d.deptype
-  FROM pg_catalog.pg_depend d
-  WHERE d.objid >= 16384 AND d.refobjid >= 16384 AND d.deptype IN ('n', 'a', 'i', 'P', 'S')
-),
-objs AS (
-  SELECT classid, objid FROM dep UNION SELECT refclassid, refobjid FROM dep
-),
-res AS (
-  SELECT o.classid, o.objid,
-    CASE
-      WHEN o.classid IN ('pg_catalog.pg_attrdef'::pg_catalog.regclass, 'pg_catalog.pg_rewrite'::pg_catalog.regclass,
-                         'pg_catalog.pg_class'::pg_catalog.regclass) THEN 'pg_class'
-      WHEN o.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
-        THEN CASE WHEN bt.typrelid <> 0 THEN 'pg_class' ELSE 'pg_type' END
-      ELSE o.classid::pg_catalog.regclass::text
-    END AS cls,
-    CASE
-      WHEN o.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass THEN ad.adrelid
-      WHEN o.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass THEN rw.ev_class
-      WHEN o.classid = 'pg_catalog.pg_type'::pg_catalog.regclass
-        THEN CASE WHEN bt.typrelid <> 0 THEN bt.typrelid ELSE bt.oid END
-      ELSE o.objid
-    END AS oid
-  FROM objs o
-  LEFT JOIN pg_catalog.pg_attrdef ad ON o.classid = 'pg_catalog.pg_attrdef'::pg_catalog.regclass AND ad.oid = o.objid
-  LEFT JOIN pg_catalog.pg_rewrite rw ON o.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND rw.oid = o.objid
-  LEFT JOIN pg_catalog.pg_type t ON o.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND t.oid = o.objid
-  LEFT JOIN pg_catalog.pg_type el ON el.oid = t.typelem AND el.typarray = t.oid
-  LEFT JOIN pg_catalog.pg_range mr ON mr.rngmultitypid = t.oid
-  LEFT JOIN pg_catalog.pg_type bt ON bt.oid = COALESCE(el.oid, mr.rngtypid, t.oid)
-),
-ref AS (
-  SELECT r.classid, r.objid,
-    CASE WHEN e.refobjid IS NOT NULL THEN 'pg_extension' ELSE r.cls END AS cls,
-    COALESCE(e.refobjid, r.oid) AS oid
-  FROM res r
-  LEFT JOIN ext e ON e.classid = r.cls::pg_catalog.regclass AND e.objid = r.oid
-)
-SELECT COALESCE(pg_catalog.json_agg(DISTINCT pg_catalog.jsonb_build_array(f.cls, f.oid::int8, t.cls, t.oid::int8, d.deptype)), '[]')
-FROM dep d
-JOIN res f ON f.classid = d.classid AND f.objid = d.objid
-JOIN ref t ON t.classid = d.refclassid AND t.objid = d.refobjid
-WHERE f.oid IS NOT NULL AND t.oid IS NOT NULL AND NOT (f.cls = t.cls AND f.oid = t.oid)
+    r#"
+SELECT d.classid, d.objid, d.refclassid, d.refobjid, d.deptype,
+  e.classid, e.objid, e.refobjid,
+  ad.oid, ad.rel, rw.oid, rw.rel,
+  ty.oid, ty.elem, ty.arr, ty.rel,
+  rg.multi, rg.rng,
+  cat.oid, cat.name
+FROM (SELECT pg_catalog.array_agg(d.classid) AS classid, pg_catalog.array_agg(d.objid) AS objid,
+        pg_catalog.array_agg(d.refclassid) AS refclassid, pg_catalog.array_agg(d.refobjid) AS refobjid,
+        pg_catalog.array_agg(d.deptype) AS deptype
+      FROM pg_catalog.pg_depend d
+      WHERE d.objid >= 16384 AND d.refobjid >= 16384 AND d.deptype IN ('n', 'a', 'i', 'P', 'S')) d,
+     (SELECT pg_catalog.array_agg(e.classid) AS classid, pg_catalog.array_agg(e.objid) AS objid,
+        pg_catalog.array_agg(e.refobjid) AS refobjid
+      FROM pg_catalog.pg_depend e WHERE e.deptype = 'e') e,
+     (SELECT pg_catalog.array_agg(a.oid) AS oid, pg_catalog.array_agg(a.adrelid) AS rel
+      FROM pg_catalog.pg_attrdef a WHERE a.oid >= 16384) ad,
+     (SELECT pg_catalog.array_agg(r.oid) AS oid, pg_catalog.array_agg(r.ev_class) AS rel
+      FROM pg_catalog.pg_rewrite r WHERE r.oid >= 16384) rw,
+     (SELECT pg_catalog.array_agg(t.oid) AS oid, pg_catalog.array_agg(t.typelem) AS elem,
+        pg_catalog.array_agg(t.typarray) AS arr, pg_catalog.array_agg(t.typrelid) AS rel
+      FROM pg_catalog.pg_type t WHERE t.oid >= 16384) ty,
+     (SELECT pg_catalog.array_agg(r.rngmultitypid) AS multi, pg_catalog.array_agg(r.rngtypid) AS rng
+      FROM pg_catalog.pg_range r WHERE r.rngtypid >= 16384) rg,
+     (SELECT pg_catalog.array_agg(c.oid) AS oid, pg_catalog.array_agg(c.relname::text) AS name
+      FROM pg_catalog.pg_class c
+      WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace
+        AND c.relname IN ('pg_namespace', 'pg_extension', 'pg_collation', 'pg_type', 'pg_class',
+                          'pg_proc', 'pg_constraint', 'pg_trigger', 'pg_policy', 'pg_attrdef',
+                          'pg_rewrite')) cat
 "#
-    )
+    .to_string()
 }
