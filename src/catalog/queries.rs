@@ -174,7 +174,7 @@ SELECT COALESCE(pg_catalog.json_agg(x ORDER BY x.schema, x.name), '[]') FROM (
 SELECT c.oid::int8 AS oid, ns.nspname AS schema, c.relname AS name,
   pg_catalog.pg_get_userbyid(c.relowner) AS owner,
   {sacl} AS acl,
-  pg_catalog.obj_description(c.oid, 'pg_class') AS comment,
+  ds.description AS comment,
   pg_catalog.format_type(s.seqtypid, NULL) AS data_type,
   s.seqstart AS start, s.seqincrement AS increment, s.seqmin AS min, s.seqmax AS max,
   s.seqcache AS cache, s.seqcycle AS cycle,
@@ -184,6 +184,8 @@ SELECT c.oid::int8 AS oid, ns.nspname AS schema, c.relname AS name,
 FROM pg_catalog.pg_class c
 JOIN ns ON ns.oid = c.relnamespace
 JOIN pg_catalog.pg_sequence s ON s.seqrelid = c.oid
+LEFT JOIN pg_catalog.pg_description ds ON ds.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
+   AND ds.objoid = c.oid AND ds.objsubid = 0
 LEFT JOIN pg_catalog.pg_depend d ON d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass
    AND d.objid = c.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass
    AND d.refobjsubid > 0 AND d.deptype IN ('a', 'i')
@@ -292,10 +294,12 @@ SELECT co.oid::int8 AS oid, co.conrelid::int8 AS rel, co.conname AS name,
                   FROM pg_catalog.unnest(co.confkey) WITH ORDINALITY k(attnum, n)
                   JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = k.attnum),
     'on_update', co.confupdtype, 'on_delete', co.confdeltype) END AS "references",
-  pg_catalog.obj_description(co.oid, 'pg_constraint') AS comment
+  ds.description AS comment
 FROM pg_catalog.pg_constraint co
 JOIN pg_catalog.pg_class c ON c.oid = co.conrelid
 JOIN ns ON ns.oid = c.relnamespace
+LEFT JOIN pg_catalog.pg_description ds ON ds.classoid = 'pg_catalog.pg_constraint'::pg_catalog.regclass
+   AND ds.objoid = co.oid AND ds.objsubid = 0
 LEFT JOIN pg_catalog.pg_class i ON i.oid = co.conindid
 LEFT JOIN pg_catalog.pg_class fc ON fc.oid = co.confrelid
 LEFT JOIN pg_catalog.pg_namespace fn ON fn.oid = fc.relnamespace
@@ -311,7 +315,9 @@ pub fn indexes() -> String {
         r#"{SCOPE}
 SELECT COALESCE(pg_catalog.json_agg(x ORDER BY x.rel, x.name), '[]') FROM (
 SELECT i.oid::int8 AS oid, x.indrelid::int8 AS rel, ns.nspname AS schema, i.relname AS name,
-  pg_catalog.pg_get_indexdef(i.oid) AS definition,
+  -- The constraint stands for an index that enforces one (and is what recreates it), and
+  -- pg_get_indexdef costs a relation open per call: a third of this query's time.
+  CASE WHEN co.conname IS NULL THEN pg_catalog.pg_get_indexdef(i.oid) ELSE '' END AS definition,
   x.indisunique AS "unique", x.indisprimary AS "primary", x.indisvalid AS valid,
   co.conname AS "constraint",
   (SELECT pg_catalog.json_build_object('schema', pn.nspname, 'name', p.relname)

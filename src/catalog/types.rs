@@ -348,7 +348,8 @@ pub struct Index {
     pub oid: u32,
     pub schema: String,
     pub name: String,
-    /// `pg_get_indexdef`.
+    /// `pg_get_indexdef`; empty for an index that enforces a constraint (`constraint` is
+    /// set): the constraint's definition stands for it and creates it.
     pub definition: String,
     pub unique: bool,
     pub primary: bool,
