@@ -109,6 +109,33 @@ struct Rel<T> {
 }
 
 #[derive(Deserialize)]
+struct RawConstraint {
+    #[serde(flatten)]
+    constraint: Constraint,
+    /// `conkey`.
+    key: Option<Vec<i16>>,
+    /// The column names, when the server had to name them (system columns).
+    named_columns: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawIndex {
+    #[serde(flatten)]
+    index: Index,
+    /// `indkey`: key columns, then INCLUDE columns.
+    key: Vec<i16>,
+    key_count: usize,
+}
+
+/// The name of column `num` (`columns` by number, as loaded).
+fn column_name(columns: &[Column], num: i16) -> Option<String> {
+    columns
+        .binary_search_by_key(&num, |c| c.num)
+        .ok()
+        .map(|i| columns[i].name.clone())
+}
+
+#[derive(Deserialize)]
 struct TriggersPolicies {
     triggers: Vec<Rel<Trigger>>,
     policies: Vec<Rel<Policy>>,
@@ -206,8 +233,8 @@ impl Snapshot {
             one::<Vec<Sequence>>(c(7), "sequences", &q_seqs, inc, exc),
             one::<Vec<RawRelation>>(c(4), "relations", &q_rels, inc, exc),
             one::<Vec<Rel<Column>>>(c(0), "columns", &q_cols, inc, exc),
-            one::<Vec<Rel<Constraint>>>(c(3), "constraints", &q_cons, inc, exc),
-            one::<Vec<Rel<Index>>>(c(1), "indexes", &q_idx, inc, exc),
+            one::<Vec<Rel<RawConstraint>>>(c(3), "constraints", &q_cons, inc, exc),
+            one::<Vec<Rel<RawIndex>>>(c(1), "indexes", &q_idx, inc, exc),
             one::<TriggersPolicies>(c(8), "triggers", &q_trg, inc, exc),
             one::<Vec<Function>>(c(9), "functions", &q_fun, inc, exc),
             async {
@@ -244,8 +271,8 @@ impl Snapshot {
         &mut self,
         rels: Vec<RawRelation>,
         cols: Vec<Rel<Column>>,
-        cons: Vec<Rel<Constraint>>,
-        idx: Vec<Rel<Index>>,
+        cons: Vec<Rel<RawConstraint>>,
+        idx: Vec<Rel<RawIndex>>,
         trg: TriggersPolicies,
     ) {
         let seq_options: HashMap<(&str, &str), &SequenceOptions> = self
@@ -262,13 +289,40 @@ impl Snapshot {
             }
             columns.entry(c.rel).or_default().push(c.item);
         }
+        let no_columns = Vec::new();
         let mut constraints: HashMap<u32, Vec<Constraint>> = HashMap::new();
         for c in cons {
-            constraints.entry(c.rel).or_default().push(c.item);
+            let RawConstraint {
+                mut constraint,
+                key,
+                named_columns,
+            } = c.item;
+            constraint.columns = match named_columns {
+                Some(names) => names,
+                None => {
+                    let cols = columns.get(&c.rel).unwrap_or(&no_columns);
+                    key.unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|n| column_name(cols, n))
+                        .collect()
+                }
+            };
+            constraints.entry(c.rel).or_default().push(constraint);
         }
         let mut indexes: HashMap<u32, Vec<Index>> = HashMap::new();
         for i in idx {
-            indexes.entry(i.rel).or_default().push(i.item);
+            let RawIndex {
+                mut index,
+                key,
+                key_count,
+            } = i.item;
+            let cols = columns.get(&i.rel).unwrap_or(&no_columns);
+            index.columns = key
+                .into_iter()
+                .take(key_count)
+                .map(|n| column_name(cols, n))
+                .collect();
+            indexes.entry(i.rel).or_default().push(index);
         }
         let mut triggers: HashMap<u32, Vec<Trigger>> = HashMap::new();
         for t in trg.triggers {

@@ -285,9 +285,13 @@ SELECT co.oid::int8 AS oid, co.conrelid::int8 AS rel, co.conname AS name,
   co.conislocal AS is_local, co.coninhcount AS inherit_count, co.connoinherit AS no_inherit,
   co.conparentid <> 0 AS from_parent,
   CASE WHEN co.contype IN ('p', 'u', 'x') THEN i.relname END AS "index",
-  (SELECT COALESCE(pg_catalog.json_agg(a.attname ORDER BY k.n), '[]')
-     FROM pg_catalog.unnest(co.conkey) WITH ORDINALITY k(attnum, n)
-     JOIN pg_catalog.pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.attnum) AS columns,
+  -- Column numbers: the loader names them from the table's columns (a lookup in SQL per
+  -- constraint is half of this query), except system columns (a CHECK may use tableoid).
+  co.conkey AS "key",
+  CASE WHEN 0 >= ANY (co.conkey) THEN
+    (SELECT COALESCE(pg_catalog.json_agg(a.attname ORDER BY k.n), '[]')
+       FROM pg_catalog.unnest(co.conkey) WITH ORDINALITY k(attnum, n)
+       JOIN pg_catalog.pg_attribute a ON a.attrelid = co.conrelid AND a.attnum = k.attnum) END AS named_columns,
   CASE WHEN co.contype = 'f' THEN pg_catalog.json_build_object(
     'schema', fn.nspname, 'table', fc.relname,
     'columns', (SELECT COALESCE(pg_catalog.json_agg(a.attname ORDER BY k.n), '[]')
@@ -324,10 +328,9 @@ SELECT i.oid::int8 AS oid, x.indrelid::int8 AS rel, ns.nspname AS schema, i.reln
      FROM pg_catalog.pg_inherits h JOIN pg_catalog.pg_class p ON p.oid = h.inhparent
      JOIN pg_catalog.pg_namespace pn ON pn.oid = p.relnamespace
     WHERE h.inhrelid = i.oid LIMIT 1) AS parent_index,
-  (SELECT pg_catalog.json_agg(a.attname ORDER BY k.n)
-     FROM pg_catalog.unnest(x.indkey::pg_catalog.int2[]) WITH ORDINALITY k(attnum, n)
-     LEFT JOIN pg_catalog.pg_attribute a ON a.attrelid = x.indrelid AND a.attnum = k.attnum
-    WHERE k.n <= x.indnkeyatts) AS columns,
+  -- Key and INCLUDE column numbers (0: an expression): named by the loader from the table's
+  -- columns, as for constraints.
+  x.indkey::pg_catalog.int2[] AS "key", x.indnkeyatts AS key_count,
   x.indpred IS NOT NULL AS partial,
   ds.description AS comment
 FROM pg_catalog.pg_index x

@@ -327,6 +327,7 @@ pub struct Constraint {
     pub from_parent: bool,
     /// The index that enforces it (primary key, unique, exclusion).
     pub index: Option<String>,
+    #[serde(default)]
     pub columns: Vec<String>,
     /// Foreign keys: the referenced table and columns.
     pub references: Option<ForeignKeyTarget>,
@@ -359,6 +360,7 @@ pub struct Index {
     /// The partitioned index this one is attached to.
     pub parent_index: Option<QualName>,
     /// Key columns; `None` for an expression.
+    #[serde(default)]
     pub columns: Vec<Option<String>>,
     pub partial: bool,
     pub comment: Option<String>,
