@@ -23,7 +23,8 @@ pub mod types;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Client;
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, Row};
 
 use crate::error::DbResultExt;
 use crate::Result;
@@ -135,6 +136,44 @@ fn column_name(columns: &[Column], num: i16) -> Option<String> {
         .map(|i| columns[i].name.clone())
 }
 
+/// The rows of [`queries::columns`], by relation and position.
+fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(Rel {
+            rel: r.try_get::<_, i64>("rel")? as u32,
+            item: Column {
+                num: r.try_get("num")?,
+                name: r.try_get("name")?,
+                type_name: r.try_get("type_name")?,
+                type_oid: r.try_get::<_, i64>("type_oid")? as u32,
+                collation: r.try_get("collation")?,
+                default: r.try_get("default")?,
+                not_null: r.try_get("not_null")?,
+                identity: match r.try_get::<_, Option<&str>>("identity")? {
+                    Some("always") => Some(Identity::Always),
+                    Some(_) => Some(Identity::ByDefault),
+                    None => None,
+                },
+                identity_sequence: r
+                    .try_get::<_, Option<Json<QualName>>>("identity_sequence")?
+                    .map(|j| j.0),
+                identity_options: None,
+                generated: r.try_get("generated")?,
+                is_local: r.try_get("is_local")?,
+                inherit_count: r.try_get("inherit_count")?,
+                acl: r
+                    .try_get::<_, Option<Json<Vec<AclItem>>>>("acl")?
+                    .map(|j| j.0)
+                    .unwrap_or_default(),
+                comment: r.try_get("comment")?,
+            },
+        });
+    }
+    out.sort_by_key(|c| (c.rel, c.item.num));
+    Ok(out)
+}
+
 #[derive(Deserialize)]
 struct TriggersPolicies {
     triggers: Vec<Rel<Trigger>>,
@@ -232,7 +271,13 @@ impl Snapshot {
             one::<Vec<TypeDef>>(c(6), "types", &q_types, inc, exc),
             one::<Vec<Sequence>>(c(7), "sequences", &q_seqs, inc, exc),
             one::<Vec<RawRelation>>(c(4), "relations", &q_rels, inc, exc),
-            one::<Vec<Rel<Column>>>(c(0), "columns", &q_cols, inc, exc),
+            async {
+                let rows = c(0)
+                    .query(q_cols.as_str(), &[inc, exc])
+                    .await
+                    .ctx("reading the catalog (columns)")?;
+                column_rows(&rows).ctx("decoding the catalog (columns)")
+            },
             one::<Vec<Rel<RawConstraint>>>(c(3), "constraints", &q_cons, inc, exc),
             one::<Vec<Rel<RawIndex>>>(c(1), "indexes", &q_idx, inc, exc),
             one::<TriggersPolicies>(c(8), "triggers", &q_trg, inc, exc),

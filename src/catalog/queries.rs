@@ -1,8 +1,10 @@
 //! The catalog queries of a snapshot.
 //!
-//! Each query is set-based (one scan per catalog, whatever the number of tables) and returns a
+//! Each query is set-based (one scan per catalog, whatever the number of tables). Most return a
 //! single JSON document that deserializes straight into the types of [`super::types`]: one row
-//! per query keeps the driver work small and lets the server do the joins. Newer-server
+//! per query keeps the driver work small and lets the server do the joins. The two biggest
+//! answers are plain rows ([`columns`]) and arrays ([`dependencies`]) instead, where building
+//! JSON would cost the server more than the query itself. Newer-server
 //! columns are read through `to_jsonb(row)` so that one text works on several major versions.
 //! Every query takes the schema filter as `$1` (schemas to include, empty = all) and `$2`
 //! (schemas to exclude).
@@ -233,11 +235,13 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm') AND {c_not_ext}
     )
 }
 
-/// Columns of every relation in scope, by relation and position.
+/// Columns of every relation in scope, one row each (in no particular order).
+///
+/// Rows rather than one JSON document: with tens of thousands of columns, turning each row
+/// into JSON costs the server more than finding them (215 ms against 115 for 40,000).
 pub fn columns() -> String {
     format!(
         r#"{SCOPE}
-SELECT COALESCE(pg_catalog.json_agg(x ORDER BY x.rel, x.num), '[]') FROM (
 SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
   pg_catalog.format_type(a.atttypid, a.atttypmod) AS type_name, a.atttypid::int8 AS type_oid,
   CASE WHEN a.attcollation <> 0 AND a.attcollation <> t.typcollation
@@ -255,8 +259,8 @@ SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
         AND dd.refobjid = a.attrelid AND dd.refobjsubid = a.attnum AND dd.deptype = 'i'
       LIMIT 1) END AS identity_sequence,
   CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS generated,
-  a.attislocal AS is_local, a.attinhcount AS inherit_count,
-  CASE WHEN a.attacl IS NULL THEN '[]'::pg_catalog.json ELSE {colacl} END AS acl,
+  a.attislocal AS is_local, a.attinhcount::int4 AS inherit_count,
+  CASE WHEN a.attacl IS NOT NULL THEN {colacl} END AS acl,
   ds.description AS comment
 FROM pg_catalog.pg_attribute a
 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid
@@ -266,7 +270,7 @@ LEFT JOIN pg_catalog.pg_attrdef ad ON ad.adrelid = a.attrelid AND ad.adnum = a.a
 LEFT JOIN pg_catalog.pg_description ds ON ds.classoid = 'pg_catalog.pg_class'::pg_catalog.regclass
    AND ds.objoid = a.attrelid AND ds.objsubid = a.attnum
 WHERE c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped AND {c_not_ext}
-) x"#,
+"#,
         colacl = acl_items("a.attacl"),
         c_not_ext = not_ext("pg_class", "c.oid"),
     )
