@@ -6,8 +6,9 @@
 //! answers are plain rows ([`columns`]) and arrays ([`dependencies`]) instead, where building
 //! JSON would cost the server more than the query itself. Newer-server
 //! columns are read through `to_jsonb(row)` so that one text works on several major versions.
-//! Every query takes the schema filter as `$1` (schemas to include, empty = all) and `$2`
-//! (schemas to exclude).
+//! Every query but [`dependencies`] takes the schema filter as `$1` (schemas to include, empty
+//! = all) and `$2` (schemas to exclude); edges that leave the filtered objects are harmless, as
+//! their users only follow edges between objects they have.
 
 /// Schemas in scope, and the catalog rows that belong to an extension.
 const SCOPE: &str = r#"
@@ -413,7 +414,7 @@ WHERE p.prokind <> 'a' AND {p_not_ext}
 /// The raw material of the dependency edges between user objects, as one row of arrays (not
 /// JSON), each from a plain scan of one catalog: the `pg_depend` rows between user objects
 /// (oid >= 16384: system objects never matter for ordering), extension memberships, and the
-/// sub-objects that are folded into their owner ([`super::deps`] does the folding): column
+/// sub-objects that the loader folds into their owner (module `catalog::deps`): column
 /// defaults and rules into their relation, array and multirange types into their element and
 /// range type, row types into their relation.
 ///
