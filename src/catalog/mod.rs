@@ -15,6 +15,7 @@
 //! belong to an extension (the extension stands for them), aggregates, foreign tables, rules
 //! other than view definitions, and default privileges.
 
+mod deps;
 #[doc(hidden)]
 pub mod queries;
 pub mod types;
@@ -22,7 +23,8 @@ pub mod types;
 use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
-use tokio_postgres::Client;
+use tokio_postgres::types::Json;
+use tokio_postgres::{Client, Row};
 
 use crate::error::DbResultExt;
 use crate::Result;
@@ -108,26 +110,74 @@ struct Rel<T> {
 }
 
 #[derive(Deserialize)]
+struct RawConstraint {
+    #[serde(flatten)]
+    constraint: Constraint,
+    /// `conkey`.
+    key: Option<Vec<i16>>,
+    /// The column names, when the server had to name them (system columns).
+    named_columns: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+struct RawIndex {
+    #[serde(flatten)]
+    index: Index,
+    /// `indkey`: key columns, then INCLUDE columns.
+    key: Vec<i16>,
+    key_count: usize,
+}
+
+/// The name of column `num` (`columns` by number, as loaded).
+fn column_name(columns: &[Column], num: i16) -> Option<String> {
+    columns
+        .binary_search_by_key(&num, |c| c.num)
+        .ok()
+        .map(|i| columns[i].name.clone())
+}
+
+/// The rows of [`queries::columns`], by relation and position.
+fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_postgres::Error> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        out.push(Rel {
+            rel: r.try_get::<_, i64>("rel")? as u32,
+            item: Column {
+                num: r.try_get("num")?,
+                name: r.try_get("name")?,
+                type_name: r.try_get("type_name")?,
+                type_oid: r.try_get::<_, i64>("type_oid")? as u32,
+                collation: r.try_get("collation")?,
+                default: r.try_get("default")?,
+                not_null: r.try_get("not_null")?,
+                identity: match r.try_get::<_, Option<&str>>("identity")? {
+                    Some("always") => Some(Identity::Always),
+                    Some(_) => Some(Identity::ByDefault),
+                    None => None,
+                },
+                identity_sequence: r
+                    .try_get::<_, Option<Json<QualName>>>("identity_sequence")?
+                    .map(|j| j.0),
+                identity_options: None,
+                generated: r.try_get("generated")?,
+                is_local: r.try_get("is_local")?,
+                inherit_count: r.try_get("inherit_count")?,
+                acl: r
+                    .try_get::<_, Option<Json<Vec<AclItem>>>>("acl")?
+                    .map(|j| j.0)
+                    .unwrap_or_default(),
+                comment: r.try_get("comment")?,
+            },
+        });
+    }
+    out.sort_by_key(|c| (c.rel, c.item.num));
+    Ok(out)
+}
+
+#[derive(Deserialize)]
 struct TriggersPolicies {
     triggers: Vec<Rel<Trigger>>,
     policies: Vec<Rel<Policy>>,
-}
-
-type RawDependency = (String, u32, String, u32, String);
-
-fn obj_class(catalog: &str) -> Option<ObjClass> {
-    Some(match catalog {
-        "pg_namespace" => ObjClass::Namespace,
-        "pg_extension" => ObjClass::Extension,
-        "pg_collation" => ObjClass::Collation,
-        "pg_type" => ObjClass::Type,
-        "pg_class" => ObjClass::Class,
-        "pg_proc" => ObjClass::Proc,
-        "pg_constraint" => ObjClass::Constraint,
-        "pg_trigger" => ObjClass::Trigger,
-        "pg_policy" => ObjClass::Policy,
-        _ => return None,
-    })
 }
 
 impl Snapshot {
@@ -221,12 +271,24 @@ impl Snapshot {
             one::<Vec<TypeDef>>(c(6), "types", &q_types, inc, exc),
             one::<Vec<Sequence>>(c(7), "sequences", &q_seqs, inc, exc),
             one::<Vec<RawRelation>>(c(4), "relations", &q_rels, inc, exc),
-            one::<Vec<Rel<Column>>>(c(0), "columns", &q_cols, inc, exc),
-            one::<Vec<Rel<Constraint>>>(c(3), "constraints", &q_cons, inc, exc),
-            one::<Vec<Rel<Index>>>(c(1), "indexes", &q_idx, inc, exc),
+            async {
+                let rows = c(0)
+                    .query(q_cols.as_str(), &[inc, exc])
+                    .await
+                    .ctx("reading the catalog (columns)")?;
+                column_rows(&rows).ctx("decoding the catalog (columns)")
+            },
+            one::<Vec<Rel<RawConstraint>>>(c(3), "constraints", &q_cons, inc, exc),
+            one::<Vec<Rel<RawIndex>>>(c(1), "indexes", &q_idx, inc, exc),
             one::<TriggersPolicies>(c(8), "triggers", &q_trg, inc, exc),
             one::<Vec<Function>>(c(9), "functions", &q_fun, inc, exc),
-            one::<Vec<RawDependency>>(c(2), "dependencies", &q_dep, inc, exc),
+            async {
+                let row = c(2)
+                    .query_one(q_dep.as_str(), &[])
+                    .await
+                    .ctx("reading the catalog (dependencies)")?;
+                deps::RawDeps::from_row(&row).ctx("decoding the catalog (dependencies)")
+            },
         )?;
         let mut snap = Snapshot {
             filter: filter.clone(),
@@ -245,24 +307,7 @@ impl Snapshot {
             queries: 0,
         };
         snap.assemble(rels, cols, cons, idx, trg);
-        snap.dependencies = deps
-            .into_iter()
-            .filter_map(|(fc, fo, tc, to, dt)| {
-                Some(Dependency {
-                    from: ObjRef {
-                        class: obj_class(&fc)?,
-                        oid: fo,
-                    },
-                    to: ObjRef {
-                        class: obj_class(&tc)?,
-                        oid: to,
-                    },
-                    deptype: dt.chars().next().unwrap_or('n'),
-                })
-            })
-            .collect();
-        snap.dependencies.sort_by_key(|d| (d.from, d.to, d.deptype));
-        snap.dependencies.dedup();
+        snap.dependencies = deps::fold(&deps);
         Ok(snap)
     }
 
@@ -271,8 +316,8 @@ impl Snapshot {
         &mut self,
         rels: Vec<RawRelation>,
         cols: Vec<Rel<Column>>,
-        cons: Vec<Rel<Constraint>>,
-        idx: Vec<Rel<Index>>,
+        cons: Vec<Rel<RawConstraint>>,
+        idx: Vec<Rel<RawIndex>>,
         trg: TriggersPolicies,
     ) {
         let seq_options: HashMap<(&str, &str), &SequenceOptions> = self
@@ -289,13 +334,40 @@ impl Snapshot {
             }
             columns.entry(c.rel).or_default().push(c.item);
         }
+        let no_columns = Vec::new();
         let mut constraints: HashMap<u32, Vec<Constraint>> = HashMap::new();
         for c in cons {
-            constraints.entry(c.rel).or_default().push(c.item);
+            let RawConstraint {
+                mut constraint,
+                key,
+                named_columns,
+            } = c.item;
+            constraint.columns = match named_columns {
+                Some(names) => names,
+                None => {
+                    let cols = columns.get(&c.rel).unwrap_or(&no_columns);
+                    key.unwrap_or_default()
+                        .into_iter()
+                        .filter_map(|n| column_name(cols, n))
+                        .collect()
+                }
+            };
+            constraints.entry(c.rel).or_default().push(constraint);
         }
         let mut indexes: HashMap<u32, Vec<Index>> = HashMap::new();
         for i in idx {
-            indexes.entry(i.rel).or_default().push(i.item);
+            let RawIndex {
+                mut index,
+                key,
+                key_count,
+            } = i.item;
+            let cols = columns.get(&i.rel).unwrap_or(&no_columns);
+            index.columns = key
+                .into_iter()
+                .take(key_count)
+                .map(|n| column_name(cols, n))
+                .collect();
+            indexes.entry(i.rel).or_default().push(index);
         }
         let mut triggers: HashMap<u32, Vec<Trigger>> = HashMap::new();
         for t in trg.triggers {

@@ -327,6 +327,7 @@ pub struct Constraint {
     pub from_parent: bool,
     /// The index that enforces it (primary key, unique, exclusion).
     pub index: Option<String>,
+    #[serde(default)]
     pub columns: Vec<String>,
     /// Foreign keys: the referenced table and columns.
     pub references: Option<ForeignKeyTarget>,
@@ -348,7 +349,8 @@ pub struct Index {
     pub oid: u32,
     pub schema: String,
     pub name: String,
-    /// `pg_get_indexdef`.
+    /// `pg_get_indexdef`; empty for an index that enforces a constraint (`constraint` is
+    /// set): the constraint's definition stands for it and creates it.
     pub definition: String,
     pub unique: bool,
     pub primary: bool,
@@ -358,6 +360,7 @@ pub struct Index {
     /// The partitioned index this one is attached to.
     pub parent_index: Option<QualName>,
     /// Key columns; `None` for an expression.
+    #[serde(default)]
     pub columns: Vec<Option<String>>,
     pub partial: bool,
     pub comment: Option<String>,
