@@ -470,6 +470,47 @@ fn views_over_a_retyped_column_are_dropped_first_and_recreated_after() {
 }
 
 #[test]
+fn only_what_uses_a_retyped_or_dropped_column_is_recreated() {
+    let common = "CREATE VIEW uses_a AS SELECT id, a FROM t;
+         CREATE VIEW over_uses_a AS SELECT a FROM uses_a;
+         CREATE VIEW uses_b AS SELECT id, b FROM t;
+         CREATE VIEW whole AS SELECT t AS r FROM t;
+         CREATE VIEW counts AS SELECT count(*) AS n FROM t;
+         CREATE MATERIALIZED VIEW mv_b AS SELECT b FROM t;
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY p_a ON t USING (a > 0);
+         CREATE POLICY p_b ON t USING (b > 0);";
+    let p = pair(
+        "views_narrow",
+        &format!(
+            "CREATE TABLE t (id int PRIMARY KEY, a int, b int, gone text);
+             CREATE VIEW uses_gone AS SELECT id, gone FROM t;
+             {common}"
+        ),
+        &format!("CREATE TABLE t (id int PRIMARY KEY, a bigint, b int); {common}"),
+    );
+    let s = p.converge(&["--drop"]);
+    let retype = pos(&s, "ALTER COLUMN a TYPE bigint");
+    assert!(pos(&s, "DROP VIEW IF EXISTS public.over_uses_a") < retype);
+    assert!(pos(&s, "DROP VIEW IF EXISTS public.uses_a") < retype);
+    assert!(retype < pos(&s, "CREATE VIEW public.uses_a"));
+    assert!(pos(&s, "DROP POLICY") < retype);
+    assert!(
+        pos(&s, "DROP VIEW IF EXISTS public.uses_gone") < pos(&s, "DROP COLUMN IF EXISTS gone")
+    );
+    for untouched in ["uses_b", "whole", "counts", "mv_b", "p_b"] {
+        assert!(
+            !s.lines().any(
+                |l| !l.starts_with("--") && l.contains(&format!(" {untouched}"))
+                    || l.contains(&format!(".{untouched} "))
+                    || l.contains(&format!(".{untouched};"))
+            ),
+            "{untouched} should not be touched:\n{s}"
+        );
+    }
+}
+
+#[test]
 fn functions_and_procedures() {
     let p = pair(
         "functions",

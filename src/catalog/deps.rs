@@ -7,7 +7,7 @@
 //! array or multirange type for its element or range type, a row type for its relation, and
 //! a reference to an extension member for the extension.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tokio_postgres::Row;
 
@@ -20,6 +20,7 @@ pub(super) struct RawDeps {
     refclassid: Vec<u32>,
     refobjid: Vec<u32>,
     deptype: Vec<i8>,
+    refobjsubid: Vec<i32>,
     ext_classid: Vec<u32>,
     ext_objid: Vec<u32>,
     ext_refobjid: Vec<u32>,
@@ -66,6 +67,7 @@ impl RawDeps {
             catalog_name: row
                 .try_get::<_, Option<Vec<String>>>(19)?
                 .unwrap_or_default(),
+            refobjsubid: row.try_get::<_, Option<Vec<i32>>>(20)?.unwrap_or_default(),
         })
     }
 }
@@ -175,4 +177,47 @@ pub(super) fn fold(raw: &RawDeps) -> Vec<Dependency> {
     edges.sort_unstable_by_key(|d| (d.from, d.to, d.deptype));
     edges.dedup();
     edges
+}
+
+/// The table columns that views, materialized views and policies use, by the oid of the view
+/// (or policy): `(table oid, attnum)`, where attnum 0 is the table as a whole (every view has
+/// that edge to each table it reads, and a whole-row reference records nothing more). This is
+/// what PostgreSQL itself checks before it retypes or drops a column.
+pub(super) fn column_uses(raw: &RawDeps) -> BTreeMap<u32, Vec<(u32, i16)>> {
+    let catalog: HashMap<&str, u32> = raw
+        .catalog_name
+        .iter()
+        .map(String::as_str)
+        .zip(raw.catalog_oid.iter().copied())
+        .collect();
+    let cat = |name: &str| catalog.get(name).copied().unwrap_or(0);
+    let (pg_class, pg_rewrite, pg_policy) = (cat("pg_class"), cat("pg_rewrite"), cat("pg_policy"));
+    let rule = zip(&raw.rule_oid, &raw.rule_rel);
+    let mut uses: BTreeMap<u32, Vec<(u32, i16)>> = BTreeMap::new();
+    for i in 0..raw.classid.len().min(raw.refobjsubid.len()) {
+        if raw.refclassid[i] != pg_class {
+            continue;
+        }
+        let user = if raw.classid[i] == pg_rewrite {
+            match rule.get(&raw.objid[i]) {
+                Some(&view) => view,
+                None => continue,
+            }
+        } else if raw.classid[i] == pg_policy {
+            raw.objid[i]
+        } else {
+            continue;
+        };
+        if user == raw.refobjid[i] {
+            continue;
+        }
+        uses.entry(user)
+            .or_default()
+            .push((raw.refobjid[i], raw.refobjsubid[i] as i16));
+    }
+    for v in uses.values_mut() {
+        v.sort_unstable();
+        v.dedup();
+    }
+    uses
 }

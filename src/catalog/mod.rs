@@ -67,6 +67,10 @@ pub struct Snapshot {
     /// it exists on the other side.
     pub roles: Vec<String>,
     pub dependencies: Vec<Dependency>,
+    /// Table columns used by each view, materialized view and policy (by its oid): `(table
+    /// oid, attnum)`, attnum 0 for the table as a whole.
+    #[serde(skip)]
+    pub column_uses: std::collections::BTreeMap<u32, Vec<(u32, i16)>>,
     /// Statements this snapshot took to load.
     pub queries: usize,
 }
@@ -304,10 +308,12 @@ impl Snapshot {
             publications: globals.publications,
             roles: globals.roles,
             dependencies: Vec::new(),
+            column_uses: Default::default(),
             queries: 0,
         };
         snap.assemble(rels, cols, cons, idx, trg);
         snap.dependencies = deps::fold(&deps);
+        snap.column_uses = deps::column_uses(&deps);
         Ok(snap)
     }
 

@@ -429,10 +429,10 @@ SELECT d.classid, d.objid, d.refclassid, d.refobjid, d.deptype,
   ad.oid, ad.rel, rw.oid, rw.rel,
   ty.oid, ty.elem, ty.arr, ty.rel,
   rg.multi, rg.rng,
-  cat.oid, cat.name
+  cat.oid, cat.name, d.refobjsubid
 FROM (SELECT pg_catalog.array_agg(d.classid) AS classid, pg_catalog.array_agg(d.objid) AS objid,
         pg_catalog.array_agg(d.refclassid) AS refclassid, pg_catalog.array_agg(d.refobjid) AS refobjid,
-        pg_catalog.array_agg(d.deptype) AS deptype
+        pg_catalog.array_agg(d.deptype) AS deptype, pg_catalog.array_agg(d.refobjsubid) AS refobjsubid
       FROM pg_catalog.pg_depend d
       WHERE d.objid >= 16384 AND d.refobjid >= 16384 AND d.deptype IN ('n', 'a', 'i', 'P', 'S')) d,
      (SELECT pg_catalog.array_agg(e.classid) AS classid, pg_catalog.array_agg(e.objid) AS objid,

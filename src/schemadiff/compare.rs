@@ -14,7 +14,7 @@
 //! Walking the real dependency orders rather than fixed sections is what makes "drop what
 //! depends on a changed object first, recreate it after" come out right.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use crate::catalog::*;
 use crate::ddl::{self, Item, Relation};
@@ -36,7 +36,7 @@ struct Builder<'a> {
     /// Drop (and recreate when the source has it).
     redo: HashSet<String>,
     /// Tables whose column changes need their dependent views recreated.
-    redo_tables: HashSet<String>,
+    redo_tables: HashMap<String, (u32, Vec<i16>)>,
     /// Tables whose defaults and inline checks are dropped in pass 1 and set again in pass 2
     /// (they use a function or sequence that is dropped).
     reset_defaults: HashSet<String>,
@@ -147,7 +147,7 @@ pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Dif
         tg,
         opts,
         redo: HashSet::new(),
-        redo_tables: HashSet::new(),
+        redo_tables: HashMap::new(),
         reset_defaults: HashSet::new(),
         kept: HashSet::new(),
         standalone: HashSet::new(),
@@ -194,8 +194,9 @@ impl<'a> Builder<'a> {
                     if s.kind != t.kind || s.partition_key != t.partition_key {
                         true
                     } else {
-                        if table_columns_rewritten(s, t) {
-                            self.redo_tables.insert(key.clone());
+                        let cols = columns_rewritten(s, t);
+                        if !cols.is_empty() {
+                            self.redo_tables.insert(key.clone(), (t.oid, cols));
                         }
                         false
                     }
@@ -232,9 +233,11 @@ impl<'a> Builder<'a> {
             }
         }
         let mut closure = self.tg.dependent_closure(&start);
-        // Views (and what hangs off them) over tables whose columns are rewritten.
+        // Views, materialized views and policies (and what hangs off them) that use a column
+        // being retyped or dropped: PostgreSQL refuses the ALTER while they exist. Those that
+        // use only other columns of the table stay as they are.
         let mut view_start = HashSet::new();
-        for tk in &self.redo_tables {
+        for (tk, (table_oid, cols)) in &self.redo_tables {
             for d in self
                 .tg
                 .dependents
@@ -242,10 +245,17 @@ impl<'a> Builder<'a> {
                 .map(|v| v.as_slice())
                 .unwrap_or(&[])
             {
-                if d.starts_with("view\u{1}")
-                    || d.starts_with("matview\u{1}")
-                    || d.starts_with("policy\u{1}")
-                {
+                let user_oid = match self.in_tgt(d) {
+                    Some(Item::View(v)) => v.oid,
+                    Some(Item::Policy(_, p)) => p.oid,
+                    _ => continue,
+                };
+                // Without a record of the columns used, assume the worst.
+                let uses_one = self.tgt.column_uses.get(&user_oid).is_none_or(|uses| {
+                    uses.iter()
+                        .any(|(rel, num)| rel == table_oid && cols.contains(num))
+                });
+                if uses_one {
                     view_start.insert(d.clone());
                 }
             }
@@ -1818,15 +1828,21 @@ fn identity_sql(i: Identity) -> &'static str {
 }
 
 /// Whether the target's columns of a table change in a way that views over it cannot survive.
-fn table_columns_rewritten(s: &Table, t: &Table) -> bool {
-    t.columns.iter().any(|tc| match s.column(&tc.name) {
-        None => !crate::ident::is_tombstone(&tc.name),
-        Some(sc) => {
-            sc.type_name != tc.type_name
-                || sc.collation != tc.collation
-                || sc.generated != tc.generated
-        }
-    })
+/// The target's columns (attnums) that the change retypes, re-collates, regenerates or drops
+/// (a tombstone rename keeps its dependents working, so tombstones do not count).
+fn columns_rewritten(s: &Table, t: &Table) -> Vec<i16> {
+    t.columns
+        .iter()
+        .filter(|tc| match s.column(&tc.name) {
+            None => !crate::ident::is_tombstone(&tc.name),
+            Some(sc) => {
+                sc.type_name != tc.type_name
+                    || sc.collation != tc.collation
+                    || sc.generated != tc.generated
+            }
+        })
+        .map(|tc| tc.num)
+        .collect()
 }
 
 /// A plain view whose new definition only appends columns (CREATE OR REPLACE works).
