@@ -632,12 +632,15 @@ async fn kill_9_during_a_flip_leaves_the_target_wholly_before_or_after() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    blocker.batch_execute("ROLLBACK").await.unwrap();
+    // The blocker stays until pgflip's session is gone: an attempt already sent when pgflip
+    // died is still waiting for its lock on the server (up to lock_timeout), and would run to
+    // its COMMIT if the lock came free meanwhile (wholly after: case 2 below).
     let deadline = Instant::now() + Duration::from_secs(10);
     while pgflip_sessions().await != "0" {
         assert!(Instant::now() < deadline, "pgflip's session is still there");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    blocker.batch_execute("ROLLBACK").await.unwrap();
     assert_eq!(db.dump(), before, "a killed flip left a partial change");
     let s = stdout(&pgflip(&["status", "--target", &db.url()]));
     assert!(
