@@ -72,6 +72,22 @@ impl RawDeps {
     }
 }
 
+impl RawDeps {
+    /// The oids of the catalogs the answer names, by name.
+    fn catalogs(&self) -> HashMap<&str, u32> {
+        self.catalog_name
+            .iter()
+            .map(String::as_str)
+            .zip(self.catalog_oid.iter().copied())
+            .collect()
+    }
+
+    /// 0 never is a catalog's oid: a catalog missing from the answer matches nothing.
+    fn catalog_oid(catalogs: &HashMap<&str, u32>, name: &str) -> u32 {
+        catalogs.get(name).copied().unwrap_or(0)
+    }
+}
+
 fn obj_class(catalog: &str) -> Option<ObjClass> {
     Some(match catalog {
         "pg_namespace" => ObjClass::Namespace,
@@ -93,14 +109,8 @@ fn zip(a: &[u32], b: &[u32]) -> HashMap<u32, u32> {
 
 /// The edges, sorted and without duplicates; only those between the classes of [`ObjClass`].
 pub(super) fn fold(raw: &RawDeps) -> Vec<Dependency> {
-    let catalog: HashMap<&str, u32> = raw
-        .catalog_name
-        .iter()
-        .map(String::as_str)
-        .zip(raw.catalog_oid.iter().copied())
-        .collect();
-    // 0 never is a catalog's oid: a catalog missing from the answer matches nothing.
-    let cat = |name: &str| catalog.get(name).copied().unwrap_or(0);
+    let catalog = raw.catalogs();
+    let cat = |name: &str| RawDeps::catalog_oid(&catalog, name);
     let (pg_class, pg_type, pg_attrdef, pg_rewrite, pg_extension) = (
         cat("pg_class"),
         cat("pg_type"),
@@ -184,13 +194,8 @@ pub(super) fn fold(raw: &RawDeps) -> Vec<Dependency> {
 /// that edge to each table it reads, and a whole-row reference records nothing more). This is
 /// what PostgreSQL itself checks before it retypes or drops a column.
 pub(super) fn column_uses(raw: &RawDeps) -> BTreeMap<u32, Vec<(u32, i16)>> {
-    let catalog: HashMap<&str, u32> = raw
-        .catalog_name
-        .iter()
-        .map(String::as_str)
-        .zip(raw.catalog_oid.iter().copied())
-        .collect();
-    let cat = |name: &str| catalog.get(name).copied().unwrap_or(0);
+    let catalog = raw.catalogs();
+    let cat = |name: &str| RawDeps::catalog_oid(&catalog, name);
     let (pg_class, pg_rewrite, pg_policy) = (cat("pg_class"), cat("pg_rewrite"), cat("pg_policy"));
     let rule = zip(&raw.rule_oid, &raw.rule_rel);
     let mut uses: BTreeMap<u32, Vec<(u32, i16)>> = BTreeMap::new();
