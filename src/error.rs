@@ -98,6 +98,10 @@ pub enum Error {
     #[error("refusing to continue: {0}")]
     Refused(String),
 
+    /// A failpoint configured to fail was hit (test builds only; see [`crate::failpoint`]).
+    #[error("failpoint {0} hit")]
+    Failpoint(&'static str),
+
     /// A feature pgflip does not have yet.
     #[error("{0} is not built yet")]
     NotImplemented(&'static str),

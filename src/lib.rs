@@ -10,6 +10,7 @@ pub mod copy;
 pub mod ddl;
 pub mod error;
 pub mod events;
+pub mod failpoint;
 pub mod flip;
 pub mod ident;
 pub mod localpg;

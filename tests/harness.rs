@@ -2,6 +2,12 @@
 
 use crate::util::*;
 
+/// Fault tests stop pgflip at named failpoints; they are compiled into the test build only.
+#[test]
+fn failpoints_are_compiled_into_the_test_build() {
+    const { assert!(pgflip::failpoint::ENABLED) };
+}
+
 #[tokio::test]
 async fn fresh_databases_are_separate_and_empty() {
     let a = fresh_db("harness_a");
