@@ -340,3 +340,70 @@ fn a_swap_keeps_identity_and_serial_sequence_types_and_options() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert_eq!(seq_shape(&tgt2, "t"), seq_shape(&src2, "t"));
 }
+
+/// Item 5: Ctrl-C (or SIGTERM) during an in-place sync cancels the statement on the server:
+/// pgflip exits 130 and, right after, nothing of pgflip runs on the target and the
+/// application's UPDATE of the table does not wait.
+#[test]
+fn an_interrupt_cancels_the_statements_on_the_server() {
+    let (src, tgt) = pair("interrupt");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 20000) g");
+    // Every row written takes a millisecond: the merge runs for about 20 s on the server.
+    tgt.psql(
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 100) g; \
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END$$; \
+         CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow()",
+    );
+    let before = q(&tgt, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t");
+    for sig in ["-INT", "-TERM"] {
+        let (s, t) = (src.url(), tgt.url());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(["sync", "--source", &s, "--target", &t, "t", "--overwrite"])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND state = 'active' AND query LIKE '%ON CONFLICT%'") == "0" {
+            assert!(Instant::now() < deadline, "the merge never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = Instant::now();
+        let k = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(k.success());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{sig}: {}", stderr(&o));
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            sent.elapsed()
+        );
+        // Right away: no pgflip statement runs on the target, and the application's UPDATE
+        // gets its lock well within its lock_timeout.
+        assert_eq!(
+            q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND state = 'active'"),
+            "0",
+            "{sig}"
+        );
+        let app = Instant::now();
+        tgt.psql("SET lock_timeout = '2s'; UPDATE t SET v = v WHERE id = 1");
+        assert!(
+            app.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            app.elapsed()
+        );
+        assert_eq!(
+            q(&tgt, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t"),
+            before,
+            "rolled back"
+        );
+    }
+}
