@@ -17,7 +17,7 @@ use tokio_postgres::CancelToken;
 #[derive(Clone)]
 pub(super) enum Via {
     Plain,
-    Tls(rustls::ClientConfig),
+    Tls(Box<rustls::ClientConfig>),
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
@@ -58,7 +58,7 @@ pub async fn cancel_all(wait: Duration) -> usize {
                 Via::Plain => token.cancel_query(tokio_postgres::NoTls).await,
                 Via::Tls(c) => {
                     token
-                        .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(c))
+                        .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(*c))
                         .await
                 }
             }

@@ -308,7 +308,7 @@ impl Endpoint {
             Some(c) => {
                 let tls = tokio_postgres_rustls::MakeRustlsConnect::new(c.clone());
                 let (client, conn) = self.config.connect(tls).await?;
-                let id = cancel::opened(client.cancel_token(), cancel::Via::Tls(c));
+                let id = cancel::opened(client.cancel_token(), cancel::Via::Tls(Box::new(c)));
                 tokio::spawn(async move {
                     let _ = conn.await;
                     cancel::closed(id);
