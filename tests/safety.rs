@@ -407,3 +407,83 @@ fn an_interrupt_cancels_the_statements_on_the_server() {
         );
     }
 }
+
+/// Item 6: pgflip killed (-9) right after the flip committed, before the retired side's counts
+/// were recorded: `status` says the flip committed, and `verify --record` completes the record.
+#[test]
+fn a_run_killed_after_its_flip_committed_is_known_to_have_flipped() {
+    let (src, tgt) = pair("killed_commit");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 100) g");
+    tgt.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 30) g");
+    // State first, so that the run is on record from its start.
+    ok(&pgflip(&["list", "--target", &tgt.url()]));
+    ok(&sync(&src, &tgt, &["t", "--staging-table"]));
+    ok(&sync(&src, &tgt, &["t", "--swap"]));
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    let dir = tempfile::tempdir().unwrap();
+    let o = sync_env(
+        &src,
+        &tgt,
+        &["t", "--staging-table", "--swap"],
+        &[
+            ("PGFLIP_FAILPOINTS", "flip.after_commit=exit"),
+            ("PGFLIP_FAILPOINT_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), None, "killed: {}", stderr(&o));
+    assert!(dir.path().join("flip.after_commit.reached").exists());
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM t"),
+        "100",
+        "the flip committed"
+    );
+    let label = q(
+        &tgt,
+        "SELECT label FROM pgflip.generations ORDER BY id DESC LIMIT 1",
+    );
+    // Its session may take a moment to end on the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = ok(&pgflip(&["status", "--target", &tgt.url()]));
+        if s.contains("interrupted") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.contains("interrupted")
+            && status.contains(&format!("its flip committed (generation {label})")),
+        "{status}"
+    );
+    let o = pgflip(&["verify", "--target", &tgt.url(), "--timestamp", &label]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = pgflip(&[
+        "verify",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("30 rows"), "{}", stdout(&o));
+    ok(&pgflip(&[
+        "verify",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+    ]));
+    // And it rolls back like any other.
+    ok(&pgflip(&[
+        "rollback",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "30");
+}

@@ -132,6 +132,11 @@ pub struct VerifyArgs {
     /// Verify the latest active generation.
     #[arg(long, conflicts_with = "timestamp")]
     pub latest: bool,
+    /// First complete what the flip's run left unrecorded (killed or failed after the flip
+    /// committed): the retired side's row counts and checksums, and the validation of the
+    /// foreign keys the flip re-attached.
+    #[arg(long)]
+    pub record: bool,
 }
 
 async fn connect(
@@ -257,12 +262,17 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
         }
         for g in gens.iter().take(5) {
             s.push_str(&format!(
-                "  {}  {:<8}  {:<11}  {}  ({} kept in {})\n",
+                "  {}  {:<8}  {:<11}  {}  ({} {} {})\n",
                 g.label,
                 g.kind,
                 g.status.replace('_', " "),
                 g.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 relation_summary(g),
+                if g.status == "cleaned" {
+                    "dropped with"
+                } else {
+                    "kept in"
+                },
                 g.backup_schema
             ));
         }
@@ -297,6 +307,14 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
                     None => String::new(),
                 }
             ));
+            // The generation is written in the flip's own transaction: if it is there, the
+            // flip committed, whatever happened to the run afterwards.
+            if let (Some(label), true) = (&r.generation, r.status != "succeeded") {
+                s.push_str(&format!(
+                    "      its flip committed (generation {label}); `pgflip verify --timestamp {label} --record` \
+                     completes what the run left unrecorded\n"
+                ));
+            }
         }
     }
     out.write_stdout(s.as_bytes());
@@ -498,8 +516,27 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
 
 pub async fn verify(args: VerifyArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (_ep, client) = connect(g, &args.target).await?;
-    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
-    let report = generation::verify(&client, &gen).await?;
+    let mut gen = generation::find(&client, args.timestamp.as_deref()).await?;
+    if args.record {
+        let label = gen.label.clone();
+        state::with_target_lock(Arc::new(client), &format!("verify --record {label}"), |c| {
+            let gen = gen.clone();
+            async move { generation::complete_record(&c, &gen).await }
+        })
+        .await?;
+        let (_ep, c) = connect(g, &args.target).await?;
+        gen = generation::find(&c, Some(&label)).await?;
+        return print_verify(&c, &gen, out).await;
+    }
+    print_verify(&client, &gen, out).await
+}
+
+async fn print_verify(
+    client: &tokio_postgres::Client,
+    gen: &generation::Generation,
+    out: &Output,
+) -> anyhow::Result<u8> {
+    let report = generation::verify(client, gen).await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
     } else if report.ok {

@@ -1317,7 +1317,8 @@ fn render(
     });
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
-         VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb)",
+         VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb || jsonb_strip_nulls(jsonb_build_object('run_id', \
+           pg_catalog.current_setting('pgflip.run_id', true))))",
         quote_literal(&label),
         quote_literal(&created_at.to_rfc3339()),
         quote_literal(kind.as_str()),
