@@ -487,3 +487,77 @@ fn a_run_killed_after_its_flip_committed_is_known_to_have_flipped() {
     ]));
     assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "30");
 }
+
+/// Item 8: every command that replaces or drops data on a target that is not on this machine
+/// asks (or, without a terminal, refuses naming --yes), as in-place sync does.
+#[test]
+fn swap_rollback_and_cleanup_ask_before_acting_on_a_remote_target() {
+    let (src, tgt) = pair("remote_all");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t VALUES (1, 'new'), (2, 'new')");
+    tgt.psql("INSERT INTO t VALUES (1, 'old')");
+    // 0.0.0.0 reaches this machine but is not one of the names pgflip treats as local.
+    let remote = tgt.url().replace("127.0.0.1", "0.0.0.0");
+    let s = src.url();
+    let refused = |o: &std::process::Output| {
+        assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(o), stderr(o));
+        assert!(stderr(o).contains("--yes"), "{}", stderr(o));
+    };
+    // The staging load does not touch live data: no question.
+    ok(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &remote,
+        "t",
+        "--staging-table",
+    ]));
+    let before = tgt.dump();
+    refused(&pgflip(&[
+        "sync", "--source", &s, "--target", &remote, "t", "--swap",
+    ]));
+    refused(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &remote,
+        "t",
+        "--staging-table",
+        "--swap",
+    ]));
+    assert_eq!(tgt.dump(), before);
+    ok(&pgflip(&[
+        "sync", "--source", &s, "--target", &remote, "t", "--swap", "--yes",
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "2");
+
+    let before = tgt.dump();
+    refused(&pgflip(&["rollback", "--target", &remote, "--latest"]));
+    assert_eq!(tgt.dump(), before);
+    ok(&pgflip(&[
+        "rollback", "--target", &remote, "--latest", "--yes",
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "1");
+
+    let schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_backup\\_%'";
+    assert_eq!(q(&tgt, schemas), "2");
+    refused(&pgflip(&["cleanup", "--target", &remote, "--keep", "0"]));
+    assert_eq!(q(&tgt, schemas), "2");
+    // A dry run asks nothing and changes nothing.
+    ok(&pgflip(&[
+        "cleanup",
+        "--target",
+        &remote,
+        "--keep",
+        "0",
+        "--dry-run",
+    ]));
+    ok(&pgflip(&[
+        "cleanup", "--target", &remote, "--keep", "0", "--yes",
+    ]));
+    assert_eq!(q(&tgt, schemas), "0");
+}

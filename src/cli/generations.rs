@@ -97,6 +97,9 @@ pub struct RollbackArgs {
     /// Tables whose current rows are kept: they are not flipped back.
     #[arg(long, value_name = "TABLES", value_delimiter = ',')]
     pub keep_tables: Vec<String>,
+    /// Do not ask before rolling back on a target that is not on this machine.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -120,6 +123,9 @@ pub struct CleanupArgs {
     /// `<name>_dropped_<UTC time>`) retired before --before, instead of generations.
     #[arg(long, requires = "before", conflicts_with = "keep")]
     pub dropped: bool,
+    /// Do not ask before dropping data on a target that is not on this machine.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -356,7 +362,7 @@ pub async fn list(args: ListArgs, g: &Global, out: &Output) -> anyhow::Result<u8
 }
 
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(g, &args.target).await?;
+    let (ep, client) = connect(g, &args.target).await?;
     let events = out.events();
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
@@ -370,6 +376,15 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
         print_plan(out, &fp)?;
         return Ok(exit::OK);
     }
+    super::confirm::confirm(
+        &ep,
+        &format!(
+            "roll back generation {} ({})",
+            gen.label,
+            relation_summary(&gen)
+        ),
+        args.yes,
+    )?;
     let client = Arc::new(client);
     let command = format!("rollback {}", gen.label);
     let outcome = state::with_target_lock(client.clone(), &command, |c| async move {
@@ -456,9 +471,9 @@ fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(g, &args.target).await?;
+    let (ep, client) = connect(g, &args.target).await?;
     if args.dropped {
-        return cleanup_tombstones(&args, client, g, out).await;
+        return cleanup_tombstones(&args, &ep, client, g, out).await;
     }
     let select = match (&args.before, args.keep) {
         (Some(d), _) => generation::CleanupSelect::Before(parse_date(d)?),
@@ -495,6 +510,15 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     }
     if !chosen.is_empty() {
         let labels: Vec<&str> = chosen.iter().map(|g| g.label.as_str()).collect();
+        super::confirm::confirm(
+            &ep,
+            &format!(
+                "drop {} generation(s) and the tables they keep ({})",
+                chosen.len(),
+                labels.join(", ")
+            ),
+            args.yes,
+        )?;
         execute_locked(client, &format!("cleanup {}", labels.join(" ")), plan, out).await?;
     }
     if out.json {
@@ -566,6 +590,7 @@ async fn print_verify(
 /// `cleanup --dropped --before DATE`: drops the tombstones of `schema diff` retired before DATE.
 async fn cleanup_tombstones(
     args: &CleanupArgs,
+    ep: &Endpoint,
     client: tokio_postgres::Client,
     g: &Global,
     out: &Output,
@@ -577,6 +602,11 @@ async fn cleanup_tombstones(
         return Ok(exit::OK);
     }
     if !plan.is_empty() {
+        super::confirm::confirm(
+            ep,
+            &format!("drop {} tombstone(s) of schema diff", plan.steps.len()),
+            args.yes,
+        )?;
         let command = format!("cleanup --dropped --before {before}");
         execute_locked(client, &command, plan.clone(), out).await?;
     }

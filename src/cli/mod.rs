@@ -2,6 +2,7 @@
 //! dispatch, and the mapping from library errors to exit codes.
 
 mod common;
+mod confirm;
 mod demo;
 mod generations;
 mod output;
