@@ -9,6 +9,7 @@ mod ddl_roundtrip;
 mod flip;
 mod flip_hooks;
 mod harness;
+mod safety;
 mod schemadiff;
 mod state;
 mod sync;

@@ -51,6 +51,7 @@
 //!   after the locks; [`FlipOptions::in_flip_after`], before the generation record).
 
 pub mod dependents;
+pub mod fkcheck;
 pub mod generation;
 pub mod guard;
 
@@ -323,6 +324,7 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
+    refuse_orphans(client, &relations).await?;
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
@@ -341,6 +343,29 @@ pub async fn plan_flip(
         backup_schema,
         warnings,
     ))
+}
+
+/// Rows of tables outside the flip must keep the rows they reference (checked before any lock:
+/// their foreign keys are only validated after the commit).
+async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Result<()> {
+    let names: Vec<(String, String)> = relations
+        .iter()
+        .map(|r| (r.live.sql(), r.green.sql()))
+        .collect();
+    let replaced: Vec<fkcheck::Replaced> = relations
+        .iter()
+        .zip(&names)
+        .map(|(r, (live, green))| fkcheck::Replaced {
+            live_oid: r.live_oid,
+            live,
+            green,
+        })
+        .collect();
+    let flipped: BTreeSet<u32> = relations
+        .iter()
+        .flat_map(|r| [r.live_oid, r.green_oid])
+        .collect();
+    fkcheck::refuse_orphans(client, &replaced, &flipped).await
 }
 
 /// Whether live's serial sequence `s` is handed over to green's column: green's default uses
@@ -1402,6 +1427,11 @@ fn render(
     let details = serde_json::json!({
         "warnings": warnings,
         "lock_timeout_ms": opts.lock_timeout.as_millis() as u64,
+        // What must be validated after the commit: `verify` checks that it was.
+        "validate_after": validate_later
+            .iter()
+            .map(|(t, c)| serde_json::json!({"table": t, "constraint": c}))
+            .collect::<Vec<_>>(),
     });
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
@@ -1545,25 +1575,32 @@ pub async fn execute(
         body.push_str(s.sql.trim_end().trim_end_matches(';'));
         body.push_str(";\n");
     }
+    crate::failpoint::hit("flip.before_lock").await?;
     let stats = guard::run_locked(client, fp, &body, opts, events).await?;
-    let mut warnings = fp.warnings.clone();
-    // After the commit: validation and the retired side's checksum. A failure here does not
-    // undo the flip; it is reported.
-    let mut post = Plan::new("after the flip");
-    for s in after {
-        post.push((*s).clone());
-    }
+    crate::failpoint::hit("flip.after_commit").await?;
+    let warnings = fp.warnings.clone();
+    // After the commit: validation and the retired side's checksum. A failure here cannot undo
+    // the flip: every step is still tried, the failures are recorded with the generation (so
+    // that `verify` names them), and the run fails.
     let exec = crate::plan::ExecOptions {
         lock_timeout: opts.lock_timeout,
         statement_timeout: None,
         max_wait: opts.max_wait,
     };
-    if let Err(e) = post.execute(client, &exec, events).await {
-        let msg = format!("the flip committed, but a follow-up step failed: {e}");
-        events.emit(Event::Warning {
-            message: msg.clone(),
+    let mut failed = Vec::new();
+    for s in after {
+        let mut post = Plan::new("after the flip");
+        post.push((*s).clone());
+        if let Err(e) = post.execute(client, &exec, events).await {
+            failed.push(format!("{}: {e}", s.description));
+        }
+    }
+    if !failed.is_empty() {
+        generation::record_after_commit_failures(client, &fp.label, &failed).await?;
+        return Err(Error::AfterCommit {
+            generation: fp.label.clone(),
+            failed: format!("a step after it failed: {}", failed.join("; ")),
         });
-        warnings.push(msg);
     }
     let generation = generation::find(client, Some(&fp.label)).await?;
     events.emit(Event::PhaseFinished {
