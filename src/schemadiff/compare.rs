@@ -1541,9 +1541,23 @@ impl<'a> Builder<'a> {
                         parts.push(format!("SET GENERATED {}", identity_sql(si)));
                     }
                     if let (Some(so), Some(to)) = (&c.identity_options, &tc.identity_options) {
-                        for o in sequence_option_changes(so, to) {
-                            if !o.starts_with("AS ") {
-                                parts.push(format!("SET {o}"));
+                        let changes = sequence_option_changes(so, to);
+                        match &tc.identity_sequence {
+                            // `ALTER COLUMN … SET` cannot change the sequence's type (`LIKE …
+                            // INCLUDING ALL` makes it bigint): the sequence itself can.
+                            Some(seq) if so.data_type != to.data_type => {
+                                self.main.push(alter(
+                                    s,
+                                    format!("Change the identity sequence of {name}.{col}"),
+                                    format!("ALTER SEQUENCE {} {};", seq.sql(), changes.join(" ")),
+                                ));
+                            }
+                            _ => {
+                                for o in changes {
+                                    if !o.starts_with("AS ") {
+                                        parts.push(format!("SET {o}"));
+                                    }
+                                }
                             }
                         }
                     }
