@@ -5,6 +5,7 @@ mod util;
 mod catalog;
 mod cli;
 mod conn;
+mod cross_version;
 mod ddl_roundtrip;
 mod flip;
 mod flip_hooks;
