@@ -297,3 +297,255 @@ fn bad_input_is_refused_and_changes_nothing() {
     ok(&migrate(&tgt, "abort", &[]));
     assert_eq!(leftovers(&tgt), "");
 }
+
+/// Waits until no pgflip session is connected to `db` (a killed pgflip's backends end when
+/// the server notices the closed connection).
+fn wait_for_pgflip_sessions_to_end(db: &TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgflip%' AND datname = current_database()",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "pgflip's sessions did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_at_every_prepare_boundary_then_status_says_where_and_abort_or_rerun_finishes() {
+    let (src, tgt) = pair("mig_kill");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    for (i, (point, phase)) in [
+        ("migrate.prepare.recorded", "preparing"),
+        ("migrate.prepare.structure", "capturing"),
+        ("migrate.prepare.captured", "copying"),
+        ("migrate.prepare.copied", "indexing"),
+        ("migrate.prepare.indexed", "validating"),
+        ("migrate.prepare.validated", "prepared"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = format!("{point}=exit");
+        let o = prepare_env(
+            &src,
+            &tgt,
+            &["--preserved-tables", "users"],
+            &[
+                ("PGFLIP_FAILPOINTS", spec.as_str()),
+                ("PGFLIP_FAILPOINT_DIR", dir_s.as_str()),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: pgflip was not killed");
+        assert!(
+            dir.path().join(format!("{point}.reached")).exists(),
+            "{point} not reached"
+        );
+        wait_for_pgflip_sessions_to_end(&tgt);
+        let st = status_json(&tgt);
+        let m = &st["migrations"][0];
+        assert_eq!(m["record"]["phase"], phase, "{point}: {st:#}");
+        assert_eq!(m["preparing"], false, "{point}: {st:#}");
+        assert_eq!(m["swap_allowed"], phase == "prepared", "{point}: {st:#}");
+        // Writes to the preserved table keep working whatever state prepare died in.
+        tgt.psql("UPDATE users SET email = email WHERE id = 1");
+        if i % 2 == 1 && phase != "prepared" {
+            // A rerun removes the leftovers and finishes.
+            let o = prepare(&src, &tgt, &["--preserved-tables", "users"]);
+            assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+            ok(&o);
+            assert_eq!(
+                status_json(&tgt)["migrations"][0]["record"]["phase"],
+                "prepared"
+            );
+        }
+        ok(&migrate(&tgt, "abort", &[]));
+        assert_eq!(leftovers(&tgt), "", "{point}");
+        let after = user_dump(&tgt);
+        assert!(after == before, "{point}: {}", line_diff(&before, &after));
+    }
+}
+
+/// Writers on the preserved tables, each write mirrored into an oracle table in the same
+/// transaction; returns the number of transactions and the first error an application saw.
+async fn writer(
+    url: String,
+    n: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Option<String>) {
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut done = 0u64;
+    let mut seq = 0i64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seq += 1;
+        let r = (n * 7919 + seq * 104729) % 1000;
+        let new_id = 1_000_000 * (n + 1) + seq;
+        let old_id = 1 + (r * 13) % 3000;
+        let org = format!("org{}", r % 7);
+        let sql = match seq % 7 {
+            0 | 1 => format!(
+                "INSERT INTO users VALUES ({new_id}, 'w{n}-{seq}'); INSERT INTO oracle.users VALUES ({new_id}, 'w{n}-{seq}')"
+            ),
+            2 => format!(
+                "UPDATE users SET email = 'u{n}-{seq}' WHERE id = {old_id}; UPDATE oracle.users SET email = 'u{n}-{seq}' WHERE id = {old_id}"
+            ),
+            3 => format!(
+                "UPDATE users SET id = {new_id} WHERE id = {old_id}; UPDATE oracle.users SET id = {new_id} WHERE id = {old_id}"
+            ),
+            4 => format!("DELETE FROM users WHERE id = {old_id}; DELETE FROM oracle.users WHERE id = {old_id}"),
+            5 => format!(
+                "INSERT INTO memberships VALUES ('{org}', {new_id}, 'r{seq}'); INSERT INTO oracle.memberships VALUES ('{org}', {new_id}, 'r{seq}')"
+            ),
+            _ => format!(
+                "UPDATE memberships SET uid = {new_id}, role = 'k{seq}' WHERE org = '{org}' AND uid = {old_id}; \
+                 UPDATE oracle.memberships SET uid = {new_id}, role = 'k{seq}' WHERE org = '{org}' AND uid = {old_id}; \
+                 DELETE FROM memberships WHERE org = '{org}' AND uid = {old_id} + 1; DELETE FROM oracle.memberships WHERE org = '{org}' AND uid = {old_id} + 1"
+            ),
+        };
+        if let Err(e) = c.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
+            return (done, Some(e.to_string()));
+        }
+        done += 1;
+    }
+    (done, None)
+}
+
+const LOAD_SOURCE: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, verified boolean NOT NULL DEFAULT false);
+CREATE TABLE memberships (org text, uid bigint, role text, since date DEFAULT '2026-01-01', PRIMARY KEY (org, uid));
+CREATE TABLE catalog (id int PRIMARY KEY, v text);
+INSERT INTO catalog SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+"#;
+
+const LOAD_TARGET: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+CREATE TABLE memberships (org text, uid bigint, role text, PRIMARY KEY (org, uid));
+CREATE TABLE catalog (id int PRIMARY KEY, v text);
+INSERT INTO users SELECT g, 'user' || g FROM generate_series(1, 12000) g;
+INSERT INTO memberships SELECT 'org' || (g % 7), g, 'member' FROM generate_series(1, 8000) g;
+CREATE SCHEMA oracle;
+CREATE TABLE oracle.users AS SELECT * FROM users;
+CREATE TABLE oracle.memberships AS SELECT * FROM memberships;
+"#;
+
+fn assert_same_rows(db: &TestDb, a: &str, b: &str) {
+    let missing = q(
+        db,
+        &format!("SELECT count(*) FROM (SELECT * FROM {b} y EXCEPT ALL SELECT * FROM {a} z) x"),
+    );
+    let extra = q(
+        db,
+        &format!("SELECT count(*) FROM (SELECT * FROM {a} y EXCEPT ALL SELECT * FROM {b} z) x"),
+    );
+    assert_eq!(
+        (missing.as_str(), extra.as_str()),
+        ("0", "0"),
+        "{a} vs {b}: rows missing / extra"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_lost_writes_on_preserved_tables_with_pauses_at_every_prepare_boundary() {
+    let (src, tgt) = pair("mig_load");
+    src.psql(LOAD_SOURCE);
+    tgt.psql(LOAD_TARGET);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for n in 0..3 {
+        writers.push(tokio::spawn(writer(tgt.url(), n, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let points = [
+        "migrate.prepare.recorded",
+        "migrate.prepare.structure",
+        "migrate.prepare.captured",
+        "migrate.prepare.copied",
+        "migrate.prepare.indexed",
+        "migrate.prepare.validated",
+    ];
+    let spec = points.map(|p| format!("{p}=pause")).join(";");
+    let (s, t) = (src.url(), tgt.url());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "migrate",
+            "prepare",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--preserved-tables",
+            "users,memberships",
+            "--jobs",
+            "3",
+        ])
+        .env("PGFLIP_FAILPOINTS", &spec)
+        .env("PGFLIP_FAILPOINT_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for p in points {
+        let paused = dir.path().join(format!("{p}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paused.exists() {
+            assert!(Instant::now() < deadline, "{p} never paused");
+            if let Some(st) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "prepare ended ({st}) before {p}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the writers run while pgflip stands still at the boundary.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        std::fs::remove_file(&paused).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prepare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in writers {
+        let (n, err) = w.await.unwrap();
+        assert_eq!(err, None, "a writer saw an error");
+        total += n;
+    }
+    assert!(total > 100, "the writers hardly ran ({total})");
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["rejected"], 0, "{st:#}");
+    assert!(m["forwarded"].as_i64().unwrap() > 50, "{st:#}");
+    let id = m["record"]["id"].as_i64().unwrap();
+    let sh = format!("pgflip_shadow_{id}_public");
+    assert_same_rows(&tgt, "users", "oracle.users");
+    assert_same_rows(&tgt, "memberships", "oracle.memberships");
+    assert_same_rows(
+        &tgt,
+        &format!("(SELECT id, email FROM {sh}.users)"),
+        "oracle.users",
+    );
+    assert_same_rows(
+        &tgt,
+        &format!("(SELECT org, uid, role FROM {sh}.memberships)"),
+        "oracle.memberships",
+    );
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+}
