@@ -15,6 +15,7 @@ pub mod flip;
 pub mod ident;
 pub mod localpg;
 pub mod pgversion;
+pub mod migrate;
 pub mod plan;
 pub mod rowdiff;
 pub mod schemadiff;

@@ -11,6 +11,7 @@ mod flip;
 mod flip_hooks;
 mod harness;
 mod safety;
+mod migrate;
 mod schemadiff;
 mod state;
 mod sync;

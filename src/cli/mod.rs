@@ -4,6 +4,7 @@
 mod common;
 mod demo;
 mod generations;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -37,8 +38,9 @@ pub enum Command {
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -201,7 +203,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
