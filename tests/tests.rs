@@ -7,6 +7,7 @@ mod cli;
 mod conn;
 mod ddl_roundtrip;
 mod flip;
+mod green;
 mod harness;
 mod schemadiff;
 mod state;
