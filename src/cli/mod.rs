@@ -4,6 +4,7 @@
 mod common;
 mod demo;
 mod generations;
+mod green;
 mod migrate;
 mod output;
 mod schema;
@@ -45,7 +46,8 @@ pub enum Command {
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
-    Green(NotBuilt),
+    #[command(subcommand)]
+    Green(green::GreenCommand),
     /// What is in flight on a target, and its latest generations.
     Status(generations::StatusArgs),
     /// List the generations recorded on a target.
@@ -208,7 +210,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
-        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Green(c) => green::run(c, &cli.global, out).await,
         Command::Status(a) => generations::status(a, &cli.global, out).await,
         Command::List(a) => generations::list(a, &cli.global, out).await,
         Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
