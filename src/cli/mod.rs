@@ -5,6 +5,8 @@ mod common;
 mod confirm;
 mod demo;
 mod generations;
+mod green;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -38,13 +40,15 @@ pub enum Command {
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
-    Green(NotBuilt),
+    #[command(subcommand)]
+    Green(green::GreenCommand),
     /// What is in flight on a target, and its latest generations.
     Status(generations::StatusArgs),
     /// List the generations recorded on a target.
@@ -224,12 +228,12 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
-        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Green(c) => green::run(c, &cli.global, out).await,
         Command::Status(a) => generations::status(a, &cli.global, out).await,
         Command::List(a) => generations::list(a, &cli.global, out).await,
         Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
