@@ -154,6 +154,7 @@ fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_post
                 collation: r.try_get("collation")?,
                 default: r.try_get("default")?,
                 not_null: r.try_get("not_null")?,
+                not_null_name: r.try_get("not_null_name")?,
                 identity: match r.try_get::<_, Option<&str>>("identity")? {
                     Some("always") => Some(Identity::Always),
                     Some(_) => Some(Identity::ByDefault),
@@ -255,7 +256,7 @@ impl Snapshot {
             queries::types(),
             queries::sequences(),
             queries::relations(),
-            queries::columns(),
+            queries::columns(server_version),
             queries::constraints(),
             queries::indexes(),
             queries::triggers_and_policies(),

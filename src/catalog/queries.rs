@@ -262,7 +262,9 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm') AND {c_not_ext}
 ///
 /// Rows rather than one JSON document: with tens of thousands of columns, turning each row
 /// into JSON costs the server more than finding them (215 ms against 115 for 40,000).
-pub fn columns() -> String {
+/// From PostgreSQL 18 a NOT NULL is a named constraint (`pg_constraint.contype = 'n'`); before,
+/// it has no name and `not_null_name` is NULL.
+pub fn columns(server_version: i32) -> String {
     format!(
         r#"{SCOPE}
 SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
@@ -271,6 +273,7 @@ SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
        THEN a.attcollation::pg_catalog.regcollation::text END AS collation,
   CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS "default",
   a.attnotnull AS not_null,
+  {not_null_name} AS not_null_name,
   CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by_default' END AS identity,
   CASE WHEN a.attidentity <> '' THEN
     (SELECT pg_catalog.json_build_object('schema', sn.nspname, 'name', s.relname)
@@ -298,6 +301,12 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped 
 "#,
         colacl = acl_items("a.attacl"),
         c_not_ext = not_ext("pg_class", "c.oid"),
+        not_null_name = if server_version >= 180000 {
+            "(SELECT nn.conname::text FROM pg_catalog.pg_constraint nn WHERE nn.conrelid = a.attrelid \
+               AND nn.contype = 'n' AND nn.conkey[1] = a.attnum)"
+        } else {
+            "NULL::text"
+        },
     )
 }
 

@@ -284,6 +284,9 @@ pub struct Column {
     /// Default expression (not for generated columns).
     pub default: Option<String>,
     pub not_null: bool,
+    /// Name of the NOT NULL constraint (PostgreSQL 18+; `None` before, where it has none).
+    #[serde(default)]
+    pub not_null_name: Option<String>,
     pub identity: Option<Identity>,
     /// Qualified name of the identity column's sequence.
     pub identity_sequence: Option<QualName>,

@@ -526,6 +526,10 @@ pub fn column_definition(c: &Column) -> String {
         let _ = write!(s, " DEFAULT {d}");
     }
     if c.not_null {
+        // Named as on the source (18+); older servers take the name and ignore it.
+        if let Some(n) = &c.not_null_name {
+            let _ = write!(s, " CONSTRAINT {}", quote_ident(n));
+        }
         s.push_str(" NOT NULL");
     }
     if let Some(id) = c.identity {

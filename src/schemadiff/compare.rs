@@ -1604,10 +1604,22 @@ impl<'a> Builder<'a> {
                 && !parent_same
                 && !(c.identity.is_some() && tc.identity.is_none())
             {
+                // On 18+ a NOT NULL is a named constraint: name it as the source does (a plain
+                // SET NOT NULL would take a default name, or a suffixed one if taken).
+                let set_not_null = match (&c.not_null_name, self.tgt.server_version >= 180000) {
+                    (Some(nn), true) => format!(
+                        "ALTER TABLE {name} ADD CONSTRAINT {} NOT NULL {col};",
+                        quote_ident(nn)
+                    ),
+                    _ => format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
+                };
                 if c.not_null {
                     if self.opts.online && plain && !children {
-                        let check =
-                            crate::ident::derived_name(&s.name, &format!("_{}_not_null", c.name));
+                        // Not "_not_null": 18 names a column's NOT NULL constraint that way.
+                        let check = crate::ident::derived_name(
+                            &s.name,
+                            &format!("_{}_not_null_check", c.name),
+                        );
                         let ck = quote_ident(&check);
                         self.main.push(alter(s, format!("Check {name}.{col} IS NOT NULL for new rows (existing rows are validated next)"), format!("ALTER TABLE {name} ADD CONSTRAINT {ck} CHECK ({col} IS NOT NULL) NOT VALID;")));
                         self.validate.push(
@@ -1621,16 +1633,12 @@ impl<'a> Builder<'a> {
                         self.post.push(alter(
                             s,
                             format!("Set {name}.{col} NOT NULL (the validated check spares the scan) and drop the check"),
-                            format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
+                            format!("{set_not_null}\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
                         ));
                     } else {
                         self.main.push(
-                            alter(
-                                s,
-                                format!("Set {name}.{col} NOT NULL"),
-                                format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
-                            )
-                            .hazard(Hazard::Validates),
+                            alter(s, format!("Set {name}.{col} NOT NULL"), set_not_null)
+                                .hazard(Hazard::Validates),
                         );
                     }
                 } else if !(s
@@ -1642,6 +1650,25 @@ impl<'a> Builder<'a> {
                         s,
                         format!("Drop NOT NULL of {name}.{col}"),
                         format!("ALTER TABLE {name} ALTER COLUMN {col} DROP NOT NULL;"),
+                    ));
+                }
+            }
+            // Both sides name their NOT NULL constraints (18+): the same name.
+            if let (true, true, Some(sn), Some(tn)) =
+                (c.not_null, tc.not_null, &c.not_null_name, &tc.not_null_name)
+            {
+                if sn != tn && !inherited_not_null(s, c) {
+                    self.main.push(alter(
+                        s,
+                        format!(
+                            "Rename the NOT NULL constraint of {name}.{col} to {}",
+                            quote_ident(sn)
+                        ),
+                        format!(
+                            "ALTER TABLE {name} RENAME CONSTRAINT {} TO {};",
+                            quote_ident(tn),
+                            quote_ident(sn)
+                        ),
                     ));
                 }
             }
@@ -1925,4 +1952,10 @@ fn cast_expr(col: &str, from: &str, to: &str) -> String {
 fn is_subsequence(small: &[String], big: &[String]) -> bool {
     let mut it = big.iter();
     small.iter().all(|x| it.any(|y| y == x))
+}
+
+/// A column whose NOT NULL comes from a parent (a partition's, an inherited column's): its
+/// constraint is renamed on the parent, not here.
+fn inherited_not_null(t: &Table, c: &Column) -> bool {
+    !c.is_local || c.inherit_count > 0 || t.is_partition()
 }
