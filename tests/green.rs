@@ -519,3 +519,121 @@ async fn green_query_defined_table_keeps_its_key_and_grants() {
     run_ok(&["green", "cancel", "--target", &db.url()]);
     assert_eq!(user_dump(&db), before);
 }
+
+const LIVE_IDX: &str = "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'My Schema' AND tablename = 'Sales MV'";
+
+#[tokio::test]
+async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_the_old_back() {
+    let db = fresh_db("green_promote");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    // Dry run: the flip's plan, nothing changed.
+    let plan = run_ok(&[
+        "green",
+        "promote",
+        "mv_top",
+        "--target",
+        &db.url(),
+        "--dry-run",
+    ]);
+    assert!(plan.contains("ALTER MATERIALIZED VIEW"), "{plan}");
+    assert!(
+        !plan.contains("CREATE MATERIALIZED VIEW"),
+        "nothing is built under the locks: {plan}"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+
+    let out = run_ok(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Sales MV\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("Promoted green"), "{out}");
+    // The role reads the new contents through the view; names of indexes unchanged (the one
+    // on the dropped column stays with the retired relation).
+    let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT DISTINCT version FROM public.v_sales; SELECT DISTINCT version FROM public.mv_top"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "2\n2\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_total");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT obj_description('\"My Schema\".\"Sales MV\"'::regclass, 'pg_class')"
+        )
+        .await,
+        "sales per group"
+    );
+    // Nothing of green is left: no schema, no operation; a generation of kind green.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT kind || ':' || (SELECT count(*) FROM pgflip.generation_relations r WHERE r.generation_id = g.id) FROM pgflip.generations g").await,
+        "green:2"
+    );
+    // The refreshing job keeps working on the new one (it has its unique index).
+    db.psql("REFRESH MATERIALIZED VIEW CONCURRENTLY \"My Schema\".\"Sales MV\"");
+
+    // Rollback brings the old contents, index and dependents back.
+    run_ok(&["rollback", "--latest", "--target", &db.url()]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_top").await,
+        "1"
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT count(*) FROM public.v_sales"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "5\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    run_ok(&["cleanup", "--keep", "0", "--target", &db.url()]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}
