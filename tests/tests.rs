@@ -8,6 +8,7 @@ mod conn;
 mod ddl_roundtrip;
 mod flip;
 mod harness;
+mod schema_kinds;
 mod schemadiff;
 mod state;
 mod sync;
