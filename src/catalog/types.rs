@@ -503,6 +503,25 @@ pub enum ObjClass {
     Constraint,
     Trigger,
     Policy,
+    Operator,
+    OpClass,
+    OpFamily,
+    Cast,
+    TsConfig,
+    TsDict,
+    TsParser,
+    TsTemplate,
+    Conversion,
+    StatisticExt,
+    /// A rule other than a view's `_RETURN` rule.
+    Rule,
+    EventTrigger,
+    ForeignDataWrapper,
+    ForeignServer,
+    UserMapping,
+    DefaultAcl,
+    /// A setting with no catalog row of its own (numbered within one snapshot).
+    Synthetic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
