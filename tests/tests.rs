@@ -11,3 +11,4 @@ mod harness;
 mod schemadiff;
 mod state;
 mod sync;
+mod sync_pgsync;

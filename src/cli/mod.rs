@@ -4,6 +4,7 @@
 mod common;
 mod demo;
 mod generations;
+mod init;
 mod output;
 mod schema;
 mod schema_diff;
@@ -36,6 +37,8 @@ pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
+    /// Write a commented pgflip.toml to start from (recognises Rails, Django, Laravel, Heroku).
+    Init(init::InitArgs),
     /// Replace every table of a target database with the source's version (prepare / swap /
     /// start / abort).
     Migrate(NotBuilt),
@@ -197,6 +200,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
+        Command::Init(args) => init::run(&args, out),
         Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
