@@ -4,7 +4,9 @@
 mod common;
 mod demo;
 mod generations;
+mod green;
 mod init;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -40,13 +42,15 @@ pub enum Command {
     /// Write a commented pgflip.toml to start from (recognises Rails, Django, Laravel, Heroku).
     Init(init::InitArgs),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
-    Green(NotBuilt),
+    #[command(subcommand)]
+    Green(green::GreenCommand),
     /// What is in flight on a target, and its latest generations.
     Status(generations::StatusArgs),
     /// List the generations recorded on a target.
@@ -106,9 +110,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<pgflip::Error>() {
         Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
         Some(E::Connect { .. }) => exit::CONNECT,
-        Some(E::Server { .. } | E::Connection { .. } | E::Io { .. } | E::Failpoint(_)) => {
-            exit::DATABASE
-        }
+        Some(
+            E::Server { .. }
+            | E::Connection { .. }
+            | E::Io { .. }
+            | E::Failpoint(_)
+            | E::AfterCommit { .. },
+        ) => exit::DATABASE,
         Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
         Some(E::NotImplemented(_)) => exit::NOT_BUILT,
         _ => exit::USAGE,
@@ -201,12 +209,12 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
         Command::Init(args) => init::run(&args, out),
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
-        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Green(c) => green::run(c, &cli.global, out).await,
         Command::Status(a) => generations::status(a, &cli.global, out).await,
         Command::List(a) => generations::list(a, &cli.global, out).await,
         Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,
