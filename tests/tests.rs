@@ -17,3 +17,4 @@ mod schema_kinds;
 mod schemadiff;
 mod state;
 mod sync;
+mod sync_pgsync;

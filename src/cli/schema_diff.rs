@@ -59,6 +59,10 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         .map_err(pgflip::Error::InvalidInput)?;
     let (src_ep, tgt_ep) = endpoints(global, &args.source, &args.target)?;
     let (src_client, tgt_client) = tokio::try_join!(src_ep.connect(), tgt_ep.connect())?;
+    // One database against itself is a mistake, unless two of its schemas are compared.
+    if args.source_schema.is_none() || args.source_schema == args.target_schema {
+        pgflip::conn::refuse_same_database(&src_client, &tgt_client).await?;
+    }
     let tgt_client = std::sync::Arc::new(tgt_client);
     // Applying: pgflip's target lock is held from before the target is read until the script
     // has run, so no other pgflip run changes the target between the comparison and the apply.
