@@ -483,6 +483,69 @@ pub fn record_operation_sql(
     )
 }
 
+/// SQL recording that pgflip has just created `rel` (qualified; in the same transaction) as
+/// the staging table `staging` of `live`, in phase `phase`. The relation's oid is recorded: a
+/// relation keeps it through renames, and pgflip replaces or drops a relation under a name the
+/// user can see only if its oid is recorded here ([`created_relation_oids`]).
+pub fn record_created_relation_sql(
+    kind: &str,
+    phase: &str,
+    live: (&str, &str),
+    staging: (&str, &str),
+    rel: &str,
+) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "{}; UPDATE pgflip.operations SET details = details || \
+         jsonb_build_object('oid', {}::regclass::oid::bigint) \
+         WHERE green_schema = {} AND green_name = {}",
+        record_operation_sql(kind, phase, live, staging, &serde_json::json!({})),
+        l(rel),
+        l(staging.0),
+        l(staging.1)
+    )
+}
+
+/// SQL moving the operation of green relation `green` to `phase`.
+pub fn set_operation_phase_sql(green: (&str, &str), phase: &str) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "UPDATE pgflip.operations SET phase = {}, updated_at = clock_timestamp() \
+         WHERE green_schema = {} AND green_name = {}",
+        l(phase),
+        l(green.0),
+        l(green.1)
+    )
+}
+
+/// SQL forgetting the operation of green relation `green` (dropped by pgflip).
+pub fn forget_operation_sql(green: (&str, &str)) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "DELETE FROM pgflip.operations WHERE green_schema = {} AND green_name = {}",
+        l(green.0),
+        l(green.1)
+    )
+}
+
+/// The oids of the relations pgflip created and recorded with
+/// [`record_created_relation_sql`] that still exist (empty without state). Reads only.
+pub async fn created_relation_oids(client: &Client) -> Result<std::collections::BTreeSet<u32>> {
+    if !exists(client).await? {
+        return Ok(Default::default());
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid FROM pgflip.operations o \
+             JOIN pg_catalog.pg_class c ON c.oid::bigint = (o.details ->> 'oid')::bigint \
+             WHERE o.details ? 'oid'",
+            &[],
+        )
+        .await
+        .ctx("reading the relations pgflip created")?;
+    Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
+}
+
 /// An in-flight operation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Operation {

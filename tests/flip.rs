@@ -944,11 +944,13 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
         .await
         .is_err());
     // Rolling back re-points the FK again (the retired copy lacked it); its validation fails
-    // after the commit because row (2, 3) references a deleted parent: reported, not hidden.
+    // after the commit because row (2, 3) references a deleted parent: the run fails (exit 4)
+    // saying the flip committed, and verify names the constraint.
     let out = pgflip(&["rollback", "--target", &db.url(), "--latest"]);
-    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("child_parent_id_fkey"),
+        stderr(&out).contains("child_parent_id_fkey")
+            && stderr(&out).contains("the flip committed"),
         "{}",
         stderr(&out)
     );

@@ -967,8 +967,9 @@ fn split_ranges_read_the_snapshot_not_later_rows() {
     tgt.psql(ddl);
     src.psql("INSERT INTO t SELECT g, g, repeat('p', 200) FROM generate_series(1, 20000) g");
     let at_snapshot = digest(&src, "t");
-    // A session holding a lock on t_staging makes the sync wait after its snapshot is taken.
-    tgt.psql("CREATE TABLE t_staging (x int)");
+    // A session holding a lock on t_staging (pgflip's, from an earlier load) makes the sync
+    // wait after its snapshot is taken.
+    ok(&sync(&src, &tgt, &["t", "--staging-table"]));
     let srv = tgt.srv;
     let db = tgt.name.clone();
     let holder = std::thread::spawn(move || {
@@ -1023,18 +1024,19 @@ fn a_failing_range_fails_the_sync_and_leaves_no_loading_table() {
         "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v <> 15000), pad text); \
               INSERT INTO t VALUES (1, 1, 'live')",
     );
-    let before = tgt.dump();
+    let before = tgt.pg_dump(&["--exclude-schema=pgflip"]);
     let mut args = vec!["t"];
     args.extend(SPLIT);
     let o = sync(&src, &tgt, &args);
     assert_eq!(o.status.code(), Some(4), "{}", stderr(&o));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM pgflip.operations"), "0");
     let err = stderr(&o);
     assert!(
         err.contains("check constraint") && err.contains("range "),
         "the message names the constraint and the range: {err}"
     );
     assert_eq!(
-        tgt.dump(),
+        tgt.pg_dump(&["--exclude-schema=pgflip"]),
         before,
         "no staging or loading table left, live untouched"
     );

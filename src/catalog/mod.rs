@@ -172,6 +172,7 @@ fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_post
                     .map(|j| j.0),
                 identity_options: None,
                 generated: r.try_get("generated")?,
+                generated_virtual: r.try_get("generated_virtual")?,
                 is_local: r.try_get("is_local")?,
                 inherit_count: r.try_get("inherit_count")?,
                 acl: r
@@ -213,19 +214,22 @@ impl Snapshot {
     pub async fn load_on(clients: &[&Client], filter: &Filter) -> Result<Snapshot> {
         assert!(!clients.is_empty(), "Snapshot::load_on needs a connection");
         let mut saved = Vec::with_capacity(clients.len());
+        // The queries differ by major version (what the catalog has): read it first.
+        let mut server_version = 0;
         for c in clients {
-            let s: String = c
+            let row = c
                 .query_one(
                     "SELECT pg_catalog.current_setting('search_path'), \
-                     pg_catalog.set_config('search_path', '', false)",
+                     pg_catalog.set_config('search_path', '', false), \
+                     pg_catalog.current_setting('server_version_num')::int",
                     &[],
                 )
                 .await
-                .ctx("reading the catalog: setting search_path")?
-                .get(0);
-            saved.push(s);
+                .ctx("reading the catalog: setting search_path")?;
+            saved.push(row.get::<_, String>(0));
+            server_version = row.get(2);
         }
-        let result = Self::load_inner(clients, filter).await;
+        let result = Self::load_inner(clients, filter, server_version).await;
         let mut restore = Ok(());
         for (c, s) in clients.iter().zip(&saved) {
             let r = c
@@ -245,14 +249,18 @@ impl Snapshot {
         Ok(snap)
     }
 
-    async fn load_inner(clients: &[&Client], filter: &Filter) -> Result<Snapshot> {
+    async fn load_inner(
+        clients: &[&Client],
+        filter: &Filter,
+        server_version: i32,
+    ) -> Result<Snapshot> {
         // Round-robin, biggest queries first, so that they land on different connections.
         let c = |i: usize| clients[i % clients.len()];
         let inc = &filter.include_schemas;
         let exc = &filter.exclude_schemas;
         let q_extras = extras_sql::extras();
         let (q_globals, q_types, q_seqs, q_rels, q_cols, q_cons, q_idx, q_trg, q_fun, q_dep) = (
-            queries::globals(),
+            queries::globals(server_version),
             queries::types(),
             queries::sequences(),
             queries::relations(),

@@ -59,8 +59,9 @@ pub(super) fn not_ext(class: &str, oid: &str) -> String {
     )
 }
 
-/// Schemas, extensions, collations, publications and the server's role names.
-pub fn globals() -> String {
+/// Schemas, extensions, collations, publications and the server's role names, as read from a
+/// server of `server_version` (`server_version_num`).
+pub fn globals(server_version: i32) -> String {
     format!(
         r#"{SCOPE}
 SELECT pg_catalog.json_build_object(
@@ -88,7 +89,25 @@ SELECT pg_catalog.json_build_object(
      'oid', p.oid::int8, 'name', p.pubname, 'owner', pg_catalog.pg_get_userbyid(p.pubowner),
      'all_tables', p.puballtables, 'insert', p.pubinsert, 'update', p.pubupdate,
      'delete', p.pubdelete, 'truncate', p.pubtruncate, 'via_root', p.pubviaroot,
-     'tables', (SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object(
+{pub_tables}
+     'comment', pg_catalog.obj_description(p.oid, 'pg_publication')) ORDER BY p.pubname), '[]')
+   FROM pg_catalog.pg_publication p),
+ 'roles', (SELECT COALESCE(pg_catalog.json_agg(r.rolname ORDER BY r.rolname), '[]') FROM pg_catalog.pg_roles r),
+ 'server_version', pg_catalog.current_setting('server_version_num')::int
+)"#,
+        nacl = acl("n.nspacl", 'n', "n.nspowner"),
+        coll_not_ext = not_ext("pg_collation", "c.oid"),
+        pub_tables = publication_tables(server_version),
+    )
+}
+
+/// The `tables` and `schemas` of a publication `p`. Column lists, row filters
+/// (`pg_publication_rel.prattrs`, `prqual`) and whole-schema publications
+/// (`pg_publication_namespace`) are PostgreSQL 15's: before it a publication has none of them,
+/// and naming them is an error.
+fn publication_tables(server_version: i32) -> String {
+    if server_version >= 150000 {
+        return r#"     'tables', (SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object(
           'schema', n.nspname, 'name', c.relname,
           'columns', CASE WHEN pr.prattrs IS NOT NULL THEN
              (SELECT pg_catalog.json_agg(a.attname ORDER BY k.n)
@@ -102,15 +121,18 @@ SELECT pg_catalog.json_build_object(
      'schemas', (SELECT COALESCE(pg_catalog.json_agg(n.nspname ORDER BY n.nspname), '[]')
         FROM pg_catalog.pg_publication_namespace pn
         JOIN pg_catalog.pg_namespace n ON n.oid = pn.pnnspid
-        WHERE pn.pnpubid = p.oid AND n.oid IN (SELECT oid FROM ns)),
-     'comment', pg_catalog.obj_description(p.oid, 'pg_publication')) ORDER BY p.pubname), '[]')
-   FROM pg_catalog.pg_publication p),
- 'roles', (SELECT COALESCE(pg_catalog.json_agg(r.rolname ORDER BY r.rolname), '[]') FROM pg_catalog.pg_roles r),
- 'server_version', pg_catalog.current_setting('server_version_num')::int
-)"#,
-        nacl = acl("n.nspacl", 'n', "n.nspowner"),
-        coll_not_ext = not_ext("pg_collation", "c.oid"),
-    )
+        WHERE pn.pnpubid = p.oid AND n.oid IN (SELECT oid FROM ns)),"#
+            .to_string();
+    }
+    r#"     'tables', (SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object(
+          'schema', n.nspname, 'name', c.relname, 'columns', NULL, 'row_filter', NULL)
+          ORDER BY n.nspname, c.relname), '[]')
+        FROM pg_catalog.pg_publication_rel pr
+        JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid
+        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+        WHERE pr.prpubid = p.oid AND n.oid IN (SELECT oid FROM ns)),
+     'schemas', '[]'::pg_catalog.json,"#
+        .to_string()
 }
 
 /// Enum, domain, composite and range types.
@@ -260,6 +282,8 @@ SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
         AND dd.refobjid = a.attrelid AND dd.refobjsubid = a.attnum AND dd.deptype = 'i'
       LIMIT 1) END AS identity_sequence,
   CASE WHEN a.attgenerated <> '' THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS generated,
+  -- 'v' (virtual, computed when read) is PostgreSQL 18's; before it every one is 's'.
+  a.attgenerated = 'v' AS generated_virtual,
   a.attislocal AS is_local, a.attinhcount::int4 AS inherit_count,
   CASE WHEN a.attacl IS NOT NULL THEN {colacl} END AS acl,
   ds.description AS comment

@@ -292,6 +292,9 @@ pub struct Column {
     pub identity_options: Option<SequenceOptions>,
     /// Generation expression of a `GENERATED ALWAYS AS (…) STORED` column.
     pub generated: Option<String>,
+    /// The generated column is `VIRTUAL` (PostgreSQL 18+), not `STORED`.
+    #[serde(default)]
+    pub generated_virtual: bool,
     /// Defined in this table (not only inherited from a parent).
     pub is_local: bool,
     pub inherit_count: i32,

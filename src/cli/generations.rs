@@ -381,7 +381,7 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
 }
 
 /// A plan that was not run: as JSON, or as its script under a "dry run" header.
-fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::Result<()> {
+pub(super) fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(plan)?);
     } else {
@@ -409,7 +409,7 @@ async fn execute_locked(
     Ok(())
 }
 
-fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
+pub(super) fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(fp)?);
     } else {

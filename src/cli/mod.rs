@@ -4,6 +4,8 @@
 mod common;
 mod demo;
 mod generations;
+mod green;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -37,13 +39,15 @@ pub enum Command {
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
-    Green(NotBuilt),
+    #[command(subcommand)]
+    Green(green::GreenCommand),
     /// What is in flight on a target, and its latest generations.
     Status(generations::StatusArgs),
     /// List the generations recorded on a target.
@@ -103,9 +107,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<pgflip::Error>() {
         Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
         Some(E::Connect { .. }) => exit::CONNECT,
-        Some(E::Server { .. } | E::Connection { .. } | E::Io { .. } | E::Failpoint(_)) => {
-            exit::DATABASE
-        }
+        Some(
+            E::Server { .. }
+            | E::Connection { .. }
+            | E::Io { .. }
+            | E::Failpoint(_)
+            | E::AfterCommit { .. },
+        ) => exit::DATABASE,
         Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
         Some(E::NotImplemented(_)) => exit::NOT_BUILT,
         _ => exit::USAGE,
@@ -197,12 +205,12 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
-        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Green(c) => green::run(c, &cli.global, out).await,
         Command::Status(a) => generations::status(a, &cli.global, out).await,
         Command::List(a) => generations::list(a, &cli.global, out).await,
         Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,

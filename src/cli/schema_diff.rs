@@ -100,10 +100,12 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
             .into());
         }
     }
-    let src_snap = match (&args.source_schema, &args.target_schema) {
+    let mut src_snap = match (&args.source_schema, &args.target_schema) {
         (Some(a), Some(b)) => schemadiff::mapping::remap(&src_snap, a, b)?,
         _ => src_snap,
     };
+    // Across major versions the same view deparses differently: compare in the target's words.
+    schemadiff::compat::deparse_views_on_target(&mut src_snap, &tgt_snap, &tgt_client).await?;
     let opts = DiffOptions {
         drop: args.drop,
         online: !args.offline,
@@ -141,6 +143,25 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         } else {
             exit::DIFFERENCES
         });
+    }
+
+    // A script the target's version cannot run is refused whole, before anything is applied.
+    let missing = schemadiff::compat::unsupported(&src_snap, tgt_snap.server_version);
+    if !missing.is_empty() {
+        return Err(pgflip::Error::InvalidInput(format!(
+            "the target ({}) runs PostgreSQL {}, which cannot express {} object{} of the source; \
+             nothing was applied:\n  {}",
+            tgt_ep.describe(),
+            schemadiff::compat::major(tgt_snap.server_version),
+            missing.len(),
+            if missing.len() == 1 { "" } else { "s" },
+            missing
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>()
+                .join("\n  ")
+        ))
+        .into());
     }
 
     let mut scope = if let (Some(a), Some(b)) = (&args.source_schema, &args.target_schema) {

@@ -538,7 +538,12 @@ pub fn column_definition(c: &Column) -> String {
         let _ = write!(s, " COLLATE {coll}");
     }
     if let Some(g) = &c.generated {
-        let _ = write!(s, " GENERATED ALWAYS AS ({g}) STORED");
+        let kind = if c.generated_virtual {
+            "VIRTUAL"
+        } else {
+            "STORED"
+        };
+        let _ = write!(s, " GENERATED ALWAYS AS ({g}) {kind}");
     } else if let Some(d) = &c.default {
         let _ = write!(s, " DEFAULT {d}");
     }

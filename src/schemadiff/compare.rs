@@ -544,7 +544,9 @@ impl<'a> Builder<'a> {
                     format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;"),
                 ));
             }
-            let regenerated = sc.is_some_and(|sc| sc.generated != c.generated);
+            let regenerated = sc.is_some_and(|sc| {
+                sc.generated != c.generated || sc.generated_virtual != c.generated_virtual
+            });
             if (sc.is_some() && !regenerated) || inherited {
                 continue;
             }
@@ -1503,9 +1505,11 @@ impl<'a> Builder<'a> {
                             .is_none_or(|pt| pt.column(&c.name).is_none())
                     })
             };
-            let tc = t
-                .column(&c.name)
-                .filter(|tc| tc.generated == c.generated && !parent_drops(tc));
+            let tc = t.column(&c.name).filter(|tc| {
+                tc.generated == c.generated
+                    && tc.generated_virtual == c.generated_virtual
+                    && !parent_drops(tc)
+            });
             let Some(tc) = tc else {
                 if (c.is_local || s.is_partition()) && !partition {
                     let mut st = alter(
@@ -1613,9 +1617,23 @@ impl<'a> Builder<'a> {
                         parts.push(format!("SET GENERATED {}", identity_sql(si)));
                     }
                     if let (Some(so), Some(to)) = (&c.identity_options, &tc.identity_options) {
-                        for o in sequence_option_changes(so, to) {
-                            if !o.starts_with("AS ") {
-                                parts.push(format!("SET {o}"));
+                        let changes = sequence_option_changes(so, to);
+                        match &tc.identity_sequence {
+                            // `ALTER COLUMN … SET` cannot change the sequence's type (`LIKE …
+                            // INCLUDING ALL` makes it bigint): the sequence itself can.
+                            Some(seq) if so.data_type != to.data_type => {
+                                self.main.push(alter(
+                                    s,
+                                    format!("Change the identity sequence of {name}.{col}"),
+                                    format!("ALTER SEQUENCE {} {};", seq.sql(), changes.join(" ")),
+                                ));
+                            }
+                            _ => {
+                                for o in changes {
+                                    if !o.starts_with("AS ") {
+                                        parts.push(format!("SET {o}"));
+                                    }
+                                }
                             }
                         }
                     }
@@ -1912,6 +1930,7 @@ fn columns_rewritten(s: &Table, t: &Table) -> Vec<i16> {
                 sc.type_name != tc.type_name
                     || sc.collation != tc.collation
                     || sc.generated != tc.generated
+                    || sc.generated_virtual != tc.generated_virtual
             }
         })
         .map(|tc| tc.num)

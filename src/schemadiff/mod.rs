@@ -11,6 +11,7 @@
 //! comparison can be benchmarked and tested without a server.
 
 mod compare;
+pub mod compat;
 pub mod hazards;
 pub mod mapping;
 mod order;

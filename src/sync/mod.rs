@@ -60,6 +60,7 @@
 
 pub mod config;
 pub mod rules;
+mod staging;
 pub mod tables;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -262,6 +263,11 @@ struct TablePlan {
     ranges: Vec<BlockRange>,
     /// Why a table above the split threshold is copied whole (said in the plan).
     unsplit: Option<String>,
+    /// A staging table pgflip created earlier is replaced (its rows are dropped).
+    replaces_staging: bool,
+    /// Names in use in the target schema that the staging table's indexes and sequences must
+    /// not take.
+    taken_names: BTreeSet<String>,
 }
 
 /// A range of heap blocks: `ctid >= '(from,0)' AND ctid < '(to,0)'`, read by a TID Range Scan.
@@ -571,6 +577,7 @@ pub async fn prepare(
         }
     }
 
+    staging::check_and_reserve(&tgt, &mut plans).await?;
     check_privileges(&coordinator, &tgt, &plans, &opts).await?;
     if opts.disable_integrity {
         let sup: bool = tgt
@@ -849,6 +856,8 @@ fn plan_table(
         diff: None,
         ranges: Vec::new(),
         unsplit: None,
+        replaces_staging: false,
+        taken_names: BTreeSet::new(),
     })
 }
 
@@ -1253,7 +1262,8 @@ fn unit_actions(
             // copy, in parallel, and the table is renamed to the staging name only when it is
             // complete. An interrupted run leaves at most the loading table, which the next run
             // drops.
-            let index_builds = staging_index_builds(p, &loading);
+            let mut taken = p.taken_names.clone();
+            let index_builds = staging_index_builds(p, &loading, &mut taken);
             let including = if index_builds.is_some() {
                 "INCLUDING ALL EXCLUDING INDEXES"
             } else {
@@ -1278,7 +1288,10 @@ fn unit_actions(
                         .is_some_and(|d| d.starts_with("nextval("))
                 {
                     let base = format!("{staging_bare}_{}", c.name);
-                    let seq = qualified(&p.target.schema, &derived_name(&base, "_seq"));
+                    let seq = qualified(
+                        &p.target.schema,
+                        &staging::free_name(&base, "_seq", &mut taken),
+                    );
                     let ty = if c.type_name == "smallint"
                         || c.type_name == "integer"
                         || c.type_name == "bigint"
@@ -1295,22 +1308,48 @@ fn unit_actions(
                     ));
                 }
             }
-            actions.push(Action::Sql(
-                Step::new(
-                    format!(
-                        "drop any previous {staging}; create {loading} with the structure of {live}"
-                    ),
-                    sql,
-                )
-                .lock(LockMode::AccessExclusive, staging.clone()),
+            // Every sequence of the staging table gets the live one's type and options: LIKE
+            // makes identity sequences bigint, and a swap must not change them.
+            for c in p.target.columns.iter().filter(|c| {
+                !c.identity.is_empty() || p.target.sequences.iter().any(|s| s.column == c.name)
+            }) {
+                sql.push_str("; ");
+                sql.push_str(&copy_sequence_options_sql(&live, &loading, &c.name));
+            }
+            // Recorded with its oid in the same transaction: pgflip replaces a staging table
+            // only if it is one it created.
+            sql.push_str("; ");
+            sql.push_str(&crate::state::record_created_relation_sql(
+                "sync",
+                "loading",
+                (&p.target.schema, &p.target.name),
+                (&p.target.schema, &staging_bare),
+                &loading,
             ));
+            let mut step = Step::new(
+                format!(
+                    "{}create {loading} with the structure of {live}",
+                    if p.replaces_staging {
+                        format!("drop the previous {staging} (made by pgflip); ")
+                    } else {
+                        String::new()
+                    }
+                ),
+                sql,
+            )
+            .lock(LockMode::AccessExclusive, staging.clone());
+            if p.replaces_staging {
+                step = step.hazard(Hazard::DeletesData);
+            }
+            actions.push(Action::Sql(step));
             let (builds, finish) = index_builds.unwrap_or_default();
             after.extend(builds);
             let mut fin = finish;
             // LIKE names identity sequences after the loading table: give them the names they
             // would have had under the staging name.
             for c in p.target.columns.iter().filter(|c| !c.identity.is_empty()) {
-                let new_name = derived_name(&format!("{staging_bare}_{}", c.name), "_seq");
+                let new_name =
+                    staging::free_name(&format!("{staging_bare}_{}", c.name), "_seq", &mut taken);
                 fin.push(Step::new(
                     format!(
                         "name the identity sequence of {staging}.{}",
@@ -1330,8 +1369,12 @@ fn unit_actions(
                     format!("rename the complete {loading} to {staging}; autovacuum on again"),
                     format!(
                         "ALTER TABLE {loading} RESET (autovacuum_enabled, \
-                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}",
-                        quote_ident(&staging_bare)
+                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}; {}",
+                        quote_ident(&staging_bare),
+                        crate::state::set_operation_phase_sql(
+                            (&p.target.schema, &staging_bare),
+                            "staged"
+                        )
                     ),
                 )
                 .lock(LockMode::AccessExclusive, loading.clone()),
@@ -1547,23 +1590,12 @@ fn unit_actions(
                 if opts.defer_constraints && fk.on_delete == "a" {
                     continue; // deferred: checked at the end of the transaction
                 }
-                let not_null: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-                    .collect();
-                let refmatch: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .zip(&fk.to_columns)
-                    .map(|(f, t)| format!("o.{} = c.{}", quote_ident(t), quote_ident(f)))
-                    .collect();
-                let sql = format!(
-                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM {} o WHERE {} AND {doomed})",
-                    fk.from,
-                    not_null.join(" AND "),
-                    only(&p.target.kind, &p.into),
-                    refmatch.join(" AND ")
+                let sql = crate::flip::fkcheck::orphan_count_sql(
+                    &fk.from,
+                    &fk.from_columns,
+                    &fk.to_columns,
+                    &only(&p.target.kind, &p.into),
+                    &doomed,
                 );
                 actions.push(Action::Check {
                     step: Step::new(
@@ -1642,7 +1674,11 @@ fn unit_actions(
 /// transaction) that give a staging table the live table's indexes. `None` when an index
 /// definition cannot be re-targeted safely: then `LIKE … INCLUDING ALL` builds them during the
 /// copy instead.
-fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<Step>)> {
+fn staging_index_builds(
+    p: &TablePlan,
+    loading: &str,
+    taken: &mut BTreeSet<String>,
+) -> Option<(Vec<Step>, Vec<Step>)> {
     let live = p.target.qualified();
     let marker = format!(" ON {live} USING ");
     let mut builds = Vec::new();
@@ -1657,7 +1693,7 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
             .as_ref()
             .map(|(n, _)| n.clone())
             .unwrap_or_else(|| idx.name.clone());
-        let name = derived_name(&base, "_staging");
+        let name = staging::free_name(&base, "_staging", taken);
         let kind = idx.constraint.as_ref().map(|(_, k)| k.as_str());
         if kind == Some("x") {
             finish.push(
@@ -1716,6 +1752,26 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
         }
     }
     Some((builds, finish))
+}
+
+/// SQL giving the sequence of `table.column` (identity or serial, if it has one) the type and
+/// options of `live.column`'s sequence. Both tables are qualified; a column without a sequence
+/// on either side is left alone.
+fn copy_sequence_options_sql(live: &str, table: &str, column: &str) -> String {
+    format!(
+        "DO $pgflip$DECLARE s record; t text; BEGIN \
+         t := pg_catalog.pg_get_serial_sequence({table}, {col}); \
+         SELECT pg_catalog.format_type(q.seqtypid, NULL) AS ty, q.* INTO s FROM pg_catalog.pg_sequence q \
+          WHERE q.seqrelid = pg_catalog.pg_get_serial_sequence({live}, {col})::pg_catalog.regclass; \
+         IF FOUND AND t IS NOT NULL THEN \
+           EXECUTE format('ALTER SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s RESTART WITH %s CACHE %s %sCYCLE', \
+             t, s.ty, s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqstart, s.seqcache, \
+             CASE WHEN s.seqcycle THEN '' ELSE 'NO ' END); \
+         END IF; END$pgflip$",
+        live = quote_literal(live),
+        table = quote_literal(table),
+        col = quote_literal(column),
+    )
 }
 
 /// `ONLY rel` for a plain table (its inheritance children are tables of their own); a
@@ -1785,6 +1841,10 @@ impl Prepared {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
         });
+        if self.tables.iter().any(|p| p.strategy == Strategy::Staging) {
+            // Staging tables are recorded in pgflip's state as they are created.
+            crate::state::ensure(&self.target.connect().await?).await?;
+        }
         let slots = Semaphore::new(self.opts.jobs.max(1));
         let this = &self;
         let results: Vec<Vec<TableReport>> = futures_util::future::try_join_all(
@@ -2078,21 +2138,29 @@ impl Prepared {
     /// sessions may still be ending, so the lock is retried (short lock_timeout) until
     /// `max_wait`; if that fails too, the next run drops them.
     async fn drop_loading_tables(&self, unit: &Unit, events: &dyn EventSink) {
-        let loading: Vec<&str> = unit
+        let staged: Vec<&TablePlan> = unit
             .tables
             .iter()
             .map(|&i| &self.tables[i])
             .filter(|p| p.strategy == Strategy::Staging)
-            .map(|p| p.load_into.as_str())
             .collect();
-        if loading.is_empty() {
+        if staged.is_empty() {
             return;
         }
-        let sql = format!(
-            "SET lock_timeout = {}; DROP TABLE IF EXISTS {}",
+        let loading: Vec<&str> = staged.iter().map(|p| p.load_into.as_str()).collect();
+        let mut sql = format!(
+            "SET lock_timeout = {}; BEGIN; DROP TABLE IF EXISTS {}",
             self.opts.lock_timeout.as_millis().max(1),
             loading.join(", ")
         );
+        for p in &staged {
+            sql.push_str("; ");
+            sql.push_str(&crate::state::forget_operation_sql((
+                &p.target.schema,
+                p.staging.as_deref().unwrap_or_default(),
+            )));
+        }
+        sql.push_str("; COMMIT");
         let started = Instant::now();
         let mut attempt = 0;
         let outcome = loop {
