@@ -321,10 +321,13 @@ impl RunRecord {
         if exists(client).await? {
             // A writing run upgrades an older state first (it holds the target lock).
             ensure(client).await?;
+            // The session remembers its run: a flip records it with its generation, so that a
+            // run killed after its flip committed is known to have flipped.
             id = Some(
                 client
                     .query_one(
-                        "INSERT INTO pgflip.runs (command, pgflip_version) VALUES ($1, $2) RETURNING id",
+                        "WITH r AS (INSERT INTO pgflip.runs (command, pgflip_version) VALUES ($1, $2) RETURNING id) \
+                         SELECT id, pg_catalog.set_config('pgflip.run_id', id::text, false) FROM r",
                         &[&command, &crate::VERSION],
                     )
                     .await
@@ -388,6 +391,8 @@ pub struct Run {
     pub status: String,
     pub pgflip_version: String,
     pub error: Option<String>,
+    /// The generation this run's flip recorded (its flip committed), if any.
+    pub generation: Option<String>,
 }
 
 /// The latest `limit` runs (empty without state). Reads only; works on every state version.
@@ -402,7 +407,9 @@ pub async fn runs(client: &Client, limit: i64) -> Result<Vec<Run>> {
                          (SELECT 1 FROM pg_catalog.pg_stat_activity a \
                           WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at) \
                          THEN 'interrupted' ELSE r.status END, \
-                    r.pgflip_version, pg_catalog.to_jsonb(r) ->> 'error' \
+                    r.pgflip_version, pg_catalog.to_jsonb(r) ->> 'error', \
+                    (SELECT g.label FROM pgflip.generations g \
+                     WHERE g.details ->> 'run_id' = r.id::text ORDER BY g.id DESC LIMIT 1) \
              FROM pgflip.runs r ORDER BY r.id DESC LIMIT $1",
             &[&limit],
         )
@@ -418,6 +425,7 @@ pub async fn runs(client: &Client, limit: i64) -> Result<Vec<Run>> {
             status: r.get(4),
             pgflip_version: r.get(5),
             error: r.get(6),
+            generation: r.get(7),
         })
         .collect())
 }

@@ -340,3 +340,224 @@ fn a_swap_keeps_identity_and_serial_sequence_types_and_options() {
     assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
     assert_eq!(seq_shape(&tgt2, "t"), seq_shape(&src2, "t"));
 }
+
+/// Item 5: Ctrl-C (or SIGTERM) during an in-place sync cancels the statement on the server:
+/// pgflip exits 130 and, right after, nothing of pgflip runs on the target and the
+/// application's UPDATE of the table does not wait.
+#[test]
+fn an_interrupt_cancels_the_statements_on_the_server() {
+    let (src, tgt) = pair("interrupt");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 20000) g");
+    // Every row written takes a millisecond: the merge runs for about 20 s on the server.
+    tgt.psql(
+        "INSERT INTO t SELECT g, 'old' FROM generate_series(1, 100) g; \
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END$$; \
+         CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow()",
+    );
+    let before = q(&tgt, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t");
+    for sig in ["-INT", "-TERM"] {
+        let (s, t) = (src.url(), tgt.url());
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(["sync", "--source", &s, "--target", &t, "t", "--overwrite"])
+            .env("NO_COLOR", "1")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND state = 'active' AND query LIKE '%ON CONFLICT%'") == "0" {
+            assert!(Instant::now() < deadline, "the merge never started");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let sent = Instant::now();
+        let k = std::process::Command::new("kill")
+            .args([sig, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(k.success());
+        let o = child.wait_with_output().unwrap();
+        assert_eq!(o.status.code(), Some(130), "{sig}: {}", stderr(&o));
+        assert!(
+            sent.elapsed() < Duration::from_secs(8),
+            "{:?}",
+            sent.elapsed()
+        );
+        // Right away: no pgflip statement runs on the target, and the application's UPDATE
+        // gets its lock well within its lock_timeout.
+        assert_eq!(
+            q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND state = 'active'"),
+            "0",
+            "{sig}"
+        );
+        let app = Instant::now();
+        tgt.psql("SET lock_timeout = '2s'; UPDATE t SET v = v WHERE id = 1");
+        assert!(
+            app.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            app.elapsed()
+        );
+        assert_eq!(
+            q(&tgt, "SELECT string_agg(id || v, ',' ORDER BY id) FROM t"),
+            before,
+            "rolled back"
+        );
+    }
+}
+
+/// Item 6: pgflip killed (-9) right after the flip committed, before the retired side's counts
+/// were recorded: `status` says the flip committed, and `verify --record` completes the record.
+#[test]
+fn a_run_killed_after_its_flip_committed_is_known_to_have_flipped() {
+    let (src, tgt) = pair("killed_commit");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t SELECT g, 'new' FROM generate_series(1, 100) g");
+    tgt.psql("INSERT INTO t SELECT g, 'old' FROM generate_series(1, 30) g");
+    // State first, so that the run is on record from its start.
+    ok(&pgflip(&["list", "--target", &tgt.url()]));
+    ok(&sync(&src, &tgt, &["t", "--staging-table"]));
+    ok(&sync(&src, &tgt, &["t", "--swap"]));
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    let dir = tempfile::tempdir().unwrap();
+    let o = sync_env(
+        &src,
+        &tgt,
+        &["t", "--staging-table", "--swap"],
+        &[
+            ("PGFLIP_FAILPOINTS", "flip.after_commit=exit"),
+            ("PGFLIP_FAILPOINT_DIR", dir.path().to_str().unwrap()),
+        ],
+    );
+    assert_eq!(o.status.code(), None, "killed: {}", stderr(&o));
+    assert!(dir.path().join("flip.after_commit.reached").exists());
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM t"),
+        "100",
+        "the flip committed"
+    );
+    let label = q(
+        &tgt,
+        "SELECT label FROM pgflip.generations ORDER BY id DESC LIMIT 1",
+    );
+    // Its session may take a moment to end on the server.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        let s = ok(&pgflip(&["status", "--target", &tgt.url()]));
+        if s.contains("interrupted") || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.contains("interrupted")
+            && status.contains(&format!("its flip committed (generation {label})")),
+        "{status}"
+    );
+    let o = pgflip(&["verify", "--target", &tgt.url(), "--timestamp", &label]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    let o = pgflip(&[
+        "verify",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+        "--record",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("30 rows"), "{}", stdout(&o));
+    ok(&pgflip(&[
+        "verify",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+    ]));
+    // And it rolls back like any other.
+    ok(&pgflip(&[
+        "rollback",
+        "--target",
+        &tgt.url(),
+        "--timestamp",
+        &label,
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "30");
+}
+
+/// Item 8: every command that replaces or drops data on a target that is not on this machine
+/// asks (or, without a terminal, refuses naming --yes), as in-place sync does.
+#[test]
+fn swap_rollback_and_cleanup_ask_before_acting_on_a_remote_target() {
+    let (src, tgt) = pair("remote_all");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t VALUES (1, 'new'), (2, 'new')");
+    tgt.psql("INSERT INTO t VALUES (1, 'old')");
+    // 0.0.0.0 reaches this machine but is not one of the names pgflip treats as local.
+    let remote = tgt.url().replace("127.0.0.1", "0.0.0.0");
+    let s = src.url();
+    let refused = |o: &std::process::Output| {
+        assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(o), stderr(o));
+        assert!(stderr(o).contains("--yes"), "{}", stderr(o));
+    };
+    // The staging load does not touch live data: no question.
+    ok(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &remote,
+        "t",
+        "--staging-table",
+    ]));
+    let before = tgt.dump();
+    refused(&pgflip(&[
+        "sync", "--source", &s, "--target", &remote, "t", "--swap",
+    ]));
+    refused(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &remote,
+        "t",
+        "--staging-table",
+        "--swap",
+    ]));
+    assert_eq!(tgt.dump(), before);
+    ok(&pgflip(&[
+        "sync", "--source", &s, "--target", &remote, "t", "--swap", "--yes",
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "2");
+
+    let before = tgt.dump();
+    refused(&pgflip(&["rollback", "--target", &remote, "--latest"]));
+    assert_eq!(tgt.dump(), before);
+    ok(&pgflip(&[
+        "rollback", "--target", &remote, "--latest", "--yes",
+    ]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "1");
+
+    let schemas = "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_backup\\_%'";
+    assert_eq!(q(&tgt, schemas), "2");
+    refused(&pgflip(&["cleanup", "--target", &remote, "--keep", "0"]));
+    assert_eq!(q(&tgt, schemas), "2");
+    // A dry run asks nothing and changes nothing.
+    ok(&pgflip(&[
+        "cleanup",
+        "--target",
+        &remote,
+        "--keep",
+        "0",
+        "--dry-run",
+    ]));
+    ok(&pgflip(&[
+        "cleanup", "--target", &remote, "--keep", "0", "--yes",
+    ]));
+    assert_eq!(q(&tgt, schemas), "0");
+}

@@ -13,6 +13,7 @@ mod green;
 mod harness;
 mod migrate;
 mod safety;
+mod schema_kinds;
 mod schemadiff;
 mod state;
 mod sync;

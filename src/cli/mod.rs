@@ -2,6 +2,7 @@
 //! dispatch, and the mapping from library errors to exit codes.
 
 mod common;
+mod confirm;
 mod demo;
 mod generations;
 mod green;
@@ -171,15 +172,21 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(exit::USAGE);
         }
     };
-    // Ctrl-C is raced against the command: the command's future is dropped, so whatever it
-    // holds (connections, transactions, the demo's servers) is released by its destructors
-    // before the process exits with 130.
+    // Ctrl-C (or SIGTERM) is raced against the command: the command's future is dropped, so
+    // whatever it holds (connections, transactions, the demo's servers) is released by its
+    // destructors; then the statements still running on the servers are cancelled (a backend
+    // busy with a statement would otherwise go on, holding its locks), and the process exits
+    // with 130 once their connections are gone (or after a few seconds).
     let result = runtime.block_on(async {
-        tokio::select! {
+        let r = tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => None,
+            _ = interrupted() => None,
             r = run(cli, &out) => Some(r),
+        };
+        if r.is_none() {
+            pgflip::conn::cancel::cancel_all(std::time::Duration::from_secs(5)).await;
         }
+        r
     });
     // A blocking read of stdin (demo --keep) must not hold the exit.
     runtime.shutdown_background();
@@ -196,6 +203,22 @@ pub fn main() -> std::process::ExitCode {
         }
     };
     std::process::ExitCode::from(code)
+}
+
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
 }
 
 async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {

@@ -1,6 +1,5 @@
 //! `pgflip sync`: arguments, confirmation, and rendering of the library's sync report.
 
-use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -97,7 +96,7 @@ pub struct SyncArgs {
     /// Tables copied at once (default: number of cores).
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
-    /// Do not ask before replacing data on a target that is not on this machine.
+    /// Do not ask before replacing data (or swapping) on a target that is not on this machine.
     #[arg(long, short = 'y')]
     pub yes: bool,
     /// Longest a lock request may wait (so the longest the application waits behind it)
@@ -161,6 +160,13 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     // --swap without --staging-table: nothing to copy; flip the staging tables already there.
     if args.swap && !args.staging {
         let target = super::common::target_endpoint(global, &tgt_args)?;
+        if !global.dry_run {
+            super::confirm::confirm(
+                &target,
+                "swap staging tables into the live tables",
+                args.yes,
+            )?;
+        }
         let scope = scope(&args);
         let patterns: Vec<String> = requests.iter().map(|r| r.pattern.clone()).collect();
         let client = Arc::new(target.connect().await?);
@@ -217,6 +223,14 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
     let swap_exclude = opts.exclude.clone();
     let swap_scope = opts.scope.clone();
+    // The swap replaces the live rows: asked before any work (the staging load included).
+    if args.swap && !global.dry_run {
+        super::confirm::confirm(
+            &target,
+            "swap staging tables into the live tables",
+            args.yes,
+        )?;
+    }
 
     // pgflip's target lock, held from before the target is read until the last write (and the
     // swap): no other pgflip run acts on the target meanwhile. A dry run only reads.
@@ -258,28 +272,15 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         return Ok(exit::OK);
     }
 
-    if prepared.replaces_live_data() && !sync::is_local(prepared.target()) && !args.yes {
-        let what = format!(
-            "replace rows of {} table(s) on {}",
-            prepared.dry_run_report().tables.len(),
-            target.describe()
-        );
-        if std::io::stdin().is_terminal() && std::io::stderr().is_terminal() {
-            super::output::write_stderr(&format!("pgflip: about to {what}. Continue? [y/N] "));
-            let _ = std::io::stderr().flush();
-            let mut line = String::new();
-            std::io::stdin().lock().read_line(&mut line)?;
-            if !matches!(line.trim(), "y" | "Y" | "yes" | "YES") {
-                return Err(
-                    pgflip::Error::Refused("not confirmed; nothing was changed".into()).into(),
-                );
-            }
-        } else {
-            return Err(pgflip::Error::Refused(format!(
-                "the target is not on this machine; pass --yes to {what} (no terminal to ask on)"
-            ))
-            .into());
-        }
+    if prepared.replaces_live_data() {
+        super::confirm::confirm(
+            prepared.target(),
+            &format!(
+                "replace rows of {} table(s)",
+                prepared.dry_run_report().tables.len()
+            ),
+            args.yes,
+        )?;
     }
 
     let names: Vec<String> = prepared

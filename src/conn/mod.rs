@@ -33,6 +33,7 @@
 //! scrubbed of the password in case the server or the driver echoed it, and [`redact`] hides it
 //! in any connection string a caller wants to echo.
 
+pub mod cancel;
 mod env;
 mod params;
 mod pgpass;
@@ -306,16 +307,20 @@ impl Endpoint {
                 let mut config = self.config.clone();
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+                let id = cancel::opened(client.cancel_token(), cancel::Via::Plain);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    cancel::closed(id);
                 });
                 Ok(client)
             }
             Some(c) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(c);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(c.clone());
                 let (client, conn) = self.config.connect(tls).await?;
+                let id = cancel::opened(client.cancel_token(), cancel::Via::Tls(Box::new(c)));
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    cancel::closed(id);
                 });
                 Ok(client)
             }
