@@ -105,9 +105,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<pgflip::Error>() {
         Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
         Some(E::Connect { .. }) => exit::CONNECT,
-        Some(E::Server { .. } | E::Connection { .. } | E::Io { .. } | E::Failpoint(_)) => {
-            exit::DATABASE
-        }
+        Some(
+            E::Server { .. }
+            | E::Connection { .. }
+            | E::Io { .. }
+            | E::Failpoint(_)
+            | E::AfterCommit { .. },
+        ) => exit::DATABASE,
         Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
         Some(E::NotImplemented(_)) => exit::NOT_BUILT,
         _ => exit::USAGE,

@@ -39,7 +39,9 @@ pub struct Rel {
     pub rls: bool,
     pub force_rls: bool,
     pub replident: String,
-    pub partitioned_or_inherited: bool,
+    /// A partition, or a parent or child in an inheritance tree (a partitioned table itself is
+    /// not: its partitions move with it).
+    pub partition_or_inherited: bool,
     pub reloptions: Vec<String>,
     pub populated: bool,
 }
@@ -88,6 +90,25 @@ pub struct Trigger {
     pub name: String,
     pub def: String,
     pub enabled: String,
+    /// Its function lives in the `pgflip` schema: one of pgflip's own (migrate's capture
+    /// triggers). Never carried over to green.
+    pub pgflip_owned: bool,
+}
+
+/// A partition (at any depth) of a flipped partitioned table. Partitions move with their
+/// table: live's are retired into the generation's schema, green's take the names of live's
+/// partitions with the same bound.
+#[derive(Debug, Clone)]
+pub struct Partition {
+    pub oid: u32,
+    /// The flipped partitioned table at the top of the tree.
+    pub root: u32,
+    pub parent: u32,
+    pub schema: String,
+    pub name: String,
+    /// `FOR VALUES …` or `DEFAULT`.
+    pub bound: String,
+    pub level: i32,
 }
 
 #[derive(Debug, Clone)]
@@ -154,6 +175,7 @@ pub struct Inventory {
     pub publications: Vec<PubRel>,
     pub sequences: Vec<OwnedSeq>,
     pub views: Vec<View>,
+    pub partitions: Vec<Partition>,
     pub used_columns: Vec<UsedColumn>,
     /// Objects the flip cannot carry over, described by the server (`pg_describe_object`).
     pub unhandled: Vec<String>,
@@ -184,6 +206,10 @@ impl Inventory {
     }
     pub fn sequences_of(&self, rel: u32) -> impl Iterator<Item = &OwnedSeq> {
         self.sequences.iter().filter(move |c| c.rel == rel)
+    }
+    /// Partitions of the flipped partitioned table `root`, parents before their children.
+    pub fn partitions_of(&self, root: u32) -> impl Iterator<Item = &Partition> {
+        self.partitions.iter().filter(move |p| p.root == root)
     }
     /// Foreign keys of tables outside `flipped` that reference one of `flipped`.
     pub fn inbound_fks<'a>(
@@ -256,8 +282,9 @@ fn acl_json(col: &str) -> String {
 const REL_COLUMNS: &str = "c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
      pg_catalog.pg_get_userbyid(c.relowner)::text, c.relacl IS NULL, {acl}, \
      pg_catalog.obj_description(c.oid, 'pg_class'), c.relrowsecurity, c.relforcerowsecurity, \
-     c.relreplident::text, (c.relispartition OR c.relkind = 'p' \
-        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid OR i.inhparent = c.oid)), \
+     c.relreplident::text, (c.relispartition \
+        OR EXISTS (SELECT 1 FROM pg_catalog.pg_inherits i WHERE i.inhrelid = c.oid \
+                     OR (i.inhparent = c.oid AND c.relkind <> 'p'))), \
      coalesce(c.reloptions, '{}')::text[], c.relispopulated";
 
 fn rel_from_row(r: &tokio_postgres::Row) -> Rel {
@@ -277,7 +304,7 @@ fn rel_from_row(r: &tokio_postgres::Row) -> Rel {
         rls: r.get(8),
         force_rls: r.get(9),
         replident: r.get(10),
-        partitioned_or_inherited: r.get(11),
+        partition_or_inherited: r.get(11),
         reloptions: r.get(12),
         populated: r.get(13),
     }
@@ -382,6 +409,33 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         inv.rels.insert(rel.oid, rel);
     }
 
+    // Partitions of flipped partitioned tables, parents before children.
+    let part_rows = client
+        .query(
+            "SELECT pt.relid::pg_catalog.oid, root.oid, pt.parentrelid::pg_catalog.oid, n.nspname::text, c.relname::text, \
+               pg_catalog.pg_get_expr(c.relpartbound, c.oid), pt.level \
+             FROM unnest($1::pg_catalog.oid[]) AS root(oid) \
+             JOIN pg_catalog.pg_class rc ON rc.oid = root.oid AND rc.relkind = 'p' \
+             CROSS JOIN LATERAL pg_catalog.pg_partition_tree(root.oid) pt \
+             JOIN pg_catalog.pg_class c ON c.oid = pt.relid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE pt.level > 0 ORDER BY root.oid, pt.level, c.relname",
+            &[&tables],
+        )
+        .await
+        .ctx("reading partitions")?;
+    for r in &part_rows {
+        inv.partitions.push(Partition {
+            oid: r.get(0),
+            root: r.get(1),
+            parent: r.get(2),
+            schema: r.get(3),
+            name: r.get(4),
+            bound: r.get::<_, Option<String>>(5).unwrap_or_default(),
+            level: r.get(6),
+        });
+    }
+
     // Columns (with their grants, comments and the sequences their defaults use).
     let col_rows = client
         .query(
@@ -458,6 +512,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             "SELECT conrelid, confrelid, conname::text, contype::text, pg_catalog.pg_get_constraintdef(oid), convalidated \
              FROM pg_catalog.pg_constraint \
              WHERE (conrelid = ANY($1) OR (contype = 'f' AND confrelid = ANY($1))) AND contype <> 't' \
+               AND conparentid = 0 \
              ORDER BY conrelid, conname",
             &[&tables],
         )
@@ -477,8 +532,11 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     // Triggers (user ones; the foreign-key machinery's internal triggers follow the constraints).
     let trg_rows = client
         .query(
-            "SELECT tgrelid, tgname::text, pg_catalog.pg_get_triggerdef(oid), tgenabled::text \
-             FROM pg_catalog.pg_trigger WHERE tgrelid = ANY($1) AND NOT tgisinternal ORDER BY tgrelid, tgname",
+            "SELECT t.tgrelid, t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text, \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                        WHERE p.oid = t.tgfoid AND pn.nspname = 'pgflip') \
+             FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ANY($1) AND NOT t.tgisinternal \
+               AND t.tgparentid = 0 ORDER BY t.tgrelid, t.tgname",
             &[&tables],
         )
         .await
@@ -489,6 +547,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             name: r.get(1),
             def: r.get(2),
             enabled: r.get(3),
+            pgflip_owned: r.get(4),
         });
     }
 
@@ -632,7 +691,10 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                || ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ', which is re-created)' \
              FROM pg_catalog.pg_depend d \
              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($2) AND d.deptype = 'a' \
-               AND (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass \
+               AND ((d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND NOT EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                     WHERE t.oid = d.objid AND pn.nspname = 'pgflip')) \
                  OR (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_type <> '1')) \
                  OR d.classid = 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
@@ -650,6 +712,37 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         .await
         .ctx("looking for dependents the flip cannot carry over")?;
     inv.unhandled = unhandled.iter().map(|r| r.get(0)).collect();
+
+    // Partitions move by name: what binds to a live partition by OID (a view, a foreign key
+    // of another table, a function of its row type) would stay with the retired copy.
+    let live_parts: Vec<u32> = inv
+        .partitions
+        .iter()
+        .filter(|p| live.contains(&p.root))
+        .map(|p| p.oid)
+        .collect();
+    if !live_parts.is_empty() {
+        let rows = client
+            .query(
+                "WITH w AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)) \
+                 SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
+                   || ' (depends on partition ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+                 FROM pg_catalog.pg_depend d \
+                 WHERE ((d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid IN (SELECT oid FROM w)) \
+                     OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid IN (SELECT reltype FROM w))) \
+                   AND d.deptype = 'n' \
+                   AND NOT (d.classid = 'pg_catalog.pg_constraint'::pg_catalog.regclass AND EXISTS ( \
+                         SELECT 1 FROM pg_catalog.pg_constraint co WHERE co.oid = d.objid AND co.conparentid <> 0)) \
+                   AND NOT (d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND EXISTS ( \
+                         SELECT 1 FROM pg_catalog.pg_type t WHERE t.oid = d.objid AND t.typelem = d.refobjid)) \
+                 ORDER BY 1",
+                &[&live_parts],
+            )
+            .await
+            .ctx("looking for dependents of the partitions")?;
+        inv.unhandled
+            .extend(rows.iter().map(|r| r.get::<_, String>(0)));
+    }
 
     let stats = client
         .query(
@@ -673,6 +766,10 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($1) AND d.refobjsubid > 0 \
                AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
                                  'pg_catalog.pg_trigger'::pg_catalog.regclass, 'pg_catalog.pg_publication_rel'::pg_catalog.regclass) \
+               AND NOT (d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
+                     JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
+                     WHERE t.oid = d.objid AND pn.nspname = 'pgflip')) \
              UNION \
              SELECT co.confrelid, a.attname::text, pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, co.oid, 0) \
              FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = ANY(co.confkey) \
@@ -690,11 +787,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         })
         .collect();
 
-    let mut all: Vec<u32> = inv.rels.keys().copied().collect();
-    all.extend(&view_oids);
-    all.sort();
-    all.dedup();
-    inv.fingerprint = fingerprint(client, &all).await?;
+    inv.fingerprint = fingerprint(client, &fingerprint_oids(&inv)).await?;
     Ok(inv)
 }
 
@@ -712,6 +805,7 @@ pub async fn fingerprint(client: &Client, oids: &[u32]) -> Result<String> {
 pub fn fingerprint_oids(inv: &Inventory) -> Vec<u32> {
     let mut all: Vec<u32> = inv.rels.keys().copied().collect();
     all.extend(inv.views.iter().map(|v| v.rel.oid));
+    all.extend(inv.partitions.iter().map(|p| p.oid));
     all.sort();
     all.dedup();
     all

@@ -295,6 +295,9 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
         ));
         return Ok(report);
     }
+    report
+        .problems
+        .extend(after_commit_problems(client, gen).await?);
     for r in &gen.relations {
         let name = r.retired();
         let present = r.retired_bytes.is_some();
@@ -330,6 +333,69 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
     }
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// Records, in the generation's details, the steps after its commit that failed.
+pub async fn record_after_commit_failures(
+    client: &Client,
+    label: &str,
+    failed: &[String],
+) -> Result<()> {
+    let failed = serde_json::json!(failed);
+    client
+        .execute(
+            "UPDATE pgflip.generations SET details = details || jsonb_build_object('after_commit_failures', $2::text::jsonb) \
+             WHERE label = $1",
+            &[&label, &failed.to_string()],
+        )
+        .await
+        .ctx("recording the failed steps after the flip")?;
+    Ok(())
+}
+
+/// What the steps after a generation's commit left undone: failures recorded then, and foreign
+/// keys the flip re-attached `NOT VALID` that are still not validated.
+async fn after_commit_problems(client: &Client, gen: &Generation) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(details -> 'after_commit_failures', '[]'), \
+                    coalesce(details -> 'validate_after', '[]') \
+             FROM pgflip.generations WHERE id = $1",
+            &[&gen.id],
+        )
+        .await
+        .ctx("reading the generation's record")?;
+    let failures: serde_json::Value = row.get(0);
+    let validate: serde_json::Value = row.get(1);
+    let mut problems: Vec<String> = failures
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str())
+        .map(|f| format!("after the flip: {f}"))
+        .collect();
+    for v in validate.as_array().into_iter().flatten() {
+        let (Some(t), Some(c)) = (v["table"].as_str(), v["constraint"].as_str()) else {
+            continue;
+        };
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT convalidated FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2",
+                &[&t, &c],
+            )
+            .await
+            .ctx("reading a foreign key's state")?
+            .map(|r| r.get(0));
+        if valid == Some(false) {
+            problems.push(format!(
+                "constraint {} of {t} is NOT VALID: it was re-attached by the flip and its \
+                 validation has not succeeded (rows may reference keys that are gone)",
+                quote_ident(c)
+            ));
+        }
+    }
+    Ok(problems)
 }
 
 /// Which generations `cleanup` drops.

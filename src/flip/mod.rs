@@ -40,8 +40,18 @@
 //!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
 //!   green without one of live's indexes is refused (a rollback or migration only warns).
 //! - Extended statistics stay with the retired table (reported as a warning).
+//! - Pairs may be tables, partitioned tables or materialized views (a materialized view only
+//!   with another). A partitioned table's partitions go with it: live's are retired into the
+//!   generation's schema, green's take the names of live's partitions with the same bound.
+//!   What binds to a single live partition by OID (a view of it, a foreign key to it) is
+//!   refused.
+//! - Triggers whose function lives in the `pgflip` schema are pgflip's own (migrate's capture
+//!   triggers): never carried over to green, never a reason to refuse.
+//! - A job may add statements to the locked transaction ([`FlipOptions::in_flip_before`], right
+//!   after the locks; [`FlipOptions::in_flip_after`], before the generation record).
 
 pub mod dependents;
+pub mod fkcheck;
 pub mod generation;
 pub mod guard;
 
@@ -139,6 +149,13 @@ pub struct FlipOptions {
     pub hold_locks_for: Option<Duration>,
     /// Compute green's row count and checksum before the flip (a full read of green).
     pub checksums: bool,
+    /// SQL run inside the flip transaction right after the locks are taken (and the catalog
+    /// check), before any relation moves: a job's last checks and the removal of what it
+    /// installed on the live relations (migrate's capture triggers). An error aborts the flip.
+    pub in_flip_before: Vec<String>,
+    /// SQL run inside the flip transaction after the moves and the re-pointing, before the
+    /// generation is recorded.
+    pub in_flip_after: Vec<String>,
 }
 
 impl Default for FlipOptions {
@@ -152,6 +169,8 @@ impl Default for FlipOptions {
             rollback_of: None,
             hold_locks_for: None,
             checksums: true,
+            in_flip_before: Vec::new(),
+            in_flip_after: Vec::new(),
         }
     }
 }
@@ -305,6 +324,7 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
+    refuse_orphans(client, &relations).await?;
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
@@ -323,6 +343,29 @@ pub async fn plan_flip(
         backup_schema,
         warnings,
     ))
+}
+
+/// Rows of tables outside the flip must keep the rows they reference (checked before any lock:
+/// their foreign keys are only validated after the commit).
+async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Result<()> {
+    let names: Vec<(String, String)> = relations
+        .iter()
+        .map(|r| (r.live.sql(), r.green.sql()))
+        .collect();
+    let replaced: Vec<fkcheck::Replaced> = relations
+        .iter()
+        .zip(&names)
+        .map(|(r, (live, green))| fkcheck::Replaced {
+            live_oid: r.live_oid,
+            live,
+            green,
+        })
+        .collect();
+    let flipped: BTreeSet<u32> = relations
+        .iter()
+        .flat_map(|r| [r.live_oid, r.green_oid])
+        .collect();
+    fkcheck::refuse_orphans(client, &replaced, &flipped).await
 }
 
 /// Whether live's serial sequence `s` is handed over to green's column: green's default uses
@@ -349,17 +392,27 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             ("green", r.green_oid, &r.green),
         ] {
             let rel = &inv.rels[&oid];
-            if rel.relkind != "r" {
+            if !matches!(rel.relkind.as_str(), "r" | "p" | "m") {
                 problems.push(format!(
-                    "{side} relation {name} is not an ordinary table (relkind '{}')",
+                    "{side} relation {name} is not a table, partitioned table or materialized view (relkind '{}')",
                     rel.relkind
                 ));
             }
-            if rel.partitioned_or_inherited {
+            if rel.partition_or_inherited {
                 problems.push(format!(
-                    "{side} table {name} is partitioned, a partition, or part of an inheritance tree (not supported by the flip)"
+                    "{side} table {name} is a partition or part of an inheritance tree (flip its partitioned table instead)"
                 ));
             }
+        }
+        let (lk, gk) = (
+            inv.rels[&r.live_oid].relkind.as_str(),
+            inv.rels[&r.green_oid].relkind.as_str(),
+        );
+        if (lk == "m") != (gk == "m") {
+            problems.push(format!(
+                "live {} and green {} are not the same kind of relation (relkind '{lk}' and '{gk}')",
+                r.live, r.green
+            ));
         }
         let live_cols: Vec<_> = inv.columns_of(r.live_oid).collect();
         let green_cols: Vec<_> = inv.columns_of(r.green_oid).collect();
@@ -673,6 +726,11 @@ fn render(
         }
     }
     for (&oid, &mode) in &table_modes {
+        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") {
+            // A flipped materialized view: LOCK TABLE cannot name one; its ALTER below takes
+            // the ACCESS EXCLUSIVE lock, in plan order.
+            continue;
+        }
         let q = name_of(oid);
         let why = if live_set.contains(&oid) {
             "live, retired by the flip"
@@ -708,6 +766,12 @@ fn render(
             quote_literal(&inv.fingerprint)
         ),
     ));
+    for sql in &opts.in_flip_before {
+        plan.push(Step::new(
+            "the job's statement before the moves (under the flip's locks)",
+            sql.clone(),
+        ));
+    }
     plan.push(Step::new(
         format!("create the generation's schema {backup_schema}"),
         format!(
@@ -756,6 +820,9 @@ fn render(
         let g = &inv.rels[&r.green_oid];
         let live_q = r.live.sql();
         let retired_q = r.retired.sql();
+        // `ALTER TABLE` also takes partitioned tables; materialized views need their keyword.
+        let (lkw, gkw) = (mode_of(l), mode_of(g));
+        let is_mv = l.relkind == "m";
         let mut steps: Vec<Step> = Vec::new();
         let mut push = |d: String, sql: String| {
             steps.push(Step::new(d, sql).lock(LockMode::AccessExclusive, live_q.clone()))
@@ -765,8 +832,21 @@ fn render(
                 "retire {} into {backup_schema} (catalog only, names kept)",
                 r.live
             ),
-            format!("ALTER TABLE {live_q} SET SCHEMA {bk}"),
+            format!("ALTER {lkw} {live_q} SET SCHEMA {bk}"),
         );
+        // Partitions go with their table: live's into the generation's schema (names kept).
+        for p in inv.partitions_of(r.live_oid) {
+            push(
+                format!(
+                    "retire partition {} into {backup_schema}",
+                    qualified(&p.schema, &p.name)
+                ),
+                format!(
+                    "ALTER TABLE {} SET SCHEMA {bk}",
+                    qualified(&p.schema, &p.name)
+                ),
+            );
+        }
         // The retired copy must not constrain live tables: drop its FKs to tables outside the flip.
         for c in inv.constraints_of(r.live_oid).filter(|c| c.contype == "f") {
             if !flipped.contains(&c.ref_rel) {
@@ -786,7 +866,7 @@ fn render(
             push(
                 format!("rename green {} to {}", r.green, quote_ident(&r.live.name)),
                 format!(
-                    "ALTER TABLE {} RENAME TO {}",
+                    "ALTER {gkw} {} RENAME TO {}",
                     r.green.sql(),
                     quote_ident(&r.live.name)
                 ),
@@ -796,11 +876,66 @@ fn render(
             push(
                 format!("move green into schema {}", quote_ident(&r.live.schema)),
                 format!(
-                    "ALTER TABLE {} SET SCHEMA {}",
+                    "ALTER {gkw} {} SET SCHEMA {}",
                     qualified(&r.green.schema, &r.live.name),
                     quote_ident(&r.live.schema)
                 ),
             );
+        }
+        // Green's partitions take the names (and schemas) of live's partitions with the same
+        // bound under the same parent; the others follow green into live's schema.
+        let live_parts: Vec<&dependents::Partition> = inv.partitions_of(r.live_oid).collect();
+        let mut matched_parts: BTreeMap<u32, u32> = BTreeMap::new();
+        matched_parts.insert(r.green_oid, r.live_oid);
+        for gp in inv.partitions_of(r.green_oid) {
+            let parent_match = matched_parts.get(&gp.parent).copied();
+            let m = live_parts.iter().find(|lp| {
+                Some(lp.parent) == parent_match
+                    && lp.bound == gp.bound
+                    && !matched_parts.values().any(|&v| v == lp.oid)
+            });
+            let (schema, name) = match m {
+                Some(lp) => {
+                    matched_parts.insert(gp.oid, lp.oid);
+                    (lp.schema.clone(), lp.name.clone())
+                }
+                None => {
+                    let schema = if gp.schema == r.green.schema {
+                        r.live.schema.clone()
+                    } else {
+                        gp.schema.clone()
+                    };
+                    (schema, gp.name.clone())
+                }
+            };
+            if name != gp.name {
+                push(
+                    format!(
+                        "rename green's partition {} to {}",
+                        qualified(&gp.schema, &gp.name),
+                        quote_ident(&name)
+                    ),
+                    format!(
+                        "ALTER TABLE {} RENAME TO {}",
+                        qualified(&gp.schema, &gp.name),
+                        quote_ident(&name)
+                    ),
+                );
+            }
+            if schema != gp.schema {
+                push(
+                    format!(
+                        "move green's partition {} into schema {}",
+                        quote_ident(&name),
+                        quote_ident(&schema)
+                    ),
+                    format!(
+                        "ALTER TABLE {} SET SCHEMA {}",
+                        qualified(&gp.schema, &name),
+                        quote_ident(&schema)
+                    ),
+                );
+            }
         }
         // Indexes and index-backed constraints: green's take the names live's had.
         let mut used_live: BTreeSet<u32> = BTreeSet::new();
@@ -932,7 +1067,7 @@ fn render(
         if l.owner != g.owner {
             push(
                 format!("owner {}", quote_ident(&l.owner)),
-                format!("ALTER TABLE {live_q} OWNER TO {}", quote_ident(&l.owner)),
+                format!("ALTER {lkw} {live_q} OWNER TO {}", quote_ident(&l.owner)),
             );
         }
         // Sequences.
@@ -1004,13 +1139,13 @@ fn render(
             if !reset.is_empty() {
                 push(
                     "reset storage parameters live did not have".into(),
-                    format!("ALTER TABLE {live_q} RESET ({})", reset.join(", ")),
+                    format!("ALTER {lkw} {live_q} RESET ({})", reset.join(", ")),
                 );
             }
             if !l.reloptions.is_empty() {
                 push(
                     "storage parameters as live had them".into(),
-                    format!("ALTER TABLE {live_q} SET ({})", l.reloptions.join(", ")),
+                    format!("ALTER {lkw} {live_q} SET ({})", l.reloptions.join(", ")),
                 );
             }
         }
@@ -1064,7 +1199,7 @@ fn render(
             push(
                 "comment".into(),
                 format!(
-                    "COMMENT ON TABLE {live_q} IS {}",
+                    "COMMENT ON {lkw} {live_q} IS {}",
                     literal_or_null(&l.comment)
                 ),
             );
@@ -1127,7 +1262,8 @@ fn render(
             .map(|t| t.name.clone())
             .collect();
         for t in inv.triggers_of(r.live_oid) {
-            if green_trg.contains(&t.name) {
+            // pgflip's own triggers (migrate's capture) belong to the job, not to the table.
+            if t.pgflip_owned || green_trg.contains(&t.name) {
                 continue;
             }
             let mut sql = t.def.clone();
@@ -1145,8 +1281,8 @@ fn render(
             }
             push(format!("trigger {}", quote_ident(&t.name)), sql);
         }
-        // Replica identity.
-        if l.replident != g.replident || l.replident == "i" {
+        // Replica identity (tables only).
+        if !is_mv && (l.replident != g.replident || l.replident == "i") {
             let how = match l.replident.as_str() {
                 "n" => "NOTHING".to_string(),
                 "f" => "FULL".to_string(),
@@ -1280,10 +1416,22 @@ fn render(
         }
     }
 
+    for sql in &opts.in_flip_after {
+        plan.push(Step::new(
+            "the job's statement after the moves (under the flip's locks)",
+            sql.clone(),
+        ));
+    }
+
     // ---- The generation record, in the same transaction.
     let details = serde_json::json!({
         "warnings": warnings,
         "lock_timeout_ms": opts.lock_timeout.as_millis() as u64,
+        // What must be validated after the commit: `verify` checks that it was.
+        "validate_after": validate_later
+            .iter()
+            .map(|(t, c)| serde_json::json!({"table": t, "constraint": c}))
+            .collect::<Vec<_>>(),
     });
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
@@ -1361,6 +1509,7 @@ fn render(
 
     let mut watched: Vec<u32> = table_modes.keys().copied().collect();
     watched.extend(inv.views.iter().map(|v| v.rel.oid));
+    watched.extend(inv.partitions.iter().map(|p| p.oid));
     FlipPlan {
         plan,
         kind,
@@ -1426,25 +1575,32 @@ pub async fn execute(
         body.push_str(s.sql.trim_end().trim_end_matches(';'));
         body.push_str(";\n");
     }
+    crate::failpoint::hit("flip.before_lock").await?;
     let stats = guard::run_locked(client, fp, &body, opts, events).await?;
-    let mut warnings = fp.warnings.clone();
-    // After the commit: validation and the retired side's checksum. A failure here does not
-    // undo the flip; it is reported.
-    let mut post = Plan::new("after the flip");
-    for s in after {
-        post.push((*s).clone());
-    }
+    crate::failpoint::hit("flip.after_commit").await?;
+    let warnings = fp.warnings.clone();
+    // After the commit: validation and the retired side's checksum. A failure here cannot undo
+    // the flip: every step is still tried, the failures are recorded with the generation (so
+    // that `verify` names them), and the run fails.
     let exec = crate::plan::ExecOptions {
         lock_timeout: opts.lock_timeout,
         statement_timeout: None,
         max_wait: opts.max_wait,
     };
-    if let Err(e) = post.execute(client, &exec, events).await {
-        let msg = format!("the flip committed, but a follow-up step failed: {e}");
-        events.emit(Event::Warning {
-            message: msg.clone(),
+    let mut failed = Vec::new();
+    for s in after {
+        let mut post = Plan::new("after the flip");
+        post.push((*s).clone());
+        if let Err(e) = post.execute(client, &exec, events).await {
+            failed.push(format!("{}: {e}", s.description));
+        }
+    }
+    if !failed.is_empty() {
+        generation::record_after_commit_failures(client, &fp.label, &failed).await?;
+        return Err(Error::AfterCommit {
+            generation: fp.label.clone(),
+            failed: format!("a step after it failed: {}", failed.join("; ")),
         });
-        warnings.push(msg);
     }
     let generation = generation::find(client, Some(&fp.label)).await?;
     events.emit(Event::PhaseFinished {

@@ -1547,23 +1547,12 @@ fn unit_actions(
                 if opts.defer_constraints && fk.on_delete == "a" {
                     continue; // deferred: checked at the end of the transaction
                 }
-                let not_null: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-                    .collect();
-                let refmatch: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .zip(&fk.to_columns)
-                    .map(|(f, t)| format!("o.{} = c.{}", quote_ident(t), quote_ident(f)))
-                    .collect();
-                let sql = format!(
-                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM {} o WHERE {} AND {doomed})",
-                    fk.from,
-                    not_null.join(" AND "),
-                    only(&p.target.kind, &p.into),
-                    refmatch.join(" AND ")
+                let sql = crate::flip::fkcheck::orphan_count_sql(
+                    &fk.from,
+                    &fk.from_columns,
+                    &fk.to_columns,
+                    &only(&p.target.kind, &p.into),
+                    &doomed,
                 );
                 actions.push(Action::Check {
                     step: Step::new(

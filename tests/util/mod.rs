@@ -136,3 +136,18 @@ impl TestDb {
             .join("\n")
     }
 }
+
+/// The first column of the first row of `sql`, as text ("NULL" for null); panics on error or
+/// when there is no row.
+pub async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap_or("NULL").to_string();
+        }
+    }
+    panic!("no row from {sql}")
+}
