@@ -532,7 +532,7 @@ async fn zero_lost_writes_on_preserved_tables_from_before_prepare_to_after_swap_
     assert!(m["forwarded"].as_i64().unwrap() > 50, "{st:#}");
 
     // The swap, paused after its checks while the writers go on, then under their load.
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
         .args(["migrate", "swap", "--target", &t])
         .env("PGFLIP_FAILPOINTS", "migrate.swap.checked=pause")
         .env("PGFLIP_FAILPOINT_DIR", dir.path())
