@@ -856,3 +856,113 @@ async fn green_promote_refuses_until_converged_then_force_and_wait() {
     assert!(stderr(&o).contains("without convergence"), "{}", stderr(&o));
     assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "3");
 }
+
+#[tokio::test]
+async fn green_dropped_column_with_a_dependent_view_is_refused_unless_the_view_is_in_the_pipeline()
+{
+    let db = fresh_db("green_dropcol");
+    setup(&db, "green_reader");
+    db.psql(
+        r#"CREATE TABLE public.summary (grp int PRIMARY KEY, total bigint NOT NULL, label text, version int NOT NULL);
+           INSERT INTO public.summary SELECT grp, sum(amount), 'old' || grp, 1 FROM "My Schema".base GROUP BY grp;
+           CREATE VIEW public.v_labels AS SELECT grp, label FROM public.summary;
+           GRANT SELECT ON public.summary, public.v_labels TO green_reader;
+           -- A materialized view that reads Sales MV through a view.
+           CREATE VIEW public.v_mid AS SELECT grp, version FROM "My Schema"."Sales MV";
+           CREATE MATERIALIZED VIEW public.mv_via AS SELECT grp, version FROM public.v_mid;"#,
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let before = user_dump(&db);
+    run_ok(&[
+        "green",
+        "create",
+        "summary",
+        "--query",
+        "SELECT grp, sum(amount) AS total, 2 AS version FROM \"My Schema\".base GROUP BY grp",
+        "--target",
+        &url,
+    ]);
+    let o = pgflip(&["green", "promote", "summary", "--target", &url]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("v_labels") && stderr(&o).contains("label"),
+        "the dependent and its column are named: {}",
+        stderr(&o)
+    );
+    run_ok(&["green", "cancel", "--target", &url]);
+    assert_eq!(user_dump(&db), before);
+
+    // With the view's new definition in the pipeline, it switches with the table.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.sql");
+    std::fs::write(
+        &f,
+        "CREATE TABLE summary AS SELECT grp, sum(amount) AS total, 2 AS version FROM \"My Schema\".base GROUP BY grp;\n\
+         CREATE OR REPLACE VIEW v_labels AS SELECT grp, 'new' || grp AS label FROM summary;\n",
+    )
+    .unwrap();
+    run_ok(&[
+        "green",
+        "create",
+        "--file",
+        f.to_str().unwrap(),
+        "--target",
+        &url,
+    ]);
+    run_ok(&["green", "promote", "summary", "--target", &url]);
+    let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT min(label) FROM public.v_labels"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "new0\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.summary").await,
+        "2"
+    );
+    run_ok(&["rollback", "--latest", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT min(label) FROM public.v_labels").await,
+        "old0"
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.summary").await,
+        "1"
+    );
+
+    // A materialized view reading a changed one through a view: the view is rebuilt in green
+    // too, and both switch.
+    let out = run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &url,
+    ]);
+    assert!(
+        out.contains("public.v_mid") && out.contains("public.mv_via"),
+        "{out}"
+    );
+    run_ok(&["green", "promote", "--all", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_via").await,
+        "2"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_mid").await,
+        "2"
+    );
+    run_ok(&["rollback", "--latest", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_via").await,
+        "1"
+    );
+}
