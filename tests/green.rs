@@ -966,3 +966,83 @@ async fn green_dropped_column_with_a_dependent_view_is_refused_unless_the_view_i
         "1"
     );
 }
+
+#[tokio::test]
+async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survives_kill_9() {
+    let db = fresh_db("green_slow");
+    // A query that takes about 2 s to run.
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.slow AS SELECT g AS k, 1 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = '';
+         CREATE UNIQUE INDEX slow_k ON public.slow (k);
+         CREATE VIEW public.v_slow AS SELECT * FROM public.slow;",
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let q =
+        "SELECT g AS k, 2 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = ''";
+    let t = Instant::now();
+    run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
+    let build = t.elapsed();
+    assert!(
+        build >= Duration::from_millis(1900),
+        "the query did not run: {build:?}"
+    );
+    let before = user_dump(&db);
+
+    // Killed before the flip and right after it: wholly before, or wholly after.
+    let fp = tempfile::tempdir().unwrap();
+    let dir = fp.path().to_str().unwrap().to_string();
+    for point in ["green.promote.before_flip", "green.promote.after_flip"] {
+        let o = pgflip_env(
+            &["green", "promote", "slow", "--target", &url],
+            &[
+                ("PGFLIP_FAILPOINTS", &format!("{point}=exit")),
+                ("PGFLIP_FAILPOINT_DIR", &dir),
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(
+            fp.path().join(format!("{point}.reached")).exists(),
+            "{point}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while text(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
+        )
+        .await
+            != "0"
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if point == "green.promote.before_flip" {
+            assert_eq!(user_dump(&db), before, "{point}");
+            let st = status_json(&db);
+            assert_eq!(st["pipelines"].as_array().unwrap().len(), 1, "{st}");
+        } else {
+            // The flip committed: green is live, nothing of it is left in flight.
+            assert_eq!(
+                text(&c, "SELECT max(version) FROM public.v_slow").await,
+                "2"
+            );
+            let st = status_json(&db);
+            assert_eq!(st["pipelines"].as_array().unwrap().len(), 0, "{st}");
+            run_ok(&["rollback", "--latest", "--target", &url]);
+            run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
+        }
+    }
+
+    // The locks are held for the catalog changes only, not for the query (~2 s).
+    let out = run_ok(&["green", "promote", "slow", "--target", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let locked = v["locked_ms"].as_f64().unwrap();
+    assert!(
+        locked < build.as_secs_f64() * 1000.0 / 2.0,
+        "locks held {locked} ms, the query takes {build:?}"
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.v_slow").await,
+        "2"
+    );
+}
