@@ -15,6 +15,8 @@ pub mod flip;
 pub mod green;
 pub mod ident;
 pub mod localpg;
+pub mod migrate;
+pub mod pgversion;
 pub mod plan;
 pub mod rowdiff;
 pub mod schemadiff;

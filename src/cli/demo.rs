@@ -369,7 +369,7 @@ impl<'a> Demo<'a> {
             for s in [&self.source, &self.target] {
                 self.out.println(&format!(
                     "    {} '{}'",
-                    s.bindir().join("psql").display(),
+                    s.client_tool("psql").display(),
                     s.url(DB)
                 ));
             }

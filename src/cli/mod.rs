@@ -2,9 +2,12 @@
 //! dispatch, and the mapping from library errors to exit codes.
 
 mod common;
+mod confirm;
 mod demo;
 mod generations;
 mod green;
+mod init;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -37,9 +40,12 @@ pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
+    /// Write a commented pgflip.toml to start from (recognises Rails, Django, Laravel, Heroku).
+    Init(init::InitArgs),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -166,15 +172,21 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(exit::USAGE);
         }
     };
-    // Ctrl-C is raced against the command: the command's future is dropped, so whatever it
-    // holds (connections, transactions, the demo's servers) is released by its destructors
-    // before the process exits with 130.
+    // Ctrl-C (or SIGTERM) is raced against the command: the command's future is dropped, so
+    // whatever it holds (connections, transactions, the demo's servers) is released by its
+    // destructors; then the statements still running on the servers are cancelled (a backend
+    // busy with a statement would otherwise go on, holding its locks), and the process exits
+    // with 130 once their connections are gone (or after a few seconds).
     let result = runtime.block_on(async {
-        tokio::select! {
+        let r = tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => None,
+            _ = interrupted() => None,
             r = run(cli, &out) => Some(r),
+        };
+        if r.is_none() {
+            pgflip::conn::cancel::cancel_all(std::time::Duration::from_secs(5)).await;
         }
+        r
     });
     // A blocking read of stdin (demo --keep) must not hold the exit.
     runtime.shutdown_background();
@@ -193,6 +205,22 @@ pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(code)
 }
 
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
     match cli.command {
         Command::Completions { shell } => {
@@ -203,7 +231,8 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Init(args) => init::run(&args, out),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await

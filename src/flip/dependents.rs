@@ -583,14 +583,25 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     }
 
     // Publication membership (explicit; FOR ALL TABLES / TABLES IN SCHEMA follow the name).
+    // Column lists and row filters are 15+: before, neither column exists.
+    let filters = crate::pgversion::server_version_num(client).await?
+        >= crate::pgversion::PUBLICATION_FILTERS;
+    let (cols, qual) = if filters {
+        (
+            "CASE WHEN pr.prattrs IS NULL THEN NULL ELSE ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
+               WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) ORDER BY a.attnum) END",
+            "pg_catalog.pg_get_expr(pr.prqual, pr.prrelid)",
+        )
+    } else {
+        ("NULL::text[]", "NULL::text")
+    };
     let pub_rows = client
         .query(
-            "SELECT pr.prrelid, p.pubname::text, \
-               CASE WHEN pr.prattrs IS NULL THEN NULL ELSE ARRAY(SELECT a.attname::text FROM pg_catalog.pg_attribute a \
-                 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs) ORDER BY a.attnum) END, \
-               pg_catalog.pg_get_expr(pr.prqual, pr.prrelid) \
-             FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
-             WHERE pr.prrelid = ANY($1) ORDER BY pr.prrelid, p.pubname",
+            &format!(
+                "SELECT pr.prrelid, p.pubname::text, {cols}, {qual} \
+                 FROM pg_catalog.pg_publication_rel pr JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
+                 WHERE pr.prrelid = ANY($1) ORDER BY pr.prrelid, p.pubname"
+            ),
             &[&tables],
         )
         .await
