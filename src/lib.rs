@@ -14,6 +14,7 @@ pub mod failpoint;
 pub mod flip;
 pub mod ident;
 pub mod localpg;
+pub mod lockwait;
 pub mod plan;
 pub mod rowdiff;
 pub mod schemadiff;

@@ -6,6 +6,7 @@ mod catalog;
 mod cli;
 mod conn;
 mod ddl_roundtrip;
+mod engine;
 mod flip;
 mod flip_hooks;
 mod harness;
