@@ -77,8 +77,7 @@ async fn lock_retry_lines_count_up_and_name_each_blocking_session_once() {
     // The final error names the session once too, with both relations.
     let last = err
         .lines()
-        .filter(|l| l.contains(&format!("pid {pid} ")))
-        .next_back()
+        .rfind(|l| l.contains(&format!("pid {pid} ")))
         .unwrap();
     assert!(last.contains("locks on t, u)"), "{err}");
 }
