@@ -178,6 +178,9 @@ pub struct ExecOptions {
     pub statement_timeout: Option<Duration>,
     /// Give up retrying lock timeouts after this long.
     pub max_wait: Duration,
+    /// Failpoint hit after each transaction unit commits ([`crate::failpoint`]), so that a
+    /// fault test can stop a job between its units.
+    pub after_unit: Option<&'static str>,
 }
 
 impl Default for ExecOptions {
@@ -186,6 +189,7 @@ impl Default for ExecOptions {
             lock_timeout: Duration::from_millis(100),
             statement_timeout: None,
             max_wait: Duration::from_secs(30),
+            after_unit: None,
         }
     }
 }
@@ -284,6 +288,9 @@ impl Plan {
         let mut index = 0;
         for unit in self.units() {
             run_unit_with_retry(client, unit, index, total, opts, events).await?;
+            if let Some(point) = opts.after_unit {
+                crate::failpoint::hit(point).await?;
+            }
             index += unit.len();
         }
         Ok(())

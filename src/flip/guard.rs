@@ -116,26 +116,50 @@ pub struct LockStats {
     pub started: Instant,
 }
 
-/// Runs `body` (the flip's transaction: locks, checks, DDL, records) as one query string in a
-/// transaction with short lock timeouts, retrying on lock timeouts until `max_wait`.
+/// Runs `locks` then `rest` (the flip's transaction: locks and catalog check, then the DDL
+/// and records) in a transaction with short lock timeouts, retrying on lock timeouts until
+/// `max_wait`. Both parts go as **one** query string, so the locks are held only as long as the
+/// server needs; only when the failpoint `locked_point` is armed (fault tests) do they go as
+/// two, with the failpoint between.
 pub async fn run_locked(
     client: &Client,
     fp: &FlipPlan,
-    body: &str,
+    locks: &str,
+    rest: &str,
+    locked_point: &'static str,
     opts: &FlipOptions,
     events: &dyn EventSink,
 ) -> Result<LockStats> {
-    let batch = format!(
-        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = '';\n{body}COMMIT;",
+    let begin = format!(
+        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = '';\n",
         opts.lock_timeout.as_millis().max(1),
         opts.statement_timeout.as_millis().max(1),
     );
+    let split = crate::failpoint::armed(locked_point);
+    let batch = format!("{begin}{locks}{rest}COMMIT;");
     let mut retry = Retry::new(opts.max_wait);
     loop {
         preflight(client, fp, opts, events, &mut retry).await?;
         retry.requesting();
         let t0 = Instant::now();
-        match client.batch_execute(&batch).await {
+        let sent = if split {
+            match client.batch_execute(&format!("{begin}{locks}")).await {
+                Ok(()) => match crate::failpoint::hit(locked_point).await {
+                    Ok(()) => client
+                        .batch_execute(&format!("{rest}COMMIT;"))
+                        .await
+                        .map_err(|e| Error::db("flip transaction", e)),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(Error::db("flip transaction", e)),
+            }
+        } else {
+            client
+                .batch_execute(&batch)
+                .await
+                .map_err(|e| Error::db("flip transaction", e))
+        };
+        match sent {
             Ok(()) => {
                 return Ok(LockStats {
                     attempts: retry.requests(),
@@ -143,8 +167,7 @@ pub async fn run_locked(
                     started: t0,
                 })
             }
-            Err(e) => {
-                let err = Error::db("flip transaction", e);
+            Err(err) => {
                 // Whatever happened, leave no transaction open (the batch stops at the error).
                 let _ = client.batch_execute("ROLLBACK").await;
                 if !is_lock_failure(&err) {

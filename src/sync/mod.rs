@@ -1891,6 +1891,7 @@ impl Prepared {
                     }
                 }
             }
+            crate::failpoint::hit("sync.before_commit").await?;
             tgt.batch_execute("COMMIT")
                 .await
                 .ctx("committing on the target")?;
