@@ -131,10 +131,12 @@ pub async fn run_locked(
     events: &dyn EventSink,
 ) -> Result<LockStats> {
     let begin = format!(
-        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = '';\n",
+        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = ''; SET LOCAL jit = off;\n",
         opts.lock_timeout.as_millis().max(1),
         opts.statement_timeout.as_millis().max(1),
     );
+    // (jit off: the catalog check under the locks is estimated expensive for many tables, and
+    // compiling it would hold the locks for nothing.)
     let split = crate::failpoint::armed(locked_point);
     let batch = format!("{begin}{locks}{rest}COMMIT;");
     let mut retry = Retry::new(opts.max_wait);

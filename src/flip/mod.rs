@@ -308,6 +308,13 @@ pub async fn plan_flip(
         .trim_start_matches("pgflip_backup_")
         .to_string();
 
+    let mut both = Vec::new();
+    let mut groups = Vec::new();
+    for (i, (&l, &g)) in live_oids.iter().zip(&green_oids).enumerate() {
+        both.extend([l, g]);
+        groups.extend([i as i32, i as i32]);
+    }
+    let methods = generation::checksum_methods(client, &both, &groups).await?;
     let mut relations = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
         relations.push(PlannedRelation {
@@ -318,8 +325,7 @@ pub async fn plan_flip(
             green_oid: green_oids[i],
             green_rows: None,
             green_checksum: None,
-            checksum_method: generation::checksum_method(client, &[live_oids[i], green_oids[i]])
-                .await?,
+            checksum_method: methods[i],
         });
     }
     let warnings = check(&inv, &relations, opts)?;
