@@ -49,7 +49,7 @@ fn sh(cmd: &str) -> Duration {
 fn psql_cmd(srv: &LocalServer, db: &str) -> String {
     format!(
         "{} -X -q -h 127.0.0.1 -U postgres -p {} -d {db}",
-        srv.bindir().join("psql").display(),
+        srv.client_tool("psql").display(),
         srv.port()
     )
 }
@@ -170,9 +170,9 @@ fn main() {
     psql(&tgt, &rdb, "CHECKPOINT");
     let dump = format!(
         "{} -Fc -t t -h 127.0.0.1 -U postgres -p {} -d {sdb} | {} -h 127.0.0.1 -U postgres -p {} -d {rdb}",
-        src.bindir().join("pg_dump").display(),
+        src.client_tool("pg_dump").display(),
         src.port(),
-        tgt.bindir().join("pg_restore").display(),
+        tgt.client_tool("pg_restore").display(),
         tgt.port()
     );
     if !quick {

@@ -84,7 +84,10 @@ fn main() {
         use pgflip::catalog::queries as q;
         let empty: Vec<String> = Vec::new();
         for (name, sql) in [
-            ("globals", q::globals()),
+            (
+                "globals",
+                q::globals(snap.as_ref().map_or(0, |s| s.server_version)),
+            ),
             ("types", q::types()),
             ("sequences", q::sequences()),
             ("relations", q::relations()),
@@ -118,7 +121,10 @@ fn main() {
         // Not JSON: a row per column, and one row of arrays.
         let t = Instant::now();
         let n = client
-            .query(&q::columns(), &[&empty, &empty])
+            .query(
+                &q::columns(snap.as_ref().map_or(0, |s| s.server_version)),
+                &[&empty, &empty],
+            )
             .await
             .unwrap()
             .len();
@@ -139,7 +145,7 @@ fn main() {
     let mut dump = Vec::new();
     for _ in 0..RUNS {
         let t = Instant::now();
-        let out = Command::new(srv.bindir().join("pg_dump"))
+        let out = Command::new(srv.client_tool("pg_dump"))
             .args(["-h", "127.0.0.1", "-U", "postgres", "--schema-only"])
             .args(["-p", &srv.port().to_string(), "-d", &db])
             .output()

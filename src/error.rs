@@ -100,6 +100,12 @@ pub enum Error {
     #[error("refusing to continue: {0}")]
     Refused(String),
 
+    /// The flip committed, but a step that must follow it (validating re-attached foreign
+    /// keys, recording the retired side's checksum) failed. The generation records it and
+    /// `verify` names it.
+    #[error("the flip committed (generation {generation}), but {failed}; `pgflip verify --timestamp {generation}` shows what is left")]
+    AfterCommit { generation: String, failed: String },
+
     /// A failpoint configured to fail was hit (test builds only; see [`crate::failpoint`]).
     #[error("failpoint {0} hit")]
     Failpoint(&'static str),

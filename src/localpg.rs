@@ -14,14 +14,26 @@ use std::sync::Mutex;
 
 use crate::error::{Error, Result};
 
-/// Where PostgreSQL's server binaries are: `PATH`, then `pg_config --bindir`, then the newest
-/// `/usr/lib/postgresql/*/bin`.
+/// Where PostgreSQL's server binaries are: `PGFLIP_PG_BINDIR` (how the tests run on another
+/// version), then `PATH`, then `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`.
 pub fn find_bindir() -> Result<PathBuf> {
     let has_server = |dir: &Path| {
         dir.join("initdb").is_file()
             && dir.join("pg_ctl").is_file()
             && dir.join("postgres").is_file()
     };
+    if let Some(dir) = std::env::var_os("PGFLIP_PG_BINDIR").filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        // Set but wrong is an error, not a silent fall back to another version.
+        return if has_server(&dir) {
+            Ok(dir)
+        } else {
+            Err(Error::Config(format!(
+                "PGFLIP_PG_BINDIR={} holds no initdb, pg_ctl and postgres",
+                dir.display()
+            )))
+        };
+    }
     if let Some(path) = std::env::var_os("PATH") {
         for dir in std::env::split_paths(&path) {
             if has_server(&dir) {
@@ -139,7 +151,12 @@ impl LocalServer {
     }
 
     pub fn start_with(opts: ServerOptions) -> Result<LocalServer> {
-        let bindir = find_bindir()?;
+        LocalServer::start_in(find_bindir()?, opts)
+    }
+
+    /// Starts a server from the binaries in `bindir` (a given major version, say), whatever
+    /// [`find_bindir`] would pick.
+    pub fn start_in(bindir: PathBuf, opts: ServerOptions) -> Result<LocalServer> {
         let user = server_user()?;
         let dir = std::env::temp_dir().join(format!(
             "pgflip-pg-{}-{}",
@@ -321,14 +338,23 @@ impl LocalServer {
         Ok(client)
     }
 
+    /// A client program (`psql`, `pg_dump`, `pgbench`): from `PGFLIP_PG_CLIENT_BINDIR` (a newer
+    /// client reads every older server, and some server packages ship none), else beside the
+    /// server, else from `PATH`.
+    pub fn client_tool(&self, name: &str) -> PathBuf {
+        std::env::var_os("PGFLIP_PG_CLIENT_BINDIR")
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from)
+            .into_iter()
+            .chain([self.bindir.clone()])
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+            .unwrap_or_else(|| PathBuf::from(name))
+    }
+
     /// Runs SQL with `psql` (ON_ERROR_STOP), outside any async runtime.
     pub fn psql(&self, database: &str, sql: &str) -> Result<String> {
-        let psql = if self.bindir.join("psql").is_file() {
-            self.bindir.join("psql")
-        } else {
-            PathBuf::from("psql")
-        };
-        let out = Command::new(psql)
+        let out = Command::new(self.client_tool("psql"))
             .args([
                 "-X",
                 "-q",

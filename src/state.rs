@@ -321,10 +321,13 @@ impl RunRecord {
         if exists(client).await? {
             // A writing run upgrades an older state first (it holds the target lock).
             ensure(client).await?;
+            // The session remembers its run: a flip records it with its generation, so that a
+            // run killed after its flip committed is known to have flipped.
             id = Some(
                 client
                     .query_one(
-                        "INSERT INTO pgflip.runs (command, pgflip_version) VALUES ($1, $2) RETURNING id",
+                        "WITH r AS (INSERT INTO pgflip.runs (command, pgflip_version) VALUES ($1, $2) RETURNING id) \
+                         SELECT id, pg_catalog.set_config('pgflip.run_id', id::text, false) FROM r",
                         &[&command, &crate::VERSION],
                     )
                     .await
@@ -388,6 +391,8 @@ pub struct Run {
     pub status: String,
     pub pgflip_version: String,
     pub error: Option<String>,
+    /// The generation this run's flip recorded (its flip committed), if any.
+    pub generation: Option<String>,
 }
 
 /// The latest `limit` runs (empty without state). Reads only; works on every state version.
@@ -402,7 +407,9 @@ pub async fn runs(client: &Client, limit: i64) -> Result<Vec<Run>> {
                          (SELECT 1 FROM pg_catalog.pg_stat_activity a \
                           WHERE a.pid = r.backend_pid AND a.backend_start <= r.started_at) \
                          THEN 'interrupted' ELSE r.status END, \
-                    r.pgflip_version, pg_catalog.to_jsonb(r) ->> 'error' \
+                    r.pgflip_version, pg_catalog.to_jsonb(r) ->> 'error', \
+                    (SELECT g.label FROM pgflip.generations g \
+                     WHERE g.details ->> 'run_id' = r.id::text ORDER BY g.id DESC LIMIT 1) \
              FROM pgflip.runs r ORDER BY r.id DESC LIMIT $1",
             &[&limit],
         )
@@ -418,6 +425,7 @@ pub async fn runs(client: &Client, limit: i64) -> Result<Vec<Run>> {
             status: r.get(4),
             pgflip_version: r.get(5),
             error: r.get(6),
+            generation: r.get(7),
         })
         .collect())
 }
@@ -481,6 +489,69 @@ pub fn record_operation_sql(
         gs = l(green.0),
         gn = l(green.1),
     )
+}
+
+/// SQL recording that pgflip has just created `rel` (qualified; in the same transaction) as
+/// the staging table `staging` of `live`, in phase `phase`. The relation's oid is recorded: a
+/// relation keeps it through renames, and pgflip replaces or drops a relation under a name the
+/// user can see only if its oid is recorded here ([`created_relation_oids`]).
+pub fn record_created_relation_sql(
+    kind: &str,
+    phase: &str,
+    live: (&str, &str),
+    staging: (&str, &str),
+    rel: &str,
+) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "{}; UPDATE pgflip.operations SET details = details || \
+         jsonb_build_object('oid', {}::regclass::oid::bigint) \
+         WHERE green_schema = {} AND green_name = {}",
+        record_operation_sql(kind, phase, live, staging, &serde_json::json!({})),
+        l(rel),
+        l(staging.0),
+        l(staging.1)
+    )
+}
+
+/// SQL moving the operation of green relation `green` to `phase`.
+pub fn set_operation_phase_sql(green: (&str, &str), phase: &str) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "UPDATE pgflip.operations SET phase = {}, updated_at = clock_timestamp() \
+         WHERE green_schema = {} AND green_name = {}",
+        l(phase),
+        l(green.0),
+        l(green.1)
+    )
+}
+
+/// SQL forgetting the operation of green relation `green` (dropped by pgflip).
+pub fn forget_operation_sql(green: (&str, &str)) -> String {
+    use crate::ident::quote_literal as l;
+    format!(
+        "DELETE FROM pgflip.operations WHERE green_schema = {} AND green_name = {}",
+        l(green.0),
+        l(green.1)
+    )
+}
+
+/// The oids of the relations pgflip created and recorded with
+/// [`record_created_relation_sql`] that still exist (empty without state). Reads only.
+pub async fn created_relation_oids(client: &Client) -> Result<std::collections::BTreeSet<u32>> {
+    if !exists(client).await? {
+        return Ok(Default::default());
+    }
+    let rows = client
+        .query(
+            "SELECT c.oid FROM pgflip.operations o \
+             JOIN pg_catalog.pg_class c ON c.oid::bigint = (o.details ->> 'oid')::bigint \
+             WHERE o.details ? 'oid'",
+            &[],
+        )
+        .await
+        .ctx("reading the relations pgflip created")?;
+    Ok(rows.iter().map(|r| r.get::<_, u32>(0)).collect())
 }
 
 /// An in-flight operation.

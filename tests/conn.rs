@@ -1190,7 +1190,14 @@ fn libpq_programs_reach_the_endpoint_through_libpq_env() {
         &tls_args("localhost", "verify-full", Some(&certs.ca())),
         &env(),
     );
-    let mut cmd = Command::new(srv.bindir().join("psql"));
+    // The psql beside the server, else PATH's: the wheel's newest client (PGFLIP_PG_CLIENT_BINDIR)
+    // is built without TLS, and this test is about TLS.
+    let beside = srv.bindir().join("psql");
+    let mut cmd = Command::new(if beside.is_file() {
+        beside
+    } else {
+        "psql".into()
+    });
     cmd.args(["-X", "-A", "-t", "-c"])
         .arg("SELECT current_user || ' ' || (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())")
         .env_clear()

@@ -12,7 +12,7 @@ use crate::util::*;
 
 /// Runs a SQL file with psql (stop on the first error); the error text on failure.
 fn psql_file(db: &TestDb, path: &Path) -> Result<(), String> {
-    let out = Command::new(db.srv.bindir().join("psql"))
+    let out = Command::new(db.srv.client_tool("psql"))
         .args([
             "-X",
             "-q",

@@ -212,7 +212,7 @@ async fn a_flip_killed_holding_its_locks_leaves_the_target_wholly_before() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let c = tgt.client().await;
-    for point in ["flip.before_locks", "flip.locked"] {
+    for point in ["flip.before_lock", "flip.locked"] {
         killed_at(&["sync", "--target", &t, "a", "b", "--swap"], point);
         settled(&c).await;
         assert_eq!(

@@ -284,6 +284,9 @@ pub struct Column {
     /// Default expression (not for generated columns).
     pub default: Option<String>,
     pub not_null: bool,
+    /// Name of the NOT NULL constraint (PostgreSQL 18+; `None` before, where it has none).
+    #[serde(default)]
+    pub not_null_name: Option<String>,
     pub identity: Option<Identity>,
     /// Qualified name of the identity column's sequence.
     pub identity_sequence: Option<QualName>,
@@ -292,6 +295,9 @@ pub struct Column {
     pub identity_options: Option<SequenceOptions>,
     /// Generation expression of a `GENERATED ALWAYS AS (…) STORED` column.
     pub generated: Option<String>,
+    /// The generated column is `VIRTUAL` (PostgreSQL 18+), not `STORED`.
+    #[serde(default)]
+    pub generated_virtual: bool,
     /// Defined in this table (not only inherited from a parent).
     pub is_local: bool,
     pub inherit_count: i32,
@@ -497,6 +503,25 @@ pub enum ObjClass {
     Constraint,
     Trigger,
     Policy,
+    Operator,
+    OpClass,
+    OpFamily,
+    Cast,
+    TsConfig,
+    TsDict,
+    TsParser,
+    TsTemplate,
+    Conversion,
+    StatisticExt,
+    /// A rule other than a view's `_RETURN` rule.
+    Rule,
+    EventTrigger,
+    ForeignDataWrapper,
+    ForeignServer,
+    UserMapping,
+    DefaultAcl,
+    /// A setting with no catalog row of its own (numbered within one snapshot).
+    Synthetic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

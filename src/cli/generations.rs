@@ -92,21 +92,20 @@ pub struct RollbackArgs {
     /// Tables whose current rows are kept: they are not flipped back.
     #[arg(long, value_name = "TABLES", value_delimiter = ',')]
     pub keep_tables: Vec<String>,
+    /// Do not ask before rolling back on a target that is not on this machine.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["before", "keep"])))]
 pub struct CleanupArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Drop generations created before this date (YYYY-MM-DD, or an RFC 3339 time).
-    #[arg(
-        long,
-        value_name = "DATE",
-        required_unless_present = "keep",
-        conflicts_with = "keep"
-    )]
+    #[arg(long, value_name = "DATE", conflicts_with = "keep")]
     pub before: Option<String>,
     /// Keep the newest N generations, drop the others.
     #[arg(long, value_name = "N")]
@@ -115,6 +114,9 @@ pub struct CleanupArgs {
     /// `<name>_dropped_<UTC time>`) retired before --before, instead of generations.
     #[arg(long, requires = "before", conflicts_with = "keep")]
     pub dropped: bool,
+    /// Do not ask before dropping data on a target that is not on this machine.
+    #[arg(long, short = 'y')]
+    pub yes: bool,
 }
 
 #[derive(Args, Debug)]
@@ -127,6 +129,11 @@ pub struct VerifyArgs {
     /// Verify the latest active generation.
     #[arg(long, conflicts_with = "timestamp")]
     pub latest: bool,
+    /// First complete what the flip's run left unrecorded (killed or failed after the flip
+    /// committed): the retired side's row counts and checksums, and the validation of the
+    /// foreign keys the flip re-attached.
+    #[arg(long)]
+    pub record: bool,
 }
 
 async fn connect(
@@ -252,12 +259,17 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
         }
         for g in gens.iter().take(5) {
             s.push_str(&format!(
-                "  {}  {:<8}  {:<11}  {}  ({} kept in {})\n",
+                "  {}  {:<8}  {:<11}  {}  ({} {} {})\n",
                 g.label,
                 g.kind,
                 g.status.replace('_', " "),
                 g.created_at.format("%Y-%m-%d %H:%M:%S UTC"),
                 relation_summary(g),
+                if g.status == "cleaned" {
+                    "dropped with"
+                } else {
+                    "kept in"
+                },
                 g.backup_schema
             ));
         }
@@ -292,6 +304,14 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
                     None => String::new(),
                 }
             ));
+            // The generation is written in the flip's own transaction: if it is there, the
+            // flip committed, whatever happened to the run afterwards.
+            if let (Some(label), true) = (&r.generation, r.status != "succeeded") {
+                s.push_str(&format!(
+                    "      its flip committed (generation {label}); `pgflip verify --timestamp {label} --record` \
+                     completes what the run left unrecorded\n"
+                ));
+            }
         }
     }
     out.write_stdout(s.as_bytes());
@@ -333,7 +353,7 @@ pub async fn list(args: ListArgs, g: &Global, out: &Output) -> anyhow::Result<u8
 }
 
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(g, &args.target).await?;
+    let (ep, client) = connect(g, &args.target).await?;
     let events = out.events();
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
@@ -347,6 +367,15 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
         print_plan(out, &fp)?;
         return Ok(exit::OK);
     }
+    super::confirm::confirm(
+        &ep,
+        &format!(
+            "roll back generation {} ({})",
+            gen.label,
+            relation_summary(&gen)
+        ),
+        args.yes,
+    )?;
     let client = Arc::new(client);
     let command = format!("rollback {}", gen.label);
     let outcome = state::with_target_lock(client.clone(), &command, |c| async move {
@@ -376,7 +405,7 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
 }
 
 /// A plan that was not run: as JSON, or as its script under a "dry run" header.
-fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::Result<()> {
+pub(super) fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(plan)?);
     } else {
@@ -408,7 +437,7 @@ async fn execute_locked(
     Ok(())
 }
 
-fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
+pub(super) fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(fp)?);
     } else {
@@ -437,9 +466,9 @@ fn parse_date(s: &str) -> anyhow::Result<chrono::DateTime<chrono::Utc>> {
 }
 
 pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
-    let (_ep, client) = connect(g, &args.target).await?;
+    let (ep, client) = connect(g, &args.target).await?;
     if args.dropped {
-        return cleanup_tombstones(&args, client, g, out).await;
+        return cleanup_tombstones(&args, &ep, client, g, out).await;
     }
     let select = match (&args.before, args.keep) {
         (Some(d), _) => generation::CleanupSelect::Before(parse_date(d)?),
@@ -476,12 +505,22 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
     }
     if !chosen.is_empty() {
         let labels: Vec<&str> = chosen.iter().map(|g| g.label.as_str()).collect();
+        super::confirm::confirm(
+            &ep,
+            &format!(
+                "drop {} generation(s) and the tables they keep ({})",
+                chosen.len(),
+                labels.join(", ")
+            ),
+            args.yes,
+        )?;
         execute_locked(client, &format!("cleanup {}", labels.join(" ")), plan, out).await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
             "cleaned": chosen.iter().map(|g| &g.label).collect::<Vec<_>>()
         }))?);
+    } else if out.quiet {
     } else if chosen.is_empty() {
         out.println("nothing to clean up");
     } else {
@@ -497,8 +536,27 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
 
 pub async fn verify(args: VerifyArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (_ep, client) = connect(g, &args.target).await?;
-    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
-    let report = generation::verify(&client, &gen).await?;
+    let mut gen = generation::find(&client, args.timestamp.as_deref()).await?;
+    if args.record {
+        let label = gen.label.clone();
+        state::with_target_lock(Arc::new(client), &format!("verify --record {label}"), |c| {
+            let gen = gen.clone();
+            async move { generation::complete_record(&c, &gen).await }
+        })
+        .await?;
+        let (_ep, c) = connect(g, &args.target).await?;
+        gen = generation::find(&c, Some(&label)).await?;
+        return print_verify(&c, &gen, out).await;
+    }
+    print_verify(&client, &gen, out).await
+}
+
+async fn print_verify(
+    client: &tokio_postgres::Client,
+    gen: &generation::Generation,
+    out: &Output,
+) -> anyhow::Result<u8> {
+    let report = generation::verify(client, gen).await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
     } else if report.ok {
@@ -528,6 +586,7 @@ pub async fn verify(args: VerifyArgs, g: &Global, out: &Output) -> anyhow::Resul
 /// `cleanup --dropped --before DATE`: drops the tombstones of `schema diff` retired before DATE.
 async fn cleanup_tombstones(
     args: &CleanupArgs,
+    ep: &Endpoint,
     client: tokio_postgres::Client,
     g: &Global,
     out: &Output,
@@ -539,6 +598,11 @@ async fn cleanup_tombstones(
         return Ok(exit::OK);
     }
     if !plan.is_empty() {
+        super::confirm::confirm(
+            ep,
+            &format!("drop {} tombstone(s) of schema diff", plan.steps.len()),
+            args.yes,
+        )?;
         let command = format!("cleanup --dropped --before {before}");
         execute_locked(client, &command, plan.clone(), out).await?;
     }
@@ -546,6 +610,7 @@ async fn cleanup_tombstones(
         out.println(&serde_json::to_string_pretty(&json!({
             "dropped": plan.steps.iter().map(|s| &s.description).collect::<Vec<_>>()
         }))?);
+    } else if out.quiet {
     } else if plan.is_empty() {
         out.println("no tombstones to drop");
     } else {

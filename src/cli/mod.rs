@@ -2,8 +2,12 @@
 //! dispatch, and the mapping from library errors to exit codes.
 
 mod common;
+mod confirm;
 mod demo;
 mod generations;
+mod green;
+mod init;
+mod migrate;
 mod output;
 mod schema;
 mod schema_diff;
@@ -36,14 +40,18 @@ pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
+    /// Write a commented pgflip.toml to start from (recognises Rails, Django, Laravel, Heroku).
+    Init(init::InitArgs),
     /// Replace every table of a target database with the source's version (prepare / swap /
-    /// start / abort).
-    Migrate(NotBuilt),
+    /// start / abort / status).
+    #[command(subcommand)]
+    Migrate(migrate::MigrateCommand),
     /// Dump a database's schema, or diff two databases' schemas.
     #[command(subcommand)]
     Schema(SchemaCommand),
     /// Rebuild materialized views and query-defined tables beside the live ones and promote them.
-    Green(NotBuilt),
+    #[command(subcommand)]
+    Green(green::GreenCommand),
     /// What is in flight on a target, and its latest generations.
     Status(generations::StatusArgs),
     /// List the generations recorded on a target.
@@ -103,9 +111,13 @@ fn exit_code(err: &anyhow::Error) -> u8 {
     match err.downcast_ref::<pgflip::Error>() {
         Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
         Some(E::Connect { .. }) => exit::CONNECT,
-        Some(E::Server { .. } | E::Connection { .. } | E::Io { .. } | E::Failpoint(_)) => {
-            exit::DATABASE
-        }
+        Some(
+            E::Server { .. }
+            | E::Connection { .. }
+            | E::Io { .. }
+            | E::Failpoint(_)
+            | E::AfterCommit { .. },
+        ) => exit::DATABASE,
         Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
         Some(E::NotImplemented(_)) => exit::NOT_BUILT,
         _ => exit::USAGE,
@@ -160,15 +172,21 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(exit::USAGE);
         }
     };
-    // Ctrl-C is raced against the command: the command's future is dropped, so whatever it
-    // holds (connections, transactions, the demo's servers) is released by its destructors
-    // before the process exits with 130.
+    // Ctrl-C (or SIGTERM) is raced against the command: the command's future is dropped, so
+    // whatever it holds (connections, transactions, the demo's servers) is released by its
+    // destructors; then the statements still running on the servers are cancelled (a backend
+    // busy with a statement would otherwise go on, holding its locks), and the process exits
+    // with 130 once their connections are gone (or after a few seconds).
     let result = runtime.block_on(async {
-        tokio::select! {
+        let r = tokio::select! {
             biased;
-            _ = tokio::signal::ctrl_c() => None,
+            _ = interrupted() => None,
             r = run(cli, &out) => Some(r),
+        };
+        if r.is_none() {
+            pgflip::conn::cancel::cancel_all(std::time::Duration::from_secs(5)).await;
         }
+        r
     });
     // A blocking read of stdin (demo --keep) must not hold the exit.
     runtime.shutdown_background();
@@ -187,7 +205,52 @@ pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(code)
 }
 
+/// SIGINT or SIGTERM.
+async fn interrupted() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// Global flags that mean nothing for the command given are refused, not ignored.
+fn meaningless_flags(cli: &Cli) -> Option<String> {
+    let g = &cli.global;
+    let reads_only = match &cli.command {
+        Command::Status(_) => Some("status"),
+        Command::List(_) => Some("list"),
+        Command::Completions { .. } => Some("completions"),
+        Command::Schema(SchemaCommand::Dump(_)) => Some("schema dump"),
+        Command::Verify(a) if !a.record => Some("verify"),
+        _ => None,
+    };
+    if let (Some(cmd), true) = (reads_only, g.dry_run) {
+        return Some(format!("{cmd} changes nothing: --dry-run does not apply"));
+    }
+    if let Command::Demo(_) = &cli.command {
+        if g.dry_run || g.quiet {
+            return Some(
+                "demo shows what pgflip does, on servers of its own that it removes afterwards: \
+                 --dry-run and --quiet do not apply"
+                    .into(),
+            );
+        }
+    }
+    None
+}
+
 async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    if let Some(m) = meaningless_flags(&cli) {
+        return Err(pgflip::Error::InvalidInput(m).into());
+    }
     match cli.command {
         Command::Completions { shell } => {
             let mut buf = Vec::new();
@@ -197,12 +260,13 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
-        Command::Migrate(_) => Err(pgflip::Error::NotImplemented("pgflip migrate").into()),
+        Command::Init(args) => init::run(&args, out),
+        Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {
             schema_diff::run(*args, &cli.global, out).await
         }
-        Command::Green(_) => Err(pgflip::Error::NotImplemented("pgflip green").into()),
+        Command::Green(c) => green::run(c, &cli.global, out).await,
         Command::Status(a) => generations::status(a, &cli.global, out).await,
         Command::List(a) => generations::list(a, &cli.global, out).await,
         Command::Rollback(a) => generations::rollback(a, &cli.global, out).await,

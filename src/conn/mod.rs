@@ -33,10 +33,12 @@
 //! scrubbed of the password in case the server or the driver echoed it, and [`redact`] hides it
 //! in any connection string a caller wants to echo.
 
+pub mod cancel;
 mod env;
 mod params;
 mod pgpass;
 mod resolve;
+mod same;
 mod tls;
 
 use std::net::IpAddr;
@@ -49,6 +51,7 @@ use crate::error::{Error, Result, Side};
 
 pub use env::Env;
 pub use params::redact;
+pub use same::refuse_same_database;
 pub use tls::{SslMode, TlsSettings};
 
 /// The connect timeout when nothing sets `connect_timeout`.
@@ -113,6 +116,13 @@ impl Endpoint {
     /// the precedence).
     pub fn resolve_with(side: Side, args: &EndpointArgs, env: &Env) -> Result<Endpoint> {
         resolve::resolve(side, args, env)
+    }
+
+    /// Whether the flags, the side's environment variables or the .env file name this side
+    /// (libpq's shared `PG*` variables and defaults do not: see [`Endpoint::resolve_with`]).
+    /// Commands with both a source and a target need both named.
+    pub fn is_named(side: Side, args: &EndpointArgs, env: &Env) -> bool {
+        resolve::is_named(side, args, env)
     }
 
     /// `host:port, database name` — never the password.
@@ -297,16 +307,20 @@ impl Endpoint {
                 let mut config = self.config.clone();
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
                 let (client, conn) = config.connect(tokio_postgres::NoTls).await?;
+                let id = cancel::opened(client.cancel_token(), cancel::Via::Plain);
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    cancel::closed(id);
                 });
                 Ok(client)
             }
             Some(c) => {
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(c);
+                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(c.clone());
                 let (client, conn) = self.config.connect(tls).await?;
+                let id = cancel::opened(client.cancel_token(), cancel::Via::Tls(Box::new(c)));
                 tokio::spawn(async move {
                     let _ = conn.await;
+                    cancel::closed(id);
                 });
                 Ok(client)
             }

@@ -329,6 +329,9 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
         ));
         return Ok(report);
     }
+    report
+        .problems
+        .extend(after_commit_problems(client, gen).await?);
     for r in &gen.relations {
         let name = r.retired();
         let present = r.retired_bytes.is_some();
@@ -364,6 +367,143 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
     }
     report.ok = report.problems.is_empty();
     Ok(report)
+}
+
+/// Records, in the generation's details, the steps after its commit that failed.
+pub async fn record_after_commit_failures(
+    client: &Client,
+    label: &str,
+    failed: &[String],
+) -> Result<()> {
+    let failed = serde_json::json!(failed);
+    client
+        .execute(
+            "UPDATE pgflip.generations SET details = details || jsonb_build_object('after_commit_failures', $2::text::jsonb) \
+             WHERE label = $1",
+            &[&label, &failed.to_string()],
+        )
+        .await
+        .ctx("recording the failed steps after the flip")?;
+    Ok(())
+}
+
+/// What the steps after a generation's commit left undone: failures recorded then, and foreign
+/// keys the flip re-attached `NOT VALID` that are still not validated.
+async fn after_commit_problems(client: &Client, gen: &Generation) -> Result<Vec<String>> {
+    let row = client
+        .query_one(
+            "SELECT coalesce(details -> 'after_commit_failures', '[]'), \
+                    coalesce(details -> 'validate_after', '[]') \
+             FROM pgflip.generations WHERE id = $1",
+            &[&gen.id],
+        )
+        .await
+        .ctx("reading the generation's record")?;
+    let failures: serde_json::Value = row.get(0);
+    let validate: serde_json::Value = row.get(1);
+    let mut problems: Vec<String> = failures
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|f| f.as_str())
+        .map(|f| format!("after the flip: {f}"))
+        .collect();
+    for v in validate.as_array().into_iter().flatten() {
+        let (Some(t), Some(c)) = (v["table"].as_str(), v["constraint"].as_str()) else {
+            continue;
+        };
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT convalidated FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2",
+                &[&t, &c],
+            )
+            .await
+            .ctx("reading a foreign key's state")?
+            .map(|r| r.get(0));
+        if valid == Some(false) {
+            problems.push(format!(
+                "constraint {} of {t} is NOT VALID: it was re-attached by the flip and its \
+                 validation has not succeeded (rows may reference keys that are gone)",
+                quote_ident(c)
+            ));
+        }
+    }
+    Ok(problems)
+}
+
+/// Completes what a flip's run left unrecorded after the commit (killed, or a step failed):
+/// the retired relations' row counts and checksums, and the validation of the foreign keys the
+/// flip re-attached `NOT VALID`. The caller holds the target lock.
+pub async fn complete_record(client: &Client, gen: &Generation) -> Result<()> {
+    if gen.status != "active" {
+        return Err(Error::InvalidInput(format!(
+            "generation {} is {}: its retired relations are no longer kept",
+            gen.label,
+            gen.status.replace('_', " ")
+        )));
+    }
+    for r in &gen.relations {
+        if r.retired_bytes.is_none() || (r.retired_rows.is_some() && r.retired_checksum.is_some()) {
+            continue;
+        }
+        let (rows, sum) = checksum(client, &r.retired(), r.checksum_method).await?;
+        client
+            .execute(
+                "UPDATE pgflip.generation_relations SET retired_rows = $3, retired_checksum = $4::text::numeric \
+                 WHERE generation_id = $1 AND position = $2",
+                &[&gen.id, &r.position, &rows, &sum],
+            )
+            .await
+            .ctx("recording the retired side's row count and checksum")?;
+    }
+    let validate: serde_json::Value = client
+        .query_one(
+            "SELECT coalesce(details -> 'validate_after', '[]') FROM pgflip.generations WHERE id = $1",
+            &[&gen.id],
+        )
+        .await
+        .ctx("reading the generation's record")?
+        .get(0);
+    for v in validate.as_array().into_iter().flatten() {
+        let (Some(t), Some(c)) = (v["table"].as_str(), v["constraint"].as_str()) else {
+            continue;
+        };
+        let valid: Option<bool> = client
+            .query_opt(
+                "SELECT convalidated FROM pg_catalog.pg_constraint \
+                 WHERE conrelid = pg_catalog.to_regclass($1) AND conname = $2",
+                &[&t, &c],
+            )
+            .await
+            .ctx("reading a foreign key's state")?
+            .map(|r| r.get(0));
+        if valid == Some(false) {
+            // Built by the server from the relation's oid: the record is data, not SQL.
+            let sql: String = client
+                .query_one(
+                    "SELECT format('ALTER TABLE %s VALIDATE CONSTRAINT %I', pg_catalog.to_regclass($1), $2::text)",
+                    &[&t, &c],
+                )
+                .await
+                .ctx("reading a foreign key's table")?
+                .get(0);
+            client
+                .batch_execute(&format!(
+                    "SET lock_timeout = '5s'; {sql}; RESET lock_timeout"
+                ))
+                .await
+                .ctx(format!("validating constraint {} of {t}", quote_ident(c)))?;
+        }
+    }
+    client
+        .execute(
+            "UPDATE pgflip.generations SET details = details - 'after_commit_failures' WHERE id = $1",
+            &[&gen.id],
+        )
+        .await
+        .ctx("updating the generation's record")?;
+    Ok(())
 }
 
 /// Which generations `cleanup` drops.

@@ -51,6 +51,7 @@
 //!   after the locks; [`FlipOptions::in_flip_after`], before the generation record).
 
 pub mod dependents;
+pub mod fkcheck;
 pub mod generation;
 pub mod guard;
 
@@ -329,6 +330,7 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
+    refuse_orphans(client, &relations).await?;
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
@@ -347,6 +349,29 @@ pub async fn plan_flip(
         backup_schema,
         warnings,
     ))
+}
+
+/// Rows of tables outside the flip must keep the rows they reference (checked before any lock:
+/// their foreign keys are only validated after the commit).
+async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Result<()> {
+    let names: Vec<(String, String)> = relations
+        .iter()
+        .map(|r| (r.live.sql(), r.green.sql()))
+        .collect();
+    let replaced: Vec<fkcheck::Replaced> = relations
+        .iter()
+        .zip(&names)
+        .map(|(r, (live, green))| fkcheck::Replaced {
+            live_oid: r.live_oid,
+            live,
+            green,
+        })
+        .collect();
+    let flipped: BTreeSet<u32> = relations
+        .iter()
+        .flat_map(|r| [r.live_oid, r.green_oid])
+        .collect();
+    fkcheck::refuse_orphans(client, &replaced, &flipped).await
 }
 
 /// Whether live's serial sequence `s` is handed over to green's column: green's default uses
@@ -955,6 +980,32 @@ fn render(
                 }
             }
         }
+        // NOT NULL constraints have names from PostgreSQL 18 on (pg_constraint contype 'n';
+        // none before): green's take the names live's had, as the other constraints do. Names
+        // of table constraints are per table, so this cannot clash with the retired table's.
+        let live_nn: Vec<_> = inv
+            .constraints_of(r.live_oid)
+            .filter(|c| c.contype == "n")
+            .collect();
+        for gc in inv.constraints_of(r.green_oid).filter(|c| c.contype == "n") {
+            if let Some(lc) = live_nn
+                .iter()
+                .find(|lc| lc.def == gc.def && lc.name != gc.name)
+            {
+                push(
+                    format!(
+                        "rename constraint {} to {}",
+                        quote_ident(&gc.name),
+                        quote_ident(&lc.name)
+                    ),
+                    format!(
+                        "ALTER TABLE {live_q} RENAME CONSTRAINT {} TO {}",
+                        quote_ident(&gc.name),
+                        quote_ident(&lc.name)
+                    ),
+                );
+            }
+        }
         // Check and foreign-key constraints: rename matches, add what green lacks, and re-point
         // green's own FKs that reference a table being retired.
         let green_cons: Vec<_> = inv
@@ -992,6 +1043,13 @@ fn render(
                         );
                     }
                 }
+                // A migration's new version has its own structure: live's checks and foreign
+                // keys are not green's to take. A rollback's retired copy kept its checks and
+                // the foreign keys among the flipped tables; only its foreign keys to tables
+                // outside the flip were dropped (and come back here).
+                None if kind == FlipKind::Migrate
+                    || (opts.allow_column_changes
+                        && (lc.contype == "c" || live_set.contains(&lc.ref_rel))) => {}
                 None => {
                     let clash = green_cons.iter().find(|gc| gc.name == lc.name);
                     if let Some(gc) = clash {
@@ -1128,7 +1186,11 @@ fn render(
         }
         // Defaults green lacks (e.g. a staging table made without them): as live had them.
         // After the sequences, so that a serial default finds its sequence back in place.
-        for lc in inv.columns_of(r.live_oid) {
+        // Not for a new version or a rollback: green's own structure is the one wanted.
+        for lc in inv
+            .columns_of(r.live_oid)
+            .filter(|_| !opts.allow_column_changes)
+        {
             let Some(expr) = &lc.default_expr else {
                 continue;
             };
@@ -1404,10 +1466,16 @@ fn render(
     let details = serde_json::json!({
         "warnings": warnings,
         "lock_timeout_ms": opts.lock_timeout.as_millis() as u64,
+        // What must be validated after the commit: `verify` checks that it was.
+        "validate_after": validate_later
+            .iter()
+            .map(|(t, c)| serde_json::json!({"table": t, "constraint": c}))
+            .collect::<Vec<_>>(),
     });
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
-         VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb)",
+         VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb || jsonb_strip_nulls(jsonb_build_object('run_id', \
+           pg_catalog.current_setting('pgflip.run_id', true))))",
         quote_literal(&label),
         quote_literal(&created_at.to_rfc3339()),
         quote_literal(kind.as_str()),
@@ -1529,7 +1597,7 @@ pub async fn flip(
 /// The failpoints of a flip ([`crate::failpoint`]): `flip.*`, or `rollback.*` for a rollback.
 struct Points {
     /// Planned, guardrails not yet checked, nothing locked.
-    before_locks: &'static str,
+    before_lock: &'static str,
     /// Inside the transaction: the locks held, the catalog checked, nothing moved.
     locked: &'static str,
     /// Committed; validation and the retired side's checksum not yet done.
@@ -1540,12 +1608,12 @@ impl Points {
     fn of(kind: FlipKind) -> Points {
         match kind {
             FlipKind::Rollback => Points {
-                before_locks: "rollback.before_locks",
+                before_lock: "rollback.before_lock",
                 locked: "rollback.locked",
                 after_commit: "rollback.after_commit",
             },
             _ => Points {
-                before_locks: "flip.before_locks",
+                before_lock: "flip.before_lock",
                 locked: "flip.locked",
                 after_commit: "flip.after_commit",
             },
@@ -1585,28 +1653,33 @@ pub async fn execute(
         .iter()
         .filter(|s| s.transaction.is_none())
         .collect();
-    crate::failpoint::hit(points.before_locks).await?;
+    crate::failpoint::hit(points.before_lock).await?;
     let stats = guard::run_locked(client, fp, &locks, &rest, points.locked, opts, events).await?;
     crate::failpoint::hit(points.after_commit).await?;
-    let mut warnings = fp.warnings.clone();
-    // After the commit: validation and the retired side's checksum. A failure here does not
-    // undo the flip; it is reported.
-    let mut post = Plan::new("after the flip");
-    for s in after {
-        post.push((*s).clone());
-    }
+    let warnings = fp.warnings.clone();
+    // After the commit: validation and the retired side's checksum. A failure here cannot undo
+    // the flip: every step is still tried, the failures are recorded with the generation (so
+    // that `verify` names them), and the run fails.
     let exec = crate::plan::ExecOptions {
         lock_timeout: opts.lock_timeout,
         statement_timeout: None,
         max_wait: opts.max_wait,
         after_unit: None,
     };
-    if let Err(e) = post.execute(client, &exec, events).await {
-        let msg = format!("the flip committed, but a follow-up step failed: {e}");
-        events.emit(Event::Warning {
-            message: msg.clone(),
+    let mut failed = Vec::new();
+    for s in after {
+        let mut post = Plan::new("after the flip");
+        post.push((*s).clone());
+        if let Err(e) = post.execute(client, &exec, events).await {
+            failed.push(format!("{}: {e}", s.description));
+        }
+    }
+    if !failed.is_empty() {
+        generation::record_after_commit_failures(client, &fp.label, &failed).await?;
+        return Err(Error::AfterCommit {
+            generation: fp.label.clone(),
+            failed: format!("a step after it failed: {}", failed.join("; ")),
         });
-        warnings.push(msg);
     }
     let generation = generation::find(client, Some(&fp.label)).await?;
     events.emit(Event::PhaseFinished {

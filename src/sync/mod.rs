@@ -60,7 +60,10 @@
 
 pub mod config;
 pub mod rules;
+mod selection;
+mod staging;
 pub mod tables;
+mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -97,6 +100,9 @@ pub enum Mode {
 pub struct Request {
     pub pattern: String,
     pub filter: Option<String>,
+    /// Named exactly or through a group: `exclude` does not apply (it applies to patterns and
+    /// to the every-table default).
+    pub explicit: bool,
 }
 
 /// Everything a sync needs besides the two endpoints.
@@ -110,6 +116,8 @@ pub struct SyncOptions {
     pub filter: Option<String>,
     pub defer_constraints: bool,
     pub disable_integrity: bool,
+    /// The target's user triggers off while loading, restored in the same transaction.
+    pub disable_user_triggers: bool,
     pub sequences: bool,
     pub rules: Rules,
     pub staging: bool,
@@ -144,6 +152,7 @@ impl Default for SyncOptions {
             filter: None,
             defer_constraints: false,
             disable_integrity: false,
+            disable_user_triggers: false,
             sequences: true,
             rules: Rules::default(),
             staging: false,
@@ -262,6 +271,11 @@ struct TablePlan {
     ranges: Vec<BlockRange>,
     /// Why a table above the split threshold is copied whole (said in the plan).
     unsplit: Option<String>,
+    /// A staging table pgflip created earlier is replaced (its rows are dropped).
+    replaces_staging: bool,
+    /// Names in use in the target schema that the staging table's indexes and sequences must
+    /// not take.
+    taken_names: BTreeSet<String>,
 }
 
 /// A range of heap blocks: `ctid >= '(from,0)' AND ctid < '(to,0)'`, read by a TID Range Scan.
@@ -471,6 +485,7 @@ pub async fn prepare(
     });
     let coordinator = source.connect().await?;
     let tgt = target.connect().await?;
+    crate::conn::refuse_same_database(&coordinator, &tgt).await?;
     coordinator
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -485,6 +500,7 @@ pub async fn prepare(
     let src_list = tables::list_tables(&coordinator).await?;
     let tgt_list = tables::list_tables(&tgt).await?;
     let mut filters: BTreeMap<u32, Option<String>> = BTreeMap::new();
+    selection::warn_unmatched(&opts, &src_list, events);
     if opts.requests.is_empty() {
         for (oid, s, n) in tables::resolve(&[], &opts.exclude, &opts.scope, &src_list)? {
             if tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
@@ -498,7 +514,7 @@ pub async fn prepare(
         for r in &opts.requests {
             let found = tables::resolve(
                 std::slice::from_ref(&r.pattern),
-                &opts.exclude,
+                if r.explicit { &[] } else { &opts.exclude },
                 &opts.scope,
                 &src_list,
             )?;
@@ -557,13 +573,21 @@ pub async fn prepare(
             .find(&st.schema, &st.name)
             .expect("target table resolved above")
             .clone();
-        plans.push(plan_table(
-            st.clone(),
-            tt,
-            filters[&st.oid].clone(),
-            &opts,
-            rules,
-        )?);
+        match plan_table(st.clone(), tt, filters[&st.oid].clone(), &opts, rules)? {
+            Some(p) => plans.push(p),
+            // pgsync's "No fields to copy": said, and the other tables go on.
+            None => events.emit(Event::Warning {
+                message: format!(
+                    "{}: no columns in common with the target; skipped",
+                    st.display()
+                ),
+            }),
+        }
+    }
+    if plans.is_empty() {
+        return Err(Error::InvalidInput(
+            "no tables to sync (no table has a column in common with the target)".into(),
+        ));
     }
     for p in &plans {
         for w in &p.warnings {
@@ -571,6 +595,7 @@ pub async fn prepare(
         }
     }
 
+    staging::check_and_reserve(&tgt, &mut plans).await?;
     check_privileges(&coordinator, &tgt, &plans, &opts).await?;
     if opts.disable_integrity {
         let sup: bool = tgt
@@ -608,7 +633,10 @@ pub async fn prepare(
             .cloned()
             .collect();
     }
-    let units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
+    let mut units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
+    if opts.disable_user_triggers && !opts.staging {
+        triggers::wrap_units(&tgt, &plans, &mut units).await?;
+    }
 
     // Cross-server diffs happen before anything is written (and in dry runs).
     if opts.show_diff && !opts.staging {
@@ -704,7 +732,7 @@ fn plan_table(
     filter: Option<String>,
     opts: &SyncOptions,
     rules: &Rules,
-) -> Result<TablePlan> {
+) -> Result<Option<TablePlan>> {
     let display = st.display();
     let mut warnings = Vec::new();
     let mut columns = Vec::new();
@@ -757,9 +785,7 @@ fn plan_table(
         }
     }
     if columns.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{display}: the source and target tables have no columns in common"
-        )));
+        return Ok(None);
     }
     let needs_pk = match opts.mode {
         Mode::Overwrite => Some("--overwrite"),
@@ -832,7 +858,7 @@ fn plan_table(
             },
         }
     };
-    Ok(TablePlan {
+    Ok(Some(TablePlan {
         display,
         source: st,
         target: tt,
@@ -849,7 +875,9 @@ fn plan_table(
         diff: None,
         ranges: Vec::new(),
         unsplit: None,
-    })
+        replaces_staging: false,
+        taken_names: BTreeSet::new(),
+    }))
 }
 
 async fn check_privileges(
@@ -1253,7 +1281,8 @@ fn unit_actions(
             // copy, in parallel, and the table is renamed to the staging name only when it is
             // complete. An interrupted run leaves at most the loading table, which the next run
             // drops.
-            let index_builds = staging_index_builds(p, &loading);
+            let mut taken = p.taken_names.clone();
+            let index_builds = staging_index_builds(p, &loading, &mut taken);
             let including = if index_builds.is_some() {
                 "INCLUDING ALL EXCLUDING INDEXES"
             } else {
@@ -1278,7 +1307,10 @@ fn unit_actions(
                         .is_some_and(|d| d.starts_with("nextval("))
                 {
                     let base = format!("{staging_bare}_{}", c.name);
-                    let seq = qualified(&p.target.schema, &derived_name(&base, "_seq"));
+                    let seq = qualified(
+                        &p.target.schema,
+                        &staging::free_name(&base, "_seq", &mut taken),
+                    );
                     let ty = if c.type_name == "smallint"
                         || c.type_name == "integer"
                         || c.type_name == "bigint"
@@ -1295,22 +1327,48 @@ fn unit_actions(
                     ));
                 }
             }
-            actions.push(Action::Sql(
-                Step::new(
-                    format!(
-                        "drop any previous {staging}; create {loading} with the structure of {live}"
-                    ),
-                    sql,
-                )
-                .lock(LockMode::AccessExclusive, staging.clone()),
+            // Every sequence of the staging table gets the live one's type and options: LIKE
+            // makes identity sequences bigint, and a swap must not change them.
+            for c in p.target.columns.iter().filter(|c| {
+                !c.identity.is_empty() || p.target.sequences.iter().any(|s| s.column == c.name)
+            }) {
+                sql.push_str("; ");
+                sql.push_str(&copy_sequence_options_sql(&live, &loading, &c.name));
+            }
+            // Recorded with its oid in the same transaction: pgflip replaces a staging table
+            // only if it is one it created.
+            sql.push_str("; ");
+            sql.push_str(&crate::state::record_created_relation_sql(
+                "sync",
+                "loading",
+                (&p.target.schema, &p.target.name),
+                (&p.target.schema, &staging_bare),
+                &loading,
             ));
+            let mut step = Step::new(
+                format!(
+                    "{}create {loading} with the structure of {live}",
+                    if p.replaces_staging {
+                        format!("drop the previous {staging} (made by pgflip); ")
+                    } else {
+                        String::new()
+                    }
+                ),
+                sql,
+            )
+            .lock(LockMode::AccessExclusive, staging.clone());
+            if p.replaces_staging {
+                step = step.hazard(Hazard::DeletesData);
+            }
+            actions.push(Action::Sql(step));
             let (builds, finish) = index_builds.unwrap_or_default();
             after.extend(builds);
             let mut fin = finish;
             // LIKE names identity sequences after the loading table: give them the names they
             // would have had under the staging name.
             for c in p.target.columns.iter().filter(|c| !c.identity.is_empty()) {
-                let new_name = derived_name(&format!("{staging_bare}_{}", c.name), "_seq");
+                let new_name =
+                    staging::free_name(&format!("{staging_bare}_{}", c.name), "_seq", &mut taken);
                 fin.push(Step::new(
                     format!(
                         "name the identity sequence of {staging}.{}",
@@ -1330,8 +1388,12 @@ fn unit_actions(
                     format!("rename the complete {loading} to {staging}; autovacuum on again"),
                     format!(
                         "ALTER TABLE {loading} RESET (autovacuum_enabled, \
-                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}",
-                        quote_ident(&staging_bare)
+                         toast.autovacuum_enabled); ALTER TABLE {loading} RENAME TO {}; {}",
+                        quote_ident(&staging_bare),
+                        crate::state::set_operation_phase_sql(
+                            (&p.target.schema, &staging_bare),
+                            "staged"
+                        )
                     ),
                 )
                 .lock(LockMode::AccessExclusive, loading.clone()),
@@ -1547,23 +1609,12 @@ fn unit_actions(
                 if opts.defer_constraints && fk.on_delete == "a" {
                     continue; // deferred: checked at the end of the transaction
                 }
-                let not_null: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
-                    .collect();
-                let refmatch: Vec<String> = fk
-                    .from_columns
-                    .iter()
-                    .zip(&fk.to_columns)
-                    .map(|(f, t)| format!("o.{} = c.{}", quote_ident(t), quote_ident(f)))
-                    .collect();
-                let sql = format!(
-                    "SELECT count(*) FROM {} c WHERE {} AND EXISTS (SELECT 1 FROM {} o WHERE {} AND {doomed})",
-                    fk.from,
-                    not_null.join(" AND "),
-                    only(&p.target.kind, &p.into),
-                    refmatch.join(" AND ")
+                let sql = crate::flip::fkcheck::orphan_count_sql(
+                    &fk.from,
+                    &fk.from_columns,
+                    &fk.to_columns,
+                    &only(&p.target.kind, &p.into),
+                    &doomed,
                 );
                 actions.push(Action::Check {
                     step: Step::new(
@@ -1642,7 +1693,11 @@ fn unit_actions(
 /// transaction) that give a staging table the live table's indexes. `None` when an index
 /// definition cannot be re-targeted safely: then `LIKE … INCLUDING ALL` builds them during the
 /// copy instead.
-fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<Step>)> {
+fn staging_index_builds(
+    p: &TablePlan,
+    loading: &str,
+    taken: &mut BTreeSet<String>,
+) -> Option<(Vec<Step>, Vec<Step>)> {
     let live = p.target.qualified();
     let marker = format!(" ON {live} USING ");
     let mut builds = Vec::new();
@@ -1657,7 +1712,7 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
             .as_ref()
             .map(|(n, _)| n.clone())
             .unwrap_or_else(|| idx.name.clone());
-        let name = derived_name(&base, "_staging");
+        let name = staging::free_name(&base, "_staging", taken);
         let kind = idx.constraint.as_ref().map(|(_, k)| k.as_str());
         if kind == Some("x") {
             finish.push(
@@ -1716,6 +1771,26 @@ fn staging_index_builds(p: &TablePlan, loading: &str) -> Option<(Vec<Step>, Vec<
         }
     }
     Some((builds, finish))
+}
+
+/// SQL giving the sequence of `table.column` (identity or serial, if it has one) the type and
+/// options of `live.column`'s sequence. Both tables are qualified; a column without a sequence
+/// on either side is left alone.
+fn copy_sequence_options_sql(live: &str, table: &str, column: &str) -> String {
+    format!(
+        "DO $pgflip$DECLARE s record; t text; BEGIN \
+         t := pg_catalog.pg_get_serial_sequence({table}, {col}); \
+         SELECT pg_catalog.format_type(q.seqtypid, NULL) AS ty, q.* INTO s FROM pg_catalog.pg_sequence q \
+          WHERE q.seqrelid = pg_catalog.pg_get_serial_sequence({live}, {col})::pg_catalog.regclass; \
+         IF FOUND AND t IS NOT NULL THEN \
+           EXECUTE format('ALTER SEQUENCE %s AS %s INCREMENT BY %s MINVALUE %s MAXVALUE %s START WITH %s RESTART WITH %s CACHE %s %sCYCLE', \
+             t, s.ty, s.seqincrement, s.seqmin, s.seqmax, s.seqstart, s.seqstart, s.seqcache, \
+             CASE WHEN s.seqcycle THEN '' ELSE 'NO ' END); \
+         END IF; END$pgflip$",
+        live = quote_literal(live),
+        table = quote_literal(table),
+        col = quote_literal(column),
+    )
 }
 
 /// `ONLY rel` for a plain table (its inheritance children are tables of their own); a
@@ -1785,6 +1860,10 @@ impl Prepared {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
         });
+        if self.tables.iter().any(|p| p.strategy == Strategy::Staging) {
+            // Staging tables are recorded in pgflip's state as they are created.
+            crate::state::ensure(&self.target.connect().await?).await?;
+        }
         let slots = Semaphore::new(self.opts.jobs.max(1));
         let this = &self;
         let results: Vec<Vec<TableReport>> = futures_util::future::try_join_all(
@@ -2042,21 +2121,29 @@ impl Prepared {
     /// sessions may still be ending, so the lock is retried (short lock_timeout) until
     /// `max_wait`; if that fails too, the next run drops them.
     async fn drop_loading_tables(&self, unit: &Unit, events: &dyn EventSink) {
-        let loading: Vec<&str> = unit
+        let staged: Vec<&TablePlan> = unit
             .tables
             .iter()
             .map(|&i| &self.tables[i])
             .filter(|p| p.strategy == Strategy::Staging)
-            .map(|p| p.load_into.as_str())
             .collect();
-        if loading.is_empty() {
+        if staged.is_empty() {
             return;
         }
-        let sql = format!(
-            "SET lock_timeout = {}; DROP TABLE IF EXISTS {}",
+        let loading: Vec<&str> = staged.iter().map(|p| p.load_into.as_str()).collect();
+        let mut sql = format!(
+            "SET lock_timeout = {}; BEGIN; DROP TABLE IF EXISTS {}",
             self.opts.lock_timeout.as_millis().max(1),
             loading.join(", ")
         );
+        for p in &staged {
+            sql.push_str("; ");
+            sql.push_str(&crate::state::forget_operation_sql((
+                &p.target.schema,
+                p.staging.as_deref().unwrap_or_default(),
+            )));
+        }
+        sql.push_str("; COMMIT");
         // Quietly: this is the aftermath of a failure already reported.
         let outcome = crate::lockwait::retry(
             self.opts.max_wait,

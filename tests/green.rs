@@ -1,0 +1,858 @@
+//! `pgflip green`: build beside live, status and convergence, refresh, promote, rollback,
+//! cancel, bad input and kill -9, against a real server.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::*;
+
+async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
+    let rows = c
+        .simple_query(sql)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
+    for m in rows {
+        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
+            return r.get(0).unwrap_or("NULL").to_string();
+        }
+    }
+    panic!("no row from {sql}")
+}
+
+/// A dump of everything but pgflip's own state (which the first write creates).
+fn user_dump(db: &TestDb) -> String {
+    db.pg_dump(&["--exclude-schema=pgflip"])
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let o = pgflip(args);
+    assert!(
+        o.status.success(),
+        "pgflip {args:?} failed: {}\n{}",
+        stderr(&o),
+        stdout(&o)
+    );
+    stdout(&o)
+}
+
+fn status_json(db: &TestDb) -> Value {
+    let s = run_ok(&["green", "status", "--target", &db.url(), "--json"]);
+    serde_json::from_str(&s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+/// The pipeline's members from `green status --json`, by live name.
+fn member<'a>(status: &'a Value, live: &str) -> &'a Value {
+    status["pipelines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["members"].as_array().unwrap())
+        .find(|m| m["live"]["name"] == live)
+        .unwrap_or_else(|| panic!("{live} not in {status}"))
+}
+
+/// A base table, a materialized view over it with a unique index, a second index, a grant to a
+/// login role, comments and a storage parameter, a view over it and a materialized view over
+/// that. Each relation carries its definition's version in a column.
+fn setup(db: &TestDb, role: &str) {
+    db.psql(&format!(
+        r#"
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF;
+END $$;
+CREATE SCHEMA "My Schema";
+GRANT USAGE ON SCHEMA "My Schema" TO {role};
+CREATE TABLE "My Schema".base (id int PRIMARY KEY, grp int NOT NULL, amount int NOT NULL, note text);
+INSERT INTO "My Schema".base SELECT g, g % 5, g, 'n' || g FROM generate_series(1, 100) g;
+CREATE MATERIALIZED VIEW "My Schema"."Sales MV" WITH (autovacuum_enabled = false) AS
+  SELECT grp, sum(amount)::int AS total, count(*)::int AS n, 1 AS version FROM "My Schema".base GROUP BY grp;
+CREATE UNIQUE INDEX "Sales MV grp" ON "My Schema"."Sales MV" (grp);
+CREATE INDEX sales_total ON "My Schema"."Sales MV" (total);
+CREATE INDEX sales_n ON "My Schema"."Sales MV" (n);
+COMMENT ON MATERIALIZED VIEW "My Schema"."Sales MV" IS 'sales per group';
+COMMENT ON COLUMN "My Schema"."Sales MV".total IS 'sum of amounts';
+GRANT SELECT ON "My Schema"."Sales MV" TO {role};
+CREATE VIEW public.v_sales AS SELECT grp, total, version FROM "My Schema"."Sales MV";
+GRANT SELECT ON public.v_sales TO {role};
+CREATE MATERIALIZED VIEW public.mv_top AS SELECT grp, total, version FROM "My Schema"."Sales MV" WHERE total > 900;
+CREATE UNIQUE INDEX mv_top_grp ON public.mv_top (grp);
+GRANT SELECT ON public.mv_top TO {role};
+"#
+    ));
+}
+
+const NEW_QUERY: &str = "SELECT grp, sum(amount)::int AS total, 2 AS version FROM \"My Schema\".base WHERE amount > 10 GROUP BY grp";
+
+#[tokio::test]
+async fn green_create_builds_beside_live_with_everything_and_cancel_leaves_nothing() {
+    let db = fresh_db("green_create");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    let before = user_dump(&db);
+    let live_oid = text(&c, "SELECT '\"My Schema\".\"Sales MV\"'::regclass::oid").await;
+
+    let out = run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("public.mv_top"), "{out}");
+    let schema = text(
+        &c,
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'",
+    )
+    .await;
+    // Live untouched: same object, old contents.
+    assert_eq!(
+        text(&c, "SELECT '\"My Schema\".\"Sales MV\"'::regclass::oid").await,
+        live_oid
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT DISTINCT version FROM \"My Schema\".\"Sales MV\""
+        )
+        .await,
+        "1"
+    );
+    // Green: new contents, the indexes whose columns still exist (same names), owner, grants,
+    // comments and storage parameters.
+    let g = format!("{schema}.\"Sales MV\"");
+    assert_eq!(
+        text(&c, &format!("SELECT DISTINCT version FROM {g}")).await,
+        "2"
+    );
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = '{schema}' AND tablename = 'Sales MV'")
+        )
+        .await,
+        "Sales MV grp,sales_total"
+    );
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT has_table_privilege('green_reader', '{g}', 'SELECT')")
+        )
+        .await,
+        "t"
+    );
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT obj_description('{g}'::regclass, 'pg_class')")
+        )
+        .await,
+        "sales per group"
+    );
+    assert_eq!(
+        text(&c, &format!("SELECT col_description('{g}'::regclass, 2)")).await,
+        "sum of amounts"
+    );
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT reloptions::text FROM pg_class WHERE oid = '{g}'::regclass")
+        )
+        .await,
+        "{autovacuum_enabled=false}"
+    );
+    // The downstream materialized view is rebuilt over the green upstream.
+    assert_eq!(
+        text(
+            &c,
+            &format!(
+                "SELECT string_agg(DISTINCT d.refobjid::regclass::text, ',') FROM pg_rewrite rw JOIN pg_depend d ON d.objid = rw.oid \
+                 AND d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> rw.ev_class \
+                 WHERE rw.ev_class = '{schema}.mv_top'::regclass"
+            )
+        )
+        .await,
+        g
+    );
+    assert_eq!(
+        text(&c, &format!("SELECT DISTINCT version FROM {schema}.mv_top")).await,
+        "2"
+    );
+
+    // Status: converged (nothing changed since), definition changed, the dropped column named.
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], true, "{st}");
+    assert_eq!(m["definition_changed"], true);
+    assert_eq!(m["live_rows"], 5);
+    assert_eq!(m["columns_dropped"][0], "n integer");
+    let top = member(&st, "mv_top");
+    assert_eq!(top["explicit"], false);
+    assert_eq!(
+        top["definition_changed"], true,
+        "changed through its upstream"
+    );
+    assert_eq!(top["contents_equal"], false);
+    let human = run_ok(&["green", "status", "--target", &db.url()]);
+    assert!(human.contains("converged: yes"), "{human}");
+    // The in-flight operations show in `pgflip status`.
+    let s = run_ok(&["status", "--target", &db.url()]);
+    assert!(s.contains("Sales MV"), "{s}");
+
+    // A second create for the same relation is refused.
+    let o = pgflip(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already in flight"), "{}", stderr(&o));
+
+    // Dry-run cancel changes nothing; cancel leaves nothing behind.
+    run_ok(&["green", "cancel", "--target", &db.url(), "--dry-run"]);
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT count(*) FROM pg_namespace WHERE nspname = '{schema}'")
+        )
+        .await,
+        "1"
+    );
+    run_ok(&["green", "cancel", "mv_top", "--target", &db.url()]);
+    assert_eq!(user_dump(&db), before, "cancel left something behind");
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    let out = run_ok(&["green", "status", "--target", &db.url()]);
+    assert!(out.contains("No green relation is in flight"), "{out}");
+}
+
+#[tokio::test]
+async fn green_convergence_follows_the_base_tables_and_refresh() {
+    let db = fresh_db("green_converge");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    // Same definition: converged means the same contents as live.
+    let same = "SELECT grp, sum(amount)::int AS total, count(*)::int AS n, 1 AS version FROM \"My Schema\".base GROUP BY grp";
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        same,
+        "--only",
+        "--target",
+        &db.url(),
+    ]);
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["definition_changed"], false, "{st}");
+    assert_eq!(m["contents_equal"], true, "{st}");
+    assert_eq!(m["converged"], true, "{st}");
+
+    // A base table changes after create: not converged, and the change is counted.
+    db.psql("UPDATE \"My Schema\".base SET amount = amount + 1 WHERE id <= 3");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = status_json(&db);
+        let m = member(&st, "Sales MV");
+        if m["converged"] == false {
+            assert_eq!(m["base_changes"], 3, "{st}");
+            assert!(
+                m["reason"].as_str().unwrap().contains("green refresh"),
+                "{st}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a base change was never seen: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // --max-lag accepts it.
+    let s = run_ok(&[
+        "green",
+        "status",
+        "--target",
+        &db.url(),
+        "--json",
+        "--max-lag",
+        "60m",
+    ]);
+    assert!(s.contains("\"converged\": true"), "{s}");
+
+    // Refresh (concurrently: it has a unique index): converged only once live is refreshed too
+    // (same definition, so the contents must match).
+    let out = run_ok(&["green", "refresh", "--target", &db.url()]);
+    assert!(out.contains("concurrently"), "{out}");
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["base_changes"], 0, "{st}");
+    assert_eq!(m["contents_equal"], false, "live is stale now: {st}");
+    assert_eq!(m["converged"], false, "{st}");
+    db.psql("REFRESH MATERIALIZED VIEW \"My Schema\".\"Sales MV\"");
+    let st = status_json(&db);
+    assert_eq!(member(&st, "Sales MV")["converged"], true, "{st}");
+    let _ = c;
+    run_ok(&["green", "cancel", "--target", &db.url()]);
+}
+
+#[tokio::test]
+async fn green_bad_input_is_a_clear_error_and_changes_nothing() {
+    let db = fresh_db("green_bad");
+    setup(&db, "green_reader");
+    db.psql("CREATE SEQUENCE public.some_seq");
+    // (pgflip's own state schema may be created by the first command that writes.)
+    let before = user_dump(&db);
+    let url = db.url();
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["green", "create", "public.v_sales", "--query", "SELECT 1"],
+            "is a view",
+        ),
+        (
+            &["green", "create", "public.some_seq", "--query", "SELECT 1"],
+            "not a materialized view nor a table",
+        ),
+        (
+            &["green", "create", "public.nope", "--query", "SELECT 1"],
+            "does not exist",
+        ),
+        (
+            &[
+                "green",
+                "create",
+                "\"My Schema\".\"Sales MV\"",
+                "--query",
+                "SELECT grp, 1/0 AS total FROM \"My Schema\".base",
+            ],
+            "division by zero",
+        ),
+        (
+            &[
+                "green",
+                "create",
+                "\"My Schema\".\"Sales MV\"",
+                "--query",
+                "SELECT no_such_column FROM \"My Schema\".base",
+            ],
+            "no_such_column",
+        ),
+        (&["green", "status", "public.nope"], "no green version"),
+        (&["green", "cancel", "public.mv_top"], "no green version"),
+        (&["green", "promote", "public.mv_top"], "no green version"),
+        (&["green", "refresh"], "nothing to refresh"),
+    ];
+    for (args, want) in cases {
+        let mut a: Vec<&str> = args.to_vec();
+        a.extend(["--target", &url]);
+        let o = pgflip(&a);
+        assert!(!o.status.success(), "{a:?} succeeded");
+        assert!(
+            stderr(&o).contains(want),
+            "{a:?}: expected {want:?} in: {}",
+            stderr(&o)
+        );
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    // A file with something else than CREATE MATERIALIZED VIEW.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.sql");
+    std::fs::write(&f, "DROP TABLE \"My Schema\".base;").unwrap();
+    let o = pgflip(&[
+        "green",
+        "create",
+        "--file",
+        f.to_str().unwrap(),
+        "--target",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("pipeline file"), "{}", stderr(&o));
+    assert_eq!(user_dump(&db), before, "bad input changed the database");
+    assert!(!db.dump().contains("pgflip_green_"));
+}
+
+#[tokio::test]
+async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green() {
+    let db = fresh_db("green_kill");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    let before = user_dump(&db);
+    let fp = tempfile::tempdir().unwrap();
+    let dir = fp.path().to_str().unwrap().to_string();
+    let sessions = || async {
+        text(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
+        )
+        .await
+    };
+    for point in [
+        "green.create.before_build",
+        "green.create.before_commit",
+        "green.create.after_commit",
+    ] {
+        let o = pgflip_env(
+            &[
+                "green",
+                "create",
+                "\"My Schema\".\"Sales MV\"",
+                "--query",
+                NEW_QUERY,
+                "--target",
+                &db.url(),
+            ],
+            &[
+                ("PGFLIP_FAILPOINTS", &format!("{point}=exit")),
+                ("PGFLIP_FAILPOINT_DIR", &dir),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: not killed");
+        assert!(
+            fp.path().join(format!("{point}.reached")).exists(),
+            "{point}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sessions().await != "0" {
+            assert!(Instant::now() < deadline, "pgflip's session is still there");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let st = status_json(&db);
+        let in_flight = st["pipelines"].as_array().unwrap().len();
+        if point == "green.create.after_commit" {
+            assert_eq!(in_flight, 1, "{point}: {st}");
+            assert_eq!(member(&st, "Sales MV")["converged"], true);
+            run_ok(&["green", "cancel", "--target", &db.url()]);
+        } else {
+            assert_eq!(in_flight, 0, "{point}: {st}");
+        }
+        assert_eq!(user_dump(&db), before, "{point}: something was left behind");
+    }
+    // After all that, a normal create works.
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    run_ok(&["green", "cancel", "--target", &db.url()]);
+    assert_eq!(user_dump(&db), before);
+}
+
+#[tokio::test]
+async fn green_query_defined_table_keeps_its_key_and_grants() {
+    let db = fresh_db("green_table");
+    setup(&db, "green_reader");
+    db.psql(
+        r#"CREATE TABLE public.summary (grp int PRIMARY KEY, total bigint NOT NULL, label text, version int NOT NULL);
+           CREATE INDEX summary_label ON public.summary (label);
+           INSERT INTO public.summary SELECT grp, sum(amount), 'g' || grp, 1 FROM "My Schema".base GROUP BY grp;
+           GRANT SELECT ON public.summary TO green_reader;
+           COMMENT ON TABLE public.summary IS 'filled by a job';"#,
+    );
+    let c = db.client().await;
+    let before = user_dump(&db);
+    run_ok(&[
+        "green",
+        "create",
+        "summary",
+        "--query",
+        "SELECT grp, sum(amount) AS total, 2 AS version FROM \"My Schema\".base GROUP BY grp",
+        "--target",
+        &db.url(),
+    ]);
+    let schema = text(
+        &c,
+        "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'",
+    )
+    .await;
+    let g = format!("{schema}.summary");
+    assert_eq!(
+        text(&c, &format!("SELECT conname FROM pg_constraint WHERE conrelid = '{g}'::regclass AND contype = 'p'")).await,
+        "summary_pkey"
+    );
+    assert_eq!(
+        text(&c, &format!("SELECT attnotnull FROM pg_attribute WHERE attrelid = '{g}'::regclass AND attname = 'total'")).await,
+        "t"
+    );
+    // The index on the dropped column is left out (and said so); grants and comment kept.
+    assert_eq!(
+        text(&c, &format!("SELECT count(*) FROM pg_indexes WHERE schemaname = '{schema}' AND indexname = 'summary_label'")).await,
+        "0"
+    );
+    assert_eq!(
+        text(
+            &c,
+            &format!("SELECT has_table_privilege('green_reader', '{g}', 'SELECT')")
+        )
+        .await,
+        "t"
+    );
+    assert_eq!(
+        text(&c, &format!("SELECT sum(version) FROM {g}")).await,
+        "10"
+    );
+    let st = status_json(&db);
+    let m = member(&st, "summary");
+    assert_eq!(m["kind"], "table");
+    assert_eq!(m["columns_dropped"][0], "label text");
+    assert_eq!(m["converged"], true, "{st}");
+    // Refresh refills it from its query.
+    db.psql("INSERT INTO \"My Schema\".base VALUES (1000, 7, 1, 'x')");
+    run_ok(&["green", "refresh", "summary", "--target", &db.url()]);
+    assert_eq!(text(&c, &format!("SELECT count(*) FROM {g}")).await, "6");
+    let st = status_json(&db);
+    assert_eq!(member(&st, "summary")["converged"], true, "{st}");
+    db.psql("DELETE FROM \"My Schema\".base WHERE id = 1000");
+    run_ok(&["green", "cancel", "--target", &db.url()]);
+    assert_eq!(user_dump(&db), before);
+}
+
+const LIVE_IDX: &str = "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'My Schema' AND tablename = 'Sales MV'";
+
+#[tokio::test]
+async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_the_old_back() {
+    let db = fresh_db("green_promote");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    // Dry run: the flip's plan, nothing changed.
+    let plan = run_ok(&[
+        "green",
+        "promote",
+        "mv_top",
+        "--target",
+        &db.url(),
+        "--dry-run",
+    ]);
+    assert!(plan.contains("ALTER MATERIALIZED VIEW"), "{plan}");
+    assert!(
+        !plan.contains("CREATE MATERIALIZED VIEW"),
+        "nothing is built under the locks: {plan}"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+
+    let out = run_ok(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Sales MV\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("Promoted green"), "{out}");
+    // The role reads the new contents through the view; names of indexes unchanged (the one
+    // on the dropped column stays with the retired relation).
+    let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT DISTINCT version FROM public.v_sales; SELECT DISTINCT version FROM public.mv_top"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "2\n2\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_total");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT obj_description('\"My Schema\".\"Sales MV\"'::regclass, 'pg_class')"
+        )
+        .await,
+        "sales per group"
+    );
+    // Nothing of green is left: no schema, no operation; a generation of kind green.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT kind || ':' || (SELECT count(*) FROM pgflip.generation_relations r WHERE r.generation_id = g.id) FROM pgflip.generations g").await,
+        "green:2"
+    );
+    // The refreshing job keeps working on the new one (it has its unique index).
+    db.psql("REFRESH MATERIALIZED VIEW CONCURRENTLY \"My Schema\".\"Sales MV\"");
+
+    // Rollback brings the old contents, index and dependents back.
+    run_ok(&["rollback", "--latest", "--target", &db.url()]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_top").await,
+        "1"
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT count(*) FROM public.v_sales"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "5\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    run_ok(&["cleanup", "--keep", "0", "--target", &db.url()]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}
+
+/// a → b, a → c, b + c → d; each carries its definition's version; v_d is a view over d.
+fn diamond(db: &TestDb) {
+    db.psql(
+        r#"CREATE TABLE public.src (k int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO public.src SELECT g, g FROM generate_series(1, 3000) g;
+           CREATE MATERIALIZED VIEW public.a AS SELECT k, v, 1 AS version FROM public.src;
+           CREATE UNIQUE INDEX a_k ON public.a (k);
+           CREATE MATERIALIZED VIEW public.b AS SELECT k, version FROM public.a WHERE k % 2 = 0;
+           CREATE MATERIALIZED VIEW public.c AS SELECT k, version FROM public.a WHERE k % 3 = 0;
+           CREATE MATERIALIZED VIEW public.d AS SELECT b.k, b.version AS bv, c.version AS cv FROM public.b JOIN public.c USING (k);
+           CREATE UNIQUE INDEX d_k ON public.d (k);
+           CREATE VIEW public.v_d AS SELECT * FROM public.d;"#,
+    );
+}
+
+#[tokio::test]
+async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_back() {
+    let db = fresh_db("green_diamond");
+    diamond(&db);
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pipeline.sql");
+    // A new definition of a; b given again (its name for a resolves to green a); c and d are
+    // rebuilt over the green upstream with their current definitions.
+    std::fs::write(
+        &f,
+        "-- version 2\nCREATE MATERIALIZED VIEW a AS SELECT k, v, 2 AS version FROM src WITH DATA;\n\
+         CREATE MATERIALIZED VIEW public.b AS SELECT k, version FROM a WHERE k % 2 = 0;\n",
+    )
+    .unwrap();
+    let out = run_ok(&[
+        "green",
+        "create",
+        "--file",
+        f.to_str().unwrap(),
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("public.d"), "{out}");
+    let st = status_json(&db);
+    let names: Vec<&str> = st["pipelines"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["live"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"a"), "upstream first: {names:?}");
+    assert_eq!(names.last(), Some(&"d"), "{names:?}");
+    assert_eq!(names.len(), 4);
+    assert_eq!(st["pipelines"][0]["converged"], true, "{st}");
+    assert_eq!(member(&st, "c")["explicit"], false);
+
+    // Readers join b and c (and read d through v_d) in a loop: never an error, never a mix.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let client = db.client().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut n, mut errors, mut mixed) = (0u64, Vec::new(), Vec::new());
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client
+                    .query_one(
+                        "SELECT min(b.version), max(b.version), min(c.version), max(c.version), \
+                                (SELECT min(bv) FROM public.v_d), (SELECT max(cv) FROM public.v_d), \
+                                (SELECT max(version) FROM public.a) \
+                         FROM public.b JOIN public.c USING (k)",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        let vals: Vec<i32> = (0..7).map(|i| r.get::<_, i32>(i)).collect();
+                        if vals.iter().any(|v| *v != vals[0]) {
+                            mixed.push(vals.clone());
+                        }
+                        seen.insert(vals[0]);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                n += 1;
+            }
+            (n, errors, mixed, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url();
+    let promote = tokio::task::spawn_blocking(move || {
+        let o = pgflip(&["green", "promote", "--all", "--target", &url, "--json"]);
+        (o.status.success(), stdout(&o), stderr(&o))
+    })
+    .await
+    .unwrap();
+    assert!(promote.0, "{} {}", promote.1, promote.2);
+    let locked: Value = serde_json::from_str(&promote.1).unwrap();
+    assert_eq!(
+        locked["generation"]["relations"].as_array().unwrap().len(),
+        4
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url();
+    let rb = tokio::task::spawn_blocking(move || {
+        let o = pgflip(&["rollback", "--latest", "--target", &url]);
+        (o.status.success(), stderr(&o))
+    })
+    .await
+    .unwrap();
+    assert!(rb.0, "{}", rb.1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut seen_all = std::collections::BTreeSet::new();
+    for r in readers {
+        let (n, errors, mixed, seen) = r.await.unwrap();
+        assert!(errors.is_empty(), "readers got errors: {errors:?}");
+        assert!(mixed.is_empty(), "readers saw a mix of versions: {mixed:?}");
+        total += n;
+        seen_all.extend(seen);
+    }
+    assert!(total > 20, "readers barely ran ({total})");
+    assert_eq!(
+        seen_all,
+        std::collections::BTreeSet::from([1, 2]),
+        "both versions were read"
+    );
+    // Rolled back: version 1 everywhere, the retired pipeline intact for another promote.
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "1");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn green_promote_refuses_until_converged_then_force_and_wait() {
+    let db = fresh_db("green_wait");
+    diamond(&db);
+    let url = db.url();
+    run_ok(&[
+        "green",
+        "create",
+        "a",
+        "--query",
+        "SELECT k, v, 2 AS version FROM public.src",
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE public.src SET v = v + 1 WHERE k = 1");
+    let before = user_dump(&db);
+    // Not converged: refused (exit 5), named, nothing changed; --wait gives up at its timeout.
+    let o = pgflip(&["green", "promote", "a", "--target", &url]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("has not converged"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("public.a"), "{}", stderr(&o));
+    let t = Instant::now();
+    let o = pgflip(&[
+        "green",
+        "promote",
+        "a",
+        "--wait",
+        "--timeout",
+        "1s",
+        "--target",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did not converge within"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(user_dump(&db), before);
+
+    // --wait: a refresh meanwhile (by another run: the waiting one does not hold the target)
+    // lets it through.
+    let url2 = url.clone();
+    let waiter = std::thread::spawn(move || {
+        pgflip(&[
+            "green",
+            "promote",
+            "a",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--target",
+            &url2,
+        ])
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    run_ok(&["green", "refresh", "--target", &url]);
+    let o = waiter.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = db.client().await;
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "2");
+    run_ok(&["rollback", "--latest", "--target", &url]);
+
+    // --force promotes without convergence.
+    run_ok(&[
+        "green",
+        "create",
+        "a",
+        "--query",
+        "SELECT k, v, 3 AS version FROM public.src",
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE public.src SET v = v + 1 WHERE k = 2");
+    let o = pgflip(&["green", "promote", "a", "--force", "--target", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("without convergence"), "{}", stderr(&o));
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "3");
+}

@@ -1,0 +1,779 @@
+//! `pgflip migrate` against real servers: prepare, the capture of preserved tables, status,
+//! abort, swap and rollback; writers under load with an oracle; kill -9 at phase boundaries.
+
+#[allow(unused_imports)]
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+fn pair(hint: &str) -> (TestDb, TestDb) {
+    (
+        fresh_db(&format!("{hint}_src")),
+        fresh_db(&format!("{hint}_tgt")),
+    )
+}
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(
+        o.status.success(),
+        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+fn q(db: &TestDb, sql: &str) -> String {
+    db.psql(sql).trim().to_string()
+}
+
+/// Row count and checksum of every row of `rel`, in an order that needs no key.
+fn digest(db: &TestDb, rel: &str) -> String {
+    q(
+        db,
+        &format!(
+            "SELECT count(*) || ':' || coalesce(md5(string_agg(x::text, ',' ORDER BY x::text)), '') \
+             FROM {rel} x"
+        ),
+    )
+}
+
+/// The lines only one side has.
+fn line_diff(a: &str, b: &str) -> String {
+    let la: std::collections::BTreeSet<&str> = a.lines().collect();
+    let lb: std::collections::BTreeSet<&str> = b.lines().collect();
+    let mut out = String::new();
+    for l in la.difference(&lb) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in lb.difference(&la) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    out
+}
+
+fn prepare(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> std::process::Output {
+    prepare_env(src, tgt, extra, &[])
+}
+
+fn prepare_env(
+    src: &TestDb,
+    tgt: &TestDb,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> std::process::Output {
+    let (s, t) = (src.url(), tgt.url());
+    let mut args = vec!["migrate", "prepare", "--source", &s, "--target", &t];
+    args.extend_from_slice(extra);
+    pgflip_env(&args, env)
+}
+
+fn migrate(tgt: &TestDb, sub: &str, extra: &[&str]) -> std::process::Output {
+    let t = tgt.url();
+    let mut args = vec!["migrate", sub, "--target", &t];
+    args.extend_from_slice(extra);
+    pgflip(&args)
+}
+
+fn status_json(tgt: &TestDb) -> serde_json::Value {
+    let o = migrate(tgt, "status", &["--json"]);
+    serde_json::from_str(&ok(&o)).expect("status JSON")
+}
+
+/// The user's schema, without pgflip's own schema (created on first use, kept afterwards),
+/// and a digest of every user table's rows.
+fn user_dump(db: &TestDb) -> String {
+    let mut out = db.pg_dump(&[
+        "--exclude-schema=pgflip",
+        "--exclude-schema=pgflip_backup_*",
+        "--schema-only",
+    ]);
+    let tables = q(
+        db,
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), E'\\n' ORDER BY n.nspname, c.relname) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pgflip', 'pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pgflip\\_%'",
+    );
+    for t in tables.lines() {
+        out.push_str(&format!("\n{t}: {}", digest(db, t)));
+    }
+    out
+}
+
+/// Everything pgflip created for migrations, as text: empty when nothing is left behind.
+fn leftovers(db: &TestDb) -> String {
+    q(
+        db,
+        "SELECT string_agg(x, ', ' ORDER BY x) FROM ( \
+           SELECT 'schema ' || nspname AS x FROM pg_namespace WHERE nspname LIKE 'pgflip\\_shadow%' \
+           UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'pgflip\\_migrate%' \
+           UNION ALL SELECT 'proc ' || proname FROM pg_proc WHERE proname LIKE 'migrate\\_%' \
+           UNION ALL SELECT 'rel ' || relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'pgflip' AND relname LIKE 'migrate\\_%' \
+           UNION ALL SELECT 'op ' || id FROM pgflip.operations WHERE kind = 'migrate') s",
+    )
+}
+
+const SOURCE: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+INSERT INTO products SELECT g, 'product ' || g, g * 1.5 FROM generate_series(1, 500) g;
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int REFERENCES products, qty int NOT NULL DEFAULT 1);
+CREATE INDEX orders_product_idx ON orders (product_id);
+INSERT INTO orders (product_id, qty) SELECT 1 + g % 500, g FROM generate_series(1, 2000) g;
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, plan text NOT NULL DEFAULT 'free');
+INSERT INTO users VALUES (1, 'source-only@example.com', 'pro');
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('x'), ('y');
+CREATE SCHEMA sales;
+CREATE TABLE sales.lines (a int, b text, note text, PRIMARY KEY (a, b));
+INSERT INTO sales.lines SELECT g, 'b' || g, 'n' FROM generate_series(1, 100) g;
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2025-06-01' + g FROM generate_series(1, 400) g;
+"#;
+
+const TARGET: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text);
+INSERT INTO products VALUES (1, 'old');
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
+CREATE TABLE shadows (id int PRIMARY KEY);
+CREATE TABLE backups (id int PRIMARY KEY);
+CREATE TABLE pgflip_x (id int);
+INSERT INTO shadows VALUES (1); INSERT INTO backups VALUES (2);
+"#;
+
+#[test]
+fn prepare_builds_the_new_version_beside_the_live_tables_and_abort_removes_it() {
+    let (src, tgt) = pair("mig_prep");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let src_before = src.dump();
+
+    ok(&prepare(
+        &src,
+        &tgt,
+        &["--preserved-tables", "users", "--jobs", "3"],
+    ));
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["record"]["phase"], "prepared", "{st:#}");
+    assert_eq!(m["swap_allowed"], true, "{st:#}");
+    let id = m["record"]["id"].as_i64().unwrap();
+    let sh = format!("pgflip_shadow_{id}_public");
+    // Source rows in the shadow tables, the target's rows in the preserved one.
+    assert_eq!(
+        digest(&tgt, &format!("{sh}.products")),
+        digest(&src, "products")
+    );
+    assert_eq!(
+        digest(&tgt, &format!("{sh}.orders")),
+        digest(&src, "orders")
+    );
+    assert_eq!(
+        digest(&tgt, &format!("{sh}.\"Mixed Case \"\"Table\"\"\"")),
+        digest(&src, "\"Mixed Case \"\"Table\"\"\"")
+    );
+    assert_eq!(
+        digest(&tgt, &format!("pgflip_shadow_{id}_sales.lines")),
+        digest(&src, "sales.lines")
+    );
+    assert_eq!(
+        digest(&tgt, &format!("{sh}.events")),
+        digest(&src, "events")
+    );
+    assert_eq!(
+        digest(&tgt, &format!("(SELECT id, email FROM {sh}.users) ")),
+        digest(&tgt, "users")
+    );
+    assert_eq!(
+        q(&tgt, &format!("SELECT DISTINCT plan FROM {sh}.users")),
+        "free"
+    );
+    // Structure: indexes keep their names, FKs point at shadow tables and are validated,
+    // sequences have the source's positions.
+    assert_eq!(
+        q(&tgt, &format!("SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = '{sh}.orders'::regclass ORDER BY 1")),
+        format!("{sh}.orders_pkey\n{sh}.orders_product_idx")
+    );
+    assert_eq!(
+        q(&tgt, &format!("SELECT confrelid::regclass::text || ' ' || convalidated FROM pg_constraint WHERE conrelid = '{sh}.orders'::regclass AND contype = 'f'")),
+        format!("{sh}.products true")
+    );
+    assert_eq!(
+        q(&tgt, &format!("SELECT last_value FROM {sh}.orders_id_seq")),
+        "2000"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            &format!("SELECT count(*) FROM pg_inherits WHERE inhparent = '{sh}.events'::regclass")
+        ),
+        "2"
+    );
+    // Writes to the preserved table are forwarded; the live tables are untouched otherwise.
+    tgt.psql(
+        "INSERT INTO users VALUES (1000, 'new@example.com'); \
+         UPDATE users SET email = 'changed' WHERE id = 2; \
+         UPDATE users SET id = 2000 WHERE id = 3; \
+         DELETE FROM users WHERE id = 4;",
+    );
+    assert_eq!(
+        digest(&tgt, &format!("(SELECT id, email FROM {sh}.users) ")),
+        digest(&tgt, "users")
+    );
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["forwarded"], 4, "{st:#}");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM products"), "1");
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM shadows") + &q(&tgt, "SELECT count(*) FROM backups"),
+        "11"
+    );
+
+    // A second prepare is refused while one is prepared; nothing changes.
+    let o = prepare(&src, &tgt, &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("prepared and waiting"),
+        "{}",
+        stderr(&o)
+    );
+
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+    tgt.psql(
+        "DELETE FROM users WHERE id IN (1000, 2000); \
+         UPDATE users SET email = 'user2@example.com' WHERE id = 2; \
+         INSERT INTO users VALUES (3, 'user3@example.com'), (4, 'user4@example.com');",
+    );
+    let after = user_dump(&tgt);
+    assert!(
+        after == before,
+        "abort left the target changed:\n{}",
+        line_diff(&before, &after)
+    );
+    assert!(src.dump() == src_before, "the source was written to");
+    assert!(status_json(&tgt)["migrations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn bad_input_is_refused_and_changes_nothing() {
+    let (src, tgt) = pair("mig_bad");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    tgt.psql("CREATE TABLE nokey (a int); CREATE TABLE nokey2 (a int);");
+    src.psql(
+        "CREATE TABLE nokey (a int); CREATE TABLE nokey2 (a int PRIMARY KEY, must int NOT NULL);",
+    );
+    tgt.psql("ALTER TABLE nokey2 ADD PRIMARY KEY (a)");
+    let before = tgt.dump();
+    for (args, code, needle) in [
+        (vec!["--preserved-tables", "nope"], 2, "nope"),
+        (vec!["--preserved-tables", "nokey"], 2, "no primary key"),
+        (vec!["--preserved-tables", "nokey2"], 2, "nokey2.must"),
+    ] {
+        let o = prepare(&src, &tgt, &args);
+        assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(needle), "{args:?}: {}", stderr(&o));
+    }
+    let t = tgt.url();
+    let o = pgflip(&["migrate", "prepare", "--source", &t, "--target", &t]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("same database"), "{}", stderr(&o));
+    assert!(tgt.dump() == before, "a refused prepare changed the target");
+    // With a default for the new column, the table can be preserved.
+    ok(&prepare(
+        &src,
+        &tgt,
+        &[
+            "--preserved-tables",
+            "nokey2",
+            "--column-default",
+            "nokey2.must=42",
+        ],
+    ));
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+}
+
+/// Waits until no pgflip session is connected to `db` (a killed pgflip's backends end when
+/// the server notices the closed connection).
+fn wait_for_pgflip_sessions_to_end(db: &TestDb) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while q(
+        db,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE 'pgflip%' AND datname = current_database()",
+    ) != "0"
+    {
+        assert!(Instant::now() < deadline, "pgflip's sessions did not end");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn kill_9_at_every_prepare_boundary_then_status_says_where_and_abort_or_rerun_finishes() {
+    let (src, tgt) = pair("mig_kill");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    for (i, (point, phase)) in [
+        ("migrate.prepare.recorded", "preparing"),
+        ("migrate.prepare.structure", "capturing"),
+        ("migrate.prepare.captured", "copying"),
+        ("migrate.prepare.copied", "indexing"),
+        ("migrate.prepare.indexed", "validating"),
+        ("migrate.prepare.validated", "prepared"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let spec = format!("{point}=exit");
+        let o = prepare_env(
+            &src,
+            &tgt,
+            &["--preserved-tables", "users"],
+            &[
+                ("PGFLIP_FAILPOINTS", spec.as_str()),
+                ("PGFLIP_FAILPOINT_DIR", dir_s.as_str()),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: pgflip was not killed");
+        assert!(
+            dir.path().join(format!("{point}.reached")).exists(),
+            "{point} not reached"
+        );
+        wait_for_pgflip_sessions_to_end(&tgt);
+        let st = status_json(&tgt);
+        let m = &st["migrations"][0];
+        assert_eq!(m["record"]["phase"], phase, "{point}: {st:#}");
+        assert_eq!(m["preparing"], false, "{point}: {st:#}");
+        assert_eq!(m["swap_allowed"], phase == "prepared", "{point}: {st:#}");
+        // Writes to the preserved table keep working whatever state prepare died in.
+        tgt.psql("UPDATE users SET email = email WHERE id = 1");
+        if i % 2 == 1 && phase != "prepared" {
+            // A rerun removes the leftovers and finishes.
+            let o = prepare(&src, &tgt, &["--preserved-tables", "users"]);
+            assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+            ok(&o);
+            assert_eq!(
+                status_json(&tgt)["migrations"][0]["record"]["phase"],
+                "prepared"
+            );
+        }
+        ok(&migrate(&tgt, "abort", &[]));
+        assert_eq!(leftovers(&tgt), "", "{point}");
+        let after = user_dump(&tgt);
+        assert!(after == before, "{point}: {}", line_diff(&before, &after));
+    }
+}
+
+/// Writers on the preserved tables, each write mirrored into an oracle table in the same
+/// transaction; returns the number of transactions and the first error an application saw.
+async fn writer(
+    url: String,
+    n: i64,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> (u64, Option<String>) {
+    let (c, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let mut done = 0u64;
+    let mut seq = 0i64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seq += 1;
+        let r = (n * 7919 + seq * 104729) % 1000;
+        let new_id = 1_000_000 * (n + 1) + seq;
+        let old_id = 1 + (r * 13) % 3000;
+        let org = format!("org{}", r % 7);
+        let sql = match seq % 7 {
+            0 | 1 => format!(
+                "INSERT INTO users VALUES ({new_id}, 'w{n}-{seq}'); INSERT INTO oracle.users VALUES ({new_id}, 'w{n}-{seq}')"
+            ),
+            2 => format!(
+                "UPDATE users SET email = 'u{n}-{seq}' WHERE id = {old_id}; UPDATE oracle.users SET email = 'u{n}-{seq}' WHERE id = {old_id}"
+            ),
+            3 => format!(
+                "UPDATE users SET id = {new_id} WHERE id = {old_id}; UPDATE oracle.users SET id = {new_id} WHERE id = {old_id}"
+            ),
+            4 => format!("DELETE FROM users WHERE id = {old_id}; DELETE FROM oracle.users WHERE id = {old_id}"),
+            5 => format!(
+                "INSERT INTO memberships VALUES ('{org}', {new_id}, 'r{seq}'); INSERT INTO oracle.memberships VALUES ('{org}', {new_id}, 'r{seq}')"
+            ),
+            _ => format!(
+                "UPDATE memberships SET uid = {new_id}, role = 'k{seq}' WHERE org = '{org}' AND uid = {old_id}; \
+                 UPDATE oracle.memberships SET uid = {new_id}, role = 'k{seq}' WHERE org = '{org}' AND uid = {old_id}; \
+                 DELETE FROM memberships WHERE org = '{org}' AND uid = {old_id} + 1; DELETE FROM oracle.memberships WHERE org = '{org}' AND uid = {old_id} + 1"
+            ),
+        };
+        if let Err(e) = c.batch_execute(&format!("BEGIN; {sql}; COMMIT")).await {
+            return (done, Some(e.to_string()));
+        }
+        done += 1;
+    }
+    (done, None)
+}
+
+const LOAD_SOURCE: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL, verified boolean NOT NULL DEFAULT false);
+CREATE TABLE memberships (org text, uid bigint, role text, since date DEFAULT '2026-01-01', PRIMARY KEY (org, uid));
+CREATE TABLE catalog (id int PRIMARY KEY, v text);
+INSERT INTO catalog SELECT g, 'v' || g FROM generate_series(1, 5000) g;
+"#;
+
+const LOAD_TARGET: &str = r#"
+CREATE TABLE users (id bigint PRIMARY KEY, email text NOT NULL);
+CREATE TABLE memberships (org text, uid bigint, role text, PRIMARY KEY (org, uid));
+CREATE TABLE catalog (id int PRIMARY KEY, v text);
+INSERT INTO users SELECT g, 'user' || g FROM generate_series(1, 12000) g;
+INSERT INTO memberships SELECT 'org' || (g % 7), g, 'member' FROM generate_series(1, 8000) g;
+CREATE SCHEMA oracle;
+CREATE TABLE oracle.users AS SELECT * FROM users;
+CREATE TABLE oracle.memberships AS SELECT * FROM memberships;
+"#;
+
+fn assert_same_rows(db: &TestDb, a: &str, b: &str) {
+    let missing = q(
+        db,
+        &format!("SELECT count(*) FROM (SELECT * FROM {b} y EXCEPT ALL SELECT * FROM {a} z) x"),
+    );
+    let extra = q(
+        db,
+        &format!("SELECT count(*) FROM (SELECT * FROM {a} y EXCEPT ALL SELECT * FROM {b} z) x"),
+    );
+    assert_eq!(
+        (missing.as_str(), extra.as_str()),
+        ("0", "0"),
+        "{a} vs {b}: rows missing / extra"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn zero_lost_writes_on_preserved_tables_from_before_prepare_to_after_swap_with_pauses_at_every_boundary(
+) {
+    let (src, tgt) = pair("mig_load");
+    src.psql(LOAD_SOURCE);
+    tgt.psql(LOAD_TARGET);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for n in 0..3 {
+        writers.push(tokio::spawn(writer(tgt.url(), n, stop.clone())));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let points = [
+        "migrate.prepare.recorded",
+        "migrate.prepare.structure",
+        "migrate.prepare.captured",
+        "migrate.prepare.copied",
+        "migrate.prepare.indexed",
+        "migrate.prepare.validated",
+    ];
+    let spec = points.map(|p| format!("{p}=pause")).join(";");
+    let (s, t) = (src.url(), tgt.url());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "migrate",
+            "prepare",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--preserved-tables",
+            "users,memberships",
+            "--jobs",
+            "3",
+        ])
+        .env("PGFLIP_FAILPOINTS", &spec)
+        .env("PGFLIP_FAILPOINT_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for p in points {
+        let paused = dir.path().join(format!("{p}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paused.exists() {
+            assert!(Instant::now() < deadline, "{p} never paused");
+            if let Some(st) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "prepare ended ({st}) before {p}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Let the writers run while pgflip stands still at the boundary.
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        std::fs::remove_file(&paused).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prepare failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["rejected"], 0, "{st:#}");
+    assert!(m["forwarded"].as_i64().unwrap() > 50, "{st:#}");
+
+    // The swap, paused after its checks while the writers go on, then under their load.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args(["migrate", "swap", "--target", &t])
+        .env("PGFLIP_FAILPOINTS", "migrate.swap.checked=pause")
+        .env("PGFLIP_FAILPOINT_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = dir.path().join("migrate.swap.checked.paused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "the swap never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    std::fs::remove_file(&paused).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "swap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in writers {
+        let (n, err) = w.await.unwrap();
+        assert_eq!(err, None, "a writer saw an error");
+        total += n;
+    }
+    assert!(total > 100, "the writers hardly ran ({total})");
+    // The live tables are now the new version's, and hold exactly the oracle's rows.
+    assert_eq!(q(&tgt, "SELECT count(*) FROM users WHERE verified"), "0");
+    assert_same_rows(&tgt, "(SELECT id, email FROM users)", "oracle.users");
+    assert_same_rows(
+        &tgt,
+        "(SELECT org, uid, role FROM memberships)",
+        "oracle.memberships",
+    );
+    assert_eq!(digest(&tgt, "catalog"), digest(&src, "catalog"));
+    assert_eq!(leftovers(&tgt), "");
+    assert!(status_json(&tgt)["migrations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+const SWAP_SOURCE: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+INSERT INTO products SELECT g, 'product ' || g, g * 1.5 FROM generate_series(1, 500) g;
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int REFERENCES products, qty int NOT NULL DEFAULT 1);
+CREATE INDEX orders_product_idx ON orders (product_id);
+INSERT INTO orders (product_id, qty) SELECT 1 + g % 500, g FROM generate_series(1, 2000) g;
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, plan text NOT NULL DEFAULT 'free');
+INSERT INTO users VALUES (1, 'source-only@example.com', 'pro');
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('x'), ('y');
+CREATE SCHEMA sales;
+CREATE TABLE sales.lines (a int, b text, note text, PRIMARY KEY (a, b));
+INSERT INTO sales.lines SELECT g, 'b' || g, 'n' FROM generate_series(1, 100) g;
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2025-06-01' + g FROM generate_series(1, 400) g;
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO mig_app;
+GRANT USAGE ON SCHEMA sales TO mig_app;
+GRANT SELECT ON sales.lines TO mig_app;
+"#;
+
+const SWAP_TARGET: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text);
+INSERT INTO products VALUES (1, 'old');
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int, qty int);
+INSERT INTO orders (product_id, qty) VALUES (1, 1), (1, 2);
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('old');
+CREATE SCHEMA sales;
+CREATE TABLE sales.lines (a int, b text, PRIMARY KEY (a, b));
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events VALUES (1, '2025-02-02');
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO mig_app;
+GRANT USAGE ON SCHEMA sales TO mig_app;
+GRANT SELECT ON sales.lines TO mig_app;
+"#;
+
+fn ensure_role(db: &TestDb) {
+    db.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mig_app') THEN \
+         CREATE ROLE mig_app LOGIN; END IF; END $$",
+    );
+}
+
+#[test]
+fn swap_switches_every_table_keeps_preserved_rows_and_rollback_brings_the_old_version_back() {
+    let (src, tgt) = pair("mig_swap");
+    ensure_role(&src);
+    src.psql(SWAP_SOURCE);
+    tgt.psql(SWAP_TARGET);
+    let before = user_dump(&tgt);
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "users"]));
+    // Between prepare and swap the application keeps writing the preserved table.
+    tgt.psql("INSERT INTO users VALUES (301, 'late@example.com'); DELETE FROM users WHERE id = 5;");
+    let users_before_swap = digest(&tgt, "(SELECT id, email FROM users)");
+    // Dry run prints the flip and changes nothing.
+    let dry = ok(&migrate(&tgt, "swap", &["--dry-run"]));
+    assert!(dry.contains("DROP TRIGGER"), "{dry}");
+    assert_eq!(
+        status_json(&tgt)["migrations"][0]["record"]["phase"],
+        "prepared"
+    );
+
+    let out = ok(&migrate(&tgt, "swap", &[]));
+    assert!(out.contains("swapped"), "{out}");
+    for t in [
+        "products",
+        "orders",
+        "\"Mixed Case \"\"Table\"\"\"",
+        "sales.lines",
+        "events",
+        "events_2025",
+    ] {
+        assert_eq!(digest(&tgt, t), digest(&src, t), "{t}");
+    }
+    assert_eq!(
+        digest(&tgt, "(SELECT id, email FROM users)"),
+        users_before_swap
+    );
+    assert_eq!(q(&tgt, "SELECT DISTINCT plan FROM users"), "free");
+    assert_eq!(leftovers(&tgt), "");
+    // The application's role still works, and inserts do not collide with copied keys.
+    tgt.psql(
+        "SET ROLE mig_app; INSERT INTO orders (product_id) VALUES (3); \
+         INSERT INTO users VALUES (302, 'after@example.com'); SELECT count(*) FROM sales.lines; RESET ROLE;",
+    );
+    assert_eq!(q(&tgt, "SELECT max(id) FROM orders"), "2001");
+    // The schema is the source's.
+    let (s, t) = (src.url(), tgt.url());
+    let o = pgflip(&["schema", "diff", "--source", &s, "--target", &t, "--check"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "schema diff after the swap:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // Rollback: the old version, with its rows, as it was.
+    tgt.psql("DELETE FROM orders WHERE id = 2001; DELETE FROM users WHERE id = 302;");
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    let before_with_writes = before.clone();
+    // The preserved table's writes made after prepare stay in the retired (new-version) copy;
+    // the rolled-back live table is the target's own, which the writes reached too.
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM users WHERE id IN (301, 5)"),
+        "1"
+    );
+    tgt.psql(
+        "DELETE FROM users WHERE id = 301; INSERT INTO users VALUES (5, 'user5@example.com');",
+    );
+    let after_fixed = user_dump(&tgt);
+    assert!(
+        after_fixed == before_with_writes,
+        "rollback did not restore the target:\n{}",
+        line_diff(&before, &after_fixed)
+    );
+    // Rollback of the rollback: the new version again.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    assert_eq!(digest(&tgt, "products"), digest(&src, "products"));
+}
+
+#[test]
+fn a_write_the_new_version_rejects_is_recorded_never_fails_the_application_and_refuses_the_swap() {
+    let (src, tgt) = pair("mig_reject");
+    src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL CHECK (email LIKE '%@%'));",
+    );
+    tgt.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO users VALUES (1, 'a@x'), (2, 'b@x');",
+    );
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "users"]));
+    // The application's write succeeds; the new version's CHECK rejects it in the shadow.
+    tgt.psql("INSERT INTO users VALUES (3, 'no-at-sign')");
+    assert_eq!(
+        q(&tgt, "SELECT email FROM users WHERE id = 3"),
+        "no-at-sign"
+    );
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["rejected"], 1, "{st:#}");
+    assert_eq!(m["swap_allowed"], false, "{st:#}");
+    assert_eq!(m["rejected_samples"][0]["sqlstate"], "23514", "{st:#}");
+    let human = ok(&migrate(&tgt, "status", &[]));
+    assert!(human.contains("rejected"), "{human}");
+    let o = migrate(&tgt, "swap", &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rejected"), "{}", stderr(&o));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM users"), "3");
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+}
+
+#[test]
+fn a_blocked_swap_gives_up_by_its_deadline_names_the_blocker_and_changes_nothing() {
+    let (src, tgt) = pair("mig_block");
+    src.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'new');",
+    );
+    tgt.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
+    );
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "items"]));
+    let mut blocker = std::process::Command::new(tgt.srv.bindir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &tgt.srv.port().to_string(), "-d", &tgt.name])
+        .args(["-c", "BEGIN; SET application_name = 'long_reader'; SELECT count(*) FROM items; SELECT pg_sleep(6); COMMIT;"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let o = migrate(
+        &tgt,
+        "swap",
+        &["--max-wait", "2s", "--lock-timeout", "50ms"],
+    );
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+    assert!(stderr(&o).contains("long_reader"), "{}", stderr(&o));
+    // Everything as it was: still prepared, still forwarding.
+    tgt.psql("UPDATE items SET v = 'changed' WHERE id = 1");
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["swap_allowed"], true, "{st:#}");
+    assert_eq!(st["migrations"][0]["forwarded"], 1, "{st:#}");
+    blocker.wait().unwrap();
+    ok(&migrate(&tgt, "swap", &[]));
+    assert_eq!(q(&tgt, "SELECT v FROM items"), "changed");
+    assert_eq!(leftovers(&tgt), "");
+}
