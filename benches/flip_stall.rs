@@ -6,7 +6,8 @@
 //! normal latency for the 1-table flip.
 //!
 //! Run: `cargo bench --bench flip_stall` (add `--profile dev` to skip the release build: the
-//! figures are server-side waits, not client CPU). `FLIP_STALL_ROWS` sets rows per table.
+//! figures are server-side waits, not client CPU). `FLIP_STALL_ROWS` sets rows per table,
+//! `FLIP_STALL_TABLES` the table counts (`1,50,500`), `FLIP_STALL_FLIPS` the flips per count.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -226,9 +227,24 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
+    // FLIP_STALL_TABLES: the table counts to measure, e.g. `1,50,500` (default `1,50`). One
+    // table gets FLIP_STALL_ROWS rows; more tables get a tenth of it each (at least 1,000).
+    let counts: Vec<usize> = std::env::var("FLIP_STALL_TABLES")
+        .unwrap_or_else(|_| "1,50".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let flips: Option<usize> = std::env::var("FLIP_STALL_FLIPS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     rt.block_on(async {
-        run(&srv, 1, rows, 5).await;
-        run(&srv, 50, (rows / 10).max(1000), 3).await;
+        for &tables in &counts {
+            if tables <= 1 {
+                run(&srv, 1, rows, flips.unwrap_or(5)).await;
+            } else {
+                run(&srv, tables, (rows / 10).max(1000), flips.unwrap_or(3)).await;
+            }
+        }
     });
     srv.stop().ok();
 }

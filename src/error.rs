@@ -89,9 +89,11 @@ pub enum Error {
     /// A lock could not be taken before the deadline.
     #[error("gave up after {attempts} attempts over {waited_ms} ms waiting for locks; blocking sessions:\n{blockers}")]
     LockTimeout {
+        /// Lock requests sent (0: it never tried, an old transaction was in the way).
         attempts: u32,
         waited_ms: u64,
-        blockers: String,
+        /// The sessions in the way, one per session.
+        blockers: crate::lockwait::Blockers,
     },
 
     /// pgflip refuses to go on because it would be unsafe (a guardrail).

@@ -83,7 +83,7 @@ impl<F: Fn(Event) + Send + Sync> EventSink for F {
     }
 }
 
-mod duration_ms {
+pub(crate) mod duration_ms {
     use std::time::Duration;
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_f64(d.as_secs_f64() * 1000.0)

@@ -40,6 +40,21 @@ pub async fn hit(name: &'static str) -> Result<()> {
 /// Whether this build has failpoints compiled in.
 pub const ENABLED: bool = cfg!(feature = "failpoints");
 
+/// Whether an action is configured for `name`: for a job that must change how it works to
+/// give the point a moment to exist at all (the flip sends its locked transaction in two parts
+/// only then). Always false in a normal build.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub fn armed(_name: &str) -> bool {
+    false
+}
+
+/// Whether an action is configured for `name` (see the other `armed`).
+#[cfg(feature = "failpoints")]
+pub fn armed(name: &str) -> bool {
+    enabled::armed(name)
+}
+
 /// The action configured for a failpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -101,6 +116,10 @@ mod enabled {
 
     fn dir() -> Option<PathBuf> {
         std::env::var_os("PGFLIP_FAILPOINT_DIR").map(PathBuf::from)
+    }
+
+    pub(super) fn armed(name: &str) -> bool {
+        config().iter().any(|(n, _)| n == name)
     }
 
     pub(super) async fn hit(name: &'static str) -> Result<()> {

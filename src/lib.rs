@@ -15,6 +15,7 @@ pub mod flip;
 pub mod green;
 pub mod ident;
 pub mod localpg;
+pub mod lockwait;
 pub mod migrate;
 pub mod pgversion;
 pub mod plan;

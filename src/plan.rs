@@ -178,6 +178,9 @@ pub struct ExecOptions {
     pub statement_timeout: Option<Duration>,
     /// Give up retrying lock timeouts after this long.
     pub max_wait: Duration,
+    /// Failpoint hit after each transaction unit commits ([`crate::failpoint`]), so that a
+    /// fault test can stop a job between its units.
+    pub after_unit: Option<&'static str>,
 }
 
 impl Default for ExecOptions {
@@ -186,6 +189,7 @@ impl Default for ExecOptions {
             lock_timeout: Duration::from_millis(100),
             statement_timeout: None,
             max_wait: Duration::from_secs(30),
+            after_unit: None,
         }
     }
 }
@@ -284,6 +288,9 @@ impl Plan {
         let mut index = 0;
         for unit in self.units() {
             run_unit_with_retry(client, unit, index, total, opts, events).await?;
+            if let Some(point) = opts.after_unit {
+                crate::failpoint::hit(point).await?;
+            }
             index += unit.len();
         }
         Ok(())
@@ -298,47 +305,24 @@ async fn run_unit_with_retry(
     opts: &ExecOptions,
     events: &dyn EventSink,
 ) -> Result<()> {
-    let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        match run_unit(client, unit, first_index, total, opts, events).await {
-            Ok(()) => return Ok(()),
-            Err(e) if e.sqlstate() == Some(LOCK_NOT_AVAILABLE) => {
+    let lock_targets: Vec<&str> = unit
+        .iter()
+        .map(|s| s.lock.on.as_str())
+        .filter(|s| !s.is_empty())
+        .collect();
+    crate::lockwait::retry(
+        opts.max_wait,
+        events,
+        || async {
+            let r = run_unit(client, unit, first_index, total, opts, events).await;
+            if r.is_err() {
                 let _ = client.batch_execute("ROLLBACK").await;
-                let lock_targets: Vec<&str> = unit
-                    .iter()
-                    .map(|s| s.lock.on.as_str())
-                    .filter(|s| !s.is_empty())
-                    .collect();
-                let blockers = describe_lock_holders(client, &lock_targets)
-                    .await
-                    .unwrap_or_default();
-                if started.elapsed() >= opts.max_wait {
-                    return Err(Error::LockTimeout {
-                        attempts: attempt,
-                        waited_ms: started.elapsed().as_millis() as u64,
-                        blockers: if blockers.is_empty() {
-                            "(none found)".into()
-                        } else {
-                            blockers.join("\n")
-                        },
-                    });
-                }
-                let retry_in = backoff(attempt, opts.max_wait.saturating_sub(started.elapsed()));
-                events.emit(Event::LockAttemptFailed {
-                    attempt,
-                    retry_in,
-                    blockers,
-                });
-                tokio::time::sleep(retry_in).await;
             }
-            Err(e) => {
-                let _ = client.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        }
-    }
+            r
+        },
+        || crate::lockwait::blockers_by_name(client, &lock_targets),
+    )
+    .await
 }
 
 /// Exponential backoff with full jitter: 50 ms doubling up to 2 s, never past the deadline.
@@ -405,35 +389,6 @@ async fn run_unit(
             .map_err(|e| Error::db("resetting timeouts", e))?;
     }
     Ok(())
-}
-
-/// Sessions holding or waiting on locks of the given relations (qualified names), described
-/// as `pid 123 (app, since 10:45:00): query…`. Used to name blockers when giving up.
-pub async fn describe_lock_holders(client: &Client, relations: &[&str]) -> Result<Vec<String>> {
-    let rels: Vec<String> = relations.iter().map(|s| s.to_string()).collect();
-    let rows = client
-        .query(
-            "SELECT DISTINCT a.pid, coalesce(a.application_name, ''), \
-                    coalesce(to_char(a.xact_start, 'YYYY-MM-DD HH24:MI:SS TZ'), ''), \
-                    left(coalesce(a.query, ''), 120) \
-             FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.granted AND a.pid <> pg_backend_pid() \
-               AND l.relation IN (SELECT to_regclass(r) FROM unnest($1::text[]) r) \
-             ORDER BY 1",
-            &[&rels],
-        )
-        .await
-        .map_err(|e| Error::db("finding blocking sessions", e))?;
-    Ok(rows
-        .iter()
-        .map(|r| {
-            let pid: i32 = r.get(0);
-            let app: String = r.get(1);
-            let since: String = r.get(2);
-            let q: String = r.get(3);
-            format!("pid {pid} (application '{app}', transaction since {since}): {q}")
-        })
-        .collect())
 }
 
 #[cfg(test)]

@@ -658,13 +658,13 @@ async fn kill_9_during_a_flip_leaves_the_target_wholly_before_or_after() {
         "50"
     );
 
-    // 2. Killed while it holds the locks, the whole transaction already sent: the server runs
-    // it to its end (COMMIT is part of the one query string), so the target is wholly after;
-    // only the after-commit bookkeeping (the retired side's checksum) is missing, and
-    // `verify` says so.
+    // 2. Killed while it holds the locks (held at the failpoint `rollback.locked`): wholly
+    // before if the rest of the transaction was not sent yet; wholly after if it was (COMMIT
+    // goes with it), only the after-commit bookkeeping (the retired side's checksum) missing,
+    // which `verify` says.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
         .args(["rollback", "--target", &db.url(), "--latest"])
-        .env("PGFLIP_TEST_HOLD_LOCKS_MS", "1500")
+        .env("PGFLIP_FAILPOINTS", "rollback.locked=sleep(1500)")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()

@@ -7,6 +7,7 @@ mod cli;
 mod conn;
 mod cross_version;
 mod ddl_roundtrip;
+mod engine;
 mod flip;
 mod flip_hooks;
 mod green;

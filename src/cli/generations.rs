@@ -58,11 +58,6 @@ impl LockArgs {
             lock_timeout: self.lock_timeout,
             max_wait: self.max_wait,
             statement_timeout: self.statement_timeout,
-            // Testing aid for the kill -9 tests: hold the flip's locks this long.
-            hold_locks_for: std::env::var("PGFLIP_TEST_HOLD_LOCKS_MS")
-                .ok()
-                .and_then(|v| v.parse::<u64>().ok())
-                .map(Duration::from_millis),
             ..FlipOptions::default()
         }
     }
@@ -430,9 +425,13 @@ async fn execute_locked(
     out: &Output,
 ) -> anyhow::Result<()> {
     let events = out.events();
+    let opts = pgflip::plan::ExecOptions {
+        // One transaction per generation: a fault test stops cleanup between two of them.
+        after_unit: Some("cleanup.after_generation"),
+        ..Default::default()
+    };
     state::with_target_lock(Arc::new(client), command, |c| async move {
-        plan.execute(&c, &pgflip::plan::ExecOptions::default(), &events)
-            .await
+        plan.execute(&c, &opts, &events).await
     })
     .await?;
     Ok(())

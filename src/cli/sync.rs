@@ -602,6 +602,7 @@ async fn swap_and_report(
     let flip_pairs = pairs.clone();
     let names: Vec<String> = pairs.iter().map(|p| p.live.to_string()).collect();
     let command = format!("sync --swap {}", names.join(" "));
+    pgflip::failpoint::hit("sync.before_swap").await?;
     let outcome = pgflip::state::with_target_lock(client.clone(), &command, |c| async move {
         flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await
     })

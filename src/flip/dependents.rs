@@ -311,10 +311,12 @@ fn rel_from_row(r: &tokio_postgres::Row) -> Rel {
 }
 
 /// Reads everything the flip of `live` (and into it, `green`) needs, in one consistent snapshot.
+/// (JIT off: these catalog queries are cheap to run but estimated expensive, and compiling them
+/// took seconds for a few hundred tables.)
 pub async fn load(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
     client
         .batch_execute(
-            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = ''",
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET LOCAL search_path = ''; SET LOCAL jit = off",
         )
         .await
         .ctx("starting the catalog snapshot")?;
@@ -674,17 +676,22 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     // their row types, or on the dependent views. Handled: view rules (re-created), foreign
     // keys (re-added), and the relations' own parts (indexes, constraints, triggers, policies,
     // sequences, publication membership), which depend automatically ('a') or internally.
+    // (`dd`: two index lookups of pg_depend; one `OR` of both made it a scan per relation,
+    // seconds for a few hundred tables.)
     let mut watched = live_v.clone();
     watched.extend(&view_oids);
     let unhandled = client
         .query(
-            "WITH w AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)) \
+            "WITH w AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)), \
+             dd AS (SELECT d.* FROM w JOIN pg_catalog.pg_depend d \
+                      ON d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = w.oid \
+                    UNION ALL \
+                    SELECT d.* FROM w JOIN pg_catalog.pg_depend d \
+                      ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid = w.reltype) \
              SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
                || ' (depends on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
-             FROM pg_catalog.pg_depend d \
-             WHERE ((d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid IN (SELECT oid FROM w)) \
-                 OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid IN (SELECT reltype FROM w))) \
-               AND d.deptype = 'n' \
+             FROM dd d \
+             WHERE d.deptype = 'n' \
                AND NOT (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_rewrite r JOIN pg_catalog.pg_class rc ON rc.oid = r.ev_class \
                      WHERE r.oid = d.objid AND r.ev_type = '1' AND rc.relkind IN ('v', 'm'))) \

@@ -78,6 +78,23 @@ pub async fn checksum(client: &Client, rel: &str, method: ChecksumMethod) -> Res
 /// range and other types take [`ChecksumMethod::Md5`] (their hashing depends on their parts,
 /// and md5 of the text never fails).
 pub async fn checksum_method(client: &Client, relations: &[u32]) -> Result<ChecksumMethod> {
+    let group = vec![0; relations.len()];
+    Ok(checksum_methods(client, relations, &group)
+        .await?
+        .into_iter()
+        .next()
+        .unwrap_or(ChecksumMethod::Md5))
+}
+
+/// [`checksum_method`] for many groups of relations in one query: `groups[i]` (0, 1, 2, …) is
+/// the group of `relations[i]`; returns one method per group, in group order. A flip of
+/// hundreds of tables asks once instead of once per pair.
+pub async fn checksum_methods(
+    client: &Client,
+    relations: &[u32],
+    groups: &[i32],
+) -> Result<Vec<ChecksumMethod>> {
+    let n = groups.iter().copied().max().map(|m| m + 1).unwrap_or(0) as usize;
     let version: i32 = client
         .query_one(
             "SELECT pg_catalog.current_setting('server_version_num')::int",
@@ -87,21 +104,28 @@ pub async fn checksum_method(client: &Client, relations: &[u32]) -> Result<Check
         .ctx("reading the server version")?
         .get(0);
     if version < 140000 {
-        return Ok(ChecksumMethod::Md5);
+        return Ok(vec![ChecksumMethod::Md5; n]);
     }
-    let hashable: bool = client
-        .query_one(
-            "WITH RECURSIVE ty(oid) AS ( \
-               SELECT a.atttypid FROM pg_catalog.pg_attribute a \
-               WHERE a.attrelid = ANY($1::pg_catalog.oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+    // JIT off (see dependents::load): compiling this catalog query cost seconds.
+    client
+        .batch_execute("BEGIN READ ONLY; SET LOCAL jit = off")
+        .await
+        .ctx("choosing how to checksum rows")?;
+    let rows = client
+        .query(
+            "WITH RECURSIVE rels(g, oid) AS (SELECT * FROM unnest($2::int[], $1::pg_catalog.oid[])), \
+             cols AS (SELECT DISTINCT r.g, a.atttypid AS root FROM rels r JOIN pg_catalog.pg_attribute a \
+                        ON a.attrelid = r.oid AND a.attnum > 0 AND NOT a.attisdropped), \
+             ty(root, oid) AS ( \
+               SELECT DISTINCT root, root FROM cols \
                UNION \
-               SELECT CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END \
+               SELECT ty.root, CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END \
                FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid \
                WHERE t.typtype = 'd' \
                   OR (t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc) \
-             ) \
-             SELECT NOT EXISTS ( \
-               SELECT 1 FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid \
+             ), \
+             unhashable AS MATERIALIZED ( \
+               SELECT DISTINCT ty.root FROM ty JOIN pg_catalog.pg_type t ON t.oid = ty.oid \
                WHERE t.typtype <> 'd' \
                  AND NOT (t.typelem <> 0 AND t.typsubscript = 'pg_catalog.array_subscript_handler'::pg_catalog.regproc) \
                  AND NOT (t.typtype = 'e' OR (t.typtype = 'b' AND EXISTS ( \
@@ -111,17 +135,27 @@ pub async fn checksum_method(client: &Client, relations: &[u32]) -> Result<Check
                      AND p.amproclefttype = oc.opcintype AND p.amprocrighttype = oc.opcintype \
                    WHERE oc.opcdefault AND (oc.opcintype = t.oid OR EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_cast c WHERE c.castsource = t.oid \
-                       AND c.casttarget = oc.opcintype AND c.castmethod = 'b'))))))",
-            &[&relations.to_vec()],
+                       AND c.casttarget = oc.opcintype AND c.castmethod = 'b')))))) \
+             SELECT g.g, coalesce(bool_and(u.root IS NULL), true) \
+             FROM generate_series(0, $3::int - 1) g(g) \
+             LEFT JOIN cols c ON c.g = g.g LEFT JOIN unhashable u ON u.root = c.root \
+             GROUP BY g.g ORDER BY g.g",
+            &[&relations.to_vec(), &groups.to_vec(), &(n as i32)],
         )
         .await
-        .ctx("choosing how to checksum rows")?
-        .get(0);
-    Ok(if hashable {
-        ChecksumMethod::Hash
-    } else {
-        ChecksumMethod::Md5
-    })
+        .ctx("choosing how to checksum rows");
+    let _ = client.batch_execute("COMMIT").await;
+    let rows = rows?;
+    Ok(rows
+        .iter()
+        .map(|r| {
+            if r.get::<_, bool>(1) {
+                ChecksumMethod::Hash
+            } else {
+                ChecksumMethod::Md5
+            }
+        })
+        .collect())
 }
 
 /// One relation of a generation.

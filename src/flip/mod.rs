@@ -146,8 +146,6 @@ pub struct FlipOptions {
     pub allow_column_changes: bool,
     /// The generation being rolled back (rollback only).
     pub rollback_of: Option<i64>,
-    /// Testing aid: hold the locks this long before the DDL (to kill pgflip mid-flip).
-    pub hold_locks_for: Option<Duration>,
     /// Compute green's row count and checksum before the flip (a full read of green).
     pub checksums: bool,
     /// SQL run inside the flip transaction right after the locks are taken (and the catalog
@@ -168,7 +166,6 @@ impl Default for FlipOptions {
             old_transaction: Duration::from_secs(3),
             allow_column_changes: false,
             rollback_of: None,
-            hold_locks_for: None,
             checksums: true,
             in_flip_before: Vec::new(),
             in_flip_after: Vec::new(),
@@ -214,6 +211,9 @@ pub struct FlipPlan {
     pub fingerprint: String,
     #[serde(skip)]
     pub fingerprint_oids: Vec<u32>,
+    /// Number of steps up to the catalog check: the locks are held after them.
+    #[serde(skip)]
+    pub locks_end: usize,
 }
 
 /// The result of a flip.
@@ -310,6 +310,13 @@ pub async fn plan_flip(
         .trim_start_matches("pgflip_backup_")
         .to_string();
 
+    let mut both = Vec::new();
+    let mut groups = Vec::new();
+    for (i, (&l, &g)) in live_oids.iter().zip(&green_oids).enumerate() {
+        both.extend([l, g]);
+        groups.extend([i as i32, i as i32]);
+    }
+    let methods = generation::checksum_methods(client, &both, &groups).await?;
     let mut relations = Vec::new();
     for (i, p) in pairs.iter().enumerate() {
         relations.push(PlannedRelation {
@@ -320,8 +327,7 @@ pub async fn plan_flip(
             green_oid: green_oids[i],
             green_rows: None,
             green_checksum: None,
-            checksum_method: generation::checksum_method(client, &[live_oids[i], green_oids[i]])
-                .await?,
+            checksum_method: methods[i],
         });
     }
     let warnings = check(&inv, &relations, opts)?;
@@ -752,12 +758,6 @@ fn render(
         lock_oids.push(oid);
     }
 
-    if let Some(hold) = opts.hold_locks_for {
-        plan.push(Step::new(
-            "hold the locks (testing aid)",
-            format!("SELECT pg_catalog.pg_sleep({})", hold.as_secs_f64()),
-        ));
-    }
     let fingerprint_oids = dependents::fingerprint_oids(inv);
     plan.push(Step::new(
         "check that the catalog did not change since the plan was made",
@@ -767,6 +767,8 @@ fn render(
             quote_literal(&inv.fingerprint)
         ),
     ));
+    // Fault tests stop a flip here, the locks held and nothing moved yet.
+    let locks_end = plan.steps.len();
     for sql in &opts.in_flip_before {
         plan.push(Step::new(
             "the job's statement before the moves (under the flip's locks)",
@@ -1562,6 +1564,7 @@ fn render(
         green_oids: green_set.into_iter().collect(),
         fingerprint: inv.fingerprint.clone(),
         fingerprint_oids,
+        locks_end,
     }
 }
 
@@ -1592,6 +1595,33 @@ pub async fn flip(
     }
 }
 
+/// The failpoints of a flip ([`crate::failpoint`]): `flip.*`, or `rollback.*` for a rollback.
+struct Points {
+    /// Planned, guardrails not yet checked, nothing locked.
+    before_lock: &'static str,
+    /// Inside the transaction: the locks held, the catalog checked, nothing moved.
+    locked: &'static str,
+    /// Committed; validation and the retired side's checksum not yet done.
+    after_commit: &'static str,
+}
+
+impl Points {
+    fn of(kind: FlipKind) -> Points {
+        match kind {
+            FlipKind::Rollback => Points {
+                before_lock: "rollback.before_lock",
+                locked: "rollback.locked",
+                after_commit: "rollback.after_commit",
+            },
+            _ => Points {
+                before_lock: "flip.before_lock",
+                locked: "flip.locked",
+                after_commit: "flip.after_commit",
+            },
+        }
+    }
+}
+
 /// Executes a planned flip: guardrails, the locked transaction (with retries), then the
 /// after-commit steps.
 pub async fn execute(
@@ -1607,16 +1637,26 @@ pub async fn execute(
     for w in &fp.warnings {
         events.emit(Event::Warning { message: w.clone() });
     }
-    let (tx_steps, after): (Vec<&Step>, Vec<&Step>) =
-        fp.plan.steps.iter().partition(|s| s.transaction.is_some());
-    let mut body = String::new();
-    for s in &tx_steps {
-        body.push_str(s.sql.trim_end().trim_end_matches(';'));
-        body.push_str(";\n");
-    }
-    crate::failpoint::hit("flip.before_lock").await?;
-    let stats = guard::run_locked(client, fp, &body, opts, events).await?;
-    crate::failpoint::hit("flip.after_commit").await?;
+    let points = Points::of(fp.kind);
+    let join = |steps: &[Step]| {
+        let mut body = String::new();
+        for s in steps.iter().filter(|s| s.transaction.is_some()) {
+            body.push_str(s.sql.trim_end().trim_end_matches(';'));
+            body.push_str(";\n");
+        }
+        body
+    };
+    let locks = join(&fp.plan.steps[..fp.locks_end]);
+    let rest = join(&fp.plan.steps[fp.locks_end..]);
+    let after: Vec<&Step> = fp
+        .plan
+        .steps
+        .iter()
+        .filter(|s| s.transaction.is_none())
+        .collect();
+    crate::failpoint::hit(points.before_lock).await?;
+    let stats = guard::run_locked(client, fp, &locks, &rest, points.locked, opts, events).await?;
+    crate::failpoint::hit(points.after_commit).await?;
     let warnings = fp.warnings.clone();
     // After the commit: validation and the retired side's checksum. A failure here cannot undo
     // the flip: every step is still tried, the failures are recorded with the generation (so
@@ -1625,6 +1665,7 @@ pub async fn execute(
         lock_timeout: opts.lock_timeout,
         statement_timeout: None,
         max_wait: opts.max_wait,
+        after_unit: None,
     };
     let mut failed = Vec::new();
     for s in after {

@@ -24,12 +24,12 @@ pub mod shadow;
 pub mod status;
 pub mod swap;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::error::{DbResultExt, Error, Result};
-use crate::events::{Event, EventSink};
+use crate::error::{DbResultExt, Result};
+use crate::events::EventSink;
 
 pub use abort::abort;
 pub use prepare::{prepare, PrepareOptions, PrepareReport};
@@ -52,37 +52,22 @@ pub(crate) async fn run_locked_retry(
     max_wait: Duration,
     events: &dyn EventSink,
 ) -> Result<()> {
-    let started = Instant::now();
-    let mut attempt = 0u32;
-    loop {
-        attempt += 1;
-        let body = format!(
-            "BEGIN; SET LOCAL lock_timeout = '{}ms'; {sql}; COMMIT",
-            lock_timeout.as_millis().max(1)
-        );
-        match client.batch_execute(&body).await.ctx(what.to_string()) {
-            Ok(()) => return Ok(()),
-            Err(e) => {
+    let body = format!(
+        "BEGIN; SET LOCAL lock_timeout = '{}ms'; {sql}; COMMIT",
+        lock_timeout.as_millis().max(1)
+    );
+    // The one lock-retry loop (crate::lockwait): same backoff, deadline and report as every job.
+    crate::lockwait::retry(
+        max_wait,
+        events,
+        || async {
+            let r = client.batch_execute(&body).await.ctx(what.to_string());
+            if r.is_err() {
                 let _ = client.batch_execute("ROLLBACK").await;
-                if e.sqlstate() != Some("55P03") {
-                    return Err(e);
-                }
-                let waited = started.elapsed();
-                if waited >= max_wait {
-                    return Err(Error::LockTimeout {
-                        attempts: attempt,
-                        waited_ms: waited.as_millis() as u64,
-                        blockers: format!("(while {what})"),
-                    });
-                }
-                let retry_in = crate::plan::backoff(attempt, max_wait - waited);
-                events.emit(Event::LockAttemptFailed {
-                    attempt,
-                    retry_in,
-                    blockers: Vec::new(),
-                });
-                tokio::time::sleep(retry_in).await;
             }
-        }
-    }
+            r
+        },
+        || async { Ok(Vec::new()) },
+    )
+    .await
 }

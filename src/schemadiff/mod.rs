@@ -148,7 +148,11 @@ pub async fn load_snapshot(client: &Client, filter: &crate::catalog::Filter) -> 
 /// Runs a diff's plan against the target. A failed `CREATE INDEX CONCURRENTLY` leaves an
 /// invalid index behind: those of this plan are dropped before the error is returned.
 pub async fn apply(client: &Client, plan: &Plan, events: &dyn EventSink) -> Result<()> {
-    let opts = ExecOptions::default();
+    let opts = ExecOptions {
+        after_unit: Some("schemadiff.after_unit"),
+        ..ExecOptions::default()
+    };
+    crate::failpoint::hit("schemadiff.before_apply").await?;
     client
         .batch_execute(SESSION_SETUP)
         .await

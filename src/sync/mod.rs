@@ -77,7 +77,7 @@ use crate::copy::{self, Format};
 use crate::error::{DbResultExt, Error, Result};
 use crate::events::{Event, EventSink};
 use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_name};
-use crate::plan::{self, Hazard, LockMode, Plan, Step};
+use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::rowdiff::{self, DiffSummary, RowSource};
 
 pub use rules::Rules;
@@ -1888,47 +1888,21 @@ impl Prepared {
         slots: &Semaphore,
         events: &dyn EventSink,
     ) -> Result<Vec<TableReport>> {
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.run_unit(unit, slots, events).await {
-                Err(e) if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE) => {
-                    if started.elapsed() >= self.opts.max_wait {
-                        let names: Vec<String> = unit
-                            .tables
-                            .iter()
-                            .map(|&i| self.tables[i].into.clone())
-                            .collect();
-                        let t = self.target.connect().await?;
-                        let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-                        let blockers = plan::describe_lock_holders(&t, &refs)
-                            .await
-                            .unwrap_or_default();
-                        return Err(Error::LockTimeout {
-                            attempts: attempt,
-                            waited_ms: started.elapsed().as_millis() as u64,
-                            blockers: if blockers.is_empty() {
-                                "(none found)".into()
-                            } else {
-                                blockers.join("\n")
-                            },
-                        });
-                    }
-                    let retry_in = plan::backoff(
-                        attempt,
-                        self.opts.max_wait.saturating_sub(started.elapsed()),
-                    );
-                    events.emit(Event::LockAttemptFailed {
-                        attempt,
-                        retry_in,
-                        blockers: Vec::new(),
-                    });
-                    tokio::time::sleep(retry_in).await;
-                }
-                other => return other,
-            }
-        }
+        let names: Vec<&str> = unit
+            .tables
+            .iter()
+            .map(|&i| self.tables[i].into.as_str())
+            .collect();
+        crate::lockwait::retry(
+            self.opts.max_wait,
+            events,
+            || self.run_unit(unit, slots, events),
+            || async {
+                let t = self.target.connect().await?;
+                crate::lockwait::blockers_by_name(&t, &names).await
+            },
+        )
+        .await
     }
 
     async fn run_unit(
@@ -1996,6 +1970,7 @@ impl Prepared {
                     }
                 }
             }
+            crate::failpoint::hit("sync.before_commit").await?;
             tgt.batch_execute("COMMIT")
                 .await
                 .ctx("committing on the target")?;
@@ -2121,34 +2096,23 @@ impl Prepared {
                 sql.join("; ")
             );
             // A lock timeout here retries this short transaction, not the whole copy.
-            let started = Instant::now();
-            let mut attempt = 0;
-            loop {
-                attempt += 1;
-                match tgt
-                    .batch_execute(&sql)
-                    .await
-                    .ctx("finishing the staging tables")
-                {
-                    Err(e)
-                        if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE)
-                            && started.elapsed() < self.opts.max_wait =>
-                    {
+            let names: Vec<&str> = unit.finish.iter().map(|s| s.lock.on.as_str()).collect();
+            crate::lockwait::retry(
+                self.opts.max_wait,
+                events,
+                || async {
+                    let r = tgt
+                        .batch_execute(&sql)
+                        .await
+                        .ctx("finishing the staging tables");
+                    if r.is_err() {
                         let _ = tgt.batch_execute("ROLLBACK").await;
-                        let retry_in = plan::backoff(
-                            attempt,
-                            self.opts.max_wait.saturating_sub(started.elapsed()),
-                        );
-                        events.emit(Event::LockAttemptFailed {
-                            attempt,
-                            retry_in,
-                            blockers: Vec::new(),
-                        });
-                        tokio::time::sleep(retry_in).await;
                     }
-                    other => break other?,
-                }
-            }
+                    r
+                },
+                || crate::lockwait::blockers_by_name(tgt, &names),
+            )
+            .await?;
         }
         Ok(moved)
     }
@@ -2180,31 +2144,21 @@ impl Prepared {
             )));
         }
         sql.push_str("; COMMIT");
-        let started = Instant::now();
-        let mut attempt = 0;
-        let outcome = loop {
-            attempt += 1;
-            let r = match self.target.connect().await {
-                Ok(c) => c
+        // Quietly: this is the aftermath of a failure already reported.
+        let outcome = crate::lockwait::retry(
+            self.opts.max_wait,
+            &crate::events::NullSink,
+            || async {
+                self.target
+                    .connect()
+                    .await?
                     .batch_execute(&sql)
                     .await
-                    .ctx("dropping the loading tables"),
-                Err(e) => Err(e),
-            };
-            match r {
-                Err(e)
-                    if e.sqlstate() == Some(plan::LOCK_NOT_AVAILABLE)
-                        && started.elapsed() < self.opts.max_wait =>
-                {
-                    tokio::time::sleep(plan::backoff(
-                        attempt,
-                        self.opts.max_wait.saturating_sub(started.elapsed()),
-                    ))
-                    .await;
-                }
-                other => break other,
-            }
-        };
+                    .ctx("dropping the loading tables")
+            },
+            || async { Ok(Vec::new()) },
+        )
+        .await;
         if let Err(e) = outcome {
             events.emit(Event::Warning {
                 message: format!(
