@@ -157,6 +157,7 @@ async fn main() {
             requests: vec![Request {
                 pattern: "live".into(),
                 filter: None,
+                explicit: true,
             }],
             staging: true,
             show_diff: true,

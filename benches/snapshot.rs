@@ -121,7 +121,10 @@ fn main() {
         // Not JSON: a row per column, and one row of arrays.
         let t = Instant::now();
         let n = client
-            .query(&q::columns(), &[&empty, &empty])
+            .query(
+                &q::columns(snap.as_ref().map_or(0, |s| s.server_version)),
+                &[&empty, &empty],
+            )
             .await
             .unwrap()
             .len();

@@ -519,3 +519,340 @@ async fn green_query_defined_table_keeps_its_key_and_grants() {
     run_ok(&["green", "cancel", "--target", &db.url()]);
     assert_eq!(user_dump(&db), before);
 }
+
+const LIVE_IDX: &str = "SELECT string_agg(indexname, ',' ORDER BY indexname) FROM pg_indexes WHERE schemaname = 'My Schema' AND tablename = 'Sales MV'";
+
+#[tokio::test]
+async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_the_old_back() {
+    let db = fresh_db("green_promote");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &db.url(),
+    ]);
+    // Dry run: the flip's plan, nothing changed.
+    let plan = run_ok(&[
+        "green",
+        "promote",
+        "mv_top",
+        "--target",
+        &db.url(),
+        "--dry-run",
+    ]);
+    assert!(plan.contains("ALTER MATERIALIZED VIEW"), "{plan}");
+    assert!(
+        !plan.contains("CREATE MATERIALIZED VIEW"),
+        "nothing is built under the locks: {plan}"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+
+    let out = run_ok(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Sales MV\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("Promoted green"), "{out}");
+    // The role reads the new contents through the view; names of indexes unchanged (the one
+    // on the dropped column stays with the retired relation).
+    let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT DISTINCT version FROM public.v_sales; SELECT DISTINCT version FROM public.mv_top"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "2\n2\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_total");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT obj_description('\"My Schema\".\"Sales MV\"'::regclass, 'pg_class')"
+        )
+        .await,
+        "sales per group"
+    );
+    // Nothing of green is left: no schema, no operation; a generation of kind green.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT kind || ':' || (SELECT count(*) FROM pgflip.generation_relations r WHERE r.generation_id = g.id) FROM pgflip.generations g").await,
+        "green:2"
+    );
+    // The refreshing job keeps working on the new one (it has its unique index).
+    db.psql("REFRESH MATERIALIZED VIEW CONCURRENTLY \"My Schema\".\"Sales MV\"");
+
+    // Rollback brings the old contents, index and dependents back.
+    run_ok(&["rollback", "--latest", "--target", &db.url()]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_sales").await,
+        "1"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_top").await,
+        "1"
+    );
+    assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT count(*) FROM public.v_sales"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "5\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    run_ok(&["cleanup", "--keep", "0", "--target", &db.url()]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}
+
+/// a → b, a → c, b + c → d; each carries its definition's version; v_d is a view over d.
+fn diamond(db: &TestDb) {
+    db.psql(
+        r#"CREATE TABLE public.src (k int PRIMARY KEY, v int NOT NULL);
+           INSERT INTO public.src SELECT g, g FROM generate_series(1, 3000) g;
+           CREATE MATERIALIZED VIEW public.a AS SELECT k, v, 1 AS version FROM public.src;
+           CREATE UNIQUE INDEX a_k ON public.a (k);
+           CREATE MATERIALIZED VIEW public.b AS SELECT k, version FROM public.a WHERE k % 2 = 0;
+           CREATE MATERIALIZED VIEW public.c AS SELECT k, version FROM public.a WHERE k % 3 = 0;
+           CREATE MATERIALIZED VIEW public.d AS SELECT b.k, b.version AS bv, c.version AS cv FROM public.b JOIN public.c USING (k);
+           CREATE UNIQUE INDEX d_k ON public.d (k);
+           CREATE VIEW public.v_d AS SELECT * FROM public.d;"#,
+    );
+}
+
+#[tokio::test]
+async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_back() {
+    let db = fresh_db("green_diamond");
+    diamond(&db);
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("pipeline.sql");
+    // A new definition of a; b given again (its name for a resolves to green a); c and d are
+    // rebuilt over the green upstream with their current definitions.
+    std::fs::write(
+        &f,
+        "-- version 2\nCREATE MATERIALIZED VIEW a AS SELECT k, v, 2 AS version FROM src WITH DATA;\n\
+         CREATE MATERIALIZED VIEW public.b AS SELECT k, version FROM a WHERE k % 2 = 0;\n",
+    )
+    .unwrap();
+    let out = run_ok(&[
+        "green",
+        "create",
+        "--file",
+        f.to_str().unwrap(),
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("public.d"), "{out}");
+    let st = status_json(&db);
+    let names: Vec<&str> = st["pipelines"][0]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["live"]["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names.first(), Some(&"a"), "upstream first: {names:?}");
+    assert_eq!(names.last(), Some(&"d"), "{names:?}");
+    assert_eq!(names.len(), 4);
+    assert_eq!(st["pipelines"][0]["converged"], true, "{st}");
+    assert_eq!(member(&st, "c")["explicit"], false);
+
+    // Readers join b and c (and read d through v_d) in a loop: never an error, never a mix.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let client = db.client().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut n, mut errors, mut mixed) = (0u64, Vec::new(), Vec::new());
+            let mut seen = std::collections::BTreeSet::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match client
+                    .query_one(
+                        "SELECT min(b.version), max(b.version), min(c.version), max(c.version), \
+                                (SELECT min(bv) FROM public.v_d), (SELECT max(cv) FROM public.v_d), \
+                                (SELECT max(version) FROM public.a) \
+                         FROM public.b JOIN public.c USING (k)",
+                        &[],
+                    )
+                    .await
+                {
+                    Ok(r) => {
+                        let vals: Vec<i32> = (0..7).map(|i| r.get::<_, i32>(i)).collect();
+                        if vals.iter().any(|v| *v != vals[0]) {
+                            mixed.push(vals.clone());
+                        }
+                        seen.insert(vals[0]);
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                }
+                n += 1;
+            }
+            (n, errors, mixed, seen)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url();
+    let promote = tokio::task::spawn_blocking(move || {
+        let o = pgflip(&["green", "promote", "--all", "--target", &url, "--json"]);
+        (o.status.success(), stdout(&o), stderr(&o))
+    })
+    .await
+    .unwrap();
+    assert!(promote.0, "{} {}", promote.1, promote.2);
+    let locked: Value = serde_json::from_str(&promote.1).unwrap();
+    assert_eq!(
+        locked["generation"]["relations"].as_array().unwrap().len(),
+        4
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let url = db.url();
+    let rb = tokio::task::spawn_blocking(move || {
+        let o = pgflip(&["rollback", "--latest", "--target", &url]);
+        (o.status.success(), stderr(&o))
+    })
+    .await
+    .unwrap();
+    assert!(rb.0, "{}", rb.1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    let mut seen_all = std::collections::BTreeSet::new();
+    for r in readers {
+        let (n, errors, mixed, seen) = r.await.unwrap();
+        assert!(errors.is_empty(), "readers got errors: {errors:?}");
+        assert!(mixed.is_empty(), "readers saw a mix of versions: {mixed:?}");
+        total += n;
+        seen_all.extend(seen);
+    }
+    assert!(total > 20, "readers barely ran ({total})");
+    assert_eq!(
+        seen_all,
+        std::collections::BTreeSet::from([1, 2]),
+        "both versions were read"
+    );
+    // Rolled back: version 1 everywhere, the retired pipeline intact for another promote.
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "1");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+}
+
+#[tokio::test]
+async fn green_promote_refuses_until_converged_then_force_and_wait() {
+    let db = fresh_db("green_wait");
+    diamond(&db);
+    let url = db.url();
+    run_ok(&[
+        "green",
+        "create",
+        "a",
+        "--query",
+        "SELECT k, v, 2 AS version FROM public.src",
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE public.src SET v = v + 1 WHERE k = 1");
+    let before = user_dump(&db);
+    // Not converged: refused (exit 5), named, nothing changed; --wait gives up at its timeout.
+    let o = pgflip(&["green", "promote", "a", "--target", &url]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("has not converged"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("public.a"), "{}", stderr(&o));
+    let t = Instant::now();
+    let o = pgflip(&[
+        "green",
+        "promote",
+        "a",
+        "--wait",
+        "--timeout",
+        "1s",
+        "--target",
+        &url,
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("did not converge within"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(t.elapsed() < Duration::from_secs(15));
+    assert_eq!(user_dump(&db), before);
+
+    // --wait: a refresh meanwhile (by another run: the waiting one does not hold the target)
+    // lets it through.
+    let url2 = url.clone();
+    let waiter = std::thread::spawn(move || {
+        pgflip(&[
+            "green",
+            "promote",
+            "a",
+            "--wait",
+            "--timeout",
+            "60s",
+            "--target",
+            &url2,
+        ])
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    run_ok(&["green", "refresh", "--target", &url]);
+    let o = waiter.join().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = db.client().await;
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "2");
+    run_ok(&["rollback", "--latest", "--target", &url]);
+
+    // --force promotes without convergence.
+    run_ok(&[
+        "green",
+        "create",
+        "a",
+        "--query",
+        "SELECT k, v, 3 AS version FROM public.src",
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE public.src SET v = v + 1 WHERE k = 2");
+    let o = pgflip(&["green", "promote", "a", "--force", "--target", &url]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("without convergence"), "{}", stderr(&o));
+    assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "3");
+}

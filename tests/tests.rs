@@ -13,6 +13,8 @@ mod green;
 mod harness;
 mod migrate;
 mod safety;
+mod schema_kinds;
 mod schemadiff;
 mod state;
 mod sync;
+mod sync_pgsync;

@@ -99,6 +99,22 @@ fn obj_class(catalog: &str) -> Option<ObjClass> {
         "pg_constraint" => ObjClass::Constraint,
         "pg_trigger" => ObjClass::Trigger,
         "pg_policy" => ObjClass::Policy,
+        "pg_operator" => ObjClass::Operator,
+        "pg_opclass" => ObjClass::OpClass,
+        "pg_opfamily" => ObjClass::OpFamily,
+        "pg_cast" => ObjClass::Cast,
+        "pg_ts_config" => ObjClass::TsConfig,
+        "pg_ts_dict" => ObjClass::TsDict,
+        "pg_ts_parser" => ObjClass::TsParser,
+        "pg_ts_template" => ObjClass::TsTemplate,
+        "pg_conversion" => ObjClass::Conversion,
+        "pg_statistic_ext" => ObjClass::StatisticExt,
+        "pg_rewrite" => ObjClass::Rule,
+        "pg_event_trigger" => ObjClass::EventTrigger,
+        "pg_foreign_data_wrapper" => ObjClass::ForeignDataWrapper,
+        "pg_foreign_server" => ObjClass::ForeignServer,
+        "pg_user_mapping" => ObjClass::UserMapping,
+        "pg_default_acl" => ObjClass::DefaultAcl,
         _ => return None,
     })
 }
@@ -142,7 +158,11 @@ pub(super) fn fold(raw: &RawDeps) -> Vec<Dependency> {
         if classid == pg_attrdef {
             Some((pg_class, *attrdef.get(&objid)?))
         } else if classid == pg_rewrite {
-            Some((pg_class, *rule.get(&objid)?))
+            // A view's rule stands for the view; other rules are objects of their own.
+            Some(match rule.get(&objid) {
+                Some(&rel) => (pg_class, rel),
+                None => (classid, objid),
+            })
         } else if classid == pg_type {
             let &(elem, _, _) = types.get(&objid)?;
             let base = match types.get(&elem) {

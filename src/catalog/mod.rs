@@ -16,6 +16,9 @@
 //! other than view definitions, and default privileges.
 
 mod deps;
+pub mod extras;
+#[doc(hidden)]
+pub mod extras_sql;
 #[doc(hidden)]
 pub mod queries;
 pub mod types;
@@ -29,6 +32,7 @@ use tokio_postgres::{Client, Row};
 use crate::error::DbResultExt;
 use crate::Result;
 
+pub use extras::{Extra, OnRelation};
 pub use types::*;
 
 /// Which schemas a snapshot covers. The default is every user schema.
@@ -67,6 +71,10 @@ pub struct Snapshot {
     /// it exists on the other side.
     pub roles: Vec<String>,
     pub dependencies: Vec<Dependency>,
+    /// Every other kind `pg_dump --schema-only` emits (operators, aggregates, casts, rules,
+    /// extended statistics, column settings, foreign tables, …): see [`extras`].
+    #[serde(default)]
+    pub extras: Vec<Extra>,
     /// Table columns used by each view, materialized view and policy (by its oid): `(table
     /// oid, attnum)`, attnum 0 for the table as a whole.
     #[serde(skip)]
@@ -154,6 +162,7 @@ fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_post
                 collation: r.try_get("collation")?,
                 default: r.try_get("default")?,
                 not_null: r.try_get("not_null")?,
+                not_null_name: r.try_get("not_null_name")?,
                 identity: match r.try_get::<_, Option<&str>>("identity")? {
                     Some("always") => Some(Identity::Always),
                     Some(_) => Some(Identity::ByDefault),
@@ -188,7 +197,7 @@ struct TriggersPolicies {
 impl Snapshot {
     /// Statements sent by [`Snapshot::load`]: one to save and clear `search_path`, the catalog
     /// queries, one to restore `search_path`. The same for 1 table or 10,000.
-    pub const QUERY_COUNT: usize = 2 + 10;
+    pub const QUERY_COUNT: usize = 2 + 11;
 
     /// Loads the schema of the database `client` is connected to.
     ///
@@ -250,12 +259,13 @@ impl Snapshot {
         let c = |i: usize| clients[i % clients.len()];
         let inc = &filter.include_schemas;
         let exc = &filter.exclude_schemas;
+        let q_extras = extras_sql::extras();
         let (q_globals, q_types, q_seqs, q_rels, q_cols, q_cons, q_idx, q_trg, q_fun, q_dep) = (
             queries::globals(server_version),
             queries::types(),
             queries::sequences(),
             queries::relations(),
-            queries::columns(),
+            queries::columns(server_version),
             queries::constraints(),
             queries::indexes(),
             queries::triggers_and_policies(),
@@ -278,7 +288,7 @@ impl Snapshot {
             serde_json::from_str(text)
                 .map_err(|e| crate::Error::Config(format!("decoding the catalog ({what}): {e}")))
         }
-        let (globals, types, sequences, rels, cols, cons, idx, trg, functions, deps) = futures_util::try_join!(
+        let (globals, types, sequences, rels, cols, cons, idx, trg, functions, deps, extras) = futures_util::try_join!(
             one::<Globals>(c(5), "schemas", &q_globals, inc, exc),
             one::<Vec<TypeDef>>(c(6), "types", &q_types, inc, exc),
             one::<Vec<Sequence>>(c(7), "sequences", &q_seqs, inc, exc),
@@ -301,6 +311,7 @@ impl Snapshot {
                     .ctx("reading the catalog (dependencies)")?;
                 deps::RawDeps::from_row(&row).ctx("decoding the catalog (dependencies)")
             },
+            one::<Vec<Extra>>(c(10), "other objects", &q_extras, inc, exc),
         )?;
         let mut snap = Snapshot {
             filter: filter.clone(),
@@ -316,12 +327,14 @@ impl Snapshot {
             publications: globals.publications,
             roles: globals.roles,
             dependencies: Vec::new(),
+            extras: Vec::new(),
             column_uses: Default::default(),
             queries: 0,
         };
         snap.assemble(rels, cols, cons, idx, trg);
         snap.dependencies = deps::fold(&deps);
         snap.column_uses = deps::column_uses(&deps);
+        extras::attach(&mut snap, extras);
         Ok(snap)
     }
 

@@ -11,7 +11,7 @@
 //! their users only follow edges between objects they have.
 
 /// Schemas in scope, and the catalog rows that belong to an extension.
-const SCOPE: &str = r#"
+pub(super) const SCOPE: &str = r#"
 WITH ns AS (
   SELECT n.oid, n.nspname
   FROM pg_catalog.pg_namespace n
@@ -32,7 +32,7 @@ ext AS (
 
 /// JSON of an ACL and of its owner's default (`kind` as for `acldefault`), NULL when the ACL
 /// is NULL (the default applies).
-fn acl(acl: &str, kind: char, owner: &str) -> String {
+pub(super) fn acl(acl: &str, kind: char, owner: &str) -> String {
     format!(
         "CASE WHEN {acl} IS NULL THEN NULL ELSE pg_catalog.json_build_object(\
          'items', {items}, 'default', {default}) END",
@@ -53,7 +53,7 @@ fn acl_items(acl: &str) -> String {
 }
 
 /// `NOT` an extension member (`class` is the catalog, `oid` the row).
-fn not_ext(class: &str, oid: &str) -> String {
+pub(super) fn not_ext(class: &str, oid: &str) -> String {
     format!(
         "NOT EXISTS (SELECT 1 FROM ext WHERE ext.classid = 'pg_catalog.{class}'::pg_catalog.regclass AND ext.objid = {oid})"
     )
@@ -262,7 +262,9 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm') AND {c_not_ext}
 ///
 /// Rows rather than one JSON document: with tens of thousands of columns, turning each row
 /// into JSON costs the server more than finding them (215 ms against 115 for 40,000).
-pub fn columns() -> String {
+/// From PostgreSQL 18 a NOT NULL is a named constraint (`pg_constraint.contype = 'n'`); before,
+/// it has no name and `not_null_name` is NULL.
+pub fn columns(server_version: i32) -> String {
     format!(
         r#"{SCOPE}
 SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
@@ -271,6 +273,7 @@ SELECT a.attrelid::int8 AS rel, a.attnum AS num, a.attname AS name,
        THEN a.attcollation::pg_catalog.regcollation::text END AS collation,
   CASE WHEN a.attgenerated = '' THEN pg_catalog.pg_get_expr(ad.adbin, ad.adrelid) END AS "default",
   a.attnotnull AS not_null,
+  {not_null_name} AS not_null_name,
   CASE a.attidentity WHEN 'a' THEN 'always' WHEN 'd' THEN 'by_default' END AS identity,
   CASE WHEN a.attidentity <> '' THEN
     (SELECT pg_catalog.json_build_object('schema', sn.nspname, 'name', s.relname)
@@ -298,6 +301,12 @@ WHERE c.relkind IN ('r', 'p', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped 
 "#,
         colacl = acl_items("a.attacl"),
         c_not_ext = not_ext("pg_class", "c.oid"),
+        not_null_name = if server_version >= 180000 {
+            "(SELECT nn.conname::text FROM pg_catalog.pg_constraint nn WHERE nn.conrelid = a.attrelid \
+               AND nn.contype = 'n' AND nn.conkey[1] = a.attnum)"
+        } else {
+            "NULL::text"
+        },
     )
 }
 
@@ -465,7 +474,7 @@ FROM (SELECT pg_catalog.array_agg(d.classid) AS classid, pg_catalog.array_agg(d.
      (SELECT pg_catalog.array_agg(a.oid) AS oid, pg_catalog.array_agg(a.adrelid) AS rel
       FROM pg_catalog.pg_attrdef a WHERE a.oid >= 16384) ad,
      (SELECT pg_catalog.array_agg(r.oid) AS oid, pg_catalog.array_agg(r.ev_class) AS rel
-      FROM pg_catalog.pg_rewrite r WHERE r.oid >= 16384) rw,
+      FROM pg_catalog.pg_rewrite r WHERE r.oid >= 16384 AND r.rulename = '_RETURN') rw,
      (SELECT pg_catalog.array_agg(t.oid) AS oid, pg_catalog.array_agg(t.typelem) AS elem,
         pg_catalog.array_agg(t.typarray) AS arr, pg_catalog.array_agg(t.typrelid) AS rel
       FROM pg_catalog.pg_type t WHERE t.oid >= 16384) ty,
@@ -476,7 +485,11 @@ FROM (SELECT pg_catalog.array_agg(d.classid) AS classid, pg_catalog.array_agg(d.
       WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace
         AND c.relname IN ('pg_namespace', 'pg_extension', 'pg_collation', 'pg_type', 'pg_class',
                           'pg_proc', 'pg_constraint', 'pg_trigger', 'pg_policy', 'pg_attrdef',
-                          'pg_rewrite')) cat
+                          'pg_rewrite', 'pg_operator', 'pg_opclass', 'pg_opfamily', 'pg_cast',
+                          'pg_ts_config', 'pg_ts_dict', 'pg_ts_parser', 'pg_ts_template',
+                          'pg_conversion', 'pg_statistic_ext', 'pg_event_trigger',
+                          'pg_foreign_data_wrapper', 'pg_foreign_server', 'pg_user_mapping',
+                          'pg_default_acl')) cat
 "#
     .to_string()
 }

@@ -284,6 +284,9 @@ pub struct Column {
     /// Default expression (not for generated columns).
     pub default: Option<String>,
     pub not_null: bool,
+    /// Name of the NOT NULL constraint (PostgreSQL 18+; `None` before, where it has none).
+    #[serde(default)]
+    pub not_null_name: Option<String>,
     pub identity: Option<Identity>,
     /// Qualified name of the identity column's sequence.
     pub identity_sequence: Option<QualName>,
@@ -500,6 +503,25 @@ pub enum ObjClass {
     Constraint,
     Trigger,
     Policy,
+    Operator,
+    OpClass,
+    OpFamily,
+    Cast,
+    TsConfig,
+    TsDict,
+    TsParser,
+    TsTemplate,
+    Conversion,
+    StatisticExt,
+    /// A rule other than a view's `_RETURN` rule.
+    Rule,
+    EventTrigger,
+    ForeignDataWrapper,
+    ForeignServer,
+    UserMapping,
+    DefaultAcl,
+    /// A setting with no catalog row of its own (numbered within one snapshot).
+    Synthetic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

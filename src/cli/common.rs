@@ -51,13 +51,34 @@ pub fn target_endpoint(global: &Global, args: &TargetArgs) -> anyhow::Result<End
     resolve(Side::Target, &args.endpoint_args(), &global.conn_env()?)
 }
 
-/// Both sides, reading the .env file once.
+/// Both sides, reading the .env file once. Each must be named by a flag, its own variables or
+/// the .env file (libpq's `PG*` variables only complete a named side).
 pub fn endpoints(
     global: &Global,
     source: &SourceArgs,
     target: &TargetArgs,
 ) -> anyhow::Result<(Endpoint, Endpoint)> {
     let env = global.conn_env()?;
+    // libpq's PG* variables and defaults would make both sides the same database.
+    for (side, args, how) in [
+        (
+            Side::Source,
+            source.endpoint_args(),
+            "--source URL, SOURCE_DATABASE_URL",
+        ),
+        (
+            Side::Target,
+            target.endpoint_args(),
+            "--target URL, TARGET_DATABASE_URL",
+        ),
+    ] {
+        if !Endpoint::is_named(side, &args, &env) {
+            return Err(pgflip::Error::InvalidInput(format!(
+                "no {side} given ({how}, a .env file or pgflip.toml)"
+            ))
+            .into());
+        }
+    }
     Ok((
         resolve(Side::Source, &source.endpoint_args(), &env)?,
         resolve(Side::Target, &target.endpoint_args(), &env)?,

@@ -344,6 +344,13 @@ async fn promote(a: PromoteArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
         return Ok(exit::OK);
     }
     let events = out.events();
+    if opts.wait.is_some() {
+        // Wait without holding the target lock, so that a refresh can run meanwhile; promote
+        // checks again under the lock.
+        green::promote::check_converged(&client, rel.as_deref(), &opts, &events).await?;
+    }
+    let mut opts = opts;
+    opts.wait = None;
     let command = format!("green promote {}", rel.as_deref().unwrap_or("--all"));
     let o = state::with_target_lock(Arc::new(client), &command, |c| async move {
         green::promote::promote(&c, rel.as_deref(), &opts, &events).await

@@ -6,6 +6,7 @@ mod confirm;
 mod demo;
 mod generations;
 mod green;
+mod init;
 mod migrate;
 mod output;
 mod schema;
@@ -39,6 +40,8 @@ pub enum Command {
     /// Copy tables from a source database to a target (in place, or into staging tables with a
     /// row-level diff and an atomic swap).
     Sync(Box<sync::SyncArgs>),
+    /// Write a commented pgflip.toml to start from (recognises Rails, Django, Laravel, Heroku).
+    Init(init::InitArgs),
     /// Replace every table of a target database with the source's version (prepare / swap /
     /// start / abort / status).
     #[command(subcommand)]
@@ -257,6 +260,7 @@ async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
         }
         Command::Demo(args) => demo::run(&args, out).await,
         Command::Sync(args) => sync::run(*args, &cli.global, out).await,
+        Command::Init(args) => init::run(&args, out),
         Command::Migrate(c) => migrate::run(c, &cli.global, out).await,
         Command::Schema(SchemaCommand::Dump(args)) => schema::dump(args, &cli.global, out).await,
         Command::Schema(SchemaCommand::Diff(args)) => {

@@ -47,11 +47,22 @@ pub struct DiffArgs {
     /// Plain (blocking) DDL instead of CONCURRENTLY / NOT VALID + VALIDATE.
     #[arg(long)]
     pub offline: bool,
+    /// Let --apply run steps with these hazards (comma-separated, or `all`): deletes-data,
+    /// rewrites-table, long-lock, replaces-data. builds-index, validates and access-exclusive
+    /// (online-safe) are always allowed; --drop allows deletes-data.
+    #[arg(long, value_name = "KIND,…", value_delimiter = ',')]
+    pub allow_hazards: Vec<String>,
 }
 
 pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
+    let allowed = schemadiff::hazards::Allowed::from_args(&args.allow_hazards, args.drop)
+        .map_err(pgflip::Error::InvalidInput)?;
     let (src_ep, tgt_ep) = endpoints(global, &args.source, &args.target)?;
     let (src_client, tgt_client) = tokio::try_join!(src_ep.connect(), tgt_ep.connect())?;
+    // One database against itself is a mistake, unless two of its schemas are compared.
+    if args.source_schema.is_none() || args.source_schema == args.target_schema {
+        pgflip::conn::refuse_same_database(&src_client, &tgt_client).await?;
+    }
     let tgt_client = std::sync::Arc::new(tgt_client);
     // Applying: pgflip's target lock is held from before the target is read until the script
     // has run, so no other pgflip run changes the target between the comparison and the apply.
@@ -105,6 +116,13 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         ..DiffOptions::default()
     };
     let diff = schemadiff::compare_snapshots(&src_snap, &tgt_snap, &opts);
+    if !diff.unsupported.is_empty() {
+        return Err(pgflip::Error::InvalidInput(format!(
+            "schema diff cannot align these objects safely; change them by hand (nothing was applied):\n  {}",
+            diff.unsupported.join("\n  ")
+        ))
+        .into());
+    }
 
     if args.check {
         if out.json {
@@ -196,6 +214,39 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         return Ok(exit::OK);
     }
     if args.apply {
+        let refused = schemadiff::hazards::refused(&diff.plan, &allowed);
+        if !refused.is_empty() {
+            if out.json {
+                out.json_line(&serde_json::json!({ "refused": refused }));
+            }
+            let lines: Vec<String> = refused
+                .iter()
+                .map(|r| {
+                    let kinds: Vec<String> = r
+                        .hazards
+                        .iter()
+                        .map(|k| format!("{} ({})", k.name(), k.describe()))
+                        .collect();
+                    format!("step {}: {}: {}", r.step, r.description, kinds.join(", "))
+                })
+                .collect();
+            let mut names: Vec<&str> = refused
+                .iter()
+                .flat_map(|r| r.hazards.iter().map(|k| k.name()))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            return Err(pgflip::Error::InvalidInput(format!(
+                "nothing was applied: {} step{} {} hazards not allowed:\n  {}\n\
+                 Review the plan (--dry-run), then allow them with --allow-hazards {}",
+                refused.len(),
+                if refused.len() == 1 { "" } else { "s" },
+                if refused.len() == 1 { "has" } else { "have" },
+                lines.join("\n  "),
+                names.join(",")
+            ))
+            .into());
+        }
         if !diff.is_empty() {
             let events = out.events();
             let plan = &diff.plan;

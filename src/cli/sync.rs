@@ -8,7 +8,11 @@ use clap::Args;
 
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::state::{self, TargetLock};
-use pgflip::sync::{self, config::Config, Mode, Request, Rules, SchemaScope, SyncOptions};
+use pgflip::sync::{
+    self,
+    config::{self, Config},
+    Mode, Request, Rules, SchemaScope, SyncOptions,
+};
 
 use super::{exit, Global, Output, SourceArgs, TargetArgs};
 
@@ -16,10 +20,20 @@ use super::{exit, Global, Output, SourceArgs, TargetArgs};
 /// `<table>_staging` with a row-level diff.
 #[derive(Args, Debug)]
 pub struct SyncArgs {
-    /// Tables (`table`, `schema.table`, `*` patterns) or groups of pgflip.toml (`group`,
-    /// `group:value`). None: every table both sides have.
+    /// Tables (`table`, `schema.table`, `*` patterns, `a,b`) or groups of pgflip.toml
+    /// (`group`, `group:value`). None: every table both sides have. A last argument starting
+    /// with `WHERE` is a condition for them, as `--where`.
     #[arg(value_name = "TABLE|GROUP")]
     pub tables: Vec<String>,
+    /// Read these names as tables even where a group has the same name (`a,b`).
+    #[arg(short = 't', long = "tables", value_name = "A,B")]
+    pub force_tables: Vec<String>,
+    /// Read these names as groups of pgflip.toml (`g`, `g:value`, `g1,g2`).
+    #[arg(short = 'g', long = "groups", value_name = "G,H")]
+    pub force_groups: Vec<String>,
+    /// Use pgflip.NAME.toml (pgsync's `--db`).
+    #[arg(long, value_name = "NAME", conflicts_with = "config")]
+    pub db: Option<String>,
     #[command(flatten)]
     pub source: SourceArgs,
     #[command(flatten)]
@@ -27,7 +41,8 @@ pub struct SyncArgs {
     /// Configuration file (default: ./pgflip.toml when present).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Leave out tables matching this pattern (repeatable).
+    /// Leave out tables matching these patterns (repeatable, `a*,b`); replaces the `exclude`
+    /// of pgflip.toml. Tables named exactly or through a group are never excluded.
     #[arg(long, value_name = "PATTERN")]
     pub exclude: Vec<String>,
     /// Schemas that unqualified names and "every table" refer to (default: public).
@@ -134,39 +149,74 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             .into());
         }
     }
-    let cfg = Config::load(args.config.as_deref())?;
+    let config_path = match &args.db {
+        Some(db) => Some(Config::named_file(db)?),
+        None => args.config.clone(),
+    };
+    let cfg = Config::load(config_path.as_deref())?;
     // pgflip.toml's source / target stand in for --source / --target when neither the URL nor
     // the host flag is given; everything then goes through the shared resolver (--env, .env,
-    // libpq defaults).
+    // libpq defaults). `$(command)` values run only when used.
     let mut src_args = args.source.clone();
     if src_args.source.is_none() && src_args.source_host.is_none() {
-        src_args.source = cfg.source.clone();
+        if let Some(v) = &cfg.source {
+            src_args.source = Some(config::value(v, "source")?);
+        }
     }
     let mut tgt_args = args.target.clone();
     if tgt_args.target.is_none() && tgt_args.target_host.is_none() {
-        tgt_args.target = cfg.target.clone();
-    }
-    let (source, target) = super::common::endpoints(global, &src_args, &tgt_args)?;
-
-    let mut requests = Vec::new();
-    for t in &args.tables {
-        for (pattern, filter) in cfg.expand(t)? {
-            requests.push(Request { pattern, filter });
+        if let Some(v) = &cfg.target {
+            tgt_args.target = Some(config::value(v, "target")?);
         }
     }
-    let mut exclude = cfg.exclude.clone();
-    exclude.extend(args.exclude.iter().cloned());
+    let (requests, positional_where) = requests(&args, &cfg)?;
+    let where_clause = match (args.where_clause.clone(), positional_where) {
+        (Some(_), Some(_)) => {
+            return Err(pgflip::Error::InvalidInput(
+                "a condition is given twice (--where and a WHERE argument)".into(),
+            )
+            .into())
+        }
+        (Some(w), None) | (None, Some(w)) => Some(config::strip_where(&w).to_string()),
+        (None, None) => None,
+    };
+    // --exclude on the command line replaces the file's list (pgsync's habit), commas split.
+    let exclude = sync::tables::split_list(if args.exclude.is_empty() {
+        &cfg.exclude
+    } else {
+        &args.exclude
+    });
+
+    // --swap without --staging-table: nothing to copy; flip the staging tables already there.
+    if args.swap && !args.staging {
+        let target = super::common::target_endpoint(global, &tgt_args)?;
+        if !global.dry_run {
+            super::confirm::confirm(
+                &target,
+                "swap staging tables into the live tables",
+                args.yes,
+            )?;
+        }
+        let scope = scope(&args);
+        let patterns: Vec<String> = requests.iter().map(|r| r.pattern.clone()).collect();
+        let client = Arc::new(target.connect().await?);
+        let tables = swap_tables(&client, &patterns, &exclude, &scope, None).await?;
+        return swap_and_report(client, &tables, None, &args, global, out, None).await;
+    }
+    let (source, target) = super::common::endpoints(global, &src_args, &tgt_args)?;
+    if !out.json && !out.quiet {
+        super::output::write_stderr(&format!(
+            "From: {}\nTo: {}\n",
+            short_endpoint(&source),
+            short_endpoint(&target)
+        ));
+    }
+
     let defaults = SyncOptions::default();
     let opts = SyncOptions {
         requests,
         exclude,
-        scope: if args.all_schemas {
-            SchemaScope::All
-        } else if !args.schemas.is_empty() {
-            SchemaScope::Only(args.schemas.clone())
-        } else {
-            SchemaScope::Only(vec!["public".into()])
-        },
+        scope: scope(&args),
         mode: if args.overwrite {
             Mode::Overwrite
         } else if args.preserve {
@@ -174,7 +224,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         } else {
             Mode::Replace
         },
-        filter: args.where_clause.clone(),
+        filter: where_clause,
         defer_constraints: args.defer_constraints,
         disable_integrity: args.disable_integrity,
         sequences: !args.no_sequences,
@@ -209,12 +259,6 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             "swap staging tables into the live tables",
             args.yes,
         )?;
-    }
-    // --swap without --staging-table: nothing to copy; flip the staging tables already there.
-    if args.swap && !args.staging {
-        let client = Arc::new(target.connect().await?);
-        let tables = swap_tables(&client, &swap_patterns, &swap_exclude, &swap_scope, None).await?;
-        return swap_and_report(client, &tables, None, &args, global, out, None).await;
     }
 
     // pgflip's target lock, held from before the target is read until the last write (and the
@@ -324,6 +368,71 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         out.write_stdout(render_report(&report).as_bytes());
     }
     Ok(exit::OK)
+}
+
+/// The schemas names and patterns refer to.
+fn scope(args: &SyncArgs) -> SchemaScope {
+    if args.all_schemas {
+        SchemaScope::All
+    } else if !args.schemas.is_empty() {
+        SchemaScope::Only(args.schemas.clone())
+    } else {
+        SchemaScope::Only(vec!["public".into()])
+    }
+}
+
+/// The requests the arguments make, and the condition of a last `WHERE …` argument (pgsync's
+/// `pgsync posts "WHERE id < 100"`). A positional name is a group when pgflip.toml has one of
+/// that name (`group` or `group:value`), else a table; `-t` and `-g` say which outright.
+fn requests(args: &SyncArgs, cfg: &Config) -> anyhow::Result<(Vec<Request>, Option<String>)> {
+    let mut positional = args.tables.clone();
+    let mut condition = None;
+    if positional.len() > 1 {
+        let last = positional.last().expect("more than one");
+        if config::strip_where(last).len() != last.trim().len() {
+            condition = positional.pop();
+        }
+    }
+    let mut out = Vec::new();
+    let mut table = |name: String, filter: Option<String>, group: bool| {
+        let explicit = group || !name.contains('*');
+        out.push(Request {
+            pattern: name,
+            filter,
+            explicit,
+        });
+    };
+    for arg in sync::tables::split_list(&positional) {
+        let group = cfg.is_group(&arg);
+        for (pattern, filter) in cfg.expand(&arg)? {
+            table(pattern, filter, group);
+        }
+    }
+    for name in sync::tables::split_list(&args.force_tables) {
+        table(name, None, false);
+    }
+    for arg in sync::tables::split_list(&args.force_groups) {
+        if !cfg.is_group(&arg) {
+            let name = arg.split(':').next().unwrap_or(&arg);
+            return Err(pgflip::Error::InvalidInput(format!(
+                "no group {name:?} in {}",
+                cfg.path
+                    .as_deref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|| "the configuration (no pgflip.toml found)".into())
+            ))
+            .into());
+        }
+        for (pattern, filter) in cfg.expand(&arg)? {
+            table(pattern, filter, true);
+        }
+    }
+    Ok((out, condition))
+}
+
+/// `host:port/database`, as pgsync's `From:` / `To:` lines (never a user or password).
+fn short_endpoint(e: &pgflip::conn::Endpoint) -> String {
+    format!("{}:{}/{}", e.host(), e.port(), e.database())
 }
 
 /// `256MB`, `1GB`, `512kB`, `1.5GB`, a number of bytes, or `0` / `off` (PostgreSQL's units,

@@ -38,6 +38,7 @@ mod env;
 mod params;
 mod pgpass;
 mod resolve;
+mod same;
 mod tls;
 
 use std::net::IpAddr;
@@ -50,6 +51,7 @@ use crate::error::{Error, Result, Side};
 
 pub use env::Env;
 pub use params::redact;
+pub use same::refuse_same_database;
 pub use tls::{SslMode, TlsSettings};
 
 /// The connect timeout when nothing sets `connect_timeout`.
@@ -114,6 +116,13 @@ impl Endpoint {
     /// the precedence).
     pub fn resolve_with(side: Side, args: &EndpointArgs, env: &Env) -> Result<Endpoint> {
         resolve::resolve(side, args, env)
+    }
+
+    /// Whether the flags, the side's environment variables or the .env file name this side
+    /// (libpq's shared `PG*` variables and defaults do not: see [`Endpoint::resolve_with`]).
+    /// Commands with both a source and a target need both named.
+    pub fn is_named(side: Side, args: &EndpointArgs, env: &Env) -> bool {
+        resolve::is_named(side, args, env)
     }
 
     /// `host:port, database name` — never the password.

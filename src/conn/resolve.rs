@@ -119,6 +119,25 @@ fn offer_string(merged: &mut Merged, side: Side, input: &str, origin: &str) -> R
     Ok(())
 }
 
+/// Whether anything pgflip reads for this side alone names it: a flag, the side's variables
+/// (`SOURCE_DATABASE_URL`, `SOURCE_DB_*`) in the environment or the .env file. libpq's `PG*`
+/// variables and defaults are shared by both sides, so they can complete an endpoint but never
+/// name one.
+pub(super) fn is_named(side: Side, args: &EndpointArgs, env: &Env) -> bool {
+    let prefix = side_prefix(side);
+    let flag = args.url.as_deref().is_some_and(|u| !u.trim().is_empty())
+        || args.host.is_some()
+        || args.port.is_some()
+        || args.database.is_some()
+        || args.username.is_some();
+    let var = |k: &str| env.get(k).is_some() || env.get_dotenv(k).is_some();
+    flag || var(&format!("{prefix}_DATABASE_URL"))
+        || SPLIT_VARS
+            .iter()
+            .filter(|(suffix, _)| *suffix != "PASSWORD")
+            .any(|(suffix, _)| var(&format!("{prefix}_DB_{suffix}")))
+}
+
 /// Resolves one side (see the module comment for the precedence).
 pub(super) fn resolve(side: Side, args: &EndpointArgs, env: &Env) -> Result<Endpoint> {
     let prefix = side_prefix(side);

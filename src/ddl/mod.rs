@@ -78,7 +78,29 @@ pub fn render_item(snap: &Snapshot, item: &Item) -> String {
         Item::Trigger(rel, t) => create_trigger(&rel.sql_name(), t),
         Item::Policy(t, p) => create_policy(t, p),
         Item::Publication(p) => create_publication(p),
+        Item::Extra(e) => create_extra(e, &snap.roles),
     }
+}
+
+/// An object of [`crate::catalog::extras`]: its CREATE text, then owner, privileges, comment.
+/// The owner is set only when the role exists on the server the script is for.
+pub fn create_extra(e: &Extra, roles: &[String]) -> String {
+    let mut out = e.create.trim_end().to_string();
+    out.push('\n');
+    if let (Some(kind), Some(name)) = (&e.meta_kind, &e.meta_name) {
+        if let Some(owner) = &e.owner {
+            out.push_str(&owner_to_existing(kind, name, owner, roles));
+        }
+        if let Some(obj) = &e.acl_object {
+            out.push_str(&grants_for(
+                obj,
+                e.owner.as_deref().unwrap_or(""),
+                e.acl.as_ref(),
+            ));
+        }
+        out.push_str(&comment_on(kind, name, e.comment.as_deref()));
+    }
+    out
 }
 
 /// `COMMENT ON <kind> <name> IS '…';`, or nothing without a comment.
@@ -526,6 +548,10 @@ pub fn column_definition(c: &Column) -> String {
         let _ = write!(s, " DEFAULT {d}");
     }
     if c.not_null {
+        // Named as on the source (18+); older servers take the name and ignore it.
+        if let Some(n) = &c.not_null_name {
+            let _ = write!(s, " CONSTRAINT {}", quote_ident(n));
+        }
         s.push_str(" NOT NULL");
     }
     if let Some(id) = c.identity {

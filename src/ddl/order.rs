@@ -66,6 +66,8 @@ pub enum Item<'a> {
     Trigger(Relation<'a>, &'a Trigger),
     Policy(&'a Table, &'a Policy),
     Publication(&'a Publication),
+    /// Any other kind (operators, aggregates, rules, column settings, …).
+    Extra(&'a Extra),
 }
 
 impl Item<'_> {
@@ -99,6 +101,7 @@ impl Item<'_> {
             Item::Trigger(r, t) => (14, s(r.schema()), s(r.name()), s(&t.name)),
             Item::Policy(t, p) => (15, s(&t.schema), s(&t.name), s(&p.name)),
             Item::Publication(p) => (16, s(&p.name), String::new(), String::new()),
+            Item::Extra(e) => (17, s(&e.kind), s(&e.identity), String::new()),
         }
     }
 
@@ -139,6 +142,7 @@ impl Item<'_> {
             Item::Trigger(r, t) => format!("Trigger {} on {}", quote_ident(&t.name), r.sql_name()),
             Item::Policy(t, p) => format!("Policy {} on {}", quote_ident(&p.name), t.sql_name()),
             Item::Publication(p) => format!("Publication {}", quote_ident(&p.name)),
+            Item::Extra(e) => e.describe(),
         }
     }
 }
@@ -319,6 +323,25 @@ pub fn ordered(snap: &Snapshot) -> Vec<Item<'_>> {
         for s in &p.schemas {
             if let Some(&sid) = schema_ids.get(s.as_str()) {
                 g.edge(pid, sid);
+            }
+        }
+    }
+    let mut default_acls = Vec::new();
+    for e in &snap.extras {
+        let id = g.add(Item::Extra(e), &[e.own_ref()]);
+        if let Some(schema) = &e.schema {
+            in_schema.push((id, schema));
+        }
+        if e.class == ObjClass::DefaultAcl {
+            default_acls.push(id);
+        }
+    }
+    // Default privileges last (as pg_dump does): every object created after them would get
+    // them instead of the privileges it has.
+    for &d in &default_acls {
+        for other in 0..g.items.len() {
+            if !default_acls.contains(&other) {
+                g.edge(d, other);
             }
         }
     }

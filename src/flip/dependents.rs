@@ -356,8 +356,15 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         .await
         .ctx("finding the views that read the tables")?;
     let mut view_oids = Vec::new();
+    // A view or materialized view that is itself flipped (a pipeline: a materialized view
+    // over another one, both switched at once) moves with its pair instead of being
+    // re-created; what reads it is found through it.
+    let flipped_v: Vec<u32> = live.iter().chain(green.iter()).copied().collect();
     for r in &view_rows {
         let rel = rel_from_row(r);
+        if flipped_v.contains(&rel.oid) {
+            continue;
+        }
         let comments: serde_json::Value = r.get(16);
         view_oids.push(rel.oid);
         inv.views.push(View {
@@ -781,11 +788,13 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                      SELECT 1 FROM pg_catalog.pg_trigger t JOIN pg_catalog.pg_proc p ON p.oid = t.tgfoid \
                      JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
                      WHERE t.oid = d.objid AND pn.nspname = 'pgflip')) \
+               AND NOT (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
+                     SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class = ANY($2))) \
              UNION \
              SELECT co.confrelid, a.attname::text, pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, co.oid, 0) \
              FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = ANY(co.confkey) \
              WHERE co.contype = 'f' AND co.confrelid = ANY($1) AND co.conrelid <> co.confrelid",
-            &[&live_v],
+            &[&live_v, &flipped_v],
         )
         .await
         .ctx("reading which columns the dependents use")?;

@@ -978,6 +978,32 @@ fn render(
                 }
             }
         }
+        // NOT NULL constraints have names from PostgreSQL 18 on (pg_constraint contype 'n';
+        // none before): green's take the names live's had, as the other constraints do. Names
+        // of table constraints are per table, so this cannot clash with the retired table's.
+        let live_nn: Vec<_> = inv
+            .constraints_of(r.live_oid)
+            .filter(|c| c.contype == "n")
+            .collect();
+        for gc in inv.constraints_of(r.green_oid).filter(|c| c.contype == "n") {
+            if let Some(lc) = live_nn
+                .iter()
+                .find(|lc| lc.def == gc.def && lc.name != gc.name)
+            {
+                push(
+                    format!(
+                        "rename constraint {} to {}",
+                        quote_ident(&gc.name),
+                        quote_ident(&lc.name)
+                    ),
+                    format!(
+                        "ALTER TABLE {live_q} RENAME CONSTRAINT {} TO {}",
+                        quote_ident(&gc.name),
+                        quote_ident(&lc.name)
+                    ),
+                );
+            }
+        }
         // Check and foreign-key constraints: rename matches, add what green lacks, and re-point
         // green's own FKs that reference a table being retired.
         let green_cons: Vec<_> = inv

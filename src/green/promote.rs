@@ -88,8 +88,9 @@ async fn outside_readers(client: &Client, members: &[GreenRelation]) -> Result<V
         .collect())
 }
 
-/// Checks convergence (waiting for it with `opts.wait`), unless forced.
-async fn check_converged(
+/// Checks convergence (waiting for it with `opts.wait`), unless forced. Reads only: `--wait`
+/// runs it without the target lock first, so that a `green refresh` can run meanwhile.
+pub async fn check_converged(
     client: &Client,
     rel: Option<&str>,
     opts: &PromoteOptions,
@@ -143,13 +144,23 @@ async fn check_converged(
     }
 }
 
-fn flip_options(opts: &PromoteOptions) -> FlipOptions {
-    FlipOptions {
+fn flip_options(opts: &PromoteOptions, members: &[GreenRelation]) -> FlipOptions {
+    let mut fo = FlipOptions {
         // The new definition may add, drop or retype columns; dependents that use a column
         // green lacks are still refused by the flip, by name.
         allow_column_changes: true,
         ..opts.flip.clone()
+    };
+    // The pipeline's schema is empty once its members moved in: dropped in the same
+    // transaction, unless something else was put in it (then it stays, for `cancel`).
+    let schemas: BTreeSet<&str> = members.iter().map(|m| m.green.schema.as_str()).collect();
+    for s in schemas {
+        fo.in_flip_after.push(format!(
+            "DO $pgflip$ BEGIN DROP SCHEMA {}; EXCEPTION WHEN dependent_objects_still_exist THEN NULL; END $pgflip$",
+            crate::ident::quote_ident(s)
+        ));
     }
+    fo
 }
 
 /// The flip plan promote would run (for `--dry-run`), after the same refusals.
@@ -163,7 +174,7 @@ pub async fn plan(client: &Client, rel: Option<&str>, opts: &PromoteOptions) -> 
         client,
         &pairs(&members),
         FlipKind::Green,
-        &flip_options(opts),
+        &flip_options(opts, &members),
     )
     .await
 }
@@ -190,25 +201,9 @@ pub async fn promote(
     }
     let status = check_converged(client, rel, opts, events).await?;
     crate::failpoint::hit("green.promote.before_flip").await?;
-    let outcome = flip::flip(
-        client,
-        &pairs(&members),
-        FlipKind::Green,
-        &flip_options(opts),
-        events,
-    )
-    .await?;
+    let fo = flip_options(opts, &members);
+    let outcome = flip::flip(client, &pairs(&members), FlipKind::Green, &fo, events).await?;
     crate::failpoint::hit("green.promote.after_flip").await?;
-    // The pipeline's schema is empty now; RESTRICT, so that anything left in it stays.
-    let schemas: BTreeSet<&str> = members.iter().map(|m| m.green.schema.as_str()).collect();
-    for s in schemas {
-        let _ = client
-            .batch_execute(&format!(
-                "DROP SCHEMA IF EXISTS {}",
-                crate::ident::quote_ident(s)
-            ))
-            .await;
-    }
     Ok(PromoteOutcome {
         status,
         flip: outcome,

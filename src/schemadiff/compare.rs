@@ -55,6 +55,9 @@ struct Builder<'a> {
     post: Vec<Step>,
     concurrent: Vec<Step>,
     footer: Vec<String>,
+    unsupported: Vec<String>,
+    /// Keys of the indexes built CONCURRENTLY (after the transactions): their settings follow.
+    concurrent_indexes: HashSet<String>,
 }
 
 fn is_deferred_drop(key: &str) -> bool {
@@ -65,6 +68,7 @@ fn is_deferred_drop(key: &str) -> bool {
         "collation\u{1}",
         "schema\u{1}",
         "extension\u{1}",
+        "xdeferred\u{1}",
     ]
     .iter()
     .any(|p| key.starts_with(p))
@@ -102,6 +106,7 @@ fn core(snap: &Snapshot, item: &Item) -> String {
             ddl::create_type(&t)
         }
         Item::Function(f) => f.definition.clone(),
+        Item::Extra(e) => e.create.clone(),
         Item::Sequence(s) => format!("{:?}", s.options),
         Item::Table(_) => String::new(),
         Item::View(v) => {
@@ -163,8 +168,11 @@ pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Dif
         post: Vec::new(),
         concurrent: Vec::new(),
         footer: Vec::new(),
+        unsupported: Vec::new(),
+        concurrent_indexes: HashSet::new(),
     };
     b.classify();
+    b.find_unsupported();
     b.pass_drop();
     b.pass_create();
     b.pass_final_drops();
@@ -310,6 +318,33 @@ impl<'a> Builder<'a> {
                 }
             }
             self.kept = kept;
+        }
+    }
+
+    /// Differences in kinds that cannot be dropped, recreated or created safely: reported by
+    /// name instead of applied or passed over.
+    fn find_unsupported(&mut self) {
+        for (i, key) in self.tg.keys.iter().enumerate() {
+            if let Item::Extra(t) = self.tg.items[i] {
+                let droppable =
+                    t.diffable && t.drop.as_deref().is_some_and(|d| !d.trim().is_empty());
+                if self.redo.contains(key) && !droppable {
+                    let why = if self.in_src(key).is_some() {
+                        "differs"
+                    } else {
+                        "only in the target"
+                    };
+                    self.unsupported.push(format!("{} ({why})", t.describe()));
+                }
+            }
+        }
+        for (i, key) in self.sg.keys.iter().enumerate() {
+            if let Item::Extra(s) = self.sg.items[i] {
+                if !s.diffable && self.in_tgt(key).is_none() {
+                    self.unsupported
+                        .push(format!("{} (only in the source)", s.describe()));
+                }
+            }
         }
     }
 
@@ -714,6 +749,7 @@ impl<'a> Builder<'a> {
                     && !needed
                 {
                     let def = i.definition.replacen(" INDEX ", " INDEX CONCURRENTLY ", 1);
+                    self.concurrent_indexes.insert(item_key(&Item::Index(r, i)));
                     self.concurrent.push(
                         Step::new(
                             format!(
@@ -809,11 +845,28 @@ impl<'a> Builder<'a> {
             }
             _ => {}
         }
-        let sql = ddl::render_item(self.src, &item);
+        let sql = match item {
+            // Owners that exist on the target, which the script is for.
+            Item::Extra(e) => ddl::create_extra(e, &self.tgt.roles),
+            _ => ddl::render_item(self.src, &item),
+        };
         if sql.trim().is_empty() {
             return;
         }
         let mut step = Step::new(format!("{verb} {what}"), sql);
+        if let Item::Extra(e) = item {
+            if owner_key(&item).is_some_and(|o| self.concurrent_indexes.contains(&o)) {
+                self.concurrent.push(step.outside_transaction());
+                return;
+            }
+            if e.rewrites
+                && e.on
+                    .as_ref()
+                    .is_some_and(|_| owner_key(&item).is_some_and(|o| self.existing(&o)))
+            {
+                step = step.hazard(Hazard::Rewrite);
+            }
+        }
         if let Some(o) = owner_key(&item) {
             if self.existing(&o) {
                 if let Some(r) = o.split('\u{1}').nth(1).zip(o.split('\u{1}').nth(2)) {
@@ -1198,6 +1251,25 @@ impl<'a> Builder<'a> {
                         s,
                         format!("Set the replica identity of {}", s.sql_name()),
                         sql,
+                    ));
+                }
+            }
+            (Item::Extra(s), Item::Extra(t)) => {
+                if let (Some(kind), Some(name)) = (&s.meta_kind, &s.meta_name) {
+                    self.main.extend(meta_steps(
+                        Meta {
+                            kind,
+                            name: name.clone(),
+                            acl_object: s.acl_object.clone(),
+                            owner: (
+                                s.owner.as_deref().unwrap_or(""),
+                                t.owner.as_deref().unwrap_or(""),
+                            ),
+                            acl: (s.acl.as_ref(), t.acl.as_ref()),
+                            comment: (s.comment.as_deref(), t.comment.as_deref()),
+                        },
+                        roles,
+                        None,
                     ));
                 }
             }
@@ -1604,10 +1676,22 @@ impl<'a> Builder<'a> {
                 && !parent_same
                 && !(c.identity.is_some() && tc.identity.is_none())
             {
+                // On 18+ a NOT NULL is a named constraint: name it as the source does (a plain
+                // SET NOT NULL would take a default name, or a suffixed one if taken).
+                let set_not_null = match (&c.not_null_name, self.tgt.server_version >= 180000) {
+                    (Some(nn), true) => format!(
+                        "ALTER TABLE {name} ADD CONSTRAINT {} NOT NULL {col};",
+                        quote_ident(nn)
+                    ),
+                    _ => format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
+                };
                 if c.not_null {
                     if self.opts.online && plain && !children {
-                        let check =
-                            crate::ident::derived_name(&s.name, &format!("_{}_not_null", c.name));
+                        // Not "_not_null": 18 names a column's NOT NULL constraint that way.
+                        let check = crate::ident::derived_name(
+                            &s.name,
+                            &format!("_{}_not_null_check", c.name),
+                        );
                         let ck = quote_ident(&check);
                         self.main.push(alter(s, format!("Check {name}.{col} IS NOT NULL for new rows (existing rows are validated next)"), format!("ALTER TABLE {name} ADD CONSTRAINT {ck} CHECK ({col} IS NOT NULL) NOT VALID;")));
                         self.validate.push(
@@ -1621,16 +1705,12 @@ impl<'a> Builder<'a> {
                         self.post.push(alter(
                             s,
                             format!("Set {name}.{col} NOT NULL (the validated check spares the scan) and drop the check"),
-                            format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
+                            format!("{set_not_null}\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
                         ));
                     } else {
                         self.main.push(
-                            alter(
-                                s,
-                                format!("Set {name}.{col} NOT NULL"),
-                                format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
-                            )
-                            .hazard(Hazard::Validates),
+                            alter(s, format!("Set {name}.{col} NOT NULL"), set_not_null)
+                                .hazard(Hazard::Validates),
                         );
                     }
                 } else if !(s
@@ -1642,6 +1722,25 @@ impl<'a> Builder<'a> {
                         s,
                         format!("Drop NOT NULL of {name}.{col}"),
                         format!("ALTER TABLE {name} ALTER COLUMN {col} DROP NOT NULL;"),
+                    ));
+                }
+            }
+            // Both sides name their NOT NULL constraints (18+): the same name.
+            if let (true, true, Some(sn), Some(tn)) =
+                (c.not_null, tc.not_null, &c.not_null_name, &tc.not_null_name)
+            {
+                if sn != tn && !inherited_not_null(s, c) {
+                    self.main.push(alter(
+                        s,
+                        format!(
+                            "Rename the NOT NULL constraint of {name}.{col} to {}",
+                            quote_ident(sn)
+                        ),
+                        format!(
+                            "ALTER TABLE {name} RENAME CONSTRAINT {} TO {};",
+                            quote_ident(tn),
+                            quote_ident(sn)
+                        ),
                     ));
                 }
             }
@@ -1834,6 +1933,7 @@ impl<'a> Builder<'a> {
                 steps,
             },
             commented_drops: self.footer,
+            unsupported: self.unsupported,
         }
     }
 }
@@ -1925,4 +2025,10 @@ fn cast_expr(col: &str, from: &str, to: &str) -> String {
 fn is_subsequence(small: &[String], big: &[String]) -> bool {
     let mut it = big.iter();
     small.iter().all(|x| it.any(|y| y == x))
+}
+
+/// A column whose NOT NULL comes from a parent (a partition's, an inherited column's): its
+/// constraint is renamed on the parent, not here.
+fn inherited_not_null(t: &Table, c: &Column) -> bool {
+    !c.is_local || c.inherit_count > 0 || t.is_partition()
 }

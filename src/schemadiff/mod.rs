@@ -12,6 +12,7 @@
 
 mod compare;
 pub mod compat;
+pub mod hazards;
 pub mod mapping;
 mod order;
 mod steps;
@@ -53,6 +54,9 @@ impl Default for DiffOptions {
 pub struct Diff {
     pub plan: Plan,
     pub commented_drops: Vec<String>,
+    /// Differences schema diff cannot apply safely, by name (a base type that only the target
+    /// has, a security label): the diff must not be taken as complete while this is non-empty.
+    pub unsupported: Vec<String>,
 }
 
 impl Diff {

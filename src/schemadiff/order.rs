@@ -61,7 +61,31 @@ pub(crate) fn item_key(item: &Item) -> String {
         Item::Trigger(r, t) => k(&["trigger", r.schema(), r.name(), &t.name]),
         Item::Policy(t, p) => k(&["policy", &t.schema, &t.name, &p.name]),
         Item::Publication(p) => k(&["publication", &p.name]),
+        Item::Extra(e) => extra_key(e),
     }
+}
+
+/// Extras that others may use are dropped last ([`super::compare`] defers `xdeferred` keys).
+pub(crate) fn extra_key(e: &Extra) -> String {
+    k(&[
+        if e.deferred { "xdeferred" } else { "extra" },
+        &e.kind,
+        &e.identity,
+    ])
+}
+
+/// The key of the relation an extra belongs to.
+fn extra_owner_key(e: &Extra) -> Option<String> {
+    // A rule may use other tables, which may be dropped before its own: it is dropped by
+    // itself, in dependency order.
+    if e.class == ObjClass::Rule {
+        return None;
+    }
+    let on = e.on.as_ref()?;
+    Some(match on.kind.as_str() {
+        "table" => table_key(&on.schema, &on.name),
+        kind => k(&[kind, &on.schema, &on.name]),
+    })
 }
 
 /// The relation a sub-item hangs off (dropped with it).
@@ -71,6 +95,7 @@ pub(crate) fn owner_key(item: &Item) -> Option<String> {
             Some(table_key(&t.schema, &t.name))
         }
         Item::Index(r, _) | Item::Trigger(r, _) => Some(relation_key(r)),
+        Item::Extra(e) => extra_owner_key(e),
         _ => None,
     }
 }
@@ -235,6 +260,9 @@ fn ref_keys(snap: &Snapshot) -> HashMap<ObjRef, String> {
         for p in &t.policies {
             m.insert(r(C::Policy, p.oid), item_key(&Item::Policy(t, p)));
         }
+    }
+    for e in &snap.extras {
+        m.insert(e.own_ref(), extra_key(e));
     }
     for v in &snap.views {
         m.insert(r(C::Class, v.oid), view_key(v));

@@ -79,6 +79,14 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
             .lock(LockMode::AccessExclusive, v.sql_name())
         }
         Item::SequenceOwnedBy(_) | Item::ReplicaIdentity(_) => return None,
+        Item::Extra(e) => {
+            let sql = e.drop.as_deref().filter(|d| !d.trim().is_empty())?;
+            let mut s = Step::new(format!("Drop {}", e.describe()), sql);
+            if let Some(on) = &e.on {
+                s = s.lock(LockMode::AccessExclusive, qualified(&on.schema, &on.name));
+            }
+            s
+        }
         Item::Constraint(t, c) => {
             if c.from_parent {
                 return None;

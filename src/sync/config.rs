@@ -67,7 +67,8 @@ pub enum RuleSpec {
 }
 
 impl Config {
-    /// Reads `path`, or `./pgflip.toml` when present; no file is an empty configuration.
+    /// Reads `path`, or `./pgflip.toml` when present; no file is an empty configuration. A
+    /// file named with `--config` must exist.
     pub fn load(path: Option<&Path>) -> Result<Config> {
         let (path, required) = match path {
             Some(p) => (p.to_path_buf(), true),
@@ -78,7 +79,14 @@ impl Config {
             Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(Config::default())
             }
-            Err(e) => return Err(Error::io(format!("reading {}", path.display()), e)),
+            // A usage error (exit 2), said once: the io error's text is the whole reason.
+            Err(e) => {
+                return Err(Error::Config(format!(
+                    "cannot read the configuration file {}: {}",
+                    path.display(),
+                    io_reason(&e)
+                )))
+            }
         };
         let mut cfg =
             Config::parse(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -86,8 +94,24 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The file `--db NAME` means: `pgflip.NAME.toml` (pgsync's `.pgsync-NAME.yml`).
+    pub fn named_file(db: &str) -> Result<PathBuf> {
+        if db.is_empty() || db.contains(['/', '\\']) || db.starts_with('.') {
+            return Err(Error::InvalidInput(format!(
+                "--db {db:?}: a name, not a path (it reads pgflip.NAME.toml)"
+            )));
+        }
+        Ok(PathBuf::from(format!("pgflip.{db}.toml")))
+    }
+
     pub fn parse(text: &str) -> std::result::Result<Config, String> {
         toml::from_str(text).map_err(|e| e.to_string())
+    }
+
+    /// Whether `arg` (`name` or `name:values`) names a group of this file.
+    pub fn is_group(&self, arg: &str) -> bool {
+        self.groups
+            .contains_key(arg.split_once(':').map_or(arg, |(n, _)| n))
     }
 
     /// Expands one command-line argument: a group (`name` or `name:var1:var2`) gives its tables
@@ -112,46 +136,149 @@ impl Config {
                 }
                 Ok(t.iter().map(|t| (t.clone(), None)).collect())
             }
-            Group::Filtered(m) => m
-                .iter()
-                .map(|(t, w)| Ok((t.clone(), Some(substitute(name, w, &vars)?))))
-                .collect(),
+            Group::Filtered(m) => {
+                let mut used = vec![false; vars.len()];
+                let out = m
+                    .iter()
+                    .map(|(t, w)| {
+                        Ok((t.clone(), Some(substitute_into(name, w, &vars, &mut used)?)))
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                all_used(name, &vars, &used)?;
+                Ok(out)
+            }
         }
     }
 }
 
-/// Replaces `{1}`, `{2}`… by the quoted literals of `vars`; a leading `WHERE` is dropped.
-pub fn substitute(group: &str, clause: &str, vars: &[String]) -> Result<String> {
-    let clause = clause.trim();
-    let clause = if clause.len() > 6 && clause[..6].eq_ignore_ascii_case("where ") {
-        clause[6..].trim_start()
-    } else {
-        clause
+/// `No such file or directory`, without the `(os error 2)` suffix.
+fn io_reason(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error") {
+        Some(i) => text[..i].to_string(),
+        None => text,
+    }
+}
+
+/// A configuration value as written, or, for `$(command)`, what the command prints (pgsync's
+/// way of keeping secrets out of the file: `target = "$(vault read -field=url db/staging)"`).
+/// The command runs with `sh -c` only when the value is used; its output is never shown, and a
+/// failure names the command and its exit status.
+pub fn value(raw: &str, what: &str) -> Result<String> {
+    let t = raw.trim();
+    let Some(cmd) = t.strip_prefix("$(").and_then(|r| r.strip_suffix(')')) else {
+        return Ok(raw.to_string());
     };
+    let out = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| Error::Config(format!("{what}: cannot run $({cmd}): {}", io_reason(&e))))?;
+    if !out.status.success() {
+        return Err(Error::Config(format!(
+            "{what}: $({cmd}) failed ({})",
+            out.status
+        )));
+    }
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| Error::Config(format!("{what}: $({cmd}) printed something not UTF-8")))?;
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(Error::Config(format!("{what}: $({cmd}) printed nothing")));
+    }
+    Ok(text.to_string())
+}
+
+/// Replaces `{1}`, `{2}`… by the quoted literals of `vars`, and `{id}` (pgsync's older name)
+/// by the first; a leading `WHERE` is dropped. Any other `{name}` is an error naming it, as is a
+/// placeholder without a value or a value without a placeholder, so a typo never reaches the
+/// server. Braces that cannot be a placeholder (`'{}'`, `'{"a": 1}'`) are left alone.
+pub fn substitute(group: &str, clause: &str, vars: &[String]) -> Result<String> {
+    let mut used = vec![false; vars.len()];
+    let out = substitute_into(group, clause, vars, &mut used)?;
+    all_used(group, vars, &used)?;
+    Ok(out)
+}
+
+fn all_used(group: &str, vars: &[String], used: &[bool]) -> Result<()> {
+    match used.iter().position(|u| !u) {
+        Some(i) => Err(Error::InvalidInput(format!(
+            "group {group}: value {} ({:?}) is not used by any of its where clauses",
+            i + 1,
+            vars[i]
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn substitute_into(
+    group: &str,
+    clause: &str,
+    vars: &[String],
+    used: &mut [bool],
+) -> Result<String> {
+    let clause = strip_where(clause);
     let mut out = String::new();
     let mut rest = clause;
     while let Some(open) = rest.find('{') {
         out.push_str(&rest[..open]);
         let after = &rest[open + 1..];
-        let close = after.find('}');
-        match close.and_then(|c| after[..c].parse::<usize>().ok().map(|n| (c, n))) {
-            Some((c, n)) if n >= 1 => {
-                let v = vars.get(n - 1).ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "group {group} needs a value for {{{n}}}: use {group}:VALUE"
-                    ))
-                })?;
-                out.push_str(&quote_literal(v));
-                rest = &after[c + 1..];
+        let name = after.find('}').map(|c| (c, &after[..c])).filter(|(_, n)| {
+            let mut chars = n.chars();
+            chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        });
+        let Some((c, name)) = name else {
+            out.push('{');
+            rest = after;
+            continue;
+        };
+        let n = if name == "id" {
+            1
+        } else {
+            match name.parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => {
+                    return Err(Error::InvalidInput(format!(
+                        "group {group}: unknown variable {{{name}}} (use {{1}}, {{2}}… or {{id}} \
+                         for the values after {group}:)"
+                    )))
+                }
             }
-            _ => {
-                out.push('{');
-                rest = after;
-            }
-        }
+        };
+        let v = vars.get(n - 1).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "group {group} needs a value for {{{name}}}: use {group}:{}",
+                (1..=n.max(vars.len()))
+                    .map(|i| format!("VALUE{i}"))
+                    .collect::<Vec<_>>()
+                    .join(":")
+            ))
+        })?;
+        used[n - 1] = true;
+        out.push_str(&quote_literal(v));
+        rest = &after[c + 1..];
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// A condition as pgsync users write it, `WHERE id < 100` or `id < 100`: the condition alone.
+pub fn strip_where(clause: &str) -> &str {
+    let clause = clause.trim();
+    match (
+        clause.get(..5),
+        clause.get(5..).and_then(|r| r.chars().next()),
+    ) {
+        (Some(w), Some(c)) if w.eq_ignore_ascii_case("where") && c.is_whitespace() => {
+            clause[5..].trim_start()
+        }
+        _ => clause,
+    }
 }
 
 #[cfg(test)]
@@ -165,7 +292,9 @@ mod tests {
 exclude = ["audit_*"]
 [groups]
 reference = ["countries", "currencies"]
-product = { products = "where id = {1}", reviews = "product_id = {1} and x = '{a}'" }
+product = { products = "where id = {1}", reviews = "product_id = {id} and x = '{}'" }
+named = { a = "WHERE\tx = {2} and y = {1}", b = "z = '{\"k\": 1}'" }
+typo = { a = "id = {ID}" }
 [data_rules]
 email = "unique_email"
 "users.token" = { value = "secret" }
@@ -183,8 +312,24 @@ visits = { statement = "(random() * 100)::int" }
         );
         assert_eq!(
             p[1].1.as_deref(),
-            Some("product_id = '1''; drop table x; --' and x = '{a}'")
+            Some("product_id = '1''; drop table x; --' and x = '{}'")
         );
+        let n = cfg.expand("named:1:2").unwrap();
+        assert_eq!(n[0].1.as_deref(), Some("x = '2' and y = '1'"));
+        assert_eq!(n[1].1.as_deref(), Some("z = '{\"k\": 1}'"));
+        let e = cfg.expand("named:1").unwrap_err().to_string();
+        assert!(
+            e.contains("{2}") && e.contains("named:VALUE1:VALUE2"),
+            "{e}"
+        );
+        let e = cfg.expand("product:1:2").unwrap_err().to_string();
+        assert!(e.contains("value 2"), "{e}");
+        let e = cfg.expand("typo:1").unwrap_err().to_string();
+        assert!(e.contains("unknown variable {ID}"), "{e}");
+        assert_eq!(strip_where("WHERE id < 3"), "id < 3");
+        assert_eq!(strip_where("  where\nid < 3"), "id < 3");
+        assert_eq!(strip_where("whereabouts = 1"), "whereabouts = 1");
+        assert_eq!(strip_where("wheré"), "wheré");
         assert!(cfg.expand("product").is_err(), "missing variable");
         assert_eq!(cfg.expand("orders").unwrap(), vec![("orders".into(), None)]);
         assert_eq!(cfg.data_rules.len(), 3);

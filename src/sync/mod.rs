@@ -60,6 +60,7 @@
 
 pub mod config;
 pub mod rules;
+mod selection;
 mod staging;
 pub mod tables;
 
@@ -98,6 +99,9 @@ pub enum Mode {
 pub struct Request {
     pub pattern: String,
     pub filter: Option<String>,
+    /// Named exactly or through a group: `exclude` does not apply (it applies to patterns and
+    /// to the every-table default).
+    pub explicit: bool,
 }
 
 /// Everything a sync needs besides the two endpoints.
@@ -477,6 +481,7 @@ pub async fn prepare(
     });
     let coordinator = source.connect().await?;
     let tgt = target.connect().await?;
+    crate::conn::refuse_same_database(&coordinator, &tgt).await?;
     coordinator
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
@@ -491,6 +496,7 @@ pub async fn prepare(
     let src_list = tables::list_tables(&coordinator).await?;
     let tgt_list = tables::list_tables(&tgt).await?;
     let mut filters: BTreeMap<u32, Option<String>> = BTreeMap::new();
+    selection::warn_unmatched(&opts, &src_list, events);
     if opts.requests.is_empty() {
         for (oid, s, n) in tables::resolve(&[], &opts.exclude, &opts.scope, &src_list)? {
             if tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
@@ -504,7 +510,7 @@ pub async fn prepare(
         for r in &opts.requests {
             let found = tables::resolve(
                 std::slice::from_ref(&r.pattern),
-                &opts.exclude,
+                if r.explicit { &[] } else { &opts.exclude },
                 &opts.scope,
                 &src_list,
             )?;
@@ -563,13 +569,21 @@ pub async fn prepare(
             .find(&st.schema, &st.name)
             .expect("target table resolved above")
             .clone();
-        plans.push(plan_table(
-            st.clone(),
-            tt,
-            filters[&st.oid].clone(),
-            &opts,
-            rules,
-        )?);
+        match plan_table(st.clone(), tt, filters[&st.oid].clone(), &opts, rules)? {
+            Some(p) => plans.push(p),
+            // pgsync's "No fields to copy": said, and the other tables go on.
+            None => events.emit(Event::Warning {
+                message: format!(
+                    "{}: no columns in common with the target; skipped",
+                    st.display()
+                ),
+            }),
+        }
+    }
+    if plans.is_empty() {
+        return Err(Error::InvalidInput(
+            "no tables to sync (no table has a column in common with the target)".into(),
+        ));
     }
     for p in &plans {
         for w in &p.warnings {
@@ -711,7 +725,7 @@ fn plan_table(
     filter: Option<String>,
     opts: &SyncOptions,
     rules: &Rules,
-) -> Result<TablePlan> {
+) -> Result<Option<TablePlan>> {
     let display = st.display();
     let mut warnings = Vec::new();
     let mut columns = Vec::new();
@@ -764,9 +778,7 @@ fn plan_table(
         }
     }
     if columns.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "{display}: the source and target tables have no columns in common"
-        )));
+        return Ok(None);
     }
     let needs_pk = match opts.mode {
         Mode::Overwrite => Some("--overwrite"),
@@ -839,7 +851,7 @@ fn plan_table(
             },
         }
     };
-    Ok(TablePlan {
+    Ok(Some(TablePlan {
         display,
         source: st,
         target: tt,
@@ -858,7 +870,7 @@ fn plan_table(
         unsplit: None,
         replaces_staging: false,
         taken_names: BTreeSet::new(),
-    })
+    }))
 }
 
 async fn check_privileges(

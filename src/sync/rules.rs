@@ -28,6 +28,8 @@ pub enum Rule {
     RandomPhone,
     UniqueString,
     RandomString,
+    RandomLetter,
+    RandomIp,
     RandomNumber,
     RandomDate,
     RandomTime,
@@ -44,7 +46,9 @@ impl Rule {
             "unique_phone" => Rule::UniquePhone,
             "random_phone" => Rule::RandomPhone,
             "unique_secret" | "unique_string" => Rule::UniqueString,
-            "random_string" | "random_letter" => Rule::RandomString,
+            "random_string" => Rule::RandomString,
+            "random_letter" => Rule::RandomLetter,
+            "random_ip" => Rule::RandomIp,
             "random_int" | "random_number" => Rule::RandomNumber,
             "random_date" => Rule::RandomDate,
             "random_time" => Rule::RandomTime,
@@ -52,8 +56,9 @@ impl Rule {
             other => {
                 return Err(Error::Config(format!(
                     "unknown data rule {other:?} (known: null, unique_email, random_email, \
-                     unique_phone, random_phone, unique_string, random_string, random_number, \
-                     random_date, random_time, untouched, {{ value = … }}, {{ statement = … }})"
+                     unique_phone, random_phone, unique_secret, unique_string, random_string, \
+                     random_letter, random_int, random_number, random_ip, random_date, \
+                     random_time, untouched, {{ value = … }}, {{ statement = … }})"
                 )))
             }
         })
@@ -75,20 +80,30 @@ impl Rule {
             Rule::Null => "NULL".to_string(),
             Rule::Value(v) => v.clone(),
             Rule::Statement(s) => format!("({s})"),
-            Rule::UniqueEmail => format!("'user' || {key} || '@example.org'"),
+            // pgsync's outputs, so that masked data looks the same after a move to pgflip.
+            Rule::UniqueEmail => format!("'email' || {key} || '@example.org'"),
             Rule::RandomEmail => {
-                "'user' || floor(random() * 1e9)::bigint || '@example.org'".to_string()
+                "'email' || floor(random() * 1e9)::bigint || '@example.org'".to_string()
             }
-            Rule::UniquePhone => format!("'+1555' || lpad({key}, 7, '0')"),
-            Rule::RandomPhone => {
-                "'+1555' || lpad(floor(random() * 1e7)::int::text, 7, '0')".to_string()
-            }
+            // pgsync: the key plus 1000000000 (ten digits for keys below 9e9); keys that are
+            // not numbers get a ten-digit number of their own.
+            Rule::UniquePhone => format!(
+                "CASE WHEN {key} ~ '^[0-9]{{1,15}}$' THEN ({key}::numeric + 1000000000)::text \
+                 ELSE '1' || lpad((abs(hashtext({key})) % 1000000000)::text, 9, '0') END"
+            ),
+            Rule::RandomPhone => "(1000000000 + floor(random() * 9e9))::bigint::text".to_string(),
             Rule::UniqueString => format!("'secret' || {key}"),
-            Rule::RandomString => "md5(random()::text)".to_string(),
-            Rule::RandomNumber => "floor(random() * 1000)::int".to_string(),
-            Rule::RandomDate => "date '1970-01-01' + floor(random() * 20000)::int".to_string(),
+            Rule::RandomString => "right(md5(random()::text), 10)".to_string(),
+            Rule::RandomLetter => "chr(65 + floor(random() * 26)::int)".to_string(),
+            Rule::RandomIp => {
+                "(1 + floor(random() * 254))::int || '.' || floor(random() * 256)::int \
+                 || '.' || floor(random() * 256)::int || '.' || (1 + floor(random() * 254))::int"
+                    .to_string()
+            }
+            Rule::RandomNumber => "floor(random() * 100)::int".to_string(),
+            Rule::RandomDate => "date '1970-01-01' + floor(random() * 10000)::int".to_string(),
             Rule::RandomTime => {
-                "timestamptz '1970-01-01 00:00:00+00' + random() * interval '50 years'".to_string()
+                "now() - floor(random() * 100000000)::int * interval '1 second'".to_string()
             }
             Rule::Untouched => return quote_ident(column),
         };
@@ -201,7 +216,7 @@ email = "unique_email"
         assert!(r.for_column("public", "users", "name").is_none());
         assert_eq!(
             Rule::UniqueEmail.expression("email", "text", &["id".into()]),
-            "('user' || concat_ws('_', id::text) || '@example.org')::text"
+            "('email' || concat_ws('_', id::text) || '@example.org')::text"
         );
         assert!(Rules::from_config(
             &crate::sync::config::Config::parse("[data_rules]\nx = \"bogus\"")

@@ -327,6 +327,16 @@ impl SchemaScope {
 
 /// `*` matches any run of characters (including none); everything else is literal.
 pub fn glob_match(pattern: &str, text: &str) -> bool {
+    glob(pattern, text, true)
+}
+
+/// A table pattern: `*` matches any run of characters except a dot, as in pgsync, so `p*` is
+/// the tables whose name starts with `p` and never a whole schema `public`.
+pub fn pattern_match(pattern: &str, text: &str) -> bool {
+    glob(pattern, text, false)
+}
+
+fn glob(pattern: &str, text: &str, star_crosses_dots: bool) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
     let (mut pi, mut ti) = (0, 0);
@@ -339,7 +349,7 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
             star = Some(pi);
             mark = ti;
             pi += 1;
-        } else if let Some(s) = star {
+        } else if let Some(s) = star.filter(|_| star_crosses_dots || t[mark] != '.') {
             pi = s + 1;
             mark += 1;
             ti = mark;
@@ -354,7 +364,8 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
 }
 
 /// True when `pattern` names the table `schema.name`: exactly (`name` in scope, or
-/// `schema.name`), or as a `*` pattern over either form.
+/// `schema.name` in any schema), or as a `*` pattern over either form, among the schemas in
+/// scope only (`--schemas` limits what patterns see).
 pub fn matches(pattern: &str, schema: &str, name: &str, scope: &SchemaScope) -> bool {
     if pattern == name && scope.contains(schema) {
         return true;
@@ -366,13 +377,34 @@ pub fn matches(pattern: &str, schema: &str, name: &str, scope: &SchemaScope) -> 
     {
         return true;
     }
-    if pattern.contains('*') {
-        if glob_match(pattern, name) && scope.contains(schema) {
-            return true;
-        }
-        return glob_match(pattern, &format!("{schema}.{name}"));
-    }
-    false
+    pattern.contains('*')
+        && scope.contains(schema)
+        && (pattern_match(pattern, name) || pattern_match(pattern, &format!("{schema}.{name}")))
+}
+
+/// Splits command-line lists as pgsync does: `a,b` is two names (commas never occur in the
+/// names pgsync users pass; a table whose name has one is matched by a pattern).
+pub fn split_list<S: AsRef<str>>(items: &[S]) -> Vec<String> {
+    items
+        .iter()
+        .flat_map(|i| i.as_ref().split(','))
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The patterns among `patterns` that match no table of the listing (said as warnings).
+pub fn unmatched<'a>(
+    patterns: &'a [String],
+    scope: &SchemaScope,
+    listing: &[(u32, String, String)],
+) -> Vec<&'a str> {
+    patterns
+        .iter()
+        .filter(|p| !listing.iter().any(|(_, s, n)| matches(p, s, n, scope)))
+        .map(String::as_str)
+        .collect()
 }
 
 /// Resolves requested names (or, with none, every table in scope) against the listing; exact
@@ -419,7 +451,8 @@ pub fn resolve(
         } else {
             Vec::new()
         };
-        if found.is_empty() {
+        // A pattern that matches nothing is the caller's warning; a name is an error.
+        if found.is_empty() && !req.contains('*') {
             unknown.push(req.clone());
         }
         chosen.extend(found);
@@ -483,7 +516,21 @@ mod tests {
         let r = resolve(&["sales.x.y".into()], &[], &scope, &l).unwrap();
         assert_eq!(names(&r), ["sales.x.y"]);
         let r = resolve(&["*.orders".into()], &[], &scope, &l).unwrap();
+        assert_eq!(
+            names(&r),
+            ["public.orders"],
+            "patterns see the schemas in scope"
+        );
+        let r = resolve(&["*.orders".into()], &[], &SchemaScope::All, &l).unwrap();
         assert_eq!(names(&r), ["public.orders", "sales.orders"]);
+        let r = resolve(&["*s".into()], &[], &scope, &l).unwrap();
+        assert_eq!(names(&r), ["public.orders", "public.Line Items"]);
+        let r = resolve(&["p*".into()], &[], &SchemaScope::All, &l).unwrap();
+        assert!(r.is_empty(), "* never crosses the dot: {:?}", names(&r));
+        let r = resolve(&["sales.x*".into()], &[], &SchemaScope::All, &l).unwrap();
+        assert!(r.is_empty(), "{:?}", names(&r));
+        assert_eq!(unmatched(&["p*".into(), "o*".into()], &scope, &l), ["p*"]);
+        assert_eq!(split_list(&["a, b", "c*"]), ["a", "b", "c*"]);
         let r = resolve(&[], &["a*".into(), "L*".into()], &scope, &l).unwrap();
         assert_eq!(names(&r), ["public.orders", "public.Order"]);
         let e = resolve(&["nope".into(), "order".into()], &[], &scope, &l).unwrap_err();
@@ -496,5 +543,9 @@ mod tests {
         assert!(glob_match("a*c", "abbc"));
         assert!(!glob_match("a*c", "abcd"));
         assert!(glob_match("*_log*", "x_log_2024"));
+        assert!(glob_match("p*", "public.posts"));
+        assert!(!pattern_match("p*", "public.posts"));
+        assert!(pattern_match("public.p*", "public.posts"));
+        assert!(pattern_match("*.*", "a.b"));
     }
 }
