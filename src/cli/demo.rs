@@ -300,6 +300,8 @@ impl<'a> Demo<'a> {
         act_staging_sync(self).await?;
         act_swap(self).await?;
         act_rollback(self).await?;
+        act_migrate(self).await?;
+        act_green(self).await?;
         act_cleanup(self).await?;
         Ok(())
     }
@@ -683,6 +685,119 @@ async fn act_rollback(d: &Demo<'_>) -> Result<()> {
         &[
             (&["rollback", "--latest", "--target", "$TARGET"], 0),
             (&["list", "--target", "$TARGET"], 0),
+        ],
+    )
+    .await
+}
+
+/// Act: `pgflip migrate prepare / status / swap`, then `rollback`.
+async fn act_migrate(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "migrate",
+            "pgflip migrate prepare --preserved-tables products; migrate swap",
+            "migrate replaces every table of the target with the source's version: prepare \
+             builds them in a pgflip_shadow_… schema beside the live ones (rows copied under one \
+             snapshot of the source, indexes after), while products, a preserved table, keeps \
+             the target's rows: a trigger installed before its copy forwards every write the \
+             application makes until the swap, which switches all tables in one short \
+             transaction. Rollback brings the previous tables back.",
+        )
+        .await;
+    let mut text = String::new();
+    let mut results = vec![];
+    let mut run = |shown: String, code: i32, output: String, expected: i32| -> Result<()> {
+        text.push_str(&format!("{shown}\n{}\n", output.trim_end()));
+        results.push(json!({ "command": shown, "exit_code": code, "output": output }));
+        anyhow::ensure!(
+            code == expected,
+            "demo step `{shown}` exited {code} (expected {expected}):\n{output}"
+        );
+        Ok(())
+    };
+    let (shown, code, output) = pgflip_command(
+        d,
+        &[
+            "migrate",
+            "prepare",
+            "--source",
+            "$SOURCE",
+            "--target",
+            "$TARGET",
+            "--preserved-tables",
+            "products",
+        ],
+    )
+    .await?;
+    run(shown, code, output, 0)?;
+    let write = "INSERT INTO products (sku, title, price) VALUES ('WC-07', 'Webcam', 39.00)";
+    d.tgt
+        .batch_execute(write)
+        .await
+        .context("writing to the preserved table")?;
+    run(
+        format!("-- meanwhile the application writes: {write}"),
+        0,
+        String::new(),
+        0,
+    )?;
+    for args in [
+        &["migrate", "status", "--target", "$TARGET"][..],
+        &["migrate", "swap", "--target", "$TARGET"][..],
+        &["rollback", "--latest", "--target", "$TARGET"][..],
+    ] {
+        let (shown, code, output) = pgflip_command(d, args).await?;
+        run(shown, code, output, 0)?;
+    }
+    d.show(act, &text, json!({ "commands": results }));
+    Ok(())
+}
+
+/// Act: `pgflip green`: a materialized view rebuilt from a new query beside the live one,
+/// compared, promoted and rolled back.
+async fn act_green(d: &Demo<'_>) -> Result<()> {
+    d.tgt
+        .batch_execute(
+            "CREATE TABLE demo_sales (id int PRIMARY KEY, region text NOT NULL, amount numeric NOT NULL);
+             INSERT INTO demo_sales SELECT g, (ARRAY['north', 'south', 'east', 'west'])[1 + g % 4], g FROM generate_series(1, 400) g;
+             CREATE MATERIALIZED VIEW sales_by_region AS SELECT region, sum(amount) AS total FROM demo_sales GROUP BY region;
+             CREATE UNIQUE INDEX sales_by_region_key ON sales_by_region (region);
+             COMMENT ON MATERIALIZED VIEW sales_by_region IS 'refreshed nightly';
+             CREATE VIEW top_regions AS SELECT region, total FROM sales_by_region ORDER BY total DESC;",
+        )
+        .await
+        .context("creating the green act's materialized view")?;
+    let act = d
+        .begin(
+            "green",
+            "pgflip green create / status / promote",
+            "There is no CREATE OR REPLACE MATERIALIZED VIEW: green builds the new definition in \
+             a pgflip_green_ schema beside the live one (same index names, grants, comments), \
+             without locking it; status compares the two under one snapshot and says whether \
+             green has converged (refreshed after the base tables' last change); promote \
+             switches it in with one short flip, re-pointing the view that reads it, and \
+             rollback brings the old one back.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (
+                &[
+                    "green",
+                    "create",
+                    "sales_by_region",
+                    "--query",
+                    "SELECT region, sum(amount) AS total, count(*) AS sales FROM demo_sales GROUP BY region",
+                    "--target",
+                    "$TARGET",
+                ],
+                0,
+            ),
+            (&["green", "status", "--target", "$TARGET"], 0),
+            (&["green", "promote", "sales_by_region", "--target", "$TARGET"], 0),
+            (&["rollback", "--latest", "--target", "$TARGET"], 0),
         ],
     )
     .await

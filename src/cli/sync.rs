@@ -67,6 +67,10 @@ pub struct SyncArgs {
     /// Skip triggers and foreign key checks (session_replication_role = replica; superuser).
     #[arg(long, conflicts_with = "defer_constraints")]
     pub disable_integrity: bool,
+    /// The target's user triggers do not fire while rows are loaded (turned off and back on, as
+    /// they were, in the same transaction; foreign keys are still checked).
+    #[arg(long, conflicts_with = "disable_integrity")]
+    pub disable_user_triggers: bool,
     /// Do not copy the positions of sequences owned by synced columns.
     #[arg(long)]
     pub no_sequences: bool,
@@ -227,6 +231,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         filter: where_clause,
         defer_constraints: args.defer_constraints,
         disable_integrity: args.disable_integrity,
+        disable_user_triggers: args.disable_user_triggers,
         sequences: !args.no_sequences,
         rules: if args.no_rules {
             Rules::default()

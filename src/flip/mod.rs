@@ -40,8 +40,9 @@
 //!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
 //!   green without one of live's indexes is refused (a rollback or migration only warns).
 //! - Extended statistics stay with the retired table (reported as a warning).
-//! - Pairs may be tables, partitioned tables or materialized views (a materialized view only
-//!   with another). A partitioned table's partitions go with it: live's are retired into the
+//! - Pairs may be tables, partitioned tables, materialized views or views (a materialized
+//!   view or a view only with its own kind: green pipelines switch a view whose new definition
+//!   drops a column, together with what it reads). A partitioned table's partitions go with it: live's are retired into the
 //!   generation's schema, green's take the names of live's partitions with the same bound.
 //!   What binds to a single live partition by OID (a view of it, a foreign key to it) is
 //!   refused.
@@ -392,9 +393,9 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             ("green", r.green_oid, &r.green),
         ] {
             let rel = &inv.rels[&oid];
-            if !matches!(rel.relkind.as_str(), "r" | "p" | "m") {
+            if !matches!(rel.relkind.as_str(), "r" | "p" | "m" | "v") {
                 problems.push(format!(
-                    "{side} relation {name} is not a table, partitioned table or materialized view (relkind '{}')",
+                    "{side} relation {name} is not a table, partitioned table, materialized view or view (relkind '{}')",
                     rel.relkind
                 ));
             }
@@ -408,7 +409,7 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             inv.rels[&r.live_oid].relkind.as_str(),
             inv.rels[&r.green_oid].relkind.as_str(),
         );
-        if (lk == "m") != (gk == "m") {
+        if (lk == "m") != (gk == "m") || (lk == "v") != (gk == "v") {
             problems.push(format!(
                 "live {} and green {} are not the same kind of relation (relkind '{lk}' and '{gk}')",
                 r.live, r.green
@@ -1041,6 +1042,13 @@ fn render(
                         );
                     }
                 }
+                // A migration's new version has its own structure: live's checks and foreign
+                // keys are not green's to take. A rollback's retired copy kept its checks and
+                // the foreign keys among the flipped tables; only its foreign keys to tables
+                // outside the flip were dropped (and come back here).
+                None if kind == FlipKind::Migrate
+                    || (opts.allow_column_changes
+                        && (lc.contype == "c" || live_set.contains(&lc.ref_rel))) => {}
                 None => {
                     let clash = green_cons.iter().find(|gc| gc.name == lc.name);
                     if let Some(gc) = clash {
@@ -1177,7 +1185,11 @@ fn render(
         }
         // Defaults green lacks (e.g. a staging table made without them): as live had them.
         // After the sequences, so that a serial default finds its sequence back in place.
-        for lc in inv.columns_of(r.live_oid) {
+        // Not for a new version or a rollback: green's own structure is the one wanted.
+        for lc in inv
+            .columns_of(r.live_oid)
+            .filter(|_| !opts.allow_column_changes)
+        {
             let Some(expr) = &lc.default_expr else {
                 continue;
             };
