@@ -247,7 +247,13 @@ fn schema_diff_apply_from_14_to_18_converges() {
     ok(&o);
     assert_eq!(dump(&tgt, &client), before, "dry run leaves the target");
 
-    ok(&diff(&["--apply", "--drop"]));
+    // The hazards are the point here (the type change rewrites, the matview is filled).
+    ok(&diff(&[
+        "--apply",
+        "--drop",
+        "--allow-hazards",
+        "long-lock,replaces-data,rewrites-table",
+    ]));
     let o = diff(&["--check", "--drop"]);
     assert_eq!(
         o.status.code(),

@@ -548,8 +548,9 @@ pub fn column_definition(c: &Column) -> String {
         let _ = write!(s, " DEFAULT {d}");
     }
     if c.not_null {
-        // Named as on the source (18+); older servers take the name and ignore it.
-        if let Some(n) = &c.not_null_name {
+        // Named as on the source (18+); older servers take the name and ignore it. Not an
+        // inherited one (a partition's): that takes its name from the parent when attached.
+        if let Some(n) = c.not_null_name.as_ref().filter(|_| c.inherit_count == 0) {
             let _ = write!(s, " CONSTRAINT {}", quote_ident(n));
         }
         s.push_str(" NOT NULL");
