@@ -24,7 +24,16 @@ const COMMANDS: [&str; 11] = [
 
 /// Commands that are still placeholders. Remove a command from this list when it is built
 /// (its own tests take over).
-const NOT_BUILT: [&[&str]; 1] = [&["migrate"]];
+/// Every command is built; these need a subcommand and say so (usage error).
+const NEED_SUBCOMMAND: [&[&str]; 2] = [&["migrate"], &["green"]];
+
+/// A command that fails at run time: nothing listens on port 1.
+const FAILS: [&str; 4] = [
+    "migrate",
+    "status",
+    "--target",
+    "postgresql://postgres@127.0.0.1:1/none",
+];
 
 fn bin() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_pgflip"));
@@ -56,16 +65,12 @@ fn help_lists_every_command() {
 }
 
 #[test]
-fn unbuilt_commands_say_so_and_exit_6() {
-    for args in NOT_BUILT {
+fn commands_without_their_subcommand_are_usage_errors() {
+    for args in NEED_SUBCOMMAND {
         let o = pgflip(args);
         let name = format!("pgflip {}", args.join(" "));
-        assert_eq!(o.status.code(), Some(6), "{name}: {}", stderr(&o));
-        assert!(
-            stderr(&o).contains(&format!("{name} is not built yet")),
-            "{name}: {}",
-            stderr(&o)
-        );
+        assert_eq!(o.status.code(), Some(2), "{name}: {}", stderr(&o));
+        assert!(stderr(&o).contains("Usage"), "{name}: {}", stderr(&o));
         assert!(
             stdout(&o).is_empty(),
             "{name} wrote to stdout without --json"
@@ -95,14 +100,16 @@ fn completions_for_bash_zsh_and_fish() {
 #[test]
 fn json_errors_are_json_on_stdout_with_the_exit_code() {
     // A command error.
-    let o = pgflip(&["--json", "migrate"]);
-    assert_eq!(o.status.code(), Some(6));
+    let mut args = vec!["--json"];
+    args.extend(FAILS);
+    let o = pgflip(&args);
+    assert_eq!(o.status.code(), Some(3));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim())
         .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", stdout(&o)));
-    assert_eq!(v["exit_code"], 6);
-    assert!(v["error"].as_str().unwrap().contains("is not built yet"));
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"].as_str().unwrap().contains("could not connect"));
     // The human message still goes to stderr.
-    assert!(stderr(&o).contains("is not built yet"));
+    assert!(stderr(&o).contains("could not connect"));
 
     // A usage error (clap's): exit 2, JSON too.
     let o = pgflip(&["demo", "--json", "--no-such-flag"]);
@@ -120,11 +127,15 @@ fn json_errors_are_json_on_stdout_with_the_exit_code() {
 
 #[test]
 fn quiet_and_verbose_are_global_and_exclusive() {
-    let o = pgflip(&["migrate", "-q"]);
-    assert_eq!(o.status.code(), Some(6), "errors still show with -q");
-    assert!(stderr(&o).contains("not built"));
-    let o = pgflip(&["-vv", "migrate"]);
-    assert_eq!(o.status.code(), Some(6));
+    let mut args = FAILS.to_vec();
+    args.push("-q");
+    let o = pgflip(&args);
+    assert_eq!(o.status.code(), Some(3), "errors still show with -q");
+    assert!(stderr(&o).contains("could not connect"));
+    let mut args = vec!["-vv"];
+    args.extend(FAILS);
+    let o = pgflip(&args);
+    assert_eq!(o.status.code(), Some(3));
     let o = pgflip(&["-q", "-v", "list"]);
     assert_eq!(o.status.code(), Some(2), "-q and -v conflict");
 }
@@ -157,10 +168,11 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     // Piped: never colour, whatever NO_COLOR says.
     let o = bin().args(["--help"]).output().unwrap();
     assert!(!stdout(&o).contains('\x1b'));
-    let o = bin().args(["migrate"]).output().unwrap();
+    let o = bin().args(FAILS).output().unwrap();
     assert!(!stderr(&o).contains('\x1b'));
+    let fails = FAILS.join(" ");
 
-    let Some(coloured) = on_a_terminal("migrate", None) else {
+    let Some(coloured) = on_a_terminal(&fails, None) else {
         eprintln!("skipping the terminal part: `script` is not installed");
         return;
     };
@@ -170,8 +182,8 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
         "no colour on a terminal: {coloured:?}"
     );
     // ...and NO_COLOR turns it off, for our messages and for clap's help alike.
-    let plain = on_a_terminal("migrate", Some("1")).unwrap();
-    assert!(plain.contains("is not built yet"), "{plain:?}");
+    let plain = on_a_terminal(&fails, Some("1")).unwrap();
+    assert!(plain.contains("could not connect"), "{plain:?}");
     assert!(
         !plain.contains('\x1b'),
         "colour despite NO_COLOR: {plain:?}"
@@ -180,7 +192,7 @@ fn colour_only_on_a_terminal_and_never_with_no_color() {
     assert!(help.contains("Usage"), "{help:?}");
     assert!(!help.contains('\x1b'), "colour despite NO_COLOR: {help:?}");
     // An empty NO_COLOR does not count (no-color.org).
-    let empty = on_a_terminal("migrate", Some("")).unwrap();
+    let empty = on_a_terminal(&fails, Some("")).unwrap();
     assert!(empty.contains('\x1b'), "{empty:?}");
 }
 

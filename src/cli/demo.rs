@@ -592,7 +592,16 @@ async fn act_schema_diff(d: &Demo<'_>) -> Result<()> {
             ),
             (
                 &[
-                    "schema", "diff", "--source", "$SOURCE", "--target", "$TARGET", "--apply", "-q",
+                    "schema",
+                    "diff",
+                    "--source",
+                    "$SOURCE",
+                    "--target",
+                    "$TARGET",
+                    "--apply",
+                    "--allow-hazards",
+                    "rewrites-table,long-lock",
+                    "-q",
                 ],
                 0,
             ),

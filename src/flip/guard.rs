@@ -64,11 +64,15 @@ pub async fn preflight(
     }
     loop {
         let hs = blockers(client, &fp.watched_oids).await?;
-        // Green must be complete: nobody may still be writing it.
+        // Green must be complete: nobody may still be writing it. A migration's green is
+        // written on purpose until the flip, by the application's own transactions through the
+        // capture triggers (which the flip drops under its locks); those are waited out by the
+        // lock on live, not refused.
         let writers: Vec<&Blocker> = hs
             .iter()
             .filter(|h| {
-                h.backend_type != "autovacuum worker"
+                fp.kind != crate::flip::FlipKind::Migrate
+                    && h.backend_type != "autovacuum worker"
                     && h.locks
                         .iter()
                         .any(|(rel, mode)| fp.green_oids.contains(rel) && mode != "AccessShareLock")
