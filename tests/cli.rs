@@ -292,6 +292,7 @@ fn demo_json_prints_one_line_per_act() {
             "staging-sync",
             "swap",
             "rollback",
+            "migrate",
             "green",
             "generation-cleanup",
             "cleanup"

@@ -84,14 +84,19 @@ fn status_json(tgt: &TestDb) -> serde_json::Value {
 /// The user's schema, without pgflip's own schema (created on first use, kept afterwards),
 /// and a digest of every user table's rows.
 fn user_dump(db: &TestDb) -> String {
-    let mut out = db.pg_dump(&["--exclude-schema=pgflip", "--schema-only"]);
+    let mut out = db.pg_dump(&[
+        "--exclude-schema=pgflip",
+        "--exclude-schema=pgflip_backup_*",
+        "--schema-only",
+    ]);
     let tables = q(
         db,
-        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), ' ' ORDER BY n.nspname, c.relname) \
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), E'\\n' ORDER BY n.nspname, c.relname) \
          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pgflip', 'pg_catalog', 'information_schema')",
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pgflip', 'pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pgflip\\_%'",
     );
-    for t in tables.split_whitespace() {
+    for t in tables.lines() {
         out.push_str(&format!("\n{t}: {}", digest(db, t)));
     }
     out
@@ -455,7 +460,8 @@ fn assert_same_rows(db: &TestDb, a: &str, b: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn zero_lost_writes_on_preserved_tables_with_pauses_at_every_prepare_boundary() {
+async fn zero_lost_writes_on_preserved_tables_from_before_prepare_to_after_swap_with_pauses_at_every_boundary(
+) {
     let (src, tgt) = pair("mig_load");
     src.psql(LOAD_SOURCE);
     tgt.psql(LOAD_TARGET);
@@ -520,6 +526,35 @@ async fn zero_lost_writes_on_preserved_tables_with_pauses_at_every_prepare_bound
         String::from_utf8_lossy(&out.stderr)
     );
     tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["rejected"], 0, "{st:#}");
+    assert!(m["forwarded"].as_i64().unwrap() > 50, "{st:#}");
+
+    // The swap, paused after its checks while the writers go on, then under their load.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args(["migrate", "swap", "--target", &t])
+        .env("PGFLIP_FAILPOINTS", "migrate.swap.checked=pause")
+        .env("PGFLIP_FAILPOINT_DIR", dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = dir.path().join("migrate.swap.checked.paused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "the swap never paused");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    std::fs::remove_file(&paused).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "swap failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for w in writers {
@@ -528,24 +563,217 @@ async fn zero_lost_writes_on_preserved_tables_with_pauses_at_every_prepare_bound
         total += n;
     }
     assert!(total > 100, "the writers hardly ran ({total})");
-    let st = status_json(&tgt);
-    let m = &st["migrations"][0];
-    assert_eq!(m["rejected"], 0, "{st:#}");
-    assert!(m["forwarded"].as_i64().unwrap() > 50, "{st:#}");
-    let id = m["record"]["id"].as_i64().unwrap();
-    let sh = format!("pgflip_shadow_{id}_public");
-    assert_same_rows(&tgt, "users", "oracle.users");
-    assert_same_rows(&tgt, "memberships", "oracle.memberships");
+    // The live tables are now the new version's, and hold exactly the oracle's rows.
+    assert_eq!(q(&tgt, "SELECT count(*) FROM users WHERE verified"), "0");
+    assert_same_rows(&tgt, "(SELECT id, email FROM users)", "oracle.users");
     assert_same_rows(
         &tgt,
-        &format!("(SELECT id, email FROM {sh}.users)"),
-        "oracle.users",
-    );
-    assert_same_rows(
-        &tgt,
-        &format!("(SELECT org, uid, role FROM {sh}.memberships)"),
+        "(SELECT org, uid, role FROM memberships)",
         "oracle.memberships",
     );
+    assert_eq!(digest(&tgt, "catalog"), digest(&src, "catalog"));
+    assert_eq!(leftovers(&tgt), "");
+    assert!(status_json(&tgt)["migrations"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+}
+
+const SWAP_SOURCE: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0));
+INSERT INTO products SELECT g, 'product ' || g, g * 1.5 FROM generate_series(1, 500) g;
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int REFERENCES products, qty int NOT NULL DEFAULT 1);
+CREATE INDEX orders_product_idx ON orders (product_id);
+INSERT INTO orders (product_id, qty) SELECT 1 + g % 500, g FROM generate_series(1, 2000) g;
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, plan text NOT NULL DEFAULT 'free');
+INSERT INTO users VALUES (1, 'source-only@example.com', 'pro');
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('x'), ('y');
+CREATE SCHEMA sales;
+CREATE TABLE sales.lines (a int, b text, note text, PRIMARY KEY (a, b));
+INSERT INTO sales.lines SELECT g, 'b' || g, 'n' FROM generate_series(1, 100) g;
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2025-06-01' + g FROM generate_series(1, 400) g;
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO mig_app;
+GRANT USAGE ON SCHEMA sales TO mig_app;
+GRANT SELECT ON sales.lines TO mig_app;
+"#;
+
+const SWAP_TARGET: &str = r#"
+CREATE TABLE products (id int PRIMARY KEY, name text);
+INSERT INTO products VALUES (1, 'old');
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int, qty int);
+INSERT INTO orders (product_id, qty) VALUES (1, 1), (1, 2);
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('old');
+CREATE SCHEMA sales;
+CREATE TABLE sales.lines (a int, b text, PRIMARY KEY (a, b));
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events VALUES (1, '2025-02-02');
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO mig_app;
+GRANT USAGE ON SCHEMA sales TO mig_app;
+GRANT SELECT ON sales.lines TO mig_app;
+"#;
+
+fn ensure_role(db: &TestDb) {
+    db.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'mig_app') THEN \
+         CREATE ROLE mig_app LOGIN; END IF; END $$",
+    );
+}
+
+#[test]
+fn swap_switches_every_table_keeps_preserved_rows_and_rollback_brings_the_old_version_back() {
+    let (src, tgt) = pair("mig_swap");
+    ensure_role(&src);
+    src.psql(SWAP_SOURCE);
+    tgt.psql(SWAP_TARGET);
+    let before = user_dump(&tgt);
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "users"]));
+    // Between prepare and swap the application keeps writing the preserved table.
+    tgt.psql("INSERT INTO users VALUES (301, 'late@example.com'); DELETE FROM users WHERE id = 5;");
+    let users_before_swap = digest(&tgt, "(SELECT id, email FROM users)");
+    // Dry run prints the flip and changes nothing.
+    let dry = ok(&migrate(&tgt, "swap", &["--dry-run"]));
+    assert!(dry.contains("DROP TRIGGER"), "{dry}");
+    assert_eq!(
+        status_json(&tgt)["migrations"][0]["record"]["phase"],
+        "prepared"
+    );
+
+    let out = ok(&migrate(&tgt, "swap", &[]));
+    assert!(out.contains("swapped"), "{out}");
+    for t in [
+        "products",
+        "orders",
+        "\"Mixed Case \"\"Table\"\"\"",
+        "sales.lines",
+        "events",
+        "events_2025",
+    ] {
+        assert_eq!(digest(&tgt, t), digest(&src, t), "{t}");
+    }
+    assert_eq!(
+        digest(&tgt, "(SELECT id, email FROM users)"),
+        users_before_swap
+    );
+    assert_eq!(q(&tgt, "SELECT DISTINCT plan FROM users"), "free");
+    assert_eq!(leftovers(&tgt), "");
+    // The application's role still works, and inserts do not collide with copied keys.
+    tgt.psql(
+        "SET ROLE mig_app; INSERT INTO orders (product_id) VALUES (3); \
+         INSERT INTO users VALUES (302, 'after@example.com'); SELECT count(*) FROM sales.lines; RESET ROLE;",
+    );
+    assert_eq!(q(&tgt, "SELECT max(id) FROM orders"), "2001");
+    // The schema is the source's.
+    let (s, t) = (src.url(), tgt.url());
+    let o = pgflip(&["schema", "diff", "--source", &s, "--target", &t, "--check"]);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "schema diff after the swap:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+
+    // Rollback: the old version, with its rows, as it was.
+    tgt.psql("DELETE FROM orders WHERE id = 2001; DELETE FROM users WHERE id = 302;");
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    let before_with_writes = before.clone();
+    // The preserved table's writes made after prepare stay in the retired (new-version) copy;
+    // the rolled-back live table is the target's own, which the writes reached too.
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM users WHERE id IN (301, 5)"),
+        "1"
+    );
+    tgt.psql(
+        "DELETE FROM users WHERE id = 301; INSERT INTO users VALUES (5, 'user5@example.com');",
+    );
+    let after_fixed = user_dump(&tgt);
+    assert!(
+        after_fixed == before_with_writes,
+        "rollback did not restore the target:\n{}",
+        line_diff(&before, &after_fixed)
+    );
+    // Rollback of the rollback: the new version again.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    assert_eq!(digest(&tgt, "products"), digest(&src, "products"));
+}
+
+#[test]
+fn a_write_the_new_version_rejects_is_recorded_never_fails_the_application_and_refuses_the_swap() {
+    let (src, tgt) = pair("mig_reject");
+    src.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL CHECK (email LIKE '%@%'));",
+    );
+    tgt.psql(
+        "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO users VALUES (1, 'a@x'), (2, 'b@x');",
+    );
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "users"]));
+    // The application's write succeeds; the new version's CHECK rejects it in the shadow.
+    tgt.psql("INSERT INTO users VALUES (3, 'no-at-sign')");
+    assert_eq!(
+        q(&tgt, "SELECT email FROM users WHERE id = 3"),
+        "no-at-sign"
+    );
+    let st = status_json(&tgt);
+    let m = &st["migrations"][0];
+    assert_eq!(m["rejected"], 1, "{st:#}");
+    assert_eq!(m["swap_allowed"], false, "{st:#}");
+    assert_eq!(m["rejected_samples"][0]["sqlstate"], "23514", "{st:#}");
+    let human = ok(&migrate(&tgt, "status", &[]));
+    assert!(human.contains("rejected"), "{human}");
+    let o = migrate(&tgt, "swap", &[]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(stderr(&o).contains("rejected"), "{}", stderr(&o));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM users"), "3");
     ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+}
+
+#[test]
+fn a_blocked_swap_gives_up_by_its_deadline_names_the_blocker_and_changes_nothing() {
+    let (src, tgt) = pair("mig_block");
+    src.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'new');",
+    );
+    tgt.psql(
+        "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
+    );
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "items"]));
+    let mut blocker = std::process::Command::new(tgt.srv.bindir().join("psql"))
+        .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &tgt.srv.port().to_string(), "-d", &tgt.name])
+        .args(["-c", "BEGIN; SET application_name = 'long_reader'; SELECT count(*) FROM items; SELECT pg_sleep(6); COMMIT;"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let o = migrate(
+        &tgt,
+        "swap",
+        &["--max-wait", "2s", "--lock-timeout", "50ms"],
+    );
+    let took = started.elapsed();
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(took < Duration::from_secs(5), "gave up after {took:?}");
+    assert!(stderr(&o).contains("long_reader"), "{}", stderr(&o));
+    // Everything as it was: still prepared, still forwarding.
+    tgt.psql("UPDATE items SET v = 'changed' WHERE id = 1");
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["swap_allowed"], true, "{st:#}");
+    assert_eq!(st["migrations"][0]["forwarded"], 1, "{st:#}");
+    blocker.wait().unwrap();
+    ok(&migrate(&tgt, "swap", &[]));
+    assert_eq!(q(&tgt, "SELECT v FROM items"), "changed");
     assert_eq!(leftovers(&tgt), "");
 }

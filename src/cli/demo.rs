@@ -300,6 +300,7 @@ impl<'a> Demo<'a> {
         act_staging_sync(self).await?;
         act_swap(self).await?;
         act_rollback(self).await?;
+        act_migrate(self).await?;
         act_green(self).await?;
         act_cleanup(self).await?;
         Ok(())
@@ -688,6 +689,68 @@ async fn act_rollback(d: &Demo<'_>) -> Result<()> {
     )
     .await
 }
+
+/// Act: `pgflip migrate prepare / status / swap`, then `rollback`.
+async fn act_migrate(d: &Demo<'_>) -> Result<()> {
+    let act = d
+        .begin(
+            "migrate",
+            "pgflip migrate prepare --preserved-tables products; migrate swap",
+            "migrate replaces every table of the target with the source's version: prepare \
+             builds them in a pgflip_shadow_… schema beside the live ones (rows copied under one \
+             snapshot of the source, indexes after), while products, a preserved table, keeps \
+             the target's rows: a trigger installed before its copy forwards every write the \
+             application makes until the swap, which switches all tables in one short \
+             transaction. Rollback brings the previous tables back.",
+        )
+        .await;
+    let mut text = String::new();
+    let mut results = vec![];
+    let mut run = |shown: String, code: i32, output: String, expected: i32| -> Result<()> {
+        text.push_str(&format!("{shown}\n{}\n", output.trim_end()));
+        results.push(json!({ "command": shown, "exit_code": code, "output": output }));
+        anyhow::ensure!(
+            code == expected,
+            "demo step `{shown}` exited {code} (expected {expected}):\n{output}"
+        );
+        Ok(())
+    };
+    let (shown, code, output) = pgflip_command(
+        d,
+        &[
+            "migrate",
+            "prepare",
+            "--source",
+            "$SOURCE",
+            "--target",
+            "$TARGET",
+            "--preserved-tables",
+            "products",
+        ],
+    )
+    .await?;
+    run(shown, code, output, 0)?;
+    let write = "INSERT INTO products (sku, title, price) VALUES ('WC-07', 'Webcam', 39.00)";
+    d.tgt
+        .batch_execute(write)
+        .await
+        .context("writing to the preserved table")?;
+    run(
+        format!("-- meanwhile the application writes: {write}"),
+        0,
+        String::new(),
+        0,
+    )?;
+    for args in [
+        &["migrate", "status", "--target", "$TARGET"][..],
+        &["migrate", "swap", "--target", "$TARGET"][..],
+        &["rollback", "--latest", "--target", "$TARGET"][..],
+    ] {
+        let (shown, code, output) = pgflip_command(d, args).await?;
+        run(shown, code, output, 0)?;
+    }
+    d.show(act, &text, json!({ "commands": results }));
+    Ok(())
 
 /// Act: `pgflip green`: a materialized view rebuilt from a new query beside the live one,
 /// compared, promoted and rolled back.

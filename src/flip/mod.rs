@@ -1042,6 +1042,13 @@ fn render(
                         );
                     }
                 }
+                // A migration's new version has its own structure: live's checks and foreign
+                // keys are not green's to take. A rollback's retired copy kept its checks and
+                // the foreign keys among the flipped tables; only its foreign keys to tables
+                // outside the flip were dropped (and come back here).
+                None if kind == FlipKind::Migrate
+                    || (opts.allow_column_changes
+                        && (lc.contype == "c" || live_set.contains(&lc.ref_rel))) => {}
                 None => {
                     let clash = green_cons.iter().find(|gc| gc.name == lc.name);
                     if let Some(gc) = clash {
@@ -1178,7 +1185,11 @@ fn render(
         }
         // Defaults green lacks (e.g. a staging table made without them): as live had them.
         // After the sequences, so that a serial default finds its sequence back in place.
-        for lc in inv.columns_of(r.live_oid) {
+        // Not for a new version or a rollback: green's own structure is the one wanted.
+        for lc in inv
+            .columns_of(r.live_oid)
+            .filter(|_| !opts.allow_column_changes)
+        {
             let Some(expr) = &lc.default_expr else {
                 continue;
             };

@@ -223,6 +223,17 @@ fn plan(
                 shadow_schema: String::new(),
                 on_target: tgt.table(&t.schema, &t.name).is_some(),
                 partition: t.is_partition(),
+                root: t.is_partition().then(|| {
+                    let mut cur = t;
+                    while let Some(parent) = cur
+                        .parents
+                        .first()
+                        .and_then(|q| src.table(&q.schema, &q.name))
+                    {
+                        cur = parent;
+                    }
+                    (cur.schema.clone(), cur.name.clone())
+                }),
                 preserved: preserved.get(&k).map(|key| Preserved {
                     key: key.clone(),
                     function: String::new(),

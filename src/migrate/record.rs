@@ -90,6 +90,9 @@ pub struct TableEntry {
     pub on_target: bool,
     /// A partition (its rows are copied through its parent).
     pub partition: bool,
+    /// For a partition: the table at the top of its partition tree (same schema mapping).
+    #[serde(default)]
+    pub root: Option<(String, String)>,
     pub preserved: Option<Preserved>,
     pub rows: Option<i64>,
     pub bytes: Option<i64>,

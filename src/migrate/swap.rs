@@ -65,8 +65,18 @@ pub fn plan(rec: &Record) -> SwapPlan {
     for (t, p) in rec.preserved() {
         before.extend(capture::drop_triggers_sql(t, p));
     }
+    let on_target = |k: &(String, String)| {
+        rec.tables
+            .iter()
+            .any(|t| t.on_target && t.schema == k.0 && t.name == k.1)
+    };
     for t in &rec.tables {
-        if t.on_target {
+        // A partition moves with its partitioned table when that is flipped.
+        if let Some(root) = t.root.as_ref().filter(|r| on_target(r)) {
+            let _ = root;
+            continue;
+        }
+        if t.on_target && !t.partition {
             pairs.push(FlipPair {
                 live: QualifiedName::new(t.schema.clone(), t.name.clone()),
                 green: QualifiedName::new(t.shadow_schema.clone(), t.name.clone()),
@@ -96,11 +106,11 @@ pub fn plan(rec: &Record) -> SwapPlan {
 }
 
 fn hooked(opts: &FlipOptions, sp: &SwapPlan) -> Result<FlipOptions> {
-    let _ = (opts, &sp.before, &sp.after);
-    // HOOKS: fo.in_flip_before / in_flip_after once the flip engine has them.
-    Err(Error::NotImplemented(
-        "migrate swap (the flip hooks are not on this branch yet)",
-    ))
+    let mut fo = opts.clone();
+    fo.allow_column_changes = true;
+    fo.in_flip_before = sp.before.clone();
+    fo.in_flip_after = sp.after.clone();
+    Ok(fo)
 }
 
 /// Swaps the prepared migration in. Holds pgflip's target lock.
