@@ -751,6 +751,7 @@ async fn act_migrate(d: &Demo<'_>) -> Result<()> {
     }
     d.show(act, &text, json!({ "commands": results }));
     Ok(())
+}
 
 /// Act: `pgflip green`: a materialized view rebuilt from a new query beside the live one,
 /// compared, promoted and rolled back.
