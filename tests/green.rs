@@ -856,3 +856,193 @@ async fn green_promote_refuses_until_converged_then_force_and_wait() {
     assert!(stderr(&o).contains("without convergence"), "{}", stderr(&o));
     assert_eq!(text(&c, "SELECT max(bv) FROM public.v_d").await, "3");
 }
+
+#[tokio::test]
+async fn green_dropped_column_with_a_dependent_view_is_refused_unless_the_view_is_in_the_pipeline()
+{
+    let db = fresh_db("green_dropcol");
+    setup(&db, "green_reader");
+    db.psql(
+        r#"CREATE TABLE public.summary (grp int PRIMARY KEY, total bigint NOT NULL, label text, version int NOT NULL);
+           INSERT INTO public.summary SELECT grp, sum(amount), 'old' || grp, 1 FROM "My Schema".base GROUP BY grp;
+           CREATE VIEW public.v_labels AS SELECT grp, label FROM public.summary;
+           GRANT SELECT ON public.summary, public.v_labels TO green_reader;
+           -- A materialized view that reads Sales MV through a view.
+           CREATE VIEW public.v_mid AS SELECT grp, version FROM "My Schema"."Sales MV";
+           CREATE MATERIALIZED VIEW public.mv_via AS SELECT grp, version FROM public.v_mid;"#,
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let before = user_dump(&db);
+    run_ok(&[
+        "green",
+        "create",
+        "summary",
+        "--query",
+        "SELECT grp, sum(amount) AS total, 2 AS version FROM \"My Schema\".base GROUP BY grp",
+        "--target",
+        &url,
+    ]);
+    let o = pgflip(&["green", "promote", "summary", "--target", &url]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("v_labels") && stderr(&o).contains("label"),
+        "the dependent and its column are named: {}",
+        stderr(&o)
+    );
+    run_ok(&["green", "cancel", "--target", &url]);
+    assert_eq!(user_dump(&db), before);
+
+    // With the view's new definition in the pipeline, it switches with the table.
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("p.sql");
+    std::fs::write(
+        &f,
+        "CREATE TABLE summary AS SELECT grp, sum(amount) AS total, 2 AS version FROM \"My Schema\".base GROUP BY grp;\n\
+         CREATE OR REPLACE VIEW v_labels AS SELECT grp, 'new' || grp AS label FROM summary;\n",
+    )
+    .unwrap();
+    run_ok(&[
+        "green",
+        "create",
+        "--file",
+        f.to_str().unwrap(),
+        "--target",
+        &url,
+    ]);
+    run_ok(&["green", "promote", "summary", "--target", &url]);
+    let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
+    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+        .args([&reader, "-XAtc", "SELECT min(label) FROM public.v_labels"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout),
+        "new0\n",
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.summary").await,
+        "2"
+    );
+    run_ok(&["rollback", "--latest", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT min(label) FROM public.v_labels").await,
+        "old0"
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.summary").await,
+        "1"
+    );
+
+    // A materialized view reading a changed one through a view: the view is rebuilt in green
+    // too, and both switch.
+    let out = run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &url,
+    ]);
+    assert!(
+        out.contains("public.v_mid") && out.contains("public.mv_via"),
+        "{out}"
+    );
+    run_ok(&["green", "promote", "--all", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_via").await,
+        "2"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.v_mid").await,
+        "2"
+    );
+    run_ok(&["rollback", "--latest", "--target", &url]);
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_via").await,
+        "1"
+    );
+}
+
+#[tokio::test]
+async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survives_kill_9() {
+    let db = fresh_db("green_slow");
+    // A query that takes about 2 s to run.
+    db.psql(
+        "CREATE MATERIALIZED VIEW public.slow AS SELECT g AS k, 1 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = '';
+         CREATE UNIQUE INDEX slow_k ON public.slow (k);
+         CREATE VIEW public.v_slow AS SELECT * FROM public.slow;",
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let q =
+        "SELECT g AS k, 2 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = ''";
+    let t = Instant::now();
+    run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
+    let build = t.elapsed();
+    assert!(
+        build >= Duration::from_millis(1900),
+        "the query did not run: {build:?}"
+    );
+    let before = user_dump(&db);
+
+    // Killed before the flip and right after it: wholly before, or wholly after.
+    let fp = tempfile::tempdir().unwrap();
+    let dir = fp.path().to_str().unwrap().to_string();
+    for point in ["green.promote.before_flip", "green.promote.after_flip"] {
+        let o = pgflip_env(
+            &["green", "promote", "slow", "--target", &url],
+            &[
+                ("PGFLIP_FAILPOINTS", &format!("{point}=exit")),
+                ("PGFLIP_FAILPOINT_DIR", &dir),
+            ],
+        );
+        assert!(!o.status.success());
+        assert!(
+            fp.path().join(format!("{point}.reached")).exists(),
+            "{point}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while text(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
+        )
+        .await
+            != "0"
+        {
+            assert!(Instant::now() < deadline);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if point == "green.promote.before_flip" {
+            assert_eq!(user_dump(&db), before, "{point}");
+            let st = status_json(&db);
+            assert_eq!(st["pipelines"].as_array().unwrap().len(), 1, "{st}");
+        } else {
+            // The flip committed: green is live, nothing of it is left in flight.
+            assert_eq!(
+                text(&c, "SELECT max(version) FROM public.v_slow").await,
+                "2"
+            );
+            let st = status_json(&db);
+            assert_eq!(st["pipelines"].as_array().unwrap().len(), 0, "{st}");
+            run_ok(&["rollback", "--latest", "--target", &url]);
+            run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
+        }
+    }
+
+    // The locks are held for the catalog changes only, not for the query (~2 s).
+    let out = run_ok(&["green", "promote", "slow", "--target", &url, "--json"]);
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let locked = v["locked_ms"].as_f64().unwrap();
+    assert!(
+        locked < build.as_secs_f64() * 1000.0 / 2.0,
+        "locks held {locked} ms, the query takes {build:?}"
+    );
+    assert_eq!(
+        text(&c, "SELECT max(version) FROM public.v_slow").await,
+        "2"
+    );
+}

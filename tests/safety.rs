@@ -561,3 +561,65 @@ fn swap_rollback_and_cleanup_ask_before_acting_on_a_remote_target() {
     ]));
     assert_eq!(q(&tgt, schemas), "0");
 }
+
+/// Item 9 (and 10's `cleanup` message): flags that would mean nothing are refused, flags that are
+/// offered are honoured.
+#[test]
+fn flags_that_mean_nothing_are_refused_and_offered_ones_honoured() {
+    let (src, tgt) = pair("flags");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO t VALUES (1, 'new')");
+    let usage = |o: &std::process::Output, needle: &str| {
+        assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(o), stderr(o));
+        assert!(stderr(o).contains(needle), "{needle}: {}", stderr(o));
+    };
+    let before = tgt.dump();
+    usage(
+        &sync(&src, &tgt, &["t", "--overwrite", "--swap"]),
+        "--overwrite",
+    );
+    usage(
+        &sync(&src, &tgt, &["t", "--preserve", "--staging-table"]),
+        "--preserve",
+    );
+    usage(
+        &sync(&src, &tgt, &["t", "--swap", "--where", "id > 0"]),
+        "--where",
+    );
+    usage(&sync(&src, &tgt, &["t", "--jobs", "0"]), "at least 1");
+    let t = tgt.url();
+    usage(
+        &pgflip(&["status", "--target", &t, "--dry-run"]),
+        "--dry-run does not apply",
+    );
+    usage(
+        &pgflip(&["list", "--target", &t, "--dry-run"]),
+        "--dry-run does not apply",
+    );
+    usage(
+        &pgflip(&["completions", "bash", "--dry-run"]),
+        "--dry-run does not apply",
+    );
+    usage(&pgflip(&["demo", "--dry-run"]), "do not apply");
+    usage(&pgflip(&["demo", "-q"]), "do not apply");
+    let o = pgflip(&["cleanup", "--target", &t]);
+    usage(&o, "--keep");
+    assert!(stderr(&o).contains("--before"), "{}", stderr(&o));
+    assert_eq!(tgt.dump(), before);
+    // -q: cleanup prints nothing on success.
+    ok(&sync(&src, &tgt, &["t", "--staging-table", "--swap"]));
+    let o = ok(&pgflip(&["cleanup", "--target", &t, "--keep", "0", "-q"]));
+    assert_eq!(o, "");
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_backup\\_%'"
+        ),
+        "0"
+    );
+    // status does not call a cleaned generation "kept".
+    let s = ok(&pgflip(&["status", "--target", &t]));
+    assert!(s.contains("cleaned") && !s.contains("kept in"), "{s}");
+}

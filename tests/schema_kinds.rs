@@ -341,3 +341,32 @@ fn hazards_must_be_allowed_before_apply() {
     assert_eq!(diff(&src, &tgt, &["--check"]).status.code(), Some(0));
     assert_eq!(tgt.psql("SELECT a FROM t").trim(), "2");
 }
+
+/// A partition that gets attached while it has an index matching the parent's partitioned
+/// index besides the one the source attaches: ATTACH adopts the first matching index, so the
+/// plan must leave only the right one in place at the attach.
+#[test]
+fn attaching_a_partition_adopts_the_index_the_source_attached() {
+    let old = "CREATE TABLE m (id int, d date NOT NULL) PARTITION BY RANGE (d);
+         CREATE INDEX m_d ON m (d);
+         CREATE TABLE m_2020 PARTITION OF m FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+         CREATE TABLE loose (id int, d date NOT NULL);
+         CREATE INDEX \"Loose Mine\" ON loose (d);";
+    let new = "CREATE TABLE m (id int, d date NOT NULL) PARTITION BY RANGE (d);
+         CREATE INDEX m_d ON m (d);
+         CREATE TABLE m_2020 PARTITION OF m FOR VALUES FROM ('2020-01-01') TO ('2021-01-01');
+         CREATE TABLE m_2022 PARTITION OF m FOR VALUES FROM ('2022-01-01') TO ('2023-01-01');
+         CREATE INDEX \"A m_2022\" ON m_2022 (d);
+         CREATE TABLE loose PARTITION OF m FOR VALUES FROM ('2019-01-01') TO ('2020-01-01');
+         CREATE INDEX \"Loose Mine\" ON loose (d);";
+    let src = fresh_db("attach_src");
+    let tgt = fresh_db("attach_tgt");
+    tgt.psql(old);
+    src.psql(new);
+    converge(&src, &tgt, &["--allow-hazards", "all"]);
+    let attached = tgt.psql(
+        "SELECT string_agg(c.relname, ',' ORDER BY c.relname) FROM pg_inherits i \
+         JOIN pg_class c ON c.oid = i.inhrelid WHERE i.inhparent = 'm_d'::regclass",
+    );
+    assert_eq!(attached.trim(), "loose_d_idx,m_2020_d_idx,m_2022_d_idx");
+}

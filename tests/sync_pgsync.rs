@@ -489,3 +489,44 @@ fn init_writes_a_config_for_the_framework_and_never_overwrites() {
         "the framework's bookkeeping tables are excluded"
     );
 }
+
+#[test]
+fn disable_user_triggers_during_the_load_and_restore_them_as_they_were() {
+    let (src, tgt) = pair("triggers");
+    src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'new' FROM generate_series(1, 10) g");
+    tgt.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v text CHECK (v <> 'bad')); CREATE TABLE log (what text); \
+         CREATE FUNCTION note() RETURNS trigger LANGUAGE plpgsql AS \
+           $$BEGIN INSERT INTO log VALUES (TG_NAME); RETURN NULL; END$$; \
+         CREATE TRIGGER on_row AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION note(); \
+         CREATE TRIGGER always_row AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION note(); \
+         ALTER TABLE t ENABLE ALWAYS TRIGGER always_row; \
+         CREATE TRIGGER off_row AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION note(); \
+         ALTER TABLE t DISABLE TRIGGER off_row; \
+         INSERT INTO t VALUES (1, 'old'); TRUNCATE log",
+    );
+    let states = || {
+        q(
+            &tgt,
+            "SELECT string_agg(tgname || '=' || tgenabled::text, ',' ORDER BY tgname) FROM pg_trigger \
+             WHERE tgrelid = 't'::regclass AND NOT tgisinternal",
+        )
+    };
+    let before = states();
+    assert_eq!(before, "always_row=A,off_row=D,on_row=O");
+    ok(&sync(&src, &tgt, &["t", "--disable-user-triggers"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM log"), "0", "no trigger fired");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE v = 'new'"), "10");
+    assert_eq!(states(), before, "restored as they were");
+    // A failing load rolls the disabling back with the rows.
+    src.psql("UPDATE t SET v = 'bad' WHERE id = 7");
+    tgt.psql("UPDATE t SET v = 'old'");
+    let o = sync(&src, &tgt, &["t", "--disable-user-triggers"]);
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert_eq!(states(), before);
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE v = 'old'"), "10");
+    // Without the flag they fire (the test's trigger is real).
+    src.psql("UPDATE t SET v = 'new'");
+    ok(&sync(&src, &tgt, &["t"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM log"), "20");
+}

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use pgflip::conn::{Endpoint, EndpointArgs, Env};
 use pgflip::Side;
 
-/// Conventions every command follows.
+/// Conventions every command follows (listed under their own heading in every `--help`).
 #[derive(Args, Debug, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// Machine-readable output on stdout (JSON); logs and progress go to stderr.
     #[arg(long, global = true)]

@@ -301,6 +301,7 @@ impl<'a> Demo<'a> {
         act_swap(self).await?;
         act_rollback(self).await?;
         act_migrate(self).await?;
+        act_green(self).await?;
         act_cleanup(self).await?;
         Ok(())
     }
@@ -759,6 +760,56 @@ async fn act_migrate(d: &Demo<'_>) -> Result<()> {
     }
     d.show(act, &text, json!({ "commands": results }));
     Ok(())
+}
+
+/// Act: `pgflip green`: a materialized view rebuilt from a new query beside the live one,
+/// compared, promoted and rolled back.
+async fn act_green(d: &Demo<'_>) -> Result<()> {
+    d.tgt
+        .batch_execute(
+            "CREATE TABLE demo_sales (id int PRIMARY KEY, region text NOT NULL, amount numeric NOT NULL);
+             INSERT INTO demo_sales SELECT g, (ARRAY['north', 'south', 'east', 'west'])[1 + g % 4], g FROM generate_series(1, 400) g;
+             CREATE MATERIALIZED VIEW sales_by_region AS SELECT region, sum(amount) AS total FROM demo_sales GROUP BY region;
+             CREATE UNIQUE INDEX sales_by_region_key ON sales_by_region (region);
+             COMMENT ON MATERIALIZED VIEW sales_by_region IS 'refreshed nightly';
+             CREATE VIEW top_regions AS SELECT region, total FROM sales_by_region ORDER BY total DESC;",
+        )
+        .await
+        .context("creating the green act's materialized view")?;
+    let act = d
+        .begin(
+            "green",
+            "pgflip green create / status / promote",
+            "There is no CREATE OR REPLACE MATERIALIZED VIEW: green builds the new definition in \
+             a pgflip_green_ schema beside the live one (same index names, grants, comments), \
+             without locking it; status compares the two under one snapshot and says whether \
+             green has converged (refreshed after the base tables' last change); promote \
+             switches it in with one short flip, re-pointing the view that reads it, and \
+             rollback brings the old one back.",
+        )
+        .await;
+    show_commands(
+        d,
+        act,
+        &[
+            (
+                &[
+                    "green",
+                    "create",
+                    "sales_by_region",
+                    "--query",
+                    "SELECT region, sum(amount) AS total, count(*) AS sales FROM demo_sales GROUP BY region",
+                    "--target",
+                    "$TARGET",
+                ],
+                0,
+            ),
+            (&["green", "status", "--target", "$TARGET"], 0),
+            (&["green", "promote", "sales_by_region", "--target", "$TARGET"], 0),
+            (&["rollback", "--latest", "--target", "$TARGET"], 0),
+        ],
+    )
+    .await
 }
 
 /// Act: `pgflip cleanup`.

@@ -105,16 +105,12 @@ pub struct RollbackArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["before", "keep"])))]
 pub struct CleanupArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Drop generations created before this date (YYYY-MM-DD, or an RFC 3339 time).
-    #[arg(
-        long,
-        value_name = "DATE",
-        required_unless_present = "keep",
-        conflicts_with = "keep"
-    )]
+    #[arg(long, value_name = "DATE", conflicts_with = "keep")]
     pub before: Option<String>,
     /// Keep the newest N generations, drop the others.
     #[arg(long, value_name = "N")]
@@ -525,6 +521,7 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
         out.println(&serde_json::to_string_pretty(&json!({
             "cleaned": chosen.iter().map(|g| &g.label).collect::<Vec<_>>()
         }))?);
+    } else if out.quiet {
     } else if chosen.is_empty() {
         out.println("nothing to clean up");
     } else {
@@ -614,6 +611,7 @@ async fn cleanup_tombstones(
         out.println(&serde_json::to_string_pretty(&json!({
             "dropped": plan.steps.iter().map(|s| &s.description).collect::<Vec<_>>()
         }))?);
+    } else if out.quiet {
     } else if plan.is_empty() {
         out.println("no tombstones to drop");
     } else {

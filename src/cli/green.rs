@@ -124,6 +124,7 @@ async fn create(a: CreateArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
         (None, Some(q), Some(rel)) => vec![Definition {
             name: rel.clone(),
             query: q.trim().trim_end_matches(';').to_string(),
+            kind: None,
         }],
         _ => {
             return Err(pgflip::Error::InvalidInput(
@@ -219,6 +220,7 @@ pub(super) fn render_status(out: &Output, all: &[green::status::PipelineStatus])
                 match m.kind {
                     green::RelKind::MaterializedView => "materialized view",
                     green::RelKind::Table => "table",
+                    green::RelKind::View => "view",
                 },
                 if m.definition_changed {
                     "definition changed"

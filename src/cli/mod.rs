@@ -221,7 +221,36 @@ async fn interrupted() {
     let _ = tokio::signal::ctrl_c().await;
 }
 
+/// Global flags that mean nothing for the command given are refused, not ignored.
+fn meaningless_flags(cli: &Cli) -> Option<String> {
+    let g = &cli.global;
+    let reads_only = match &cli.command {
+        Command::Status(_) => Some("status"),
+        Command::List(_) => Some("list"),
+        Command::Completions { .. } => Some("completions"),
+        Command::Schema(SchemaCommand::Dump(_)) => Some("schema dump"),
+        Command::Verify(a) if !a.record => Some("verify"),
+        _ => None,
+    };
+    if let (Some(cmd), true) = (reads_only, g.dry_run) {
+        return Some(format!("{cmd} changes nothing: --dry-run does not apply"));
+    }
+    if let Command::Demo(_) = &cli.command {
+        if g.dry_run || g.quiet {
+            return Some(
+                "demo shows what pgflip does, on servers of its own that it removes afterwards: \
+                 --dry-run and --quiet do not apply"
+                    .into(),
+            );
+        }
+    }
+    None
+}
+
 async fn run(cli: Cli, out: &Output) -> anyhow::Result<u8> {
+    if let Some(m) = meaningless_flags(&cli) {
+        return Err(pgflip::Error::InvalidInput(m).into());
+    }
     match cli.command {
         Command::Completions { shell } => {
             let mut buf = Vec::new();

@@ -52,10 +52,10 @@ pub struct SyncArgs {
     #[arg(long, conflicts_with = "schemas")]
     pub all_schemas: bool,
     /// Upsert by primary key; keep target rows the source lacks.
-    #[arg(long, conflicts_with = "preserve")]
+    #[arg(long, conflicts_with_all = ["preserve", "staging", "swap"])]
     pub overwrite: bool,
     /// Insert only rows whose primary key the target lacks.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["staging", "swap"])]
     pub preserve: bool,
     /// Only rows matching this SQL condition are replaced (needs a primary key).
     #[arg(long = "where", value_name = "SQL")]
@@ -67,6 +67,10 @@ pub struct SyncArgs {
     /// Skip triggers and foreign key checks (session_replication_role = replica; superuser).
     #[arg(long, conflicts_with = "defer_constraints")]
     pub disable_integrity: bool,
+    /// The target's user triggers do not fire while rows are loaded (turned off and back on, as
+    /// they were, in the same transaction; foreign keys are still checked).
+    #[arg(long, conflicts_with = "disable_integrity")]
+    pub disable_user_triggers: bool,
     /// Do not copy the positions of sequences owned by synced columns.
     #[arg(long)]
     pub no_sequences: bool,
@@ -90,7 +94,7 @@ pub struct SyncArgs {
     #[arg(long)]
     pub swap: bool,
     /// Tables copied at once (default: number of cores).
-    #[arg(long, short = 'j', value_name = "N")]
+    #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
     /// Do not ask before replacing data (or swapping) on a target that is not on this machine.
     #[arg(long, short = 'y')]
@@ -114,7 +118,41 @@ pub struct SyncArgs {
     pub rebuild_indexes_above: Option<f64>,
 }
 
+/// `--jobs`: at least 1.
+fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("'{s}' is not a number of jobs")),
+    }
+}
+
 pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
+    // --swap alone copies nothing: options about copying would be silently ignored.
+    if args.swap && !args.staging {
+        let copying: Vec<&str> = [
+            (args.where_clause.is_some(), "--where"),
+            (args.defer_constraints, "--defer-constraints"),
+            (args.disable_integrity, "--disable-integrity"),
+            (args.no_sequences, "--no-sequences"),
+            (args.no_rules, "--no-rules"),
+            (args.show_diff, "--show-diff"),
+            (args.diff_sample > 0, "--diff-sample"),
+            (args.jobs.is_some(), "--jobs"),
+        ]
+        .into_iter()
+        .filter_map(|(on, flag)| on.then_some(flag))
+        .collect();
+        if !copying.is_empty() {
+            return Err(pgflip::Error::InvalidInput(format!(
+                "--swap without --staging-table swaps the staging tables already loaded and \
+                 copies nothing: {} do{} not apply",
+                copying.join(", "),
+                if copying.len() == 1 { "es" } else { "" }
+            ))
+            .into());
+        }
+    }
     let config_path = match &args.db {
         Some(db) => Some(Config::named_file(db)?),
         None => args.config.clone(),
@@ -193,6 +231,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         filter: where_clause,
         defer_constraints: args.defer_constraints,
         disable_integrity: args.disable_integrity,
+        disable_user_triggers: args.disable_user_triggers,
         sequences: !args.no_sequences,
         rules: if args.no_rules {
             Rules::default()

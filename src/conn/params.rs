@@ -106,7 +106,24 @@ fn check_keyword(k: &str) -> Result<(), String> {
     }
 }
 
+/// What a URL whose user name or password holds unencoded `@ : / %` is told. The parse error
+/// itself would quote a fragment of the password (`invalid port "w"`), so none is echoed.
+const USERINFO_HINT: &str = "the URL could not be read: if the user name or password contains \
+     @ : / ? # or %, percent-encode them (@ is %40, : is %3A, / is %2F, ? is %3F, # is %23, % is %25)";
+
 fn parse_url(s: &str) -> Result<Parsed, String> {
+    let scheme_len = s.find("://").expect("is_url checked") + 3;
+    let rest = &s[scheme_len..];
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    // An '@' past the authority, or a second one, means the userinfo was cut in the wrong
+    // place: any message about the pieces would show part of the password.
+    if rest.matches('@').count() > 1 || (rest.contains('@') && !authority.contains('@')) {
+        return Err(USERINFO_HINT.into());
+    }
+    parse_url_parts(s)
+}
+
+fn parse_url_parts(s: &str) -> Result<Parsed, String> {
     let scheme_len = s.find("://").expect("is_url checked") + 3;
     let rest = &s[scheme_len..];
     let (main, query) = match rest.find('?') {
@@ -360,6 +377,25 @@ mod tests {
 
     fn pairs(s: &str) -> Vec<(String, String)> {
         parse(s).unwrap().pairs
+    }
+
+    #[test]
+    fn unencoded_userinfo_never_echoes_the_password() {
+        for pw in [
+            "p@ss:w/rd%",
+            "se@cret",
+            "sec/ret@x",
+            "a:b@c",
+            "q?uery@w",
+            "s3cr/et",
+        ] {
+            let url = format!("postgresql://alice:{pw}@127.0.0.1:5432/db");
+            match parse(&url) {
+                Ok(p) => assert_eq!(p.get("password"), Some(pw), "{url}"),
+                // Nothing but the hint: no piece of the URL is quoted.
+                Err(e) => assert_eq!(e, USERINFO_HINT, "{url}"),
+            }
+        }
     }
 
     #[test]

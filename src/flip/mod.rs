@@ -40,8 +40,9 @@
 //!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
 //!   green without one of live's indexes is refused (a rollback or migration only warns).
 //! - Extended statistics stay with the retired table (reported as a warning).
-//! - Pairs may be tables, partitioned tables or materialized views (a materialized view only
-//!   with another). A partitioned table's partitions go with it: live's are retired into the
+//! - Pairs may be tables, partitioned tables, materialized views or views (a materialized
+//!   view or a view only with its own kind: green pipelines switch a view whose new definition
+//!   drops a column, together with what it reads). A partitioned table's partitions go with it: live's are retired into the
 //!   generation's schema, green's take the names of live's partitions with the same bound.
 //!   What binds to a single live partition by OID (a view of it, a foreign key to it) is
 //!   refused.
@@ -392,9 +393,9 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             ("green", r.green_oid, &r.green),
         ] {
             let rel = &inv.rels[&oid];
-            if !matches!(rel.relkind.as_str(), "r" | "p" | "m") {
+            if !matches!(rel.relkind.as_str(), "r" | "p" | "m" | "v") {
                 problems.push(format!(
-                    "{side} relation {name} is not a table, partitioned table or materialized view (relkind '{}')",
+                    "{side} relation {name} is not a table, partitioned table, materialized view or view (relkind '{}')",
                     rel.relkind
                 ));
             }
@@ -408,7 +409,7 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             inv.rels[&r.live_oid].relkind.as_str(),
             inv.rels[&r.green_oid].relkind.as_str(),
         );
-        if (lk == "m") != (gk == "m") {
+        if (lk == "m") != (gk == "m") || (lk == "v") != (gk == "v") {
             problems.push(format!(
                 "live {} and green {} are not the same kind of relation (relkind '{lk}' and '{gk}')",
                 r.live, r.green

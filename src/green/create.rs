@@ -92,6 +92,7 @@ pub async fn create(
         let kind = match relkind.as_str() {
             "m" => RelKind::MaterializedView,
             "r" => RelKind::Table,
+            "v" if d.kind == Some(RelKind::View) => RelKind::View,
             "v" => {
                 return Err(Error::InvalidInput(format!(
                     "{q} is a view, not a materialized view nor a table: a view holds no data, change it with CREATE OR REPLACE VIEW (nothing was changed)"
@@ -108,6 +109,15 @@ pub async fn create(
                 )))
             }
         };
+        if let Some(k) = d.kind {
+            if k != kind {
+                return Err(Error::InvalidInput(format!(
+                    "{q} is a {}, but the file creates it as a {} (nothing was changed)",
+                    kind.sql().to_lowercase(),
+                    k.sql().to_lowercase()
+                )));
+            }
+        }
         if q.schema == crate::state::SCHEMA || q.schema.starts_with("pgflip_") {
             return Err(Error::InvalidInput(format!(
                 "{q} belongs to pgflip; name the live relation"
@@ -144,6 +154,11 @@ pub async fn create(
         } else {
             members.insert(*m);
         }
+    }
+    // Views between two members (a materialized view reading a changed one through a view)
+    // are rebuilt too, over the green upstream, and switch with the rest.
+    if !opts.only {
+        members.extend(graph.views_to_include(&members));
     }
     let between = graph.views_between(&members);
     if !between.is_empty() {
@@ -204,6 +219,11 @@ pub async fn create(
         let (kind, query, is_explicit) = match explicit.get(&m) {
             Some((_, k, q)) => (*k, q.clone(), true),
             None => {
+                let kind = if node.relkind == "v" {
+                    RelKind::View
+                } else {
+                    RelKind::MaterializedView
+                };
                 client
                     .batch_execute(&format!(
                         "BEGIN READ ONLY; SET LOCAL search_path = {live_path}"
@@ -218,11 +238,7 @@ pub async fn create(
                     .await;
                 let _ = client.batch_execute("COMMIT").await;
                 let def: String = def.ctx("reading a definition")?.get(0);
-                (
-                    RelKind::MaterializedView,
-                    def.trim().trim_end_matches(';').to_string(),
-                    false,
-                )
+                (kind, def.trim().trim_end_matches(';').to_string(), false)
             }
         };
         planned.push(Planned {
@@ -354,7 +370,7 @@ pub async fn create(
 
 fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
     let reloptions = match p.kind {
-        RelKind::MaterializedView => snap
+        RelKind::MaterializedView | RelKind::View => snap
             .view(&p.live.schema, &p.live.name)
             .map(|v| v.reloptions.clone()),
         RelKind::Table => snap
@@ -368,9 +384,14 @@ fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
         format!(" WITH ({})", reloptions.join(", "))
     };
     format!(
-        "CREATE {} {green}{with} AS {}\nWITH DATA",
+        "CREATE {} {green}{with} AS {}{}",
         p.kind.sql(),
-        p.query
+        p.query,
+        if p.kind == RelKind::View {
+            ""
+        } else {
+            "\nWITH DATA"
+        }
     )
 }
 
@@ -379,17 +400,19 @@ fn decorate_sql(snap: &Snapshot, p: &Planned, green: &str) -> Vec<(String, Strin
     let mut out = Vec::new();
     let kind = p.kind.sql();
     let (owner, acl, comment, columns, indexes, constraints) = match p.kind {
-        RelKind::MaterializedView => match snap.view(&p.live.schema, &p.live.name) {
-            Some(v) => (
-                v.owner.clone(),
-                v.acl.clone(),
-                v.comment.clone(),
-                v.columns.clone(),
-                v.indexes.clone(),
-                Vec::new(),
-            ),
-            None => return out,
-        },
+        RelKind::MaterializedView | RelKind::View => {
+            match snap.view(&p.live.schema, &p.live.name) {
+                Some(v) => (
+                    v.owner.clone(),
+                    v.acl.clone(),
+                    v.comment.clone(),
+                    v.columns.clone(),
+                    v.indexes.clone(),
+                    Vec::new(),
+                ),
+                None => return out,
+            }
+        }
         RelKind::Table => match snap.table(&p.live.schema, &p.live.name) {
             Some(t) => (
                 t.owner.clone(),
@@ -514,7 +537,7 @@ async fn build(
             .get(0);
         // What it reads: for a table, through a temporary view of its query.
         let reader = match p.kind {
-            RelKind::MaterializedView => green_oid,
+            RelKind::MaterializedView | RelKind::View => green_oid,
             RelKind::Table => {
                 client
                     .batch_execute(&format!(
@@ -654,7 +677,7 @@ async fn build(
         // named as live ones.
         let definition_changed = match p.kind {
             RelKind::Table => true,
-            RelKind::MaterializedView => {
+            RelKind::MaterializedView | RelKind::View => {
                 client
                     .batch_execute("SET LOCAL search_path = ''")
                     .await

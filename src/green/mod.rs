@@ -58,6 +58,9 @@ pub enum RelKind {
     MaterializedView,
     /// A table whose contents a query defines (a summary table).
     Table,
+    /// A view in a pipeline: it stores nothing, but one whose new definition drops a column,
+    /// or one between two members, switches with the rest.
+    View,
 }
 
 impl RelKind {
@@ -65,6 +68,7 @@ impl RelKind {
         match self {
             RelKind::MaterializedView => "MATERIALIZED VIEW",
             RelKind::Table => "TABLE",
+            RelKind::View => "VIEW",
         }
     }
 }

@@ -133,13 +133,40 @@ impl Graph {
         out
     }
 
+    /// Views (not members) through which a member reads another member: they must be rebuilt
+    /// over the green upstream too, or the lower member's green would read the live upper one.
+    pub fn views_to_include(&self, members: &BTreeSet<u32>) -> BTreeSet<u32> {
+        let mut all = members.clone();
+        let mut added = BTreeSet::new();
+        loop {
+            let mut more = Vec::new();
+            for &m in &all {
+                for &v in self.reads.get(&m).into_iter().flatten() {
+                    if !all.contains(&v)
+                        && self.nodes.get(&v).is_some_and(|n| n.relkind == "v")
+                        && !self.upstream_members(v, &all).is_empty()
+                    {
+                        more.push(v);
+                    }
+                }
+            }
+            if more.is_empty() {
+                return added;
+            }
+            for v in more {
+                all.insert(v);
+                added.insert(v);
+            }
+        }
+    }
+
     /// Views that lie between two members (`upper` … view … `lower`): the lower one's green
     /// would read the live upper one through the view.
     pub fn views_between(&self, members: &BTreeSet<u32>) -> Vec<(u32, u32, u32)> {
         let mut out = Vec::new();
         for &m in members {
             for &v in self.reads.get(&m).into_iter().flatten() {
-                if self.nodes.get(&v).is_some_and(|n| n.relkind == "v") {
+                if !members.contains(&v) && self.nodes.get(&v).is_some_and(|n| n.relkind == "v") {
                     for up in self.upstream_members(v, members) {
                         out.push((up, v, m));
                     }
@@ -236,6 +263,11 @@ mod tests {
         );
         let members = BTreeSet::from([1, 3]);
         assert_eq!(g.views_between(&members), vec![(1, 2, 3)]);
+        let with = g.views_to_include(&members);
+        assert_eq!(with, BTreeSet::from([2]));
+        let all: BTreeSet<u32> = members.union(&with).copied().collect();
+        assert!(g.views_between(&all).is_empty());
+        assert_eq!(g.order(&all), vec![1, 2, 3]);
         assert_eq!(g.order(&members), vec![1, 3]);
     }
 }

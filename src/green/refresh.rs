@@ -92,6 +92,8 @@ pub async fn refresh(
                     .ctx("starting the refresh")?;
                 crate::failpoint::hit("green.refresh.before_refresh").await?;
                 let reader = match g.member.kind {
+                    // A view stores nothing: only its base signature is read again.
+                    RelKind::View => green_oid,
                     RelKind::MaterializedView => {
                         let unique: bool = client
                             .query_one(

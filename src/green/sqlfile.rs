@@ -15,6 +15,8 @@ pub struct Definition {
     pub name: String,
     /// The query, without a trailing `WITH [NO] DATA` or `;`.
     pub query: String,
+    /// What the statement creates (`None`: given with `--query`, the live relation decides).
+    pub kind: Option<super::RelKind>,
 }
 
 /// Splits SQL text into statements (comments kept inside, empty statements dropped).
@@ -219,19 +221,32 @@ fn name(s: &str) -> Option<(String, &str)> {
     }
 }
 
-/// Reads `CREATE MATERIALIZED VIEW name AS query [WITH [NO] DATA]` (the only statement a
-/// pipeline file may hold). Column lists, `USING`, `WITH (…)` and `TABLESPACE` are refused:
-/// the green relation takes the live one's storage parameters.
+/// Reads `CREATE MATERIALIZED VIEW name AS query [WITH [NO] DATA]`, `CREATE [OR REPLACE]
+/// VIEW name AS query` or `CREATE TABLE name AS query` (the statements a pipeline file may
+/// hold). Column lists, `USING`, `WITH (…)` and `TABLESPACE` are refused: the green relation
+/// takes the live one's storage parameters.
 pub fn parse_definition(stmt: &str) -> Result<Definition> {
+    use super::RelKind;
     let bad = |why: &str| {
         let head: String = strip_comments(stmt).chars().take(80).collect();
         Error::InvalidInput(format!(
-            "{why}: a pipeline file holds only `CREATE MATERIALIZED VIEW name AS query;` statements (got `{head}…`)"
+            "{why}: a pipeline file holds only `CREATE MATERIALIZED VIEW name AS query;` statements \
+             (or CREATE VIEW / CREATE TABLE … AS for views and query-defined tables; got `{head}…`)"
         ))
     };
     let s = keyword(stmt, "CREATE").ok_or_else(|| bad("not a CREATE statement"))?;
-    let s = keyword(s, "MATERIALIZED").ok_or_else(|| bad("not a materialized view"))?;
-    let s = keyword(s, "VIEW").ok_or_else(|| bad("not a materialized view"))?;
+    let s = keyword(s, "OR")
+        .and_then(|s| keyword(s, "REPLACE"))
+        .unwrap_or(s);
+    let (kind, s) = if let Some(s) = keyword(s, "MATERIALIZED").and_then(|s| keyword(s, "VIEW")) {
+        (RelKind::MaterializedView, s)
+    } else if let Some(s) = keyword(s, "VIEW") {
+        (RelKind::View, s)
+    } else if let Some(s) = keyword(s, "TABLE") {
+        (RelKind::Table, s)
+    } else {
+        return Err(bad("not a materialized view, view or table"));
+    };
     let s = keyword(s, "IF")
         .and_then(|s| keyword(s, "NOT"))
         .and_then(|s| keyword(s, "EXISTS"))
@@ -256,7 +271,11 @@ pub fn parse_definition(stmt: &str) -> Result<Definition> {
     if query.is_empty() {
         return Err(bad("empty query"));
     }
-    Ok(Definition { name: n, query })
+    Ok(Definition {
+        name: n,
+        query,
+        kind: Some(kind),
+    })
 }
 
 /// Every definition of a pipeline file.
@@ -299,7 +318,9 @@ mod tests {
         .unwrap();
         assert_eq!(d.name, "\"My Schema\".\"Odd \"\"x\"\"\"");
         assert_eq!(d.query, "select 1");
-        assert!(parse_definition("CREATE VIEW v AS SELECT 1").is_err());
+        let v = parse_definition("CREATE OR REPLACE VIEW v AS SELECT 1").unwrap();
+        assert_eq!(v.kind, Some(super::super::RelKind::View));
+        assert!(parse_definition("CREATE INDEX i ON t (a)").is_err());
         assert!(parse_definition("DROP TABLE t").is_err());
         assert!(parse_definition("CREATE MATERIALIZED VIEW m (a) AS SELECT 1").is_err());
         assert!(parse_file("-- only a comment\n").is_err());

@@ -699,10 +699,16 @@ impl<'a> Builder<'a> {
                 if self.standalone.contains(&table_key(&t.schema, &t.name)) =>
             {
                 let mut i = i.clone();
-                i.parent_index = None;
+                let attached = i.parent_index.take().is_some();
                 let sql = ddl::create_index(&i);
                 if !sql.is_empty() {
-                    self.main.push(Step::new(format!("{verb} {what}"), sql));
+                    // Only the indexes the attach must adopt exist before it: an unattached one
+                    // that matches a parent's index would be adopted instead.
+                    if attached {
+                        self.main.push(Step::new(format!("{verb} {what}"), sql));
+                    } else {
+                        self.after.push(Step::new(format!("{verb} {what}"), sql));
+                    }
                 }
                 return;
             }
@@ -1759,7 +1765,46 @@ impl<'a> Builder<'a> {
             // After everything of this pass: the new parent and the partition's own indexes
             // (which the attach adopts) exist by then.
             self.standalone.insert(key.to_string());
+            // ATTACH adopts, for each index of the parent, the first matching index of the
+            // partition (by oid). An index of the target that must stay unattached but matches
+            // one would be adopted in place of the one the source attaches: it is dropped
+            // before the attach and built again after it.
+            let parent = s
+                .parents
+                .first()
+                .and_then(|p| self.src.table(&p.schema, &p.name));
+            let mut rebuild = Vec::new();
+            for ti in t.indexes.iter().filter(|i| i.constraint.is_none()) {
+                let Some(si) = s.index(&ti.name) else {
+                    continue;
+                };
+                if si.parent_index.is_some() || si.definition != ti.definition {
+                    continue;
+                }
+                if parent.is_some_and(|p| p.indexes.iter().any(|pi| same_index_shape(pi, si))) {
+                    let qn = qualified(&ti.schema, &ti.name);
+                    self.main.push(alter(
+                        s,
+                        format!("Drop index {qn} before the attach (it would be adopted)"),
+                        format!("DROP INDEX {qn};"),
+                    ));
+                    rebuild.push(si);
+                }
+            }
             self.after.push(a);
+            for si in rebuild {
+                self.after.push(
+                    alter(
+                        s,
+                        format!(
+                            "Build index {} again, unattached",
+                            qualified(&si.schema, &si.name)
+                        ),
+                        ddl::create_index(si),
+                    )
+                    .hazard(Hazard::BuildsIndex),
+                );
+            }
         }
         // Inline checks that are new or changed.
         for c in s.constraints.iter().filter(|c| ddl::is_inline_check(c)) {
@@ -2031,4 +2076,14 @@ fn is_subsequence(small: &[String], big: &[String]) -> bool {
 /// constraint is renamed on the parent, not here.
 fn inherited_not_null(t: &Table, c: &Column) -> bool {
     !c.is_local || c.inherit_count > 0 || t.is_partition()
+}
+
+/// Whether a partition's index matches a partitioned index closely enough for ATTACH
+/// PARTITION to adopt it: the same access method, keys, opclasses and predicate (what follows
+/// the table name in `pg_get_indexdef`) and the same uniqueness.
+fn same_index_shape(parent: &Index, part: &Index) -> bool {
+    let shape = |d: &str| d.split_once(" USING ").map(|(_, r)| r.to_string());
+    parent.unique == part.unique
+        && shape(&parent.definition).is_some()
+        && shape(&parent.definition) == shape(&part.definition)
 }

@@ -63,6 +63,7 @@ pub mod rules;
 mod selection;
 mod staging;
 pub mod tables;
+mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -115,6 +116,8 @@ pub struct SyncOptions {
     pub filter: Option<String>,
     pub defer_constraints: bool,
     pub disable_integrity: bool,
+    /// The target's user triggers off while loading, restored in the same transaction.
+    pub disable_user_triggers: bool,
     pub sequences: bool,
     pub rules: Rules,
     pub staging: bool,
@@ -149,6 +152,7 @@ impl Default for SyncOptions {
             filter: None,
             defer_constraints: false,
             disable_integrity: false,
+            disable_user_triggers: false,
             sequences: true,
             rules: Rules::default(),
             staging: false,
@@ -629,7 +633,10 @@ pub async fn prepare(
             .cloned()
             .collect();
     }
-    let units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
+    let mut units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
+    if opts.disable_user_triggers && !opts.staging {
+        triggers::wrap_units(&tgt, &plans, &mut units).await?;
+    }
 
     // Cross-server diffs happen before anything is written (and in dry runs).
     if opts.show_diff && !opts.staging {
