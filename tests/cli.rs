@@ -22,8 +22,6 @@ const COMMANDS: [&str; 11] = [
     "completions",
 ];
 
-/// Commands that are still placeholders. Remove a command from this list when it is built
-/// (its own tests take over).
 /// Every command is built; these need a subcommand and say so (usage error).
 const NEED_SUBCOMMAND: [&[&str]; 2] = [&["migrate"], &["green"]];
 
