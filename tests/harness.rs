@@ -70,13 +70,6 @@ fn second_server_is_another_server() {
 }
 
 #[test]
-fn unbuilt_commands_say_so() {
-    let o = pgflip(&["migrate", "prepare"]);
-    assert_eq!(o.status.code(), Some(6), "{}", stderr(&o));
-    assert!(stderr(&o).contains("not built yet"));
-}
-
-#[test]
 fn dump_sees_schema_and_data_changes() {
     let db = fresh_db("dump");
     db.psql("CREATE TABLE t (id int primary key, v text); INSERT INTO t VALUES (1, 'a')");
