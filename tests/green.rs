@@ -25,6 +25,51 @@ fn user_dump(db: &TestDb) -> String {
     db.pg_dump(&["--exclude-schema=pgflip"])
 }
 
+/// Green reads base-table changes from PostgreSQL's statistics counters, which the server
+/// publishes a moment after a write (PostgreSQL 14's statistics collector: up to about a second;
+/// the README's known limit). Before each green command, wait until the target database's
+/// counters stop moving, so that the command sees the writes the test made before it.
+fn settle_stats(args: &[&str]) {
+    if args.first() != Some(&"green") {
+        return;
+    }
+    let Some(url) = args
+        .iter()
+        .position(|a| *a == "--target")
+        .and_then(|i| args.get(i + 1))
+    else {
+        return;
+    };
+    let psql = server().client_tool("psql");
+    let read = || {
+        let o = std::process::Command::new(&psql)
+            .args([
+                *url,
+                "-XAtc",
+                "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables",
+            ])
+            .output()
+            .expect("running psql");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let started = Instant::now();
+    let mut last = read();
+    loop {
+        std::thread::sleep(Duration::from_millis(700));
+        let now = read();
+        if now == last || started.elapsed() > Duration::from_secs(10) {
+            return;
+        }
+        last = now;
+    }
+}
+
+/// `util::pgflip`, after the statistics have settled (see [`settle_stats`]).
+fn pgflip(args: &[&str]) -> std::process::Output {
+    settle_stats(args);
+    crate::util::pgflip(args)
+}
+
 fn run_ok(args: &[&str]) -> String {
     let o = pgflip(args);
     assert!(
@@ -60,6 +105,7 @@ fn setup(db: &TestDb, role: &str) {
         r#"
 DO $$ BEGIN
   IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN CREATE ROLE {role} LOGIN; END IF;
+EXCEPTION WHEN duplicate_object OR unique_violation THEN NULL; -- another test made it meanwhile
 END $$;
 CREATE SCHEMA "My Schema";
 GRANT USAGE ON SCHEMA "My Schema" TO {role};
@@ -567,7 +613,7 @@ async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_
     // The role reads the new contents through the view; names of indexes unchanged (the one
     // on the dropped column stays with the retired relation).
     let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
-    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+    let o = std::process::Command::new(db.srv.client_tool("psql"))
         .args([&reader, "-XAtc", "SELECT DISTINCT version FROM public.v_sales; SELECT DISTINCT version FROM public.mv_top"])
         .output()
         .unwrap();
@@ -617,7 +663,7 @@ async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_
         "1"
     );
     assert_eq!(text(&c, LIVE_IDX).await, "Sales MV grp,sales_n,sales_total");
-    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+    let o = std::process::Command::new(db.srv.client_tool("psql"))
         .args([&reader, "-XAtc", "SELECT count(*) FROM public.v_sales"])
         .output()
         .unwrap();
@@ -639,6 +685,28 @@ async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_
 }
 
 /// a → b, a → c, b + c → d; each carries its definition's version; v_d is a view over d.
+/// Updates of public.src as the statistics counters show them.
+fn src_updates(db: &TestDb) -> i64 {
+    db.psql("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'public.src'::regclass")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Green reads the base tables' changes from the statistics counters, which the server
+/// publishes a moment after the writing session ends (PostgreSQL 14's statistics collector up
+/// to half a second later): wait until the update shows, as the README says of convergence.
+fn await_src_updates(db: &TestDb, before: i64) {
+    let t = Instant::now();
+    while src_updates(db) <= before {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "the update never showed in pg_stat_user_tables"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn diamond(db: &TestDb) {
     db.psql(
         r#"CREATE TABLE public.src (k int PRIMARY KEY, v int NOT NULL);
@@ -790,7 +858,9 @@ async fn green_promote_refuses_until_converged_then_force_and_wait() {
         "--target",
         &url,
     ]);
+    let updates = src_updates(&db);
     db.psql("UPDATE public.src SET v = v + 1 WHERE k = 1");
+    await_src_updates(&db, updates);
     let before = user_dump(&db);
     // Not converged: refused (exit 5), named, nothing changed; --wait gives up at its timeout.
     let o = pgflip(&["green", "promote", "a", "--target", &url]);
@@ -912,7 +982,7 @@ async fn green_dropped_column_with_a_dependent_view_is_refused_unless_the_view_i
     ]);
     run_ok(&["green", "promote", "summary", "--target", &url]);
     let reader = db.srv.url(&db.name).replace("postgres@", "green_reader@");
-    let o = std::process::Command::new(db.srv.bindir().join("psql"))
+    let o = std::process::Command::new(db.srv.client_tool("psql"))
         .args([&reader, "-XAtc", "SELECT min(label) FROM public.v_labels"])
         .output()
         .unwrap();

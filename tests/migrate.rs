@@ -750,7 +750,7 @@ fn a_blocked_swap_gives_up_by_its_deadline_names_the_blocker_and_changes_nothing
         "CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'old');",
     );
     ok(&prepare(&src, &tgt, &["--preserved-tables", "items"]));
-    let mut blocker = std::process::Command::new(tgt.srv.bindir().join("psql"))
+    let mut blocker = std::process::Command::new(tgt.srv.client_tool("psql"))
         .args(["-X", "-q", "-h", "127.0.0.1", "-U", "postgres", "-p", &tgt.srv.port().to_string(), "-d", &tgt.name])
         .args(["-c", "BEGIN; SET application_name = 'long_reader'; SELECT count(*) FROM items; SELECT pg_sleep(6); COMMIT;"])
         .stdout(std::process::Stdio::null())
