@@ -269,6 +269,9 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     // pgflip's target lock, held from before the target is read until the last write (and the
     // swap): no other pgflip run acts on the target meanwhile. A dry run only reads.
     let lock_client = Arc::new(target.connect().await?);
+    // One database named twice is refused before the target lock is taken, so that the answer
+    // is that mistake, never a wait for (or a report of) the run's own lock on it.
+    pgflip::conn::refuse_same_database(&source.connect().await?, &lock_client).await?;
     let held = if global.dry_run {
         None
     } else {
