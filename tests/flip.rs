@@ -7,19 +7,6 @@ use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 
 use crate::util::*;
 
-async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    for m in rows {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            return r.get(0).unwrap_or("NULL").to_string();
-        }
-    }
-    panic!("no row from {sql}")
-}
-
 const LONG: &str = "a_table_name_that_is_exactly_sixty_three_bytes_long_xxxxxxxxxxx";
 
 /// A live table with every kind of dependent the flip must carry over, and a staging table

@@ -7,19 +7,6 @@ use serde_json::Value;
 
 use crate::util::*;
 
-async fn text(c: &tokio_postgres::Client, sql: &str) -> String {
-    let rows = c
-        .simple_query(sql)
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e:?}"));
-    for m in rows {
-        if let tokio_postgres::SimpleQueryMessage::Row(r) = m {
-            return r.get(0).unwrap_or("NULL").to_string();
-        }
-    }
-    panic!("no row from {sql}")
-}
-
 /// A dump of everything but pgflip's own state (which the first write creates).
 fn user_dump(db: &TestDb) -> String {
     db.pg_dump(&["--exclude-schema=pgflip"])
