@@ -830,3 +830,148 @@ fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
     assert_eq!(q(&tgt, "SELECT count(*) FROM t77"), "0");
     srv.stop().unwrap();
 }
+
+/// Item 1, the other direction: green's own rows must have the parent rows that live's foreign
+/// keys (which move to green) reference; a swap (and a rollback) that would break one is
+/// refused before any lock, named, with the count, instead of failing after its commit.
+#[test]
+fn a_swap_whose_rows_lack_their_parent_is_refused_before_the_flip() {
+    let (src, tgt) = pair("outbound");
+    let ddl = "CREATE TABLE categories (id int PRIMARY KEY); \
+               CREATE TABLE products (id int PRIMARY KEY, category_id int REFERENCES categories)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO categories VALUES (1), (9); INSERT INTO products VALUES (1, 1), (2, 9), (3, 9), (4, NULL)");
+    tgt.psql("INSERT INTO categories VALUES (1), (2); INSERT INTO products VALUES (1, 1), (5, 2)");
+    let before = tgt.pg_dump(&["--exclude-schema=pgflip"]);
+    let o = sync(&src, &tgt, &["products", "--staging-table", "--swap"]);
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("products_category_id_fkey")
+            && err.contains("2 row(s) of public.products_staging")
+            && err.contains("public.categories"),
+        "{err}"
+    );
+    // Nothing moved: the staging table stays for review, live and its key as they were.
+    let o = sync(&src, &tgt, &["products", "--swap", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    tgt.psql("DROP TABLE products_staging; DELETE FROM pgflip.operations");
+    assert_eq!(tgt.pg_dump(&["--exclude-schema=pgflip"]), before);
+
+    // With category 9 on the target the swap goes through; the key stays validated.
+    tgt.psql("INSERT INTO categories VALUES (9)");
+    ok(&sync(
+        &src,
+        &tgt,
+        &["products", "--staging-table", "--swap"],
+    ));
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+    // The retired rows reference category 2; once it is gone, rolling back is refused too.
+    tgt.psql("DELETE FROM categories WHERE id = 2");
+    let o = pgflip(&["rollback", "--target", &tgt.url(), "--latest"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("products_category_id_fkey") && stderr(&o).contains("1 row(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM products"), "4");
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+    tgt.psql("INSERT INTO categories VALUES (2)");
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM products"
+        ),
+        "1,5"
+    );
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+}
+
+/// Item 10: a server that is not PostgreSQL (an HTTP server, a listener that closes at once)
+/// is named as such, with its host and port; relations are named one way (quoted where SQL
+/// needs it) in messages, JSON and run labels.
+#[test]
+fn a_server_that_is_not_postgres_is_named_and_identifiers_are_quoted_one_way() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    for (answer, what) in [
+        (
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+            "answers HTTP",
+        ),
+        (&b"SSH-2.0-OpenSSH_9.2\r\n"[..], "answers SSH"),
+        (&b""[..], "closes at once"),
+    ] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        stop.store(false, Ordering::Relaxed);
+        let o = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut c, _)) => {
+                            c.set_nonblocking(false).unwrap();
+                            c.set_read_timeout(Some(Duration::from_millis(200)))
+                                .unwrap();
+                            let mut buf = [0u8; 512];
+                            let _ = c.read(&mut buf);
+                            let _ = c.write_all(answer);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            let url = format!("postgres://app@127.0.0.1:{port}/app");
+            let o = pgflip(&["status", "--target", &url]);
+            stop.store(true, Ordering::Relaxed);
+            o
+        });
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")) && err.contains("not a PostgreSQL server"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("bytes remaining"), "{what}: {err}");
+    }
+
+    // One relation, one name: the sync report, its JSON, the swap and the run label.
+    let (src, tgt) = pair("quoting");
+    let ddl = r#"CREATE TABLE "Line Items" (id int PRIMARY KEY, v text)"#;
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql(r#"INSERT INTO "Line Items" VALUES (1, 'a')"#);
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["Line Items", "--staging-table", "--swap", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["tables"][0]["table"], r#"public."Line Items""#, "{out}");
+    assert_eq!(
+        v["swap"]["swapped"][0]["table"], r#"public."Line Items""#,
+        "{out}"
+    );
+    let labels = q(
+        &tgt,
+        "SELECT string_agg(command, ' | ' ORDER BY id) FROM pgflip.runs",
+    );
+    assert!(
+        labels.contains(r#"public."Line Items""#) && !labels.contains("public.Line Items"),
+        "{labels}"
+    );
+    let text = ok(&sync(
+        &src,
+        &tgt,
+        &["Line Items", "--staging-table", "--swap"],
+    ));
+    assert!(
+        text.contains(r#"Successfully swapped "Line Items_staging" to "Line Items""#),
+        "{text}"
+    );
+}

@@ -493,7 +493,8 @@ fn render_report(report: &sync::SyncReport) -> String {
     text
 }
 
-/// `public.items` reads as `items`, as users name it.
+/// `public.items` reads as `items`, as users name it (`public."Line Items"` as
+/// `"Line Items"`).
 fn short(table: &str) -> &str {
     table.strip_prefix("public.").unwrap_or(table)
 }
@@ -523,7 +524,7 @@ async fn swap_tables(
     let mut out = Vec::new();
     for (_, s, n) in chosen {
         if let Some(only) = synced {
-            if !only.iter().any(|t| *t == format!("{s}.{n}")) {
+            if !only.iter().any(|t| *t == pgflip::ident::qualified(&s, &n)) {
                 continue;
             }
         } else if patterns.is_empty() {
@@ -672,8 +673,8 @@ async fn swap_and_report(
         .map(|p| {
             format!(
                 "Successfully swapped {} to {}",
-                short(&format!("{}.{}", p.green.schema, p.green.name)),
-                short(&format!("{}.{}", p.live.schema, p.live.name))
+                short(&p.green.sql()),
+                short(&p.live.sql())
             )
         })
         .collect();

@@ -529,7 +529,8 @@ pub async fn prepare(
                 if !exact && !tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
                     events.emit(Event::Warning {
                         message: format!(
-                            "{s}.{n} matches {:?} but is not on the target; skipped",
+                            "{} matches {:?} but is not on the target; skipped",
+                            qualified(&s, &n),
                             r.pattern
                         ),
                     });
@@ -550,7 +551,7 @@ pub async fn prepare(
         if filters.contains_key(oid) {
             match tgt_list.iter().find(|(_, ts, tn)| ts == s && tn == n) {
                 Some((t, _, _)) => tgt_oids.push(*t),
-                None => missing.push(format!("{s}.{n}")),
+                None => missing.push(qualified(s, n)),
             }
         }
     }
