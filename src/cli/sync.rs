@@ -606,17 +606,20 @@ async fn swap_and_report(
             if let Some(d) = &m.diff {
                 let c = sync::drift::changes_since(&client, &m.live, d).await?;
                 if c.any() {
-                    stale.push(format!("{} ({})", m.live, c.describe()));
+                    stale.push(pgflip::error::Problem::new(
+                        m.live.clone(),
+                        format!("{}: {} since the diff", m.live, c.describe()),
+                    ));
                 }
             }
         }
         if !stale.is_empty() {
-            return Err(pgflip::Error::Refused(format!(
-                "the live table changed since the diff --show-diff showed: {}. That diff no \
+            return Err(pgflip::Error::Refused(pgflip::error::Refusal::new(
+                "the live table changed since the diff --show-diff showed, so that diff no \
                  longer describes what the swap replaces; load and diff again \
                  (--staging-table --show-diff), or swap anyway with --force (the rows written \
                  since stay in the retired table). Nothing was changed",
-                stale.join(", ")
+                stale,
             ))
             .into());
         }
