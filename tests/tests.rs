@@ -15,6 +15,7 @@ mod harness;
 mod migrate;
 mod safety;
 mod schema_kinds;
+mod schema_roles;
 mod schemadiff;
 mod state;
 mod sync;

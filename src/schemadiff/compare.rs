@@ -1979,6 +1979,7 @@ impl<'a> Builder<'a> {
             },
             commented_drops: self.footer,
             unsupported: self.unsupported,
+            roles: Default::default(),
         }
     }
 }
