@@ -10,6 +10,7 @@ mod ddl_roundtrip;
 mod engine;
 mod flip;
 mod flip_hooks;
+mod flip_statistics;
 mod green;
 mod harness;
 mod migrate;
