@@ -461,6 +461,15 @@ SELECT pg_catalog.json_build_object('kind', 'security label', 'class', 'syntheti
 FROM pg_catalog.pg_seclabel l
 CROSS JOIN LATERAL pg_catalog.pg_identify_object(l.classoid, l.objoid, l.objsubid) i
 WHERE l.objoid >= 16384 AND (i.schema IS NULL OR i.schema IN (SELECT nspname FROM ns))
+UNION ALL
+-- Large objects: out of scope (schema diff covers databases without them), seen so that
+-- schema diff can say so instead of passing over them.
+SELECT pg_catalog.json_build_object('kind', 'large objects', 'class', 'synthetic',
+  'identity', pg_catalog.format('%s large objects', pg_catalog.count(*)),
+  'create', pg_catalog.format('-- %s large objects: not part of a schema dump', pg_catalog.count(*)),
+  'diffable', false)
+FROM pg_catalog.pg_largeobject_metadata
+HAVING pg_catalog.count(*) > 0 AND pg_catalog.cardinality($1::text[]) = 0
 ) x"#,
         att_storage = storage_word("a.attstorage"),
         typ_storage = storage_word("t.typstorage"),
