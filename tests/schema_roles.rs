@@ -47,6 +47,9 @@ GRANT SELECT ON app.new_t TO "r14 dev reader", r14_both_reader;
 ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO "r14 dev reader";
 ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO r14_both_reader;
 ALTER DEFAULT PRIVILEGES FOR ROLE r14_dev_owner GRANT SELECT ON SEQUENCES TO r14_both_reader;
+ALTER TABLE app.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY p_read ON app.t FOR SELECT TO r14_both_reader USING (true);
+CREATE POLICY p_dev ON app.t FOR SELECT TO "r14 dev reader", r14_both_reader USING (id > 0);
 "#;
 
 const TARGET: &str = r#"
@@ -68,6 +71,8 @@ CREATE FUNCTION app.f() RETURNS int LANGUAGE sql AS 'SELECT 1';
 GRANT EXECUTE ON FUNCTION app.f() TO "r14 app user";
 ALTER DEFAULT PRIVILEGES IN SCHEMA app GRANT SELECT ON TABLES TO "r14 app user";
 ALTER DEFAULT PRIVILEGES FOR ROLE r14_app_owner IN SCHEMA app GRANT SELECT ON TABLES TO "r14 app user";
+ALTER TABLE app.t ENABLE ROW LEVEL SECURITY;
+CREATE POLICY p_read ON app.t FOR SELECT TO "r14 app user", r14_both_reader USING (true);
 "#;
 
 fn pair(hint: &str) -> (TestDb, TestDb) {
@@ -130,6 +135,7 @@ fn production_only_roles_keep_their_grants_and_shared_roles_are_aligned() {
         "GRANT EXECUTE ON FUNCTION app.f() TO \"r14 app user\"",
         "owner of TABLE app.prod_owned: r14_app_owner",
         "ALTER DEFAULT PRIVILEGES FOR ROLE r14_app_owner IN SCHEMA app GRANT SELECT ON TABLES TO \"r14 app user\";",
+        "policy p_read on app.t TO \"r14 app user\"",
     ] {
         assert!(script.contains(kept), "header lacks kept {kept:?}:\n{script}");
     }
@@ -138,6 +144,7 @@ fn production_only_roles_keep_their_grants_and_shared_roles_are_aligned() {
         "owner of new TABLE app.new_t: r14_dev_owner",
         "IN SCHEMA app GRANT SELECT ON TABLES TO \"r14 dev reader\";",
         "FOR ROLE r14_dev_owner GRANT SELECT ON SEQUENCES TO r14_both_reader;",
+        "policy p_dev on app.t TO \"r14 dev reader\"",
     ] {
         assert!(
             script.contains(left),
@@ -229,6 +236,14 @@ fn production_only_roles_keep_their_grants_and_shared_roles_are_aligned() {
     ] {
         assert_eq!(q(&tgt, &format!("SELECT {what}")), want, "{what}");
     }
+    // Policies: production's role stays in p_read; p_dev is created for the shared role only.
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(polname || ':' || array_to_string(ARRAY(SELECT rolname FROM pg_roles WHERE oid = ANY(polroles) ORDER BY 1), ','), ' ' ORDER BY polname) FROM pg_policy"
+        ),
+        "p_dev:r14_both_reader p_read:r14 app user,r14_both_reader"
+    );
     // Default privileges: production's kept, the shared role's added.
     let defaults = q(
         &tgt,
@@ -267,10 +282,12 @@ fn no_privileges_leaves_owners_grants_and_default_privileges_alone() {
     let dry = diff(&src, &tgt, &["--dry-run", "--no-privileges"]);
     assert!(dry.status.success(), "{}", stderr(&dry));
     let sql = statements(&stdout(&dry));
-    assert!(
-        !sql.contains("r14_both") && !sql.contains("DEFAULT PRIVILEGES") && !sql.contains("REVOKE"),
-        "privileges aligned with --no-privileges:\n{sql}"
-    );
+    let aligned = sql.lines().any(|l| {
+        l.contains("DEFAULT PRIVILEGES")
+            || l.contains("REVOKE")
+            || ((l.contains("GRANT") || l.contains("OWNER TO")) && l.contains("r14_both"))
+    });
+    assert!(!aligned, "privileges aligned with --no-privileges:\n{sql}");
     // A recreated view keeps the target's owner and grants.
     assert!(
         sql.contains("GRANT SELECT ON TABLE app.v TO \"r14 app user\";"),
@@ -317,4 +334,24 @@ fn no_privileges_leaves_owners_grants_and_default_privileges_alone() {
         q(&tgt, "SELECT defaclacl FROM pg_default_acl ORDER BY oid"),
         before_defaults
     );
+}
+
+#[test]
+fn a_policy_only_for_roles_the_target_lacks_is_refused_by_name() {
+    let (src, tgt) = pair("roles_policy");
+    let ddl = "CREATE TABLE t (id int); ALTER TABLE t ENABLE ROW LEVEL SECURITY;";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("CREATE POLICY only_dev ON t FOR SELECT TO \"r14 dev reader\" USING (true)");
+    let before = tgt.dump();
+    for mode in ["--check", "--apply", "--dry-run"] {
+        let o = diff(&src, &tgt, &[mode]);
+        assert_eq!(o.status.code(), Some(2), "{mode}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("policy only_dev on public.t names only roles the target does not have (\"r14 dev reader\")"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(before, tgt.dump(), "something was applied");
 }

@@ -145,6 +145,7 @@ pub fn compare_snapshots(source: &Snapshot, target: &Snapshot, opts: &DiffOption
     match roles::reconcile(s, t, opts.privileges) {
         Some((s, notes)) => {
             let mut diff = compare::compare(&s, t, opts);
+            diff.unsupported.extend(notes.refused.iter().cloned());
             diff.roles = notes;
             diff
         }

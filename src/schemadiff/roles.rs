@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use crate::catalog::{Acl, AclItem, Column, Extra, Snapshot};
+use crate::catalog::{Acl, AclItem, Column, Extra, Policy, Snapshot};
 use crate::ident::quote_ident;
 
 /// What was kept or left out because of roles, for the script's header.
@@ -31,6 +31,10 @@ pub struct RoleNotes {
     /// The source's owners, grants, default privileges and user mappings not applied because
     /// the target does not have the role.
     pub not_applied: Vec<String>,
+    /// What cannot be aligned without widening access (a policy that names only roles the
+    /// target lacks would apply to everyone): refused by name.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub refused: Vec<String>,
 }
 
 impl RoleNotes {
@@ -254,6 +258,61 @@ impl Ctx<'_> {
         }
     }
 
+    /// A policy's roles (`TO …`): the target's roles that the source lacks are kept, the
+    /// source's that the target lacks left out; a policy left with none would apply to
+    /// everyone, so it is refused instead.
+    fn policy(&mut self, table: &str, p: &mut Policy, t: Option<&Policy>) {
+        let what = format!("policy {} on {table}", quote_ident(&p.name));
+        let missing: Vec<String> = p
+            .roles
+            .iter()
+            .flatten()
+            .filter(|r| !self.in_tgt(r))
+            .map(|r| quote_ident(r))
+            .collect();
+        if missing.is_empty() && t.is_none_or(|t| t.roles.iter().flatten().all(|r| self.in_src(r)))
+        {
+            return;
+        }
+        let had_roles = !p.roles.is_empty();
+        p.roles
+            .retain(|r| r.as_deref().is_none_or(|r| self.tgt_roles.contains(r)));
+        if !missing.is_empty() {
+            self.notes
+                .not_applied
+                .push(format!("{what} TO {}", missing.join(", ")));
+        }
+        if let Some(t) = t {
+            let kept: Vec<&Option<String>> = t
+                .roles
+                .iter()
+                .filter(|r| r.as_deref().is_some_and(|r| !self.in_src(r)))
+                .filter(|r| !p.roles.contains(r))
+                .collect();
+            if !kept.is_empty() {
+                self.notes.kept.push(format!(
+                    "{what} TO {}",
+                    kept.iter()
+                        .map(|r| role_sql(r))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+                p.roles.extend(kept.into_iter().cloned());
+            }
+            // The same roles in the target's order: no difference to recreate for.
+            let set = |v: &[Option<String>]| v.iter().cloned().collect::<HashSet<_>>();
+            if set(&p.roles) == set(&t.roles) {
+                p.roles = t.roles.clone();
+            }
+        }
+        if had_roles && p.roles.is_empty() {
+            self.notes.refused.push(format!(
+                "{what} names only roles the target does not have ({}): without them it would apply to every role",
+                missing.join(", ")
+            ));
+        }
+    }
+
     /// One object with an owner and maybe an ACL.
     #[allow(clippy::too_many_arguments)]
     fn object(
@@ -371,6 +430,10 @@ pub(crate) fn reconcile(
             t.map(|t| t.columns.as_slice()),
             &renamed,
         );
+        for p in &mut x.policies {
+            let tp = t.and_then(|t| t.policies.iter().find(|tp| tp.name == p.name));
+            cx.policy(&name, p, tp);
+        }
     }
     let t_views: HashMap<(&str, &str), _> = tgt
         .views
