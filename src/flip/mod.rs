@@ -39,7 +39,9 @@
 //!   policies, triggers (and their enabled state), replica identity, publication membership,
 //!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
 //!   green without one of live's indexes is refused (a rollback or migration only warns).
-//! - Extended statistics stay with the retired table (reported as a warning).
+//! - Extended statistics ([`statistics`]): live's are retired with the table, the new live
+//!   table gets the same ones under the same names (green's matching ones renamed, the others
+//!   created: catalog only, filled by the next ANALYZE). A migration's green keeps its own.
 //! - Pairs may be tables, partitioned tables, materialized views or views (a materialized
 //!   view or a view only with its own kind: green pipelines switch a view whose new definition
 //!   drops a column, together with what it reads). A partitioned table's partitions go with it: live's are retired into the
@@ -55,6 +57,7 @@ pub mod dependents;
 pub mod fkcheck;
 pub mod generation;
 pub mod guard;
+pub mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -584,9 +587,6 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             format!("cannot carry over {}{}", u.object, u.why),
         ));
     }
-    for s in &inv.statistics {
-        warnings.push(format!("{s} stays with the retired table"));
-    }
     for v in &inv.views {
         if v.rel.relkind == "m" && v.rel.populated {
             warnings.push(format!(
@@ -731,7 +731,7 @@ fn render(
     created_at: DateTime<Utc>,
     label: String,
     backup_schema: String,
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> FlipPlan {
     let mut plan = Plan::new(format!(
         "flip {} relation(s) ({}), generation {label}",
@@ -1426,6 +1426,27 @@ fn render(
                 ),
                 sql,
             );
+        }
+        // Extended statistics: retired with live, made again (or taken from green) under
+        // live's names.
+        let create = kind != FlipKind::Migrate && !opts.allow_column_changes;
+        if !create {
+            for s in statistics::unmatched(&inv.statistics, r.live_oid, r.green_oid) {
+                warnings.push(format!(
+                    "extended statistics {} stays with the retired table (green has no such statistics)",
+                    s.sql_name()
+                ));
+            }
+        }
+        for (d, sql) in statistics::carry(
+            &inv.statistics,
+            r.live_oid,
+            r.green_oid,
+            &live_q,
+            &bk,
+            create,
+        ) {
+            push(d, sql);
         }
         for s in steps {
             plan.push(s);
