@@ -528,6 +528,105 @@ async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green
     assert_eq!(user_dump(&db), before);
 }
 
+/// Waits until no pgflip session is left on the server (a killed run's backend goes a moment
+/// after the process).
+async fn no_pgflip_sessions(c: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while text(
+        c,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
+    )
+    .await
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "pgflip's session is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn green_killed_during_refresh_and_cancel_then_a_rerun_finishes_and_nothing_is_left() {
+    let db = fresh_db("green_kill_rc");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    let url = db.url();
+    // Schemas only: the test writes to the base table, which moves rows in a data dump.
+    let schema_dump = || db.pg_dump(&["--exclude-schema=pgflip", "--schema-only"]);
+    let before = schema_dump();
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE \"My Schema\".base SET amount = amount + 100 WHERE id = 50");
+    let fp = tempfile::tempdir().unwrap();
+    let dir = fp.path().to_str().unwrap().to_string();
+    let killed = |args: &[&str], point: &str| {
+        let o = pgflip_env(
+            args,
+            &[
+                ("PGFLIP_FAILPOINTS", &format!("{point}=exit")),
+                ("PGFLIP_FAILPOINT_DIR", &dir),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: not killed");
+        assert!(
+            fp.path().join(format!("{point}.reached")).exists(),
+            "{point}"
+        );
+    };
+
+    // Killed inside the refresh's transaction: nothing of it happened; status still says
+    // stale, naming the change; a rerun refreshes.
+    killed(
+        &["green", "refresh", "--target", &url],
+        "green.refresh.before_refresh",
+    );
+    no_pgflip_sessions(&c).await;
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], false, "{st}");
+    assert_eq!(m["base_changes"], 1, "{st}");
+    run_ok(&["green", "refresh", "--target", &url]);
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], true, "{st}");
+    assert_eq!(m["base_changes"], 0, "{st}");
+    // The refreshed green holds the change (group 0: ids 5, 10, … 100; id 50 gained 100).
+    let green_schema = st["pipelines"][0]["pipeline"].as_str().unwrap().to_string();
+    assert_eq!(
+        text(
+            &c,
+            &format!(
+                "SELECT (SELECT total FROM \"{green_schema}\".\"Sales MV\" WHERE grp = 0) \
+                      - (SELECT sum(amount) FROM \"My Schema\".base WHERE grp = 0 AND amount > 10)"
+            )
+        )
+        .await,
+        "0"
+    );
+
+    // Killed before cancel drops anything: the pipeline is still there, whole; a rerun
+    // cancels it and nothing pgflip made is left.
+    killed(
+        &["green", "cancel", "--target", &url],
+        "green.cancel.before_drop",
+    );
+    no_pgflip_sessions(&c).await;
+    let st = status_json(&db);
+    assert_eq!(st["pipelines"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(member(&st, "Sales MV")["converged"], true, "{st}");
+    assert_eq!(watched(&c).await, vec!["\"My Schema\".base"]);
+    run_ok(&["green", "cancel", "--target", &url]);
+    assert!(watched(&c).await.is_empty());
+    assert_eq!(status_json(&db)["pipelines"].as_array().unwrap().len(), 0);
+    assert_eq!(schema_dump(), before, "something was left behind");
+}
+
 #[tokio::test]
 async fn green_query_defined_table_keeps_its_key_and_grants() {
     let db = fresh_db("green_table");
