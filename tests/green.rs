@@ -1254,3 +1254,104 @@ async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survive
         "2"
     );
 }
+
+#[tokio::test]
+async fn sync_swap_builds_a_slow_materialized_view_beside_and_rollback_switches_it_back() {
+    let db = fresh_db("green_sync_mv");
+    setup(&db, "green_reader");
+    // A table with a staging table, a materialized view over it whose query takes at least
+    // 2 s (four rows, 0.5 s each), a chained one over that, a view readers use.
+    db.psql(
+        r#"CREATE TABLE public.tsync (k int PRIMARY KEY, v text NOT NULL);
+           INSERT INTO public.tsync SELECT g, 'old' FROM generate_series(1, 4) g;
+           CREATE TABLE public.tsync_staging (LIKE public.tsync INCLUDING ALL);
+           INSERT INTO public.tsync_staging SELECT g, 'new' FROM generate_series(1, 4) g;
+           CREATE MATERIALIZED VIEW public.slow_mv AS SELECT k, v FROM tsync WHERE pg_sleep(0.5)::text = '';
+           CREATE UNIQUE INDEX slow_mv_k ON public.slow_mv (k);
+           COMMENT ON MATERIALIZED VIEW public.slow_mv IS 'slow';
+           GRANT SELECT ON public.slow_mv TO green_reader;
+           CREATE MATERIALIZED VIEW public.chained AS SELECT count(*) AS n, min(v) AS v FROM public.slow_mv;
+           CREATE VIEW public.v_slow AS SELECT k, v FROM public.slow_mv;"#,
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let values = |rel: &'static str| {
+        let c = &c;
+        async move { text(c, &format!("SELECT string_agg(DISTINCT v, ',') FROM {rel}")).await }
+    };
+    let o = pgflip(&["sync", "--target", &url, "tsync", "--swap", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let locked = v["swap"]["locked_ms"].as_f64().unwrap();
+    assert!(
+        locked < 2000.0,
+        "locks held {locked} ms: the materialized view was built under them"
+    );
+    let warnings = v["swap"]["warnings"].to_string();
+    assert!(!warnings.contains("WITH DATA"), "{warnings}");
+    assert_eq!(values("public.slow_mv").await, "new");
+    assert_eq!(values("public.v_slow").await, "new");
+    assert_eq!(values("public.chained").await, "new");
+    // Kept: index name, comment, grant; the staging table is the live one now.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(indexname, ',') FROM pg_indexes WHERE tablename = 'slow_mv' AND schemaname = 'public'"
+        )
+        .await,
+        "slow_mv_k"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT obj_description('public.slow_mv'::regclass, 'pg_class')"
+        )
+        .await,
+        "slow"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT has_table_privilege('green_reader', 'public.slow_mv', 'SELECT')"
+        )
+        .await,
+        "t"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    // Rolled back: the old versions switch back, nothing rebuilt under the locks either.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(live_name, ',' ORDER BY live_name) FROM pgflip.generation_relations"
+        )
+        .await,
+        "chained,slow_mv,tsync",
+        "the materialized views switched as pairs"
+    );
+    let o = pgflip(&["rollback", "--latest", "--target", &url, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let locked = out
+        .split("\"locked_ms\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '\n', '}']).next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no locked_ms in {out}"));
+    assert!(locked < 2000.0, "rollback held its locks {locked} ms");
+    assert_eq!(values("public.slow_mv").await, "old");
+    assert_eq!(values("public.v_slow").await, "old");
+    assert_eq!(values("public.chained").await, "old");
+    assert_eq!(values("public.tsync").await, "old");
+    run_ok(&["cleanup", "--keep", "0", "--target", &url]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}

@@ -48,13 +48,13 @@ pub struct CreateOutcome {
 }
 
 /// One member, before it is built.
-struct Planned {
-    oid: u32,
-    live: QualifiedName,
-    kind: RelKind,
-    query: String,
-    explicit: bool,
-    upstream: Vec<u32>,
+pub(super) struct Planned {
+    pub(super) oid: u32,
+    pub(super) live: QualifiedName,
+    pub(super) kind: RelKind,
+    pub(super) query: String,
+    pub(super) explicit: bool,
+    pub(super) upstream: Vec<u32>,
 }
 
 /// `pg_get_indexdef` text of a live index, pointed at `green` (same name: it lives in another
@@ -464,7 +464,7 @@ async fn probe(
     res
 }
 
-fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
+pub(super) fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
     let reloptions = match p.kind {
         RelKind::MaterializedView | RelKind::View => snap
             .view(&p.live.schema, &p.live.name)
@@ -492,7 +492,7 @@ fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
 }
 
 /// Indexes and key constraints (first), then owner, grants and comments, as live has them.
-fn decorate_sql(snap: &Snapshot, p: &Planned, green: &str) -> Vec<(String, String)> {
+pub(super) fn decorate_sql(snap: &Snapshot, p: &Planned, green: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let kind = p.kind.sql();
     let (owner, acl, comment, columns, indexes, constraints) = match p.kind {

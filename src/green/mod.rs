@@ -20,6 +20,7 @@
 //! Modules: [`sqlfile`] reads pipeline files, [`pipeline`] finds the members and their order,
 //! [`create`], [`status`], [`refresh`], [`promote`] and [`cancel`] are the commands.
 
+pub mod beside;
 pub mod cancel;
 pub mod create;
 pub mod pipeline;
