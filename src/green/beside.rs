@@ -280,10 +280,13 @@ async fn build_in(
             .ctx("checking what it reads")?
             .get(0);
         if reads_live > 0 {
-            return Err(Error::Refused(format!(
-                "{} would still read a live relation (it names it with its schema)",
-                p.live
-            )));
+            return Err(Error::Refused(
+                format!(
+                    "{} would still read a live relation (it names it with its schema)",
+                    p.live
+                )
+                .into(),
+            ));
         }
         let member = Member {
             pipeline: schema.clone(),
