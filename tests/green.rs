@@ -1331,6 +1331,14 @@ async fn sync_swap_builds_a_slow_materialized_view_beside_and_rollback_switches_
         "chained,slow_mv,tsync",
         "the materialized views switched as pairs"
     );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT kind || ' ' || relations || ' ' || array_to_string(live_relations, ',') FROM pgflip.generations_summary"
+        )
+        .await,
+        "sync 3 public.tsync,public.slow_mv,public.chained"
+    );
     let o = pgflip(&["rollback", "--latest", "--target", &url, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
