@@ -1652,6 +1652,35 @@ pub async fn flip(
     opts: &FlipOptions,
     events: &dyn EventSink,
 ) -> Result<FlipOutcome> {
+    // Materialized views that read a swapped table are built beside first (green's pipeline
+    // machinery), so that the locked transaction only switches them (issue #11).
+    let beside = match kind {
+        FlipKind::Sync | FlipKind::Rollback => {
+            crate::green::beside::build(client, pairs, events).await?
+        }
+        _ => None,
+    };
+    let Some(b) = beside else {
+        return flip_planned(client, pairs, kind, opts, events).await;
+    };
+    let mut all = pairs.to_vec();
+    all.extend(b.pairs.iter().cloned());
+    let mut o = opts.clone();
+    o.in_flip_after.push(b.in_flip_after.clone());
+    let r = flip_planned(client, &all, kind, &o, events).await;
+    if r.is_err() {
+        let _ = crate::green::beside::discard(client, &b).await;
+    }
+    r
+}
+
+async fn flip_planned(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+    events: &dyn EventSink,
+) -> Result<FlipOutcome> {
     let mut replans = 0;
     loop {
         // Plan (and refuse) before writing anything, even pgflip's own state.
