@@ -13,6 +13,7 @@ mod flip_hooks;
 mod green;
 mod harness;
 mod migrate;
+mod migrate_schema;
 mod safety;
 mod schema_kinds;
 mod schemadiff;

@@ -826,6 +826,11 @@ fn render(
         // `ALTER TABLE` also takes partitioned tables; materialized views need their keyword.
         let (lkw, gkw) = (mode_of(l), mode_of(g));
         let is_mv = l.relkind == "m";
+        // A migration brings a new version with its own names, comments, triggers, policies,
+        // storage parameters and replica identity (the job sets them, from the source's
+        // schema); a rollback brings back a retired copy that kept its own. Only what access
+        // depends on (owner, grants) and what binds by OID follows the live table.
+        let own_structure = matches!(kind, FlipKind::Migrate | FlipKind::Rollback);
         let mut steps: Vec<Step> = Vec::new();
         let mut push = |d: String, sql: String| {
             steps.push(Step::new(d, sql).lock(LockMode::AccessExclusive, live_q.clone()))
@@ -950,7 +955,7 @@ fn render(
                     && index_shape(&li.def, &li.name) == shape
                     && li.constraint.is_some() == gi.constraint.is_some()
             });
-            if let Some(li) = m {
+            if let Some(li) = m.filter(|_| !own_structure) {
                 used_live.insert(li.oid);
                 match (&gi.constraint, &li.constraint) {
                     (Some(gc), Some(lc)) if gc != lc => push(
@@ -988,7 +993,10 @@ fn render(
             .constraints_of(r.live_oid)
             .filter(|c| c.contype == "n")
             .collect();
-        for gc in inv.constraints_of(r.green_oid).filter(|c| c.contype == "n") {
+        for gc in inv
+            .constraints_of(r.green_oid)
+            .filter(|c| c.contype == "n" && !own_structure)
+        {
             if let Some(lc) = live_nn
                 .iter()
                 .find(|lc| lc.def == gc.def && lc.name != gc.name)
@@ -1029,7 +1037,7 @@ fn render(
             match m {
                 Some(gc) => {
                     used_green.insert(gc.name.clone());
-                    if gc.name != lc.name {
+                    if gc.name != lc.name && !own_structure {
                         push(
                             format!(
                                 "rename constraint {} to {}",
@@ -1163,7 +1171,7 @@ fn render(
             }
         }
         // Storage parameters (fillfactor, autovacuum settings, ...): catalog only.
-        if l.reloptions != g.reloptions {
+        if l.reloptions != g.reloptions && !own_structure {
             let key = |o: &String| o.split('=').next().unwrap_or_default().to_string();
             let live_keys: BTreeSet<String> = l.reloptions.iter().map(key).collect();
             let reset: Vec<String> = g
@@ -1224,7 +1232,10 @@ fn render(
                 .iter()
                 .find(|c| c.name == lc.name)
                 .and_then(|c| c.comment.clone());
-            if gcomment != lc.comment && green_cols.iter().any(|c| c.name == lc.name) {
+            if !own_structure
+                && gcomment != lc.comment
+                && green_cols.iter().any(|c| c.name == lc.name)
+            {
                 push(
                     format!("comment on column {}", quote_ident(&lc.name)),
                     format!(
@@ -1235,7 +1246,7 @@ fn render(
                 );
             }
         }
-        if l.comment != g.comment {
+        if l.comment != g.comment && !own_structure {
             push(
                 "comment".into(),
                 format!(
@@ -1245,7 +1256,7 @@ fn render(
             );
         }
         // Row-level security.
-        if l.rls != g.rls {
+        if l.rls != g.rls && !own_structure {
             push(
                 "row-level security as live had it".into(),
                 format!(
@@ -1254,7 +1265,7 @@ fn render(
                 ),
             );
         }
-        if l.force_rls != g.force_rls {
+        if l.force_rls != g.force_rls && !own_structure {
             push(
                 "forced row-level security as live had it".into(),
                 format!(
@@ -1267,7 +1278,7 @@ fn render(
             .policies_of(r.green_oid)
             .map(|p| p.name.clone())
             .collect();
-        for p in inv.policies_of(r.live_oid) {
+        for p in inv.policies_of(r.live_oid).filter(|_| !own_structure) {
             if green_pols.contains(&p.name) {
                 continue;
             }
@@ -1303,7 +1314,7 @@ fn render(
             .collect();
         for t in inv.triggers_of(r.live_oid) {
             // pgflip's own triggers (migrate's capture) belong to the job, not to the table.
-            if t.pgflip_owned || green_trg.contains(&t.name) {
+            if own_structure || t.pgflip_owned || green_trg.contains(&t.name) {
                 continue;
             }
             let mut sql = t.def.clone();
@@ -1322,7 +1333,7 @@ fn render(
             push(format!("trigger {}", quote_ident(&t.name)), sql);
         }
         // Replica identity (tables only).
-        if !is_mv && (l.replident != g.replident || l.replident == "i") {
+        if !is_mv && !own_structure && (l.replident != g.replident || l.replident == "i") {
             let how = match l.replident.as_str() {
                 "n" => "NOTHING".to_string(),
                 "f" => "FULL".to_string(),

@@ -89,6 +89,19 @@ pub fn plan(rec: &Record) -> SwapPlan {
             ));
         }
     }
+    for m in &rec.matviews {
+        after.push(format!(
+            "ALTER MATERIALIZED VIEW {} SET SCHEMA {}",
+            qualified(&m.shadow_schema, &m.name),
+            quote_ident(&m.schema)
+        ));
+    }
+    // The rest of the source's schema (functions, views, triggers, policies, comments, grants
+    // of new tables…): catalog steps decided by the schema diff during prepare.
+    if !rec.after_swap.is_empty() {
+        after.push("SET LOCAL check_function_bodies = false".into());
+        after.extend(rec.after_swap.iter().cloned());
+    }
     for (_, p) in rec.preserved() {
         after.push(format!(
             "DROP FUNCTION {}()",
