@@ -244,3 +244,157 @@ fn psql_url(url: &str, statements: &[&str]) -> String {
     );
     String::from_utf8_lossy(&o.stdout).to_string()
 }
+
+/// 63 bytes, mixed case: the longest name PostgreSQL keeps.
+const LONG: &str = "Long_Mixed_Case_Table_Name_That_Uses_All_Sixty_Three_Bytes_Abcd";
+
+fn odd_tables(extra_rows: i32) -> String {
+    let mut sql = String::new();
+    for t in [
+        "shadows", "backups", "shadow_x", "backup_x", "pgflip_x", LONG,
+    ] {
+        sql.push_str(&format!(
+            "CREATE TABLE \"{t}\" (id int PRIMARY KEY, v text); \
+             INSERT INTO \"{t}\" SELECT g, 'v' || g FROM generate_series(1, {extra_rows}) g;"
+        ));
+    }
+    sql
+}
+
+/// Every user relation with its row count, and the tables' structure: what must come back.
+fn tables_and_rows(db: &TestDb) -> String {
+    let rels = q(
+        db,
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), E'\\n' ORDER BY 1) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT LIKE 'pg\\_%' AND n.nspname <> 'information_schema' \
+           AND n.nspname <> 'pgflip' AND n.nspname NOT LIKE 'pgflip\\_%'",
+    );
+    let mut out = db.pg_dump(&["--schema-only", "--exclude-schema=pgflip*"]);
+    for r in rels.lines() {
+        out.push_str(&format!("\n{r}: {}", digest(db, r)));
+    }
+    // pg_dump breaks ties by oid, and a rollback brings back other oids: compare as a set of
+    // lines (with their counts).
+    let mut lines: Vec<&str> = out.lines().collect();
+    lines.sort_unstable();
+    lines.join("\n")
+}
+
+#[test]
+fn extra_tables_are_retired_and_come_back_on_rollback_twenty_cycles_and_odd_names_survive() {
+    let src = fresh_db("mig_extra_src");
+    let tgt = fresh_db("mig_extra_tgt");
+    src.psql(&format!(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a SELECT g, 'new' FROM generate_series(1, 20) g; \
+         CREATE TABLE added (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO added SELECT g, g FROM generate_series(1, 20) g; \
+         {}",
+        odd_tables(7)
+    ));
+    tgt.psql(&format!(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'old'); \
+         CREATE TABLE old_only (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO old_only VALUES (1, 1); \
+         CREATE TABLE \"Old Only \"\"2\"\"\" (id int); INSERT INTO \"Old Only \"\"2\"\"\" VALUES (5); \
+         {}",
+        odd_tables(3)
+    ));
+    let (s, t) = (src.url(), tgt.url());
+    let before = tables_and_rows(&tgt);
+    let start = |extra: &[&str]| {
+        let mut args = vec!["migrate", "start", "--source", &s, "--target", &t];
+        args.extend_from_slice(extra);
+        ok(&pgflip(&args))
+    };
+    let rollback = || ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    let is_source = |db: &TestDb| {
+        for r in [
+            "a", "added", "shadows", "backups", "shadow_x", "backup_x", "pgflip_x",
+        ] {
+            assert_eq!(digest(db, r), digest(&src, r), "{r}");
+        }
+        let long = format!("\"{LONG}\"");
+        assert_eq!(digest(db, &long), digest(&src, &long));
+        assert_eq!(q(db, "SELECT to_regclass('public.old_only') IS NULL"), "t");
+        let o = check(&src, db);
+        assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    };
+
+    // The swap retires what the source lacks, with the generation.
+    start(&[]);
+    is_source(&tgt);
+    let backup = q(
+        &tgt,
+        "SELECT backup_schema FROM pgflip.generations ORDER BY id DESC LIMIT 1",
+    );
+    assert_eq!(
+        q(&tgt, &format!("SELECT count(*) FROM \"{backup}\".old_only")),
+        "1"
+    );
+    // Rollback: the target's own tables come back, the added one is retired.
+    rollback();
+    let now = tables_and_rows(&tgt);
+    assert!(
+        now == before,
+        "rollback did not restore the target:\n{}",
+        line_diff(&before, &now)
+    );
+    // Rollback of the rollback: the new version again.
+    rollback();
+    is_source(&tgt);
+    // A second migration right after, and its rollback.
+    start(&[]);
+    is_source(&tgt);
+    rollback();
+    is_source(&tgt);
+
+    // From a clean start: 20 migrate / rollback cycles on one target.
+    let tgt2 = fresh_db("mig_cycles_tgt");
+    tgt2.psql(&format!(
+        "CREATE TABLE a (id int PRIMARY KEY, v text); INSERT INTO a VALUES (1, 'old'); \
+         CREATE TABLE old_only (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO old_only VALUES (1, 1); \
+         {}",
+        odd_tables(3)
+    ));
+    let before2 = tables_and_rows(&tgt2);
+    let t2 = tgt2.url();
+    for i in 0..20 {
+        ok(&pgflip(&[
+            "migrate", "start", "--source", &s, "--target", &t2,
+        ]));
+        is_source(&tgt2);
+        ok(&pgflip(&["rollback", "--latest", "--target", &t2]));
+        let now = tables_and_rows(&tgt2);
+        assert!(
+            now == before2,
+            "cycle {i}: the rollback did not restore the target:\n{}",
+            line_diff(&before2, &now)
+        );
+    }
+    assert_eq!(q(&tgt2, "SELECT count(*) FROM pgflip.generations"), "40");
+    // With --keep-extra-tables the target's own tables stay live.
+    ok(&pgflip(&[
+        "migrate",
+        "start",
+        "--source",
+        &s,
+        "--target",
+        &t2,
+        "--keep-extra-tables",
+    ]));
+    assert_eq!(digest(&tgt2, "a"), digest(&src, "a"));
+    assert_eq!(q(&tgt2, "SELECT count(*) FROM old_only"), "1");
+}
+
+/// The lines only one side has.
+fn line_diff(a: &str, b: &str) -> String {
+    let la: std::collections::BTreeSet<&str> = a.lines().collect();
+    let lb: std::collections::BTreeSet<&str> = b.lines().collect();
+    let mut out = String::new();
+    for l in la.difference(&lb) {
+        out.push_str(&format!("- {l}\n"));
+    }
+    for l in lb.difference(&la) {
+        out.push_str(&format!("+ {l}\n"));
+    }
+    out
+}

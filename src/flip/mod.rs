@@ -55,6 +55,7 @@ pub mod dependents;
 pub mod fkcheck;
 pub mod generation;
 pub mod guard;
+pub mod onesided;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -155,6 +156,12 @@ pub struct FlipOptions {
     /// SQL run inside the flip transaction after the moves and the re-pointing, before the
     /// generation is recorded.
     pub in_flip_after: Vec<String>,
+    /// Live tables retired with nothing in their place ([`onesided`]): a migration's target
+    /// tables the source lacks; a rollback of tables a flip brought in alone.
+    pub retire_only: Vec<QualifiedName>,
+    /// Tables brought in under a name nothing holds (`green` becomes `live`): a migration's
+    /// new tables; a rollback of tables a flip retired alone.
+    pub bring_in_only: Vec<FlipPair>,
 }
 
 impl Default for FlipOptions {
@@ -169,6 +176,8 @@ impl Default for FlipOptions {
             checksums: true,
             in_flip_before: Vec::new(),
             in_flip_after: Vec::new(),
+            retire_only: Vec::new(),
+            bring_in_only: Vec::new(),
         }
     }
 }
@@ -248,7 +257,7 @@ pub async fn plan_flip(
     kind: FlipKind,
     opts: &FlipOptions,
 ) -> Result<FlipPlan> {
-    if pairs.is_empty() {
+    if pairs.is_empty() && opts.retire_only.is_empty() && opts.bring_in_only.is_empty() {
         return Err(Error::InvalidInput("nothing to flip".into()));
     }
     let mut seen = BTreeSet::new();
@@ -303,6 +312,7 @@ pub async fn plan_flip(
         live_oids.push(l);
         green_oids.push(g);
     }
+    let one = onesided::resolve(client, &opts.retire_only, &opts.bring_in_only, &live_oids).await?;
     let inv = dependents::load(client, &live_oids, &green_oids).await?;
     let created_at = Utc::now();
     let backup_schema = crate::ident::backup_schema(created_at);
@@ -331,7 +341,7 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
-    refuse_orphans(client, &relations).await?;
+    refuse_orphans(client, &relations, &one).await?;
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
@@ -342,6 +352,7 @@ pub async fn plan_flip(
     }
     Ok(render(
         &inv,
+        &one,
         relations,
         kind,
         opts,
@@ -354,7 +365,11 @@ pub async fn plan_flip(
 
 /// Rows of tables outside the flip must keep the rows they reference (checked before any lock:
 /// their foreign keys are only validated after the commit).
-async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Result<()> {
+async fn refuse_orphans(
+    client: &Client,
+    relations: &[PlannedRelation],
+    one: &onesided::OneSided,
+) -> Result<()> {
     let names: Vec<(String, String)> = relations
         .iter()
         .map(|r| (r.live.sql(), r.green.sql()))
@@ -368,9 +383,11 @@ async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Resul
             green,
         })
         .collect();
+    // Tables retired alone leave with the flip: their rows reference nothing live afterwards.
     let flipped: BTreeSet<u32> = relations
         .iter()
         .flat_map(|r| [r.live_oid, r.green_oid])
+        .chain(one.oids())
         .collect();
     fkcheck::refuse_orphans(client, &replaced, &flipped).await
 }
@@ -671,6 +688,7 @@ fn index_shape(def: &str, name: &str) -> String {
 #[allow(clippy::too_many_arguments)]
 fn render(
     inv: &Inventory,
+    one: &onesided::OneSided,
     relations: Vec<PlannedRelation>,
     kind: FlipKind,
     opts: &FlipOptions,
@@ -687,11 +705,17 @@ fn render(
     let bk = quote_ident(&backup_schema);
     let live_set: BTreeSet<u32> = relations.iter().map(|r| r.live_oid).collect();
     let green_set: BTreeSet<u32> = relations.iter().map(|r| r.green_oid).collect();
-    let flipped: BTreeSet<u32> = live_set.union(&green_set).copied().collect();
+    // One-sided tables count as flipped: keys between them and the pairs stay as they are.
+    let flipped: BTreeSet<u32> = live_set
+        .union(&green_set)
+        .copied()
+        .chain(one.oids())
+        .collect();
     let name_of = |oid: u32| {
         inv.rels
             .get(&oid)
             .map(|r| qualified(&r.schema, &r.name))
+            .or_else(|| one.name_of(oid))
             .unwrap_or_else(|| format!("relation {oid}"))
     };
 
@@ -800,7 +824,12 @@ fn render(
             .lock(LockMode::AccessExclusive, q.clone()),
         );
     }
-    let inbound: Vec<&dependents::Constraint> = inv.inbound_fks(&live_set).collect();
+    // A table retired alone keeps its keys: it and what it references leave together.
+    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
+    let inbound: Vec<&dependents::Constraint> = inv
+        .inbound_fks(&live_set)
+        .filter(|c| !retired_alone.contains(&c.rel))
+        .collect();
     for c in &inbound {
         let t = name_of(c.rel);
         plan.push(
@@ -1389,6 +1418,11 @@ fn render(
         }
     }
 
+    // ---- Tables retired or brought in alone: a schema move each.
+    for (d, sql) in one.moves_sql(&bk) {
+        plan.push(Step::new(d, sql));
+    }
+
     // ---- Re-create dependent views over the new tables, shallowest first.
     for v in &inv.views {
         let q = qualified(&v.rel.schema, &v.rel.name);
@@ -1518,6 +1552,38 @@ fn render(
             quote_literal(&r.green.name)
         ));
     }
+    // One-sided relations: an empty green (retired alone) or an empty retired name (brought in
+    // alone), so that a rollback knows to do the opposite.
+    let sided = one
+        .retire
+        .iter()
+        .map(|(q, _)| {
+            (
+                q.clone(),
+                QualifiedName::new("", ""),
+                QualifiedName::new(backup_schema.clone(), q.name.clone()),
+            )
+        })
+        .chain(
+            one.bring_in
+                .iter()
+                .map(|(p, _)| (p.live.clone(), p.green.clone(), QualifiedName::new("", ""))),
+        );
+    for (i, (live, green, retired)) in sided.enumerate() {
+        rec.push_str(&format!(
+            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
+               retired_schema, retired_name, checksum_method) \
+             SELECT id, {}, {}, {}, {}, {}, {}, {}, 'md5' FROM pgflip.generations WHERE label = {}",
+            relations.len() + i,
+            quote_literal(&live.schema),
+            quote_literal(&live.name),
+            quote_literal(&green.schema),
+            quote_literal(&green.name),
+            quote_literal(&retired.schema),
+            quote_literal(&retired.name),
+            quote_literal(&label),
+        ));
+    }
     if let Some(of) = opts.rollback_of {
         rec.push_str(&format!(
             "; UPDATE pgflip.generations SET status = 'rolled_back', rolled_back_by = \
@@ -1555,6 +1621,25 @@ fn render(
                 ),
             )
             .lock(LockMode::AccessShare, r.retired.sql())
+            .outside_transaction(),
+        );
+    }
+
+    for (i, (q, _)) in one.retire.iter().enumerate() {
+        let retired = QualifiedName::new(backup_schema.clone(), q.name.clone());
+        plan.push(
+            Step::new(
+                format!("record the row count and checksum of retired {retired}"),
+                format!(
+                    "UPDATE pgflip.generation_relations gr SET retired_rows = s.n, retired_checksum = s.h::numeric \
+                     FROM ({}) AS s(n, h) \
+                     WHERE gr.position = {} AND gr.generation_id = (SELECT id FROM pgflip.generations WHERE label = {})",
+                    generation::checksum_sql(&retired.sql(), generation::ChecksumMethod::Md5),
+                    relations.len() + i,
+                    quote_literal(&label)
+                ),
+            )
+            .lock(LockMode::AccessShare, retired.sql())
             .outside_transaction(),
         );
     }
@@ -1718,6 +1803,7 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
         )));
     }
     let mut pairs = Vec::new();
+    let mut one_sided = 0;
     let mut unknown: Vec<&String> = keep.iter().collect();
     for r in &gen.relations {
         let matches = |k: &String| {
@@ -1727,6 +1813,11 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
         };
         if keep.iter().any(matches) {
             unknown.retain(|k| !matches(k));
+            continue;
+        }
+        if r.green_name.is_empty() || r.retired_name.is_empty() {
+            // One-sided: see [`rollback_one_sided`].
+            one_sided += 1;
             continue;
         }
         pairs.push(FlipPair {
@@ -1745,12 +1836,43 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
                 .join(", ")
         )));
     }
-    if pairs.is_empty() {
+    if pairs.is_empty() && one_sided == 0 {
         return Err(Error::InvalidInput(
             "every table of the generation is kept: nothing to roll back".into(),
         ));
     }
     Ok(pairs)
+}
+
+/// The one-sided relations that roll generation `gen` back, minus `keep`: `(retire_only,
+/// bring_in_only)`. A table the generation retired alone comes back; one it brought in alone
+/// is retired.
+pub fn rollback_one_sided(
+    gen: &Generation,
+    keep: &[String],
+) -> (Vec<QualifiedName>, Vec<FlipPair>) {
+    let mut retire = Vec::new();
+    let mut bring_in = Vec::new();
+    for r in &gen.relations {
+        let kept = keep.iter().any(|k| {
+            k == &r.live_name
+                || *k == format!("{}.{}", r.live_schema, r.live_name)
+                || *k == r.live()
+        });
+        let live = QualifiedName::new(r.live_schema.clone(), r.live_name.clone());
+        if kept {
+            continue;
+        }
+        if r.green_name.is_empty() {
+            bring_in.push(FlipPair {
+                live,
+                green: QualifiedName::new(r.retired_schema.clone(), r.retired_name.clone()),
+            });
+        } else if r.retired_name.is_empty() {
+            retire.push(live);
+        }
+    }
+    (retire, bring_in)
 }
 
 /// The pairs for swapping staging tables (`<table>_staging`, or `staging_names`) into `tables`:

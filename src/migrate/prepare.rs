@@ -53,6 +53,8 @@ pub struct PrepareOptions {
     /// Connections to the target, at most.
     pub jobs: usize,
     pub keep_on_failure: bool,
+    /// Leave the target's tables that the source lacks live (default: the swap retires them).
+    pub keep_extra_tables: bool,
     pub lock_timeout: Duration,
     pub max_wait: Duration,
     /// Plan only: print what would be built, change nothing.
@@ -68,6 +70,7 @@ impl Default for PrepareOptions {
             column_defaults: Vec::new(),
             jobs: 4,
             keep_on_failure: false,
+            keep_extra_tables: false,
             lock_timeout: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
             dry_run: false,
@@ -99,6 +102,8 @@ struct Planned {
     addition_drops: Vec<String>,
     /// New materialized views: (live schema, name, CREATE in the shadow schema).
     matviews: Vec<(String, String, String)>,
+    /// Target tables the source lacks, retired by the swap.
+    extra_tables: Vec<(String, String)>,
 }
 
 fn excluded(patterns: &[String], schema: &str, name: &str) -> bool {
@@ -275,6 +280,37 @@ fn plan(
         sequences.push((n.clone(), n));
     }
     let matviews = matviews_beside(src, tgt, &selected, &map);
+    // Target tables the source lacks, in the schemas migrated (a schema only the target has is
+    // not the migration's), not excluded; a partition only with its whole tree.
+    let extra = |t: &Table| {
+        live_schemas.contains(&t.schema)
+            && src.table(&t.schema, &t.name).is_none()
+            && !excluded(&opts.exclude, &t.schema, &t.name)
+    };
+    let extra_tables: Vec<(String, String)> = if opts.keep_extra_tables {
+        Vec::new()
+    } else {
+        tgt.tables
+            .iter()
+            .filter(|t| {
+                let mut cur = *t;
+                loop {
+                    if !extra(cur) {
+                        return false;
+                    }
+                    match cur
+                        .parents
+                        .first()
+                        .and_then(|q| tgt.table(&q.schema, &q.name))
+                    {
+                        Some(p) => cur = p,
+                        None => return true,
+                    }
+                }
+            })
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect()
+    };
     Ok(Planned {
         tables,
         entries,
@@ -285,6 +321,7 @@ fn plan(
         additions,
         addition_drops,
         matviews,
+        extra_tables,
     })
 }
 
@@ -436,6 +473,7 @@ fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
             })
             .collect(),
         after_swap: Vec::new(),
+        extra_tables: p.extra_tables.clone(),
     }
 }
 

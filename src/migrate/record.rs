@@ -137,6 +137,10 @@ pub struct Record {
     /// ([`super::objects::after_swap`]).
     #[serde(default)]
     pub after_swap: Vec<String>,
+    /// Target tables the source lacks (in the migrated schemas): the swap retires them with
+    /// the generation (a rollback brings them back). Empty with `--keep-extra-tables`.
+    #[serde(default)]
+    pub extra_tables: Vec<(String, String)>,
 }
 
 /// A materialized view built beside.
