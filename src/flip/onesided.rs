@@ -171,7 +171,7 @@ pub async fn resolve(
             "the flip cannot retire or bring in these tables alone ({}; nothing was changed):\n  - {}",
             names.into_iter().collect::<Vec<_>>().join(", "),
             problems.join("\n  - ")
-        )));
+        ).into()));
     }
     Ok(out)
 }
