@@ -777,3 +777,58 @@ fn a_blocked_swap_gives_up_by_its_deadline_names_the_blocker_and_changes_nothing
     assert_eq!(q(&tgt, "SELECT v FROM items"), "changed");
     assert_eq!(leftovers(&tgt), "");
 }
+
+#[test]
+fn kill_9_at_every_swap_boundary_leaves_the_target_wholly_before_or_after() {
+    let (src, tgt) = pair("mig_kill_swap");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    let (products_before, users_before) = (digest(&tgt, "products"), digest(&tgt, "users"));
+    ok(&prepare(&src, &tgt, &["--preserved-tables", "users"]));
+    let t = tgt.url();
+    let swap_killed_at = |point: &str| {
+        let spec = format!("{point}=exit");
+        let o = pgflip_env(
+            &["migrate", "swap", "--target", &t],
+            &[
+                ("PGFLIP_FAILPOINTS", spec.as_str()),
+                ("PGFLIP_FAILPOINT_DIR", dir_s.as_str()),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: pgflip was not killed");
+        assert!(
+            dir.path().join(format!("{point}.reached")).exists(),
+            "{point} not reached"
+        );
+        wait_for_pgflip_sessions_to_end(&tgt);
+    };
+    // Killed before the flip: wholly before; status says prepared, the swap is allowed.
+    swap_killed_at("migrate.swap.checked");
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["record"]["phase"], "prepared", "{st:#}");
+    assert_eq!(st["migrations"][0]["swap_allowed"], true, "{st:#}");
+    assert_eq!(digest(&tgt, "products"), products_before);
+    assert_eq!(digest(&tgt, "users"), users_before);
+    assert_eq!(q(&tgt, "SELECT to_regclass('public.orders') IS NULL"), "t");
+    tgt.psql("INSERT INTO users VALUES (900, 'between@example.com')");
+    // Killed right after the commit: wholly after; nothing of the migration is left.
+    swap_killed_at("migrate.swap.flipped");
+    assert_eq!(status_json(&tgt)["migrations"], serde_json::json!([]));
+    assert_eq!(leftovers(&tgt), "");
+    assert_eq!(digest(&tgt, "orders"), digest(&src, "orders"));
+    assert_eq!(
+        q(&tgt, "SELECT email FROM users WHERE id = 900"),
+        "between@example.com"
+    );
+    // The generation is an ordinary one: rollback brings the old tables back.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    tgt.psql("DELETE FROM users WHERE id = 900");
+    // The schema the migration created stays, empty (a rollback moves tables, not schemas):
+    // DROP without CASCADE shows that nothing is left in it.
+    tgt.psql("DROP SCHEMA sales");
+    let after = user_dump(&tgt);
+    assert!(after == before, "{}", line_diff(&before, &after));
+}

@@ -14,6 +14,7 @@ mod flip_statistics;
 mod green;
 mod harness;
 mod migrate;
+mod migrate_schema;
 mod safety;
 mod schema_kinds;
 mod schema_roles;

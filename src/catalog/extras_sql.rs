@@ -338,7 +338,7 @@ SELECT pg_catalog.json_build_object('kind', 'server', 'class', 'foreign_server',
 FROM pg_catalog.pg_foreign_server s JOIN pg_catalog.pg_foreign_data_wrapper w ON w.oid = s.srvfdw
 WHERE pg_catalog.cardinality($1::text[]) = 0 AND {srv_not_ext}
 UNION ALL
-SELECT pg_catalog.json_build_object('kind', 'user mapping', 'class', 'user_mapping', 'oid', u.oid::int8,
+SELECT pg_catalog.json_build_object('kind', 'user mapping', 'class', 'user_mapping', 'oid', u.umid::int8,
   'identity', pg_catalog.format('FOR %s SERVER %I', CASE WHEN u.umuser = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(u.umuser)) END, s.srvname),
   'create', pg_catalog.format('CREATE USER MAPPING FOR %s SERVER %I%s;',
        CASE WHEN u.umuser = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(u.umuser)) END, s.srvname, {um_options}),
@@ -346,7 +346,8 @@ SELECT pg_catalog.json_build_object('kind', 'user mapping', 'class', 'user_mappi
        CASE WHEN u.umuser = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(u.umuser)) END, s.srvname),
   'role', CASE WHEN u.umuser <> 0 THEN pg_catalog.pg_get_userbyid(u.umuser) END,
   'deps', pg_catalog.json_build_array(pg_catalog.json_build_object('class', 'foreign_server', 'oid', s.oid::int8)))
-FROM pg_catalog.pg_user_mapping u JOIN pg_catalog.pg_foreign_server s ON s.oid = u.umserver
+-- The view, not pg_user_mapping: any role may read it (options only where it may see them).
+FROM pg_catalog.pg_user_mappings u JOIN pg_catalog.pg_foreign_server s ON s.oid = u.srvid
 WHERE pg_catalog.cardinality($1::text[]) = 0 AND {um_srv_not_ext}
 UNION ALL
 SELECT pg_catalog.json_build_object('kind', 'foreign table', 'class', 'class', 'oid', c.oid::int8, 'schema', ns.nspname,

@@ -18,7 +18,7 @@ WITH ns AS (
   WHERE n.nspname NOT LIKE 'pg\_%'
     AND n.nspname <> 'information_schema'
     AND n.nspname <> 'pgflip'
-    AND n.nspname NOT LIKE 'pgflip\_%'
+    AND (n.nspname NOT LIKE 'pgflip\_%' OR n.nspname = ANY($1::text[]))
     AND (pg_catalog.cardinality($1::text[]) = 0 OR n.nspname = ANY($1::text[]))
     AND NOT (n.nspname = ANY($2::text[]))
     AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_depend e

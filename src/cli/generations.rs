@@ -358,6 +358,7 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
     let gen = generation::find(&client, args.timestamp.as_deref()).await?;
     let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
     let mut opts = args.lock.flip_options();
+    (opts.retire_only, opts.bring_in_only) = flip::rollback_one_sided(&gen, &args.keep_tables);
     opts.rollback_of = Some(gen.id);
     // Rolling back means the tables' columns may differ (migrations); dependents are checked.
     opts.allow_column_changes = true;

@@ -52,6 +52,10 @@ pub struct PrepareArgs {
     /// Keep what a failed prepare built, for inspection (remove it with `migrate abort`).
     #[arg(long)]
     pub keep_on_failure: bool,
+    /// Leave the target's tables that the source lacks live (default: the swap retires them
+    /// with the generation; a rollback brings them back).
+    #[arg(long)]
+    pub keep_extra_tables: bool,
     #[command(flatten)]
     pub lock: LockArgs,
 }
@@ -118,6 +122,7 @@ async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
         column_defaults: parse_column_defaults(&a.column_defaults)?,
         jobs: a.jobs.max(1),
         keep_on_failure: a.keep_on_failure,
+        keep_extra_tables: a.keep_extra_tables,
         lock_timeout: a.lock.lock_timeout.max(std::time::Duration::from_millis(1)),
         max_wait: a.lock.max_wait,
         dry_run: g.dry_run,

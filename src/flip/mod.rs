@@ -57,6 +57,7 @@ pub mod dependents;
 pub mod fkcheck;
 pub mod generation;
 pub mod guard;
+pub mod onesided;
 pub mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -158,6 +159,12 @@ pub struct FlipOptions {
     /// SQL run inside the flip transaction after the moves and the re-pointing, before the
     /// generation is recorded.
     pub in_flip_after: Vec<String>,
+    /// Live tables retired with nothing in their place ([`onesided`]): a migration's target
+    /// tables the source lacks; a rollback of tables a flip brought in alone.
+    pub retire_only: Vec<QualifiedName>,
+    /// Tables brought in under a name nothing holds (`green` becomes `live`): a migration's
+    /// new tables; a rollback of tables a flip retired alone.
+    pub bring_in_only: Vec<FlipPair>,
 }
 
 impl Default for FlipOptions {
@@ -172,6 +179,8 @@ impl Default for FlipOptions {
             checksums: true,
             in_flip_before: Vec::new(),
             in_flip_after: Vec::new(),
+            retire_only: Vec::new(),
+            bring_in_only: Vec::new(),
         }
     }
 }
@@ -278,7 +287,7 @@ async fn plan(
     opts: &FlipOptions,
     row_checks: bool,
 ) -> Result<FlipPlan> {
-    if pairs.is_empty() {
+    if pairs.is_empty() && opts.retire_only.is_empty() && opts.bring_in_only.is_empty() {
         return Err(Error::InvalidInput("nothing to flip".into()));
     }
     let mut seen = BTreeSet::new();
@@ -336,6 +345,7 @@ async fn plan(
         live_oids.push(l);
         green_oids.push(g);
     }
+    let one = onesided::resolve(client, &opts.retire_only, &opts.bring_in_only, &live_oids).await?;
     // Without the row checks, green is planned before its load, inside the caller's
     // transaction (see `plan_flip_before_load`).
     let inv = if row_checks {
@@ -371,7 +381,7 @@ async fn plan(
     }
     let warnings = check(&inv, &relations, opts)?;
     if row_checks {
-        refuse_orphans(client, &relations).await?;
+        refuse_orphans(client, &relations, &one).await?;
     }
     if opts.checksums {
         for r in relations.iter_mut() {
@@ -383,6 +393,7 @@ async fn plan(
     }
     Ok(render(
         &inv,
+        &one,
         relations,
         kind,
         opts,
@@ -395,7 +406,11 @@ async fn plan(
 
 /// Rows of tables outside the flip must keep the rows they reference (checked before any lock:
 /// their foreign keys are only validated after the commit).
-async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Result<()> {
+async fn refuse_orphans(
+    client: &Client,
+    relations: &[PlannedRelation],
+    one: &onesided::OneSided,
+) -> Result<()> {
     let names: Vec<(String, String)> = relations
         .iter()
         .map(|r| (r.live.sql(), r.green.sql()))
@@ -410,9 +425,11 @@ async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Resul
             green,
         })
         .collect();
+    // Tables retired alone leave with the flip: their rows reference nothing live afterwards.
     let flipped: BTreeSet<u32> = relations
         .iter()
         .flat_map(|r| [r.live_oid, r.green_oid])
+        .chain(one.oids())
         .collect();
     fkcheck::refuse_orphans(client, &replaced, &flipped).await
 }
@@ -725,6 +742,7 @@ fn index_shape(def: &str, name: &str) -> String {
 #[allow(clippy::too_many_arguments)]
 fn render(
     inv: &Inventory,
+    one: &onesided::OneSided,
     relations: Vec<PlannedRelation>,
     kind: FlipKind,
     opts: &FlipOptions,
@@ -741,11 +759,17 @@ fn render(
     let bk = quote_ident(&backup_schema);
     let live_set: BTreeSet<u32> = relations.iter().map(|r| r.live_oid).collect();
     let green_set: BTreeSet<u32> = relations.iter().map(|r| r.green_oid).collect();
-    let flipped: BTreeSet<u32> = live_set.union(&green_set).copied().collect();
+    // One-sided tables count as flipped: keys between them and the pairs stay as they are.
+    let flipped: BTreeSet<u32> = live_set
+        .union(&green_set)
+        .copied()
+        .chain(one.oids())
+        .collect();
     let name_of = |oid: u32| {
         inv.rels
             .get(&oid)
             .map(|r| qualified(&r.schema, &r.name))
+            .or_else(|| one.name_of(oid))
             .unwrap_or_else(|| format!("relation {oid}"))
     };
 
@@ -854,7 +878,12 @@ fn render(
             .lock(LockMode::AccessExclusive, q.clone()),
         );
     }
-    let inbound: Vec<&dependents::Constraint> = inv.inbound_fks(&live_set).collect();
+    // A table retired alone keeps its keys: it and what it references leave together.
+    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
+    let inbound: Vec<&dependents::Constraint> = inv
+        .inbound_fks(&live_set)
+        .filter(|c| !retired_alone.contains(&c.rel))
+        .collect();
     for c in &inbound {
         let t = name_of(c.rel);
         plan.push(
@@ -880,6 +909,11 @@ fn render(
         // `ALTER TABLE` also takes partitioned tables; materialized views need their keyword.
         let (lkw, gkw) = (mode_of(l), mode_of(g));
         let is_mv = l.relkind == "m";
+        // A migration brings a new version with its own names, comments, triggers, policies,
+        // storage parameters and replica identity (the job sets them, from the source's
+        // schema); a rollback brings back a retired copy that kept its own. Only what access
+        // depends on (owner, grants) and what binds by OID follows the live table.
+        let own_structure = matches!(kind, FlipKind::Migrate | FlipKind::Rollback);
         let mut steps: Vec<Step> = Vec::new();
         let mut push = |d: String, sql: String| {
             steps.push(Step::new(d, sql).lock(LockMode::AccessExclusive, live_q.clone()))
@@ -1004,7 +1038,7 @@ fn render(
                     && index_shape(&li.def, &li.name) == shape
                     && li.constraint.is_some() == gi.constraint.is_some()
             });
-            if let Some(li) = m {
+            if let Some(li) = m.filter(|_| !own_structure) {
                 used_live.insert(li.oid);
                 match (&gi.constraint, &li.constraint) {
                     (Some(gc), Some(lc)) if gc != lc => push(
@@ -1042,7 +1076,10 @@ fn render(
             .constraints_of(r.live_oid)
             .filter(|c| c.contype == "n")
             .collect();
-        for gc in inv.constraints_of(r.green_oid).filter(|c| c.contype == "n") {
+        for gc in inv
+            .constraints_of(r.green_oid)
+            .filter(|c| c.contype == "n" && !own_structure)
+        {
             if let Some(lc) = live_nn
                 .iter()
                 .find(|lc| lc.def == gc.def && lc.name != gc.name)
@@ -1083,7 +1120,7 @@ fn render(
             match m {
                 Some(gc) => {
                     used_green.insert(gc.name.clone());
-                    if gc.name != lc.name {
+                    if gc.name != lc.name && !own_structure {
                         push(
                             format!(
                                 "rename constraint {} to {}",
@@ -1217,7 +1254,7 @@ fn render(
             }
         }
         // Storage parameters (fillfactor, autovacuum settings, ...): catalog only.
-        if l.reloptions != g.reloptions {
+        if l.reloptions != g.reloptions && !own_structure {
             let key = |o: &String| o.split('=').next().unwrap_or_default().to_string();
             let live_keys: BTreeSet<String> = l.reloptions.iter().map(key).collect();
             let reset: Vec<String> = g
@@ -1278,7 +1315,10 @@ fn render(
                 .iter()
                 .find(|c| c.name == lc.name)
                 .and_then(|c| c.comment.clone());
-            if gcomment != lc.comment && green_cols.iter().any(|c| c.name == lc.name) {
+            if !own_structure
+                && gcomment != lc.comment
+                && green_cols.iter().any(|c| c.name == lc.name)
+            {
                 push(
                     format!("comment on column {}", quote_ident(&lc.name)),
                     format!(
@@ -1289,7 +1329,7 @@ fn render(
                 );
             }
         }
-        if l.comment != g.comment {
+        if l.comment != g.comment && !own_structure {
             push(
                 "comment".into(),
                 format!(
@@ -1299,7 +1339,7 @@ fn render(
             );
         }
         // Row-level security.
-        if l.rls != g.rls {
+        if l.rls != g.rls && !own_structure {
             push(
                 "row-level security as live had it".into(),
                 format!(
@@ -1308,7 +1348,7 @@ fn render(
                 ),
             );
         }
-        if l.force_rls != g.force_rls {
+        if l.force_rls != g.force_rls && !own_structure {
             push(
                 "forced row-level security as live had it".into(),
                 format!(
@@ -1321,7 +1361,7 @@ fn render(
             .policies_of(r.green_oid)
             .map(|p| p.name.clone())
             .collect();
-        for p in inv.policies_of(r.live_oid) {
+        for p in inv.policies_of(r.live_oid).filter(|_| !own_structure) {
             if green_pols.contains(&p.name) {
                 continue;
             }
@@ -1357,7 +1397,7 @@ fn render(
             .collect();
         for t in inv.triggers_of(r.live_oid) {
             // pgflip's own triggers (migrate's capture) belong to the job, not to the table.
-            if t.pgflip_owned || green_trg.contains(&t.name) {
+            if own_structure || t.pgflip_owned || green_trg.contains(&t.name) {
                 continue;
             }
             let mut sql = t.def.clone();
@@ -1376,7 +1416,7 @@ fn render(
             push(format!("trigger {}", quote_ident(&t.name)), sql);
         }
         // Replica identity (tables only).
-        if !is_mv && (l.replident != g.replident || l.replident == "i") {
+        if !is_mv && !own_structure && (l.replident != g.replident || l.replident == "i") {
             let how = match l.replident.as_str() {
                 "n" => "NOTHING".to_string(),
                 "f" => "FULL".to_string(),
@@ -1451,6 +1491,11 @@ fn render(
         for s in steps {
             plan.push(s);
         }
+    }
+
+    // ---- Tables retired or brought in alone: a schema move each.
+    for (d, sql) in one.moves_sql(&bk) {
+        plan.push(Step::new(d, sql));
     }
 
     // ---- Re-create dependent views over the new tables, shallowest first.
@@ -1582,6 +1627,38 @@ fn render(
             quote_literal(&r.green.name)
         ));
     }
+    // One-sided relations: an empty green (retired alone) or an empty retired name (brought in
+    // alone), so that a rollback knows to do the opposite.
+    let sided = one
+        .retire
+        .iter()
+        .map(|(q, _)| {
+            (
+                q.clone(),
+                QualifiedName::new("", ""),
+                QualifiedName::new(backup_schema.clone(), q.name.clone()),
+            )
+        })
+        .chain(
+            one.bring_in
+                .iter()
+                .map(|(p, _)| (p.live.clone(), p.green.clone(), QualifiedName::new("", ""))),
+        );
+    for (i, (live, green, retired)) in sided.enumerate() {
+        rec.push_str(&format!(
+            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
+               retired_schema, retired_name, checksum_method) \
+             SELECT id, {}, {}, {}, {}, {}, {}, {}, 'md5' FROM pgflip.generations WHERE label = {}",
+            relations.len() + i,
+            quote_literal(&live.schema),
+            quote_literal(&live.name),
+            quote_literal(&green.schema),
+            quote_literal(&green.name),
+            quote_literal(&retired.schema),
+            quote_literal(&retired.name),
+            quote_literal(&label),
+        ));
+    }
     if let Some(of) = opts.rollback_of {
         rec.push_str(&format!(
             "; UPDATE pgflip.generations SET status = 'rolled_back', rolled_back_by = \
@@ -1619,6 +1696,25 @@ fn render(
                 ),
             )
             .lock(LockMode::AccessShare, r.retired.sql())
+            .outside_transaction(),
+        );
+    }
+
+    for (i, (q, _)) in one.retire.iter().enumerate() {
+        let retired = QualifiedName::new(backup_schema.clone(), q.name.clone());
+        plan.push(
+            Step::new(
+                format!("record the row count and checksum of retired {retired}"),
+                format!(
+                    "UPDATE pgflip.generation_relations gr SET retired_rows = s.n, retired_checksum = s.h::numeric \
+                     FROM ({}) AS s(n, h) \
+                     WHERE gr.position = {} AND gr.generation_id = (SELECT id FROM pgflip.generations WHERE label = {})",
+                    generation::checksum_sql(&retired.sql(), generation::ChecksumMethod::Md5),
+                    relations.len() + i,
+                    quote_literal(&label)
+                ),
+            )
+            .lock(LockMode::AccessShare, retired.sql())
             .outside_transaction(),
         );
     }
@@ -1811,6 +1907,7 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
         )));
     }
     let mut pairs = Vec::new();
+    let mut one_sided = 0;
     let mut unknown: Vec<&String> = keep.iter().collect();
     for r in &gen.relations {
         let matches = |k: &String| {
@@ -1820,6 +1917,11 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
         };
         if keep.iter().any(matches) {
             unknown.retain(|k| !matches(k));
+            continue;
+        }
+        if r.green_name.is_empty() || r.retired_name.is_empty() {
+            // One-sided: see [`rollback_one_sided`].
+            one_sided += 1;
             continue;
         }
         pairs.push(FlipPair {
@@ -1838,12 +1940,43 @@ pub fn rollback_pairs(gen: &Generation, keep: &[String]) -> Result<Vec<FlipPair>
                 .join(", ")
         )));
     }
-    if pairs.is_empty() {
+    if pairs.is_empty() && one_sided == 0 {
         return Err(Error::InvalidInput(
             "every table of the generation is kept: nothing to roll back".into(),
         ));
     }
     Ok(pairs)
+}
+
+/// The one-sided relations that roll generation `gen` back, minus `keep`: `(retire_only,
+/// bring_in_only)`. A table the generation retired alone comes back; one it brought in alone
+/// is retired.
+pub fn rollback_one_sided(
+    gen: &Generation,
+    keep: &[String],
+) -> (Vec<QualifiedName>, Vec<FlipPair>) {
+    let mut retire = Vec::new();
+    let mut bring_in = Vec::new();
+    for r in &gen.relations {
+        let kept = keep.iter().any(|k| {
+            k == &r.live_name
+                || *k == format!("{}.{}", r.live_schema, r.live_name)
+                || *k == r.live()
+        });
+        let live = QualifiedName::new(r.live_schema.clone(), r.live_name.clone());
+        if kept {
+            continue;
+        }
+        if r.green_name.is_empty() {
+            bring_in.push(FlipPair {
+                live,
+                green: QualifiedName::new(r.retired_schema.clone(), r.retired_name.clone()),
+            });
+        } else if r.retired_name.is_empty() {
+            retire.push(live);
+        }
+    }
+    (retire, bring_in)
 }
 
 /// The pairs for swapping staging tables (`<table>_staging`, or `staging_names`) into `tables`:

@@ -88,6 +88,11 @@ pub async fn abort_record(
             quote_ident(&m.shadow)
         ));
     }
+    // What prepare added for the new tables (types, functions, ...), dependents first.
+    for d in &rec.added_drops {
+        sql.push_str(d);
+        sql.push_str(";\n");
+    }
     sql.push_str(&format!(
         "DROP TABLE IF EXISTS {};\nDROP SEQUENCE IF EXISTS {};\n",
         rec.rejected_sql(),

@@ -18,6 +18,7 @@
 
 pub mod abort;
 pub mod capture;
+pub mod objects;
 pub mod prepare;
 pub mod record;
 pub mod shadow;

@@ -35,6 +35,7 @@ use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::state;
 
 use super::capture::{self, ColumnMap};
+use super::objects;
 use super::record::{self, Phase, Preserved, Record, SchemaMap, TableEntry};
 use super::shadow::{self, ShadowTable};
 
@@ -52,6 +53,8 @@ pub struct PrepareOptions {
     /// Connections to the target, at most.
     pub jobs: usize,
     pub keep_on_failure: bool,
+    /// Leave the target's tables that the source lacks live (default: the swap retires them).
+    pub keep_extra_tables: bool,
     pub lock_timeout: Duration,
     pub max_wait: Duration,
     /// Plan only: print what would be built, change nothing.
@@ -67,6 +70,7 @@ impl Default for PrepareOptions {
             column_defaults: Vec::new(),
             jobs: 4,
             keep_on_failure: false,
+            keep_extra_tables: false,
             lock_timeout: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
             dry_run: false,
@@ -92,6 +96,14 @@ struct Planned {
     key_types: BTreeMap<(String, String), Vec<String>>,
     /// Source sequence (qualified) -> shadow sequence (qualified), for the positions.
     sequences: Vec<(String, String)>,
+    /// The source's objects the target lacks that the tables may use, created before them
+    /// ([`objects::additions`]), and what abort runs to remove them.
+    additions: Vec<String>,
+    addition_drops: Vec<String>,
+    /// New materialized views: (live schema, name, CREATE in the shadow schema).
+    matviews: Vec<(String, String, String)>,
+    /// Target tables the source lacks, retired by the swap.
+    extra_tables: Vec<(String, String)>,
 }
 
 fn excluded(patterns: &[String], schema: &str, name: &str) -> bool {
@@ -110,24 +122,6 @@ fn find<'a>(tables: &'a [Table], spec: &str) -> Vec<&'a Table> {
                 || spec == t.sql_name()
         })
         .collect()
-}
-
-async fn same_database(source: &Client, target: &Client) -> Result<bool> {
-    let pid: i32 = target
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .ctx("reading the target's session")?
-        .get(0);
-    let row = source
-        .query_one(
-            "SELECT EXISTS (SELECT 1 FROM pg_stat_activity WHERE pid = $1 \
-             AND datname = current_database() AND application_name = \
-             (SELECT application_name FROM pg_stat_activity WHERE pid = pg_backend_pid()))",
-            &[&pid],
-        )
-        .await
-        .ctx("comparing source and target")?;
-    Ok(row.get(0))
 }
 
 fn plan(
@@ -269,6 +263,54 @@ fn plan(
             }
         }
     }
+    let made: BTreeSet<String> = schemas
+        .iter()
+        .filter(|(_, created)| *created)
+        .map(|(s, _)| s.clone())
+        .collect();
+    let (with, without) = objects::additions(src, tgt, &made);
+    let additions: Vec<String> = objects::additions_plan(&with, &without)
+        .steps
+        .into_iter()
+        .map(|s| s.sql)
+        .collect();
+    let addition_drops = objects::drops(&with, &without);
+    for q in &with.sequences {
+        let n = qualified(&q.schema, &q.name);
+        sequences.push((n.clone(), n));
+    }
+    let matviews = matviews_beside(src, tgt, &selected, &map);
+    // Target tables the source lacks, in the schemas migrated (a schema only the target has is
+    // not the migration's), not excluded; a partition only with its whole tree.
+    let extra = |t: &Table| {
+        live_schemas.contains(&t.schema)
+            && src.table(&t.schema, &t.name).is_none()
+            && !excluded(&opts.exclude, &t.schema, &t.name)
+    };
+    let extra_tables: Vec<(String, String)> = if opts.keep_extra_tables {
+        Vec::new()
+    } else {
+        tgt.tables
+            .iter()
+            .filter(|t| {
+                let mut cur = *t;
+                loop {
+                    if !extra(cur) {
+                        return false;
+                    }
+                    match cur
+                        .parents
+                        .first()
+                        .and_then(|q| tgt.table(&q.schema, &q.name))
+                    {
+                        Some(p) => cur = p,
+                        None => return true,
+                    }
+                }
+            })
+            .map(|t| (t.schema.clone(), t.name.clone()))
+            .collect()
+    };
     Ok(Planned {
         tables,
         entries,
@@ -276,6 +318,10 @@ fn plan(
         maps,
         key_types,
         sequences,
+        additions,
+        addition_drops,
+        matviews,
+        extra_tables,
     })
 }
 
@@ -290,11 +336,7 @@ pub async fn prepare(
     let started = Instant::now();
     let src = source.connect().await?;
     let tgt = Arc::new(target.connect().await?);
-    if same_database(&src, &tgt).await? {
-        return Err(Error::InvalidInput(
-            "the source and the target are the same database".into(),
-        ));
-    }
+    crate::conn::refuse_same_database(&src, &tgt).await?;
     if opts.dry_run {
         return dry_run(&src, &tgt, opts, events, started).await;
     }
@@ -341,6 +383,10 @@ async fn dry_run(
     let p = plan(&s, &t, opts, &owner, 0)?;
     let rec = new_record(&p, 0, "(source)", 0);
     let mut script = String::new();
+    for a in &p.additions {
+        script.push_str(a.trim_end());
+        script.push('\n');
+    }
     for m in &rec.schemas {
         script.push_str(&format!("CREATE SCHEMA {};\n", quote_ident(&m.shadow)));
     }
@@ -412,6 +458,22 @@ fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
         forwarded_sequence: format!("migrate_{id}_forwarded"),
         rejected_table: format!("migrate_{id}_rejected"),
         prepare_pid: pid,
+        added_drops: p.addition_drops.clone(),
+        matviews: p
+            .matviews
+            .iter()
+            .map(|(schema, name, _)| record::MatviewEntry {
+                schema: schema.clone(),
+                name: name.clone(),
+                shadow_schema: shadow::shadow_schema_name(
+                    id,
+                    schema,
+                    p.schemas.iter().position(|(l, _)| l == schema).unwrap_or(0),
+                ),
+            })
+            .collect(),
+        after_swap: Vec::new(),
+        extra_tables: p.extra_tables.clone(),
     }
 }
 
@@ -516,7 +578,7 @@ async fn run(
         ),
     });
 
-    match build(src, source, target, &tgt, &p, &mut rec, opts, events).await {
+    match build(src, source, target, &tgt, &s, &p, &mut rec, opts, events).await {
         Ok(()) => Ok(PrepareReport {
             record: rec,
             script: None,
@@ -553,12 +615,38 @@ async fn build(
     source: &Endpoint,
     target: &Endpoint,
     tgt: &Client,
+    s: &Snapshot,
     p: &Planned,
     rec: &mut Record,
     opts: &PrepareOptions,
     events: &dyn EventSink,
 ) -> Result<()> {
     failpoint::hit("migrate.prepare.recorded").await?;
+
+    // 2a. What the new tables may use and the target lacks (types, functions, extensions…):
+    // additive only, in a transaction of its own (an enum label added in a transaction cannot
+    // be used by a default in the same one). The record already names what abort drops.
+    if !p.additions.is_empty() {
+        events.emit(Event::PhaseStarted {
+            phase: "creating types, functions and other objects the new tables use".into(),
+        });
+        let mut sql = String::from(
+            "BEGIN;\nSET LOCAL check_function_bodies = false;\nSET LOCAL search_path = '';\n",
+        );
+        for a in &p.additions {
+            sql.push_str(a.trim_end().trim_end_matches(';'));
+            sql.push_str(";\n");
+        }
+        sql.push_str("COMMIT");
+        if let Err(e) = tgt
+            .batch_execute(&sql)
+            .await
+            .ctx("creating the objects the new tables use")
+        {
+            let _ = tgt.batch_execute("ROLLBACK").await;
+            return Err(e);
+        }
+    }
 
     // 2. Structure (and the preserved tables' keys).
     events.emit(Event::PhaseStarted {
@@ -658,6 +746,27 @@ async fn build(
             .await
             .ctx("validating a foreign key of the new version")?;
     }
+    // 7. New materialized views, built over the shadow tables (never under the swap's locks),
+    // then the schema steps the swap will run after its moves.
+    for (schema, name, sql) in &p.matviews {
+        tgt.batch_execute(sql).await.ctx(format!(
+            "building materialized view {}",
+            qualified(schema, name)
+        ))?;
+    }
+    let plan = after_swap_plan(tgt, s, rec).await?;
+    for w in &plan.warnings {
+        events.emit(Event::Warning { message: w.clone() });
+    }
+    if !plan.unsupported.is_empty() {
+        events.emit(Event::Warning {
+            message: format!(
+                "schema diff cannot align these objects; after the swap, change them by hand: {}",
+                plan.unsupported.join(", ")
+            ),
+        });
+    }
+    rec.after_swap = plan.statements;
     rec.phase = Phase::Prepared;
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.validated").await?;
@@ -734,7 +843,7 @@ async fn copy_rows(
     events.emit(Event::PhaseStarted {
         phase: "copying rows".into(),
     });
-    src.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+    src.batch_execute("SET row_security = off; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .ctx("starting the source snapshot")?;
     let snapshot: String = src
@@ -788,8 +897,11 @@ async fn copy_rows(
                     CopyTask::Source(i) => {
                         if sc.is_none() {
                             let c = source.connect().await?;
+                            // row_security off: a policy must never hide source rows from
+                            // the copy; a role it would hide rows from gets an error instead.
                             c.batch_execute(&format!(
-                                "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                                "SET row_security = off; \
+                                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
                                  SET TRANSACTION SNAPSHOT {}",
                                 quote_literal(&snapshot)
                             ))
@@ -880,4 +992,130 @@ async fn copy_rows(
             .ctx("setting the shadow sequences to the source's positions")?;
     }
     Ok(())
+}
+
+/// `text` with every reference to the relation `from` (quoted as the server prints it)
+/// replaced by `to`, where it stands alone as a name.
+fn replace_relation(text: &str, from: &str, to: &str) -> String {
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '$' || c == '"' || c == '.';
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(from) {
+        out.push_str(&rest[..i]);
+        let before = out.chars().last();
+        let after = rest[i + from.len()..].chars().next();
+        if before.is_some_and(ident) || after.is_some_and(ident) {
+            out.push_str(from);
+        } else {
+            out.push_str(to);
+        }
+        rest = &rest[i + from.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The source's materialized views the target lacks, in a migrated schema, that read only
+/// tables: built in the shadow schema over the shadow tables during prepare, so that the swap
+/// only moves them. (One that reads a view is created by the swap's schema step instead.)
+fn matviews_beside(
+    src: &Snapshot,
+    tgt: &Snapshot,
+    selected: &BTreeSet<(String, String)>,
+    map: &BTreeMap<String, String>,
+) -> Vec<(String, String, String)> {
+    let view_oids: BTreeSet<u32> = src.views.iter().map(|v| v.oid).collect();
+    let mut out = Vec::new();
+    for v in src.views.iter().filter(|v| v.materialized) {
+        let Some(shadow) = map.get(&v.schema) else {
+            continue;
+        };
+        if tgt
+            .views
+            .iter()
+            .any(|x| x.schema == v.schema && x.name == v.name)
+            || tgt.table(&v.schema, &v.name).is_some()
+        {
+            continue;
+        }
+        let reads_views = src.dependencies.iter().any(|d| {
+            d.from.oid == v.oid
+                && d.from.class == crate::catalog::ObjClass::Class
+                && d.to.oid != v.oid
+                && view_oids.contains(&d.to.oid)
+        });
+        if reads_views {
+            continue;
+        }
+        let mut def = v.definition.trim_end().trim_end_matches(';').to_string();
+        for (s, n) in selected {
+            if let Some(sh) = map.get(s) {
+                def = replace_relation(&def, &qualified(s, n), &qualified(sh, n));
+            }
+        }
+        let q = qualified(shadow, &v.name);
+        let with = if v.reloptions.is_empty() {
+            String::new()
+        } else {
+            format!(" WITH ({})", v.reloptions.join(", "))
+        };
+        let mut sql = format!("CREATE MATERIALIZED VIEW {q}{with} AS {def} WITH DATA;\n");
+        let on = format!(" ON {} ", qualified(&v.schema, &v.name));
+        for i in &v.indexes {
+            sql.push_str(&i.definition.replacen(&on, &format!(" ON {q} "), 1));
+            sql.push_str(";\n");
+        }
+        out.push((v.schema.clone(), v.name.clone(), sql));
+    }
+    out
+}
+
+/// The schema steps of the swap: the source against the target as the flip will leave it.
+async fn after_swap_plan(
+    tgt: &Client,
+    source: &Snapshot,
+    rec: &Record,
+) -> Result<objects::AfterSwap> {
+    // The source's schemas only: a schema only the target has is not the migration's.
+    let live_filter = Filter {
+        include_schemas: source.schemas.iter().map(|s| s.name.clone()).collect(),
+        exclude_schemas: Vec::new(),
+    };
+    let shadow_filter = Filter {
+        include_schemas: rec.schemas.iter().map(|m| m.shadow.clone()).collect(),
+        exclude_schemas: Vec::new(),
+    };
+    let live = Snapshot::load(tgt, &live_filter).await?;
+    let shadow = Snapshot::load(tgt, &shadow_filter).await?;
+    let moved: Vec<objects::Moved<'_>> = rec
+        .tables
+        .iter()
+        .map(|t| objects::Moved {
+            schema: &t.schema,
+            name: &t.name,
+            shadow_schema: &t.shadow_schema,
+            on_target: t.on_target,
+        })
+        .collect();
+    let mut after = objects::after_swap_target(&live, &shadow, &moved)?;
+    let mut src = source.clone();
+    // Tables outside the migration (excluded, or only on the target) are not the schema
+    // step's to change: neither side has them.
+    let migrated: BTreeSet<(String, String)> = rec
+        .tables
+        .iter()
+        .map(|t| (t.schema.clone(), t.name.clone()))
+        .collect();
+    for snap in [&mut src, &mut after] {
+        snap.tables
+            .retain(|t| migrated.contains(&(t.schema.clone(), t.name.clone())));
+        snap.sequences.retain(|q| {
+            q.owned_by
+                .as_ref()
+                .is_none_or(|o| migrated.contains(&(o.schema.clone(), o.table.clone())))
+        });
+    }
+    // Across major versions the same view deparses differently: compare in the target's words.
+    crate::schemadiff::compat::deparse_views_on_target(&mut src, &after, tgt).await?;
+    Ok(objects::after_swap(&src, &after))
 }

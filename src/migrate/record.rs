@@ -125,6 +125,30 @@ pub struct Record {
     pub rejected_table: String,
     /// Backend pid of the prepare that made the record (to tell a dead prepare from a live one).
     pub prepare_pid: i32,
+    /// What abort runs to remove the objects prepare added for the new tables (types,
+    /// functions, extensions, ...), dependents first ([`super::objects::drops`]).
+    #[serde(default)]
+    pub added_drops: Vec<String>,
+    /// Materialized views the source has and the target lacks, built in the shadow schemas
+    /// over the shadow tables; the swap moves them into place.
+    #[serde(default)]
+    pub matviews: Vec<MatviewEntry>,
+    /// What the swap runs after the moves so that the target's schema is the source's
+    /// ([`super::objects::after_swap`]).
+    #[serde(default)]
+    pub after_swap: Vec<String>,
+    /// Target tables the source lacks (in the migrated schemas): the swap retires them with
+    /// the generation (a rollback brings them back). Empty with `--keep-extra-tables`.
+    #[serde(default)]
+    pub extra_tables: Vec<(String, String)>,
+}
+
+/// A materialized view built beside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MatviewEntry {
+    pub schema: String,
+    pub name: String,
+    pub shadow_schema: String,
 }
 
 fn default_phase() -> Phase {

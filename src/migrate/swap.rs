@@ -46,6 +46,10 @@ pub struct SwapOutcome {
 /// The flip's pairs and the SQL of its hooks.
 pub struct SwapPlan {
     pub pairs: Vec<FlipPair>,
+    /// Tables new in the source: brought in alone (a rollback retires them).
+    pub bring_in: Vec<FlipPair>,
+    /// Target tables the source lacks: retired alone (a rollback brings them back).
+    pub retire: Vec<QualifiedName>,
     pub before: Vec<String>,
     pub after: Vec<String>,
 }
@@ -53,6 +57,7 @@ pub struct SwapPlan {
 /// Pairs and hook SQL for `rec`.
 pub fn plan(rec: &Record) -> SwapPlan {
     let mut pairs = Vec::new();
+    let mut bring_in = Vec::new();
     let mut before = Vec::new();
     let mut after = Vec::new();
     before.push(format!(
@@ -82,12 +87,24 @@ pub fn plan(rec: &Record) -> SwapPlan {
                 green: QualifiedName::new(t.shadow_schema.clone(), t.name.clone()),
             });
         } else {
-            after.push(format!(
-                "ALTER TABLE {} SET SCHEMA {}",
-                t.shadow_sql(),
-                quote_ident(&t.schema)
-            ));
+            bring_in.push(FlipPair {
+                live: QualifiedName::new(t.schema.clone(), t.name.clone()),
+                green: QualifiedName::new(t.shadow_schema.clone(), t.name.clone()),
+            });
         }
+    }
+    for m in &rec.matviews {
+        after.push(format!(
+            "ALTER MATERIALIZED VIEW {} SET SCHEMA {}",
+            qualified(&m.shadow_schema, &m.name),
+            quote_ident(&m.schema)
+        ));
+    }
+    // The rest of the source's schema (functions, views, triggers, policies, comments, grants
+    // of new tables…): catalog steps decided by the schema diff during prepare.
+    if !rec.after_swap.is_empty() {
+        after.push("SET LOCAL check_function_bodies = false".into());
+        after.extend(rec.after_swap.iter().cloned());
     }
     for (_, p) in rec.preserved() {
         after.push(format!(
@@ -95,11 +112,23 @@ pub fn plan(rec: &Record) -> SwapPlan {
             qualified(crate::state::SCHEMA, &p.function)
         ));
     }
+    // The shadow schemas are empty now (everything moved): dropped in the same transaction, so
+    // a pgflip killed right after the commit leaves nothing behind. Not CASCADE: anything left
+    // in one fails the swap, changing nothing, rather than being dropped unseen.
+    for m in &rec.schemas {
+        after.push(format!("DROP SCHEMA {}", quote_ident(&m.shadow)));
+    }
     after.push(format!("DROP TABLE {}", rec.rejected_sql()));
     after.push(format!("DROP SEQUENCE {}", rec.forwarded_sql()));
     after.push(rec.delete_sql());
     SwapPlan {
         pairs,
+        bring_in,
+        retire: rec
+            .extra_tables
+            .iter()
+            .map(|(s, n)| QualifiedName::new(s.clone(), n.clone()))
+            .collect(),
         before,
         after,
     }
@@ -110,6 +139,8 @@ fn hooked(opts: &FlipOptions, sp: &SwapPlan) -> Result<FlipOptions> {
     fo.allow_column_changes = true;
     fo.in_flip_before = sp.before.clone();
     fo.in_flip_after = sp.after.clone();
+    fo.bring_in_only = sp.bring_in.clone();
+    fo.retire_only = sp.retire.clone();
     Ok(fo)
 }
 
@@ -160,11 +191,10 @@ async fn swap_locked(
     }
     crate::failpoint::hit("migrate.swap.checked").await?;
     let sp = plan(&rec);
-    if sp.pairs.is_empty() {
+    if sp.pairs.is_empty() && sp.bring_in.is_empty() && sp.retire.is_empty() {
         return Err(Error::Refused(
             format!(
-                "migration {}: the target has none of the source's tables; nothing to swap \
-             (a flip needs at least one table to retire)",
+                "migration {}: nothing to swap (no table to replace, bring in or retire)",
                 rec.id
             )
             .into(),
