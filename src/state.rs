@@ -209,6 +209,9 @@ pub async fn migrate_to(client: &Client, version: i32) -> Result<i32> {
     current_version(client).await.map(|v| v.unwrap_or_default())
 }
 
+/// How long [`TargetLock::acquire`] waits for a lock held by a session that may be ending.
+const TARGET_LOCK_GRACE: std::time::Duration = std::time::Duration::from_millis(1500);
+
 /// A session-level advisory lock on the target: while it is held, no other pgflip run acts on
 /// the same database. Released by [`TargetLock::release`], or when the connection closes; a
 /// guard dropped without `release` unlocks from a background task.
@@ -217,20 +220,32 @@ pub struct TargetLock {
 }
 
 impl TargetLock {
-    /// Takes the lock or fails at once with [`Error::Busy`] naming the session that holds it.
+    /// Takes the lock or fails with [`Error::Busy`] naming the session that holds it.
+    ///
+    /// It tries for up to [`TARGET_LOCK_GRACE`] before giving up: a pgflip process that has
+    /// just exited leaves its backend holding the lock until the server notices the closed
+    /// socket, and a run started right after it must not be told another run is acting. A run
+    /// that is really acting holds the lock far longer than that.
     pub async fn acquire(client: Arc<Client>) -> Result<TargetLock> {
-        let got: bool = client
-            .query_one(
-                "SELECT pg_try_advisory_lock($1, $2)",
-                &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
-            )
-            .await
-            .ctx("taking pgflip's lock on the target")?
-            .get(0);
-        if got {
-            return Ok(TargetLock {
-                client: Some(client),
-            });
+        let deadline = std::time::Instant::now() + TARGET_LOCK_GRACE;
+        loop {
+            let got: bool = client
+                .query_one(
+                    "SELECT pg_try_advisory_lock($1, $2)",
+                    &[&LOCK_CLASSID, &LOCK_OBJID_TARGET],
+                )
+                .await
+                .ctx("taking pgflip's lock on the target")?
+                .get(0);
+            if got {
+                return Ok(TargetLock {
+                    client: Some(client),
+                });
+            }
+            if std::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         Err(Error::Busy {
             holder: describe_holder(&client)
