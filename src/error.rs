@@ -49,6 +49,68 @@ impl fmt::Display for ServerError {
     }
 }
 
+/// One thing a guardrail found wrong, with the object it is about.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// The object the problem is about, named as SQL names it (quoted where needed), when
+    /// there is one.
+    pub object: Option<String>,
+    /// What is wrong with it, and what to do.
+    pub message: String,
+}
+
+impl Problem {
+    pub fn new(object: impl Into<String>, message: impl Into<String>) -> Problem {
+        Problem {
+            object: Some(object.into()),
+            message: message.into(),
+        }
+    }
+}
+
+/// Why a guardrail refused: a summary and, when it found several things, each of them as data,
+/// so that `--json` can give them as an array and a caller can act on each.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Refusal {
+    pub summary: String,
+    pub problems: Vec<Problem>,
+}
+
+impl Refusal {
+    pub fn new(summary: impl Into<String>, problems: Vec<Problem>) -> Refusal {
+        Refusal {
+            summary: summary.into(),
+            problems,
+        }
+    }
+}
+
+/// A refusal with one reason and no list.
+impl From<String> for Refusal {
+    fn from(summary: String) -> Refusal {
+        Refusal::new(summary, Vec::new())
+    }
+}
+
+impl From<&str> for Refusal {
+    fn from(summary: &str) -> Refusal {
+        Refusal::new(summary, Vec::new())
+    }
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.summary)?;
+        if !self.problems.is_empty() {
+            f.write_str(":")?;
+        }
+        for p in &self.problems {
+            write!(f, "\n  - {}", p.message)?;
+        }
+        Ok(())
+    }
+}
+
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -96,9 +158,9 @@ pub enum Error {
         blockers: crate::lockwait::Blockers,
     },
 
-    /// pgflip refuses to go on because it would be unsafe (a guardrail).
+    /// pgflip refuses to go on because it would be unsafe (a guardrail). Nothing was changed.
     #[error("refusing to continue: {0}")]
-    Refused(String),
+    Refused(Refusal),
 
     /// The flip committed, but a step that must follow it (validating re-attached foreign
     /// keys, recording the retired side's checksum) failed. The generation records it and

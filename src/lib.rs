@@ -24,7 +24,7 @@ pub mod schemadiff;
 pub mod state;
 pub mod sync;
 
-pub use error::{Error, Result, Side};
+pub use error::{Error, Problem, Refusal, Result, Side};
 
 /// pgflip's version, as recorded in scripts and state.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -387,3 +387,95 @@ async fn schema_diff_apply_killed_at_its_boundaries_is_wholly_before_or_after() 
     assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
     assert_eq!(text(&c, "SELECT b FROM t WHERE id = 1").await, "0");
 }
+
+/// A refused flip gives each of its problems as data: `--json` puts them in an array, each with
+/// the object it names, and nothing on the target changes.
+#[tokio::test]
+async fn a_refused_flip_gives_its_problems_as_a_json_array() {
+    let (src, tgt) = sync_dbs("engine_refusal_json");
+    let ddl = "CREATE TABLE \"Odd Items\" (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO \"Odd Items\" SELECT g, 'new' FROM generate_series(1, 50) g");
+    tgt.psql("INSERT INTO \"Odd Items\" SELECT g, 'old' FROM generate_series(1, 40) g");
+    // Two things bound to the live table that no flip can carry over: a function of its row
+    // type, and a rule.
+    tgt.psql(
+        "CREATE FUNCTION item_label(i \"Odd Items\") RETURNS text LANGUAGE sql AS $$ SELECT i.v $$; \
+         CREATE TABLE audit (id int); \
+         CREATE RULE odd_audit AS ON DELETE TO \"Odd Items\" DO ALSO INSERT INTO audit VALUES (old.id);",
+    );
+    let before = tgt.dump();
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "Odd Items",
+        "--staging-table",
+        "--swap",
+        "--json",
+    ]);
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
+    let last = stdout(&o)
+        .lines()
+        .last()
+        .map(str::to_owned)
+        .unwrap_or_default();
+    let v: serde_json::Value =
+        serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
+    assert_eq!(v["exit_code"], 5, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("the flip cannot carry everything over"),
+        "{v}"
+    );
+    let problems = v["problems"].as_array().unwrap_or_else(|| panic!("{v}"));
+    assert_eq!(problems.len(), 2, "{v}");
+    let objects: Vec<&str> = problems
+        .iter()
+        .map(|p| p["object"].as_str().unwrap_or_else(|| panic!("{v}")))
+        .collect();
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.starts_with("function public.item_label(")),
+        "{v}"
+    );
+    assert!(
+        objects
+            .iter()
+            .any(|o| o.starts_with("rule odd_audit on table")),
+        "{v}"
+    );
+    for p in problems {
+        assert!(
+            p["message"].as_str().unwrap().contains("cannot carry over"),
+            "{v}"
+        );
+    }
+    // Refused before anything moved: live is the old version, the staging table pgflip loaded
+    // is the only thing added, and a later sync without the swap is unaffected.
+    assert_eq!(
+        text(
+            &tgt.client().await,
+            "SELECT count(*) || ' ' || min(v) FROM \"Odd Items\""
+        )
+        .await,
+        "40 old"
+    );
+    let after = tgt.dump();
+    let added: Vec<&str> = after
+        .lines()
+        .filter(|l| !before.lines().any(|b| b == *l))
+        .collect();
+    assert!(
+        added
+            .iter()
+            .all(|l| !l.contains("\"Odd Items\" ") || l.contains("staging")),
+        "the refused swap changed the live table: {added:?}"
+    );
+}

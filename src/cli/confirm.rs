@@ -22,8 +22,9 @@ pub fn confirm(target: &Endpoint, what: &str, yes: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    Err(pgflip::Error::Refused(format!(
-        "the target is not on this machine; pass --yes to {what} (no terminal to ask on)"
-    ))
+    Err(pgflip::Error::Refused(
+        format!("the target is not on this machine; pass --yes to {what} (no terminal to ask on)")
+            .into(),
+    )
     .into())
 }

@@ -488,12 +488,15 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
         if schemas.contains(&gen.backup_schema) {
             let deps = generation::outside_dependents(&client, &gen.backup_schema).await?;
             if !deps.is_empty() {
-                return Err(pgflip::Error::Refused(format!(
-                    "generation {}'s schema {} is still used from outside it: {}",
-                    gen.label,
-                    gen.backup_schema,
-                    deps.join("; ")
-                ))
+                return Err(pgflip::Error::Refused(
+                    format!(
+                        "generation {}'s schema {} is still used from outside it: {}",
+                        gen.label,
+                        gen.backup_schema,
+                        deps.join("; ")
+                    )
+                    .into(),
+                )
                 .into());
             }
         }

@@ -104,15 +104,39 @@ impl Output {
 
     /// Prints the whole cause chain once on stderr; with `--json` also
     /// `{"error": "...", "exit_code": N}` on stdout, so a script reading stdout always gets JSON.
+    /// What the error carries as data goes there too: a refusal's `problems` (each with the
+    /// `object` it names), a lock timeout's `blockers`, a server error's `sqlstate`.
     pub fn error(&self, err: &anyhow::Error, exit_code: u8) {
         let chain: Vec<String> = err.chain().map(|c| c.to_string()).collect();
         let message = chain.join(": ");
-        self.error_message(&message, exit_code);
+        let mut json = serde_json::json!({ "error": message, "exit_code": exit_code });
+        match err.downcast_ref::<pgflip::Error>() {
+            Some(pgflip::Error::Refused(refusal)) if !refusal.problems.is_empty() => {
+                json["problems"] = serde_json::json!(refusal.problems);
+            }
+            Some(pgflip::Error::LockTimeout { blockers, .. }) => {
+                json["blockers"] = serde_json::json!(blockers.0);
+            }
+            Some(e) => {
+                if let Some(code) = e.sqlstate() {
+                    json["sqlstate"] = serde_json::json!(code);
+                }
+            }
+            None => {}
+        }
+        self.error_json(&message, &json);
     }
 
     pub fn error_message(&self, message: &str, exit_code: u8) {
+        self.error_json(
+            message,
+            &serde_json::json!({ "error": message, "exit_code": exit_code }),
+        );
+    }
+
+    fn error_json(&self, message: &str, json: &serde_json::Value) {
         if self.json {
-            self.json_line(&serde_json::json!({ "error": message, "exit_code": exit_code }));
+            self.json_line(json);
         }
         let prefix = paint(self.color, RED, "error");
         write_stderr(&format!("pgflip: {prefix}: {message}\n"));

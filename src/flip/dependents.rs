@@ -163,6 +163,15 @@ pub struct UsedColumn {
     pub user: String,
 }
 
+/// An object bound to a flipped relation that the flip cannot carry over.
+#[derive(Debug, Clone)]
+pub struct Unhandled {
+    /// The object as the server describes it (`pg_describe_object`).
+    pub object: String,
+    /// What binds it, e.g. ` (depends on table public.t)`.
+    pub why: String,
+}
+
 /// Everything read from the catalog for one flip.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
@@ -177,8 +186,8 @@ pub struct Inventory {
     pub views: Vec<View>,
     pub partitions: Vec<Partition>,
     pub used_columns: Vec<UsedColumn>,
-    /// Objects the flip cannot carry over, described by the server (`pg_describe_object`).
-    pub unhandled: Vec<String>,
+    /// Objects the flip cannot carry over.
+    pub unhandled: Vec<Unhandled>,
     /// Extended statistics on live relations (left on the retired table; reported).
     pub statistics: Vec<String>,
     /// A hash of the catalog rows the flip depends on; checked again once the locks are held.
@@ -688,8 +697,8 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                     UNION ALL \
                     SELECT d.* FROM w JOIN pg_catalog.pg_depend d \
                       ON d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid = w.reltype) \
-             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
-               || ' (depends on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+             SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), \
+               ' (depends on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
              FROM dd d \
              WHERE d.deptype = 'n' \
                AND NOT (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
@@ -712,8 +721,8 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                AND NOT (d.classid = 'pg_catalog.pg_statistic_ext'::pg_catalog.regclass AND EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_statistic_ext sx WHERE sx.oid = d.objid AND sx.stxrelid = d.refobjid)) \
              UNION \
-             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
-               || ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ', which is re-created)' \
+             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), \
+               ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ', which is re-created)' \
              FROM pg_catalog.pg_depend d \
              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($2) AND d.deptype = 'a' \
                AND ((d.classid = 'pg_catalog.pg_trigger'::pg_catalog.regclass AND NOT EXISTS ( \
@@ -725,8 +734,8 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                  OR d.classid = 'pg_catalog.pg_publication_rel'::pg_catalog.regclass \
                  OR d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass) \
              UNION \
-             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
-               || ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+             SELECT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), \
+               ' (on ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
              FROM pg_catalog.pg_depend d \
              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($3) AND d.deptype = 'a' \
                AND d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
@@ -736,7 +745,13 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         )
         .await
         .ctx("looking for dependents the flip cannot carry over")?;
-    inv.unhandled = unhandled.iter().map(|r| r.get(0)).collect();
+    inv.unhandled = unhandled
+        .iter()
+        .map(|r| Unhandled {
+            object: r.get(0),
+            why: r.get(1),
+        })
+        .collect();
 
     // Partitions move by name: what binds to a live partition by OID (a view, a foreign key
     // of another table, a function of its row type) would stay with the retired copy.
@@ -750,8 +765,8 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         let rows = client
             .query(
                 "WITH w AS (SELECT c.oid, c.reltype FROM pg_catalog.pg_class c WHERE c.oid = ANY($1)) \
-                 SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) \
-                   || ' (depends on partition ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
+                 SELECT DISTINCT pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid), \
+                   ' (depends on partition ' || pg_catalog.pg_describe_object(d.refclassid, d.refobjid, 0) || ')' \
                  FROM pg_catalog.pg_depend d \
                  WHERE ((d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid IN (SELECT oid FROM w)) \
                      OR (d.refclassid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.refobjid IN (SELECT reltype FROM w))) \
@@ -765,9 +780,14 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             )
             .await
             .ctx("looking for dependents of the partitions")?;
-        inv.unhandled
-            .extend(rows.iter().map(|r| r.get::<_, String>(0)));
+        inv.unhandled.extend(rows.iter().map(|r| Unhandled {
+            object: r.get(0),
+            why: r.get(1),
+        }));
     }
+    // One object can be found by several of the searches above; it is one problem.
+    inv.unhandled.sort_by(|a, b| a.object.cmp(&b.object));
+    inv.unhandled.dedup_by(|a, b| a.object == b.object);
 
     let stats = client
         .query(

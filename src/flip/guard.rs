@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
 
-use crate::error::{DbResultExt, Error, Result};
+use crate::error::{DbResultExt, Error, Problem, Refusal, Result};
 use crate::events::EventSink;
 use crate::lockwait::{blockers, is_lock_failure, Blocker, Retry};
 
@@ -45,21 +45,25 @@ pub async fn preflight(
         .await
         .ctx("looking for prepared transactions")?;
     if !prepared.is_empty() {
-        let list: Vec<String> = prepared
+        let problems = prepared
             .iter()
             .map(|r| {
-                format!(
-                    "prepared transaction '{}' (owner {}, prepared {}) holds a lock on {}",
-                    r.get::<_, String>(0),
-                    r.get::<_, String>(1),
-                    r.get::<_, String>(2),
-                    r.get::<_, String>(3)
+                let gid = r.get::<_, String>(0);
+                Problem::new(
+                    format!("prepared transaction '{gid}'"),
+                    format!(
+                        "prepared transaction '{gid}' (owner {}, prepared {}) holds a lock on {}",
+                        r.get::<_, String>(1),
+                        r.get::<_, String>(2),
+                        r.get::<_, String>(3)
+                    ),
                 )
             })
             .collect();
-        return Err(Error::Refused(format!(
-            "{}; COMMIT PREPARED or ROLLBACK PREPARED it first",
-            list.join("; ")
+        return Err(Error::Refused(Refusal::new(
+            "prepared transactions hold locks on the relations to flip; COMMIT PREPARED or \
+             ROLLBACK PREPARED them first",
+            problems,
         )));
     }
     loop {
@@ -79,13 +83,12 @@ pub async fn preflight(
             })
             .collect();
         if !writers.is_empty() {
-            return Err(Error::Refused(format!(
-                "green is still being written (an unfinished load?): {}",
+            return Err(Error::Refused(Refusal::new(
+                "green is still being written (an unfinished load?)",
                 writers
                     .iter()
-                    .map(|h| h.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                    .map(|h| Problem::new(format!("pid {}", h.pid), h.to_string()))
+                    .collect(),
             )));
         }
         // Autovacuum would hold our lock request up; cancel it as PostgreSQL itself would.

@@ -64,7 +64,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Problem, Refusal, Result};
 use crate::events::{Event, EventSink};
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Plan, Step};
@@ -292,13 +292,16 @@ pub async fn plan_flip(
             )));
         }
         if p.green.schema != p.live.schema && clash != 0 && clash != g {
-            return Err(Error::Refused(format!(
-                "cannot bring {} in as {}: schema {} already has a relation named {}",
-                p.green,
-                p.live,
-                quote_ident(&p.green.schema),
-                quote_ident(&p.live.name)
-            )));
+            return Err(Error::Refused(
+                format!(
+                    "cannot bring {} in as {}: schema {} already has a relation named {}",
+                    p.green,
+                    p.live,
+                    quote_ident(&p.green.schema),
+                    quote_ident(&p.live.name)
+                )
+                .into(),
+            ));
         }
         live_oids.push(l);
         green_oids.push(g);
@@ -400,15 +403,15 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
         ] {
             let rel = &inv.rels[&oid];
             if !matches!(rel.relkind.as_str(), "r" | "p" | "m" | "v") {
-                problems.push(format!(
+                problems.push(Problem::new(name.to_string(), format!(
                     "{side} relation {name} is not a table, partitioned table, materialized view or view (relkind '{}')",
                     rel.relkind
-                ));
+                )));
             }
             if rel.partition_or_inherited {
-                problems.push(format!(
+                problems.push(Problem::new(name.to_string(), format!(
                     "{side} table {name} is a partition or part of an inheritance tree (flip its partitioned table instead)"
-                ));
+                )));
             }
         }
         let (lk, gk) = (
@@ -416,10 +419,10 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             inv.rels[&r.green_oid].relkind.as_str(),
         );
         if (lk == "m") != (gk == "m") || (lk == "v") != (gk == "v") {
-            problems.push(format!(
+            problems.push(Problem::new(r.live.to_string(), format!(
                 "live {} and green {} are not the same kind of relation (relkind '{lk}' and '{gk}')",
                 r.live, r.green
-            ));
+            )));
         }
         let live_cols: Vec<_> = inv.columns_of(r.live_oid).collect();
         let green_cols: Vec<_> = inv.columns_of(r.green_oid).collect();
@@ -427,22 +430,28 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
         for u in inv.used_columns.iter().filter(|u| u.rel == r.live_oid) {
             let lc = live_cols.iter().find(|c| c.name == u.column);
             match (lc, find(&u.column)) {
-                (Some(_), None) => problems.push(format!(
-                    "{} uses column {} of {}, which green {} does not have",
-                    u.user,
-                    quote_ident(&u.column),
-                    r.live,
-                    r.green
-                )),
-                (Some(l), Some(g)) if l.typ != g.typ || l.collation != g.collation => problems
-                    .push(format!(
-                        "{} uses column {} of {} ({}), which is {} in green {}",
+                (Some(_), None) => problems.push(Problem::new(
+                    u.user.clone(),
+                    format!(
+                        "{} uses column {} of {}, which green {} does not have",
                         u.user,
                         quote_ident(&u.column),
                         r.live,
-                        l.typ,
-                        g.typ,
                         r.green
+                    ),
+                )),
+                (Some(l), Some(g)) if l.typ != g.typ || l.collation != g.collation => problems
+                    .push(Problem::new(
+                        u.user.clone(),
+                        format!(
+                            "{} uses column {} of {} ({}), which is {} in green {}",
+                            u.user,
+                            quote_ident(&u.column),
+                            r.live,
+                            l.typ,
+                            g.typ,
+                            r.green
+                        ),
                     )),
                 _ => {}
             }
@@ -467,9 +476,12 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
                     // A migration or a rollback: the structures may differ on purpose.
                     warnings.push(format!("{msg}; it stays with the retired table"));
                 } else {
-                    problems.push(format!(
+                    problems.push(Problem::new(
+                        r.green.to_string(),
+                        format!(
                         "{msg}; build it on green first (CREATE INDEX CONCURRENTLY): building it \
                          under the flip's lock would block the application"
+                    ),
                     ));
                 }
             }
@@ -495,12 +507,15 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             let l: Vec<String> = live_cols.iter().map(|c| shape(c)).collect();
             let g: Vec<String> = green_cols.iter().map(|c| shape(c)).collect();
             if l != g {
-                problems.push(format!(
+                problems.push(Problem::new(
+                    r.green.to_string(),
+                    format!(
                     "green {} does not have the columns of live {}: live has ({}), green has ({})",
                     r.green,
                     r.live,
                     l.join(", "),
                     g.join(", ")
+                ),
                 ));
             }
         }
@@ -528,7 +543,10 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
         }
     }
     for u in &inv.unhandled {
-        problems.push(format!("cannot carry over {u}"));
+        problems.push(Problem::new(
+            u.object.clone(),
+            format!("cannot carry over {}{}", u.object, u.why),
+        ));
     }
     for s in &inv.statistics {
         warnings.push(format!("{s} stays with the retired table"));
@@ -544,9 +562,9 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
     if problems.is_empty() {
         Ok(warnings)
     } else {
-        Err(Error::Refused(format!(
-            "the flip cannot carry everything over (nothing was changed):\n  - {}",
-            problems.join("\n  - ")
+        Err(Error::Refused(Refusal::new(
+            "the flip cannot carry everything over (nothing was changed)",
+            problems,
         )))
     }
 }

@@ -35,7 +35,7 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
             return Err(Error::Refused(format!(
                 "objects outside pgflip depend on green relations of {schema}, and dropping it would take them along (nothing was changed):\n  - {}",
                 outside.join("\n  - ")
-            )));
+            ).into()));
         }
         let exists: bool = client
             .query_one(

@@ -132,13 +132,13 @@ pub async fn check_converged(
                     "green did not converge within {:.1} s (nothing was changed):\n  - {}",
                     limit.as_secs_f64(),
                     waiting.join("\n  - ")
-                )))
+                ).into()))
             }
             None => {
                 return Err(Error::Refused(format!(
                     "green has not converged (nothing was changed; `pgflip green refresh`, `--wait`, or `--force`):\n  - {}",
                     waiting.join("\n  - ")
-                )))
+                ).into()))
             }
         }
     }
@@ -184,7 +184,7 @@ fn refuse_outside(outside: &[String]) -> Error {
         "materialized views outside the pipeline read relations it retires; promote would have to rebuild them under its locks. \
          Create the pipeline without --only so that they are rebuilt in green (nothing was changed):\n  - {}",
         outside.join("\n  - ")
-    ))
+    ).into())
 }
 
 /// Promotes the pipeline holding `rel` (or every pipeline). The caller holds the target lock.

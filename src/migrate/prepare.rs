@@ -428,11 +428,14 @@ async fn run(
     // prepare died (this run holds the target lock, so nobody else is preparing) is removed.
     for old in record::load(&tgt).await? {
         if old.phase == Phase::Prepared {
-            return Err(Error::Refused(format!(
+            return Err(Error::Refused(
+                format!(
                 "migration {} is prepared and waiting for its swap: run `pgflip migrate swap` or \
                  `pgflip migrate abort` first",
                 old.id
-            )));
+            )
+                .into(),
+            ));
         }
         events.emit(Event::Warning {
             message: format!(

@@ -211,9 +211,12 @@ pub async fn load_one(client: &Client) -> Result<Record> {
             "no migration is in flight on this target (run `pgflip migrate prepare` first)".into(),
         )),
         1 => Ok(all.remove(0)),
-        n => Err(Error::Refused(format!(
+        n => Err(Error::Refused(
+            format!(
             "{n} migrations are recorded on this target; abort them with `pgflip migrate abort`"
-        ))),
+        )
+            .into(),
+        )),
     }
 }
 

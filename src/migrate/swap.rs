@@ -149,20 +149,26 @@ async fn swap_locked(
     let rec = record::load_one(client).await?;
     let st = super::status::status_of(client, rec.clone()).await?;
     if !st.swap_allowed {
-        return Err(Error::Refused(format!(
-            "migration {} cannot be swapped: {}",
-            rec.id,
-            st.reasons.join("; ")
-        )));
+        return Err(Error::Refused(
+            format!(
+                "migration {} cannot be swapped: {}",
+                rec.id,
+                st.reasons.join("; ")
+            )
+            .into(),
+        ));
     }
     crate::failpoint::hit("migrate.swap.checked").await?;
     let sp = plan(&rec);
     if sp.pairs.is_empty() {
-        return Err(Error::Refused(format!(
-            "migration {}: the target has none of the source's tables; nothing to swap \
+        return Err(Error::Refused(
+            format!(
+                "migration {}: the target has none of the source's tables; nothing to swap \
              (a flip needs at least one table to retire)",
-            rec.id
-        )));
+                rec.id
+            )
+            .into(),
+        ));
     }
     let fo = hooked(&opts.flip, &sp)?;
     let outcome = flip::flip(client, &sp.pairs, FlipKind::Migrate, &fo, events).await?;

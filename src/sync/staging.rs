@@ -57,7 +57,8 @@ pub(super) async fn check_and_reserve(client: &Client, plans: &mut [TablePlan]) 
         plans[i].replaces_staging = oids[2 * k].is_some();
     }
     if !foreign.is_empty() {
-        return Err(Error::Refused(format!(
+        return Err(Error::Refused(
+            format!(
             "{} already exist{} and pgflip did not create {} (no record in pgflip.operations): \
              pgflip replaces only staging tables it created. Choose another --staging-name, or \
              rename or drop {} yourself; nothing was changed",
@@ -65,7 +66,9 @@ pub(super) async fn check_and_reserve(client: &Client, plans: &mut [TablePlan]) 
             if foreign.len() == 1 { "s" } else { "" },
             if foreign.len() == 1 { "it" } else { "them" },
             if foreign.len() == 1 { "it" } else { "them" },
-        )));
+        )
+            .into(),
+        ));
     }
     // Names in use in each schema, except those that go with the replaced relations (their
     // indexes and owned sequences).
