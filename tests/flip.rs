@@ -939,20 +939,29 @@ async fn owner_replica_identity_and_outbound_foreign_keys_follow_the_live_table(
         .batch_execute("DELETE FROM parent WHERE id = 2")
         .await
         .is_err());
-    // Rolling back re-points the FK again (the retired copy lacked it); its validation fails
-    // after the commit because row (2, 3) references a deleted parent: the run fails (exit 4)
-    // saying the flip committed, and verify names the constraint.
+    // Rolling back re-points the FK again (the retired copy lacked it), and row (2, 3) of the
+    // retired copy references a deleted parent: refused before any lock, naming the constraint
+    // and the count (issue 15), rather than failing its validation after the commit.
     let out = pgflip(&["rollback", "--target", &db.url(), "--latest"]);
-    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
-        stderr(&out).contains("child_parent_id_fkey")
-            && stderr(&out).contains("the flip committed"),
+        stderr(&out).contains("child_parent_id_fkey") && stderr(&out).contains("1 row(s)"),
         "{}",
         stderr(&out)
     );
     assert_eq!(
         text(&c, "SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype <> 'n'").await,
-        "child_id_positive:true,child_parent_id_fkey:false,child_pkey:true"
+        "child_id_positive:true,child_parent_id_fkey:true,child_pkey:true"
+    );
+    // With the parent back, the rollback goes through and the key is validated.
+    c.batch_execute("INSERT INTO parent VALUES (3)")
+        .await
+        .unwrap();
+    let out = pgflip(&["rollback", "--target", &db.url(), "--latest"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        text(&c, "SELECT string_agg(conname || ':' || convalidated, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 'child'::regclass AND contype <> 'n'").await,
+        "child_id_positive:true,child_parent_id_fkey:true,child_pkey:true"
     );
 
     // list --json and cleanup --dry-run.

@@ -623,3 +623,355 @@ fn flags_that_mean_nothing_are_refused_and_offered_ones_honoured() {
     let s = ok(&pgflip(&["status", "--target", &t]));
     assert!(s.contains("cleaned") && !s.contains("kept in"), "{s}");
 }
+
+fn live_changes(db: &TestDb, field: &str) -> String {
+    q(
+        db,
+        &format!(
+            "SELECT details -> 'live_changes' -> 0 -> {field} FROM pgflip.generations ORDER BY id DESC LIMIT 1"
+        ),
+    )
+}
+
+/// Item 4: the swap says (and records in the generation) what the live table received since
+/// the staging load began; a `--swap` of its own after `--show-diff` refuses when the live
+/// table changed since that diff, naming it and the counts, unless `--force`.
+#[test]
+fn a_swap_says_what_the_live_table_received_and_refuses_after_a_stale_diff() {
+    let (src, tgt) = pair("drift");
+    let ddl = "CREATE TABLE items (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO items SELECT g, 'src' FROM generate_series(1, 100) g");
+    tgt.psql("INSERT INTO items SELECT g, 'tgt' FROM generate_series(1, 100) g");
+
+    // Loaded and diffed; then the application writes: 5 inserts, 2 updates, 1 delete.
+    let o = ok(&sync(
+        &src,
+        &tgt,
+        &["items", "--staging-table", "--show-diff"],
+    ));
+    assert!(o.contains("100"), "{o}");
+    tgt.psql(
+        "INSERT INTO items SELECT g, 'app' FROM generate_series(1001, 1005) g; \
+         UPDATE items SET v = 'app' WHERE id IN (1, 2); DELETE FROM items WHERE id = 3",
+    );
+    let before = tgt.dump();
+    for extra in [&["items", "--swap"][..], &["items", "--swap", "--dry-run"]] {
+        let o = sync(&src, &tgt, extra);
+        assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("public.items")
+                && err.contains("7 rows written (inserted or updated)")
+                && err.contains("3 rows gone (updated or deleted)")
+                && err.contains("--force"),
+            "{err}"
+        );
+    }
+    assert_eq!(tgt.dump(), before, "a refused swap changed the target");
+    // --force means something only for a swap of its own.
+    let o = sync(
+        &src,
+        &tgt,
+        &["items", "--staging-table", "--swap", "--force"],
+    );
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+
+    let out = ok(&sync(&src, &tgt, &["items", "--swap", "--force"]));
+    assert!(
+        out.contains("items received 7 rows written (inserted or updated) and 3 rows gone (updated or deleted) since the staging load began"),
+        "{out}"
+    );
+    assert_eq!(live_changes(&tgt, "'since_load' ->> 'written'"), "7");
+    assert_eq!(live_changes(&tgt, "'since_load' ->> 'gone'"), "3");
+    assert_eq!(live_changes(&tgt, "'since_diff' ->> 'written'"), "7");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM items WHERE v = 'app'"), "0");
+    // The rows are in the retired table, and a rollback brings them back.
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM items WHERE v = 'app'"), "7");
+
+    // Diffed and unchanged since: the swap goes through without --force and says so.
+    ok(&sync(
+        &src,
+        &tgt,
+        &["items", "--staging-table", "--show-diff"],
+    ));
+    let out = ok(&sync(&src, &tgt, &["items", "--swap"]));
+    assert!(
+        out.contains("items received no writes since the staging load began"),
+        "{out}"
+    );
+    assert_eq!(live_changes(&tgt, "'since_load' ->> 'written'"), "0");
+
+    // One command, writes while the staging table loads (paused before its commit): counted
+    // and said, in the text and in JSON.
+    let dir = tempfile::tempdir().unwrap();
+    let dir_s = dir.path().to_str().unwrap().to_string();
+    std::thread::scope(|s| {
+        let h = s.spawn(|| {
+            sync_env(
+                &src,
+                &tgt,
+                &["items", "--staging-table", "--swap", "--json"],
+                &[
+                    ("PGFLIP_FAILPOINTS", "sync.before_commit=pause"),
+                    ("PGFLIP_FAILPOINT_DIR", &dir_s),
+                ],
+            )
+        });
+        let paused = dir.path().join("sync.before_commit.paused");
+        wait_file(&paused);
+        tgt.psql("INSERT INTO items SELECT g, 'late' FROM generate_series(2001, 2004) g");
+        std::fs::remove_file(&paused).unwrap();
+        let o = h.join().unwrap();
+        let out = ok(&o);
+        let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+        let c = &v["swap"]["live_changes"][0];
+        assert_eq!(c["table"], "public.items", "{out}");
+        assert_eq!(c["since_load"]["written"], 4, "{out}");
+        assert_eq!(c["since_load"]["gone"], 0, "{out}");
+    });
+    assert_eq!(live_changes(&tgt, "'since_load' ->> 'written'"), "4");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM items WHERE v = 'late'"), "0");
+}
+
+/// Item 7: a sync of many tables holds at most `--jobs` + 2 connections to each server, on a
+/// server that allows only a few more than that; nothing is left loading.
+#[test]
+fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
+    const JOBS: usize = 2;
+    const TABLES: usize = 150;
+    let srv: &'static pgflip::localpg::LocalServer = Box::leak(Box::new(
+        pgflip::localpg::LocalServer::start_with(pgflip::localpg::ServerOptions {
+            settings: vec![
+                // Both sides' bound (2 x (jobs + 2)), this test's watcher, and a little room
+                // for backends still exiting after pgflip closed them.
+                ("max_connections".into(), "14".into()),
+                ("superuser_reserved_connections".into(), "0".into()),
+            ],
+        })
+        .expect("start a server with few connections"),
+    ));
+    let src = TestDb::new(srv, "conns_src");
+    let tgt = TestDb::new(srv, "conns_tgt");
+    let ddl = format!(
+        "DO $$ BEGIN FOR i IN 1..{TABLES} LOOP \
+           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, v text)', i); END LOOP; END $$"
+    );
+    src.psql(&ddl);
+    tgt.psql(&ddl);
+    src.psql(&format!(
+        "DO $$ BEGIN FOR i IN 1..{TABLES} LOOP \
+           EXECUTE format('INSERT INTO t%s SELECT g, ''s'' FROM generate_series(1, 10) g', i); END LOOP; END $$"
+    ));
+
+    // A watcher counts pgflip's backends per database while it runs.
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let (most, out) = std::thread::scope(|s| {
+        let watcher = s.spawn(|| {
+            let mut most: std::collections::BTreeMap<String, usize> = Default::default();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let rows = srv
+                    .psql(
+                        "postgres",
+                        "SELECT datname || ' ' || count(*) FROM pg_stat_activity \
+                         WHERE application_name LIKE 'pgflip%' GROUP BY datname",
+                    )
+                    .unwrap_or_default();
+                for l in rows.lines() {
+                    if let Some((db, n)) = l.trim().rsplit_once(' ') {
+                        let n: usize = n.parse().unwrap_or(0);
+                        let e = most.entry(db.to_string()).or_default();
+                        *e = (*e).max(n);
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            most
+        });
+        let jobs = JOBS.to_string();
+        let out = sync(
+            &src,
+            &tgt,
+            &["--staging-table", "--show-diff", "--swap", "-j", &jobs],
+        );
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        (watcher.join().unwrap(), out)
+    });
+    let text = ok(&out);
+    assert!(
+        text.contains("Successfully swapped t150_staging to t150"),
+        "{text}"
+    );
+    eprintln!("most pgflip backends seen per database: {most:?}");
+    // pgflip holds at most --jobs + 2; a backend it just closed can still be exiting when the
+    // next slot connects, so the server may count one more for a moment.
+    for (db, n) in &most {
+        assert!(
+            *n <= JOBS + 3,
+            "{n} pgflip connections to {db} at once (bound: --jobs + 2, + 1 exiting)"
+        );
+    }
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE '%staging%'"
+        ),
+        "0"
+    );
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM pgflip.generation_relations"),
+        TABLES.to_string()
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t77 WHERE v = 's'"), "10");
+    // The rollback of all of them, on the same server.
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t77"), "0");
+    srv.stop().unwrap();
+}
+
+/// Item 1, the other direction: green's own rows must have the parent rows that live's foreign
+/// keys (which move to green) reference; a swap (and a rollback) that would break one is
+/// refused before any lock, named, with the count, instead of failing after its commit.
+#[test]
+fn a_swap_whose_rows_lack_their_parent_is_refused_before_the_flip() {
+    let (src, tgt) = pair("outbound");
+    let ddl = "CREATE TABLE categories (id int PRIMARY KEY); \
+               CREATE TABLE products (id int PRIMARY KEY, category_id int REFERENCES categories)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql("INSERT INTO categories VALUES (1), (9); INSERT INTO products VALUES (1, 1), (2, 9), (3, 9), (4, NULL)");
+    tgt.psql("INSERT INTO categories VALUES (1), (2); INSERT INTO products VALUES (1, 1), (5, 2)");
+    let before = tgt.pg_dump(&["--exclude-schema=pgflip"]);
+    let o = sync(&src, &tgt, &["products", "--staging-table", "--swap"]);
+    assert_eq!(o.status.code(), Some(2), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("products_category_id_fkey")
+            && err.contains("2 row(s) of public.products_staging")
+            && err.contains("public.categories"),
+        "{err}"
+    );
+    // Nothing moved: the staging table stays for review, live and its key as they were.
+    let o = sync(&src, &tgt, &["products", "--swap", "--dry-run"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    tgt.psql("DROP TABLE products_staging; DELETE FROM pgflip.operations");
+    assert_eq!(tgt.pg_dump(&["--exclude-schema=pgflip"]), before);
+
+    // With category 9 on the target the swap goes through; the key stays validated.
+    tgt.psql("INSERT INTO categories VALUES (9)");
+    ok(&sync(
+        &src,
+        &tgt,
+        &["products", "--staging-table", "--swap"],
+    ));
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+    // The retired rows reference category 2; once it is gone, rolling back is refused too.
+    tgt.psql("DELETE FROM categories WHERE id = 2");
+    let o = pgflip(&["rollback", "--target", &tgt.url(), "--latest"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("products_category_id_fkey") && stderr(&o).contains("1 row(s)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM products"), "4");
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+    tgt.psql("INSERT INTO categories VALUES (2)");
+    ok(&pgflip(&["rollback", "--target", &tgt.url(), "--latest"]));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(id::text, ',' ORDER BY id) FROM products"
+        ),
+        "1,5"
+    );
+    assert_eq!(fk_validated(&tgt, "products_category_id_fkey"), "t");
+}
+
+/// Item 10: a server that is not PostgreSQL (an HTTP server, a listener that closes at once)
+/// is named as such, with its host and port; relations are named one way (quoted where SQL
+/// needs it) in messages, JSON and run labels.
+#[test]
+fn a_server_that_is_not_postgres_is_named_and_identifiers_are_quoted_one_way() {
+    use std::io::{Read, Write};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = AtomicBool::new(false);
+    for (answer, what) in [
+        (
+            &b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"[..],
+            "answers HTTP",
+        ),
+        (&b"SSH-2.0-OpenSSH_9.2\r\n"[..], "answers SSH"),
+        (&b""[..], "closes at once"),
+    ] {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.set_nonblocking(true).unwrap();
+        let port = l.local_addr().unwrap().port();
+        stop.store(false, Ordering::Relaxed);
+        let o = std::thread::scope(|s| {
+            s.spawn(|| {
+                while !stop.load(Ordering::Relaxed) {
+                    match l.accept() {
+                        Ok((mut c, _)) => {
+                            c.set_nonblocking(false).unwrap();
+                            c.set_read_timeout(Some(Duration::from_millis(200)))
+                                .unwrap();
+                            let mut buf = [0u8; 512];
+                            let _ = c.read(&mut buf);
+                            let _ = c.write_all(answer);
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                    }
+                }
+            });
+            let url = format!("postgres://app@127.0.0.1:{port}/app");
+            let o = pgflip(&["status", "--target", &url]);
+            stop.store(true, Ordering::Relaxed);
+            o
+        });
+        assert_eq!(o.status.code(), Some(3), "{what}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}")) && err.contains("not a PostgreSQL server"),
+            "{what}: {err}"
+        );
+        assert!(!err.contains("bytes remaining"), "{what}: {err}");
+    }
+
+    // One relation, one name: the sync report, its JSON, the swap and the run label.
+    let (src, tgt) = pair("quoting");
+    let ddl = r#"CREATE TABLE "Line Items" (id int PRIMARY KEY, v text)"#;
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql(r#"INSERT INTO "Line Items" VALUES (1, 'a')"#);
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["Line Items", "--staging-table", "--swap", "--json"],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(v["tables"][0]["table"], r#"public."Line Items""#, "{out}");
+    assert_eq!(
+        v["swap"]["swapped"][0]["table"], r#"public."Line Items""#,
+        "{out}"
+    );
+    let labels = q(
+        &tgt,
+        "SELECT string_agg(command, ' | ' ORDER BY id) FROM pgflip.runs",
+    );
+    assert!(
+        labels.contains(r#"public."Line Items""#) && !labels.contains("public.Line Items"),
+        "{labels}"
+    );
+    let text = ok(&sync(
+        &src,
+        &tgt,
+        &["Line Items", "--staging-table", "--swap"],
+    ));
+    assert!(
+        text.contains(r#"Successfully swapped "Line Items_staging" to "Line Items""#),
+        "{text}"
+    );
+}

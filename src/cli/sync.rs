@@ -93,6 +93,10 @@ pub struct SyncArgs {
     /// Swap the staging table into the live table (the flip engine).
     #[arg(long)]
     pub swap: bool,
+    /// With --swap alone: swap even when the live table changed since the diff `--show-diff`
+    /// showed (the rows written since stay in the retired table, which the generation keeps).
+    #[arg(long, requires = "swap", conflicts_with = "staging")]
+    pub force: bool,
     /// Tables copied at once (default: number of cores).
     #[arg(long, short = 'j', value_name = "N", value_parser = parse_jobs)]
     pub jobs: Option<usize>,
@@ -489,7 +493,8 @@ fn render_report(report: &sync::SyncReport) -> String {
     text
 }
 
-/// `public.items` reads as `items`, as users name it.
+/// `public.items` reads as `items`, as users name it (`public."Line Items"` as
+/// `"Line Items"`).
 fn short(table: &str) -> &str {
     table.strip_prefix("public.").unwrap_or(table)
 }
@@ -519,7 +524,7 @@ async fn swap_tables(
     let mut out = Vec::new();
     for (_, s, n) in chosen {
         if let Some(only) = synced {
-            if !only.iter().any(|t| *t == format!("{s}.{n}")) {
+            if !only.iter().any(|t| *t == pgflip::ident::qualified(&s, &n)) {
                 continue;
             }
         } else if patterns.is_empty() {
@@ -582,6 +587,43 @@ async fn swap_and_report(
             .collect(),
         None => flip::staging_pairs(&client, tables).await?,
     };
+    // What each live table held when its staging table was loaded (and diffed): read before
+    // the flip, which forgets the staging tables' records.
+    let mut marked = Vec::new();
+    for p in &pairs {
+        let (load, diff) = sync::drift::markers(&client, (&p.green.schema, &p.green.name)).await?;
+        marked.push(sync::drift::Marked {
+            live: p.live.sql(),
+            load,
+            diff,
+        });
+    }
+    // A swap in a command of its own follows a diff the user read: if the live table changed
+    // since, that diff no longer describes what the swap retires.
+    if report.is_none() && !args.force {
+        let mut stale = Vec::new();
+        for m in &marked {
+            if let Some(d) = &m.diff {
+                let c = sync::drift::changes_since(&client, &m.live, d).await?;
+                if c.any() {
+                    stale.push(pgflip::error::Problem::new(
+                        m.live.clone(),
+                        format!("{}: {} since the diff", m.live, c.describe()),
+                    ));
+                }
+            }
+        }
+        if !stale.is_empty() {
+            return Err(pgflip::Error::Refused(pgflip::error::Refusal::new(
+                "the live table changed since the diff --show-diff showed, so that diff no \
+                 longer describes what the swap replaces; load and diff again \
+                 (--staging-table --show-diff), or swap anyway with --force (the rows written \
+                 since stay in the retired table). Nothing was changed",
+                stale,
+            ))
+            .into());
+        }
+    }
     let mut opts = FlipOptions {
         lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
         max_wait: args.max_wait,
@@ -606,17 +648,36 @@ async fn swap_and_report(
     let names: Vec<String> = pairs.iter().map(|p| p.live.to_string()).collect();
     let command = format!("sync --swap {}", names.join(" "));
     pgflip::failpoint::hit("sync.before_swap").await?;
-    let outcome = pgflip::state::with_target_lock(client.clone(), &command, |c| async move {
-        flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await
-    })
-    .await?;
+    let marked_ref = &marked;
+    let (outcome, received) =
+        pgflip::state::with_target_lock(client.clone(), &command, |c| async move {
+            let outcome = flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await?;
+            // Counted once the flip committed, on the retired tables: a failure here is said,
+            // and the swap stands.
+            let received = match sync::drift::after_swap(&c, &outcome.generation, marked_ref).await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    use pgflip::events::EventSink;
+                    events.emit(pgflip::events::Event::Warning {
+                        message: format!(
+                            "could not count the rows the live tables received since the \
+                                 staging load: {e}"
+                        ),
+                    });
+                    Vec::new()
+                }
+            };
+            Ok((outcome, received))
+        })
+        .await?;
     let lines: Vec<String> = pairs
         .iter()
         .map(|p| {
             format!(
                 "Successfully swapped {} to {}",
-                short(&format!("{}.{}", p.green.schema, p.green.name)),
-                short(&format!("{}.{}", p.live.schema, p.live.name))
+                short(&p.green.sql()),
+                short(&p.live.sql())
             )
         })
         .collect();
@@ -634,6 +695,7 @@ async fn swap_and_report(
             "locked_ms": outcome.locked_ms,
             "attempts": outcome.attempts,
             "warnings": outcome.warnings,
+            "live_changes": received,
         });
         out.println(&serde_json::to_string_pretty(&v)?);
     } else if !out.quiet {
@@ -645,6 +707,9 @@ async fn swap_and_report(
             text.push_str(l);
             text.push('\n');
         }
+        for r in &received {
+            text.push_str(&render_received(r));
+        }
         text.push_str(&format!(
             "Generation {} keeps the previous rows (`pgflip rollback --timestamp {}` brings them back).\n",
             outcome.generation.label, outcome.generation.label
@@ -652,6 +717,30 @@ async fn swap_and_report(
         out.write_stdout(text.as_bytes());
     }
     Ok(exit::OK)
+}
+
+/// What a swapped live table received while its staging table waited.
+fn render_received(r: &sync::drift::Received) -> String {
+    let mut text = String::new();
+    let table = short(&r.table);
+    match r.since_load {
+        Some(c) if c.any() => text.push_str(&format!(
+            "{table} received {} since the staging load began; they are in the retired table {}\n",
+            c.describe(),
+            r.retired
+        )),
+        Some(_) => text.push_str(&format!(
+            "{table} received no writes since the staging load began\n"
+        )),
+        None => {}
+    }
+    if let Some(c) = r.since_diff.filter(|c| c.any()) {
+        text.push_str(&format!(
+            "{table} changed since the diff was shown: {}\n",
+            c.describe()
+        ));
+    }
+    text
 }
 
 #[cfg(test)]

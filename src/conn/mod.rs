@@ -365,6 +365,25 @@ impl Endpoint {
             }
             return msg;
         }
+        match not_postgres(e) {
+            Some(NotPostgres::Garbled) => {
+                return format!(
+                    "the server at {}:{} is not a PostgreSQL server (it answered in another \
+                     protocol)",
+                    self.host(),
+                    self.port()
+                )
+            }
+            Some(NotPostgres::HungUp) => {
+                return format!(
+                    "the server at {}:{} closed the connection without a PostgreSQL answer (not \
+                     a PostgreSQL server, or something in between refused pgflip)",
+                    self.host(),
+                    self.port()
+                )
+            }
+            None => {}
+        }
         let side = self.side;
         let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
         while let Some(s) = source {
@@ -417,6 +436,72 @@ fn humanize(d: Duration) -> String {
     } else {
         format!("{:.1}s", d.as_secs_f64())
     }
+}
+
+enum NotPostgres {
+    /// It answered, not in PostgreSQL's framing.
+    Garbled,
+    /// It hung up before any answer.
+    HungUp,
+}
+
+/// Whether a failed connection attempt met something that does not speak PostgreSQL's
+/// protocol, and how: a PostgreSQL server answers every startup message (with an
+/// authentication request, or an error such as "too many clients"), in its own framing. The
+/// driver's own words for this ("bytes remaining on stream", "unexpected message") would name
+/// neither the server nor the problem.
+fn not_postgres(e: &tokio_postgres::Error) -> Option<NotPostgres> {
+    if e.as_db_error().is_some() {
+        return None;
+    }
+    let mut chain = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        chain.push_str(": ");
+        chain.push_str(&s.to_string());
+        source = s.source();
+    }
+    const GARBLED: [&str; 6] = [
+        "bytes remaining on stream",
+        "unexpected message from server",
+        "error parsing response from server",
+        "unknown message tag",
+        "unknown authentication tag",
+        "invalid message length",
+    ];
+    if GARBLED.iter().any(|g| chain.contains(g)) {
+        return Some(NotPostgres::Garbled);
+    }
+    // The driver's "connection closed": the peer hung up before answering the startup message.
+    if chain == "connection closed" {
+        return Some(NotPostgres::HungUp);
+    }
+    // It said yes to TLS (a first byte 'S', as in "SSH-2.0"), then sent no TLS records: a
+    // PostgreSQL server that accepts TLS speaks it.
+    let garbled_tls = |t: &rustls::Error| matches!(t, rustls::Error::InvalidMessage(_));
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<rustls::Error>() {
+            return garbled_tls(t).then_some(NotPostgres::Garbled);
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            if let Some(t) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return garbled_tls(t).then_some(NotPostgres::Garbled);
+            }
+            if matches!(
+                io.kind(),
+                std::io::ErrorKind::UnexpectedEof
+                    | std::io::ErrorKind::ConnectionReset
+                    | std::io::ErrorKind::ConnectionAborted
+                    | std::io::ErrorKind::BrokenPipe
+            ) {
+                return Some(NotPostgres::HungUp);
+            }
+            return None;
+        }
+        source = s.source();
+    }
+    None
 }
 
 fn is_transient(e: &tokio_postgres::Error) -> bool {

@@ -38,10 +38,12 @@ pub fn orphan_count_sql(
     )
 }
 
-/// A relation a flip replaces: `live` (qualified, with its oid) by `green` (qualified).
+/// A relation a flip replaces: `live` (qualified, with its oid) by `green` (qualified, with
+/// its oid).
 pub struct Replaced<'a> {
     pub live_oid: u32,
     pub live: &'a str,
+    pub green_oid: u32,
     pub green: &'a str,
 }
 
@@ -113,13 +115,94 @@ pub async fn refuse_orphans(
             ));
         }
     }
+    problems.extend(outbound_orphans(client, replaced, flipped).await?);
     if problems.is_empty() {
         return Ok(());
     }
     Err(Error::InvalidInput(format!(
         "{}. The flip would leave them without the row they reference; nothing was changed. \
-         Bring the missing rows into the new table (or sync the referencing table too), or \
-         remove the referencing rows first",
+         Bring the missing rows into the new table or the table it references (or sync the \
+         referencing table too), or remove the referencing rows first",
         problems.join("; ")
     )))
+}
+
+/// Live's own foreign keys to tables outside the flip move to green (re-added `NOT VALID`,
+/// validated after the commit): green's rows must all have their parent row, or that
+/// validation fails once refusing is no longer possible. One problem per constraint that some
+/// green row breaks. A key whose columns green lacks is not moved, and not checked.
+async fn outbound_orphans(
+    client: &Client,
+    replaced: &[Replaced<'_>],
+    flipped: &BTreeSet<u32>,
+) -> Result<Vec<String>> {
+    let live: Vec<u32> = replaced.iter().map(|r| r.live_oid).collect();
+    let green: Vec<u32> = replaced.iter().map(|r| r.green_oid).collect();
+    let inside: Vec<u32> = flipped.iter().copied().collect();
+    let rows = client
+        .query(
+            "SELECT c.conname::text, x.green, n.nspname::text, p.relname::text, \
+                    ARRAY(SELECT a.attname::text FROM unnest(c.conkey) WITH ORDINALITY k(num, i) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num ORDER BY k.i), \
+                    ARRAY(SELECT a.attname::text FROM unnest(c.confkey) WITH ORDINALITY k(num, i) \
+                          JOIN pg_catalog.pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.num ORDER BY k.i) \
+             FROM unnest($1::oid[], $2::oid[]) x(live, green) \
+             JOIN pg_catalog.pg_constraint c ON c.conrelid = x.live \
+             JOIN pg_catalog.pg_class p ON p.oid = c.confrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = p.relnamespace \
+             WHERE c.contype = 'f' AND c.conparentid = 0 AND NOT c.confrelid = ANY($3::oid[]) \
+               AND NOT EXISTS (SELECT 1 FROM unnest(c.conkey) k(num) \
+                               JOIN pg_catalog.pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.num \
+                               WHERE NOT EXISTS (SELECT 1 FROM pg_catalog.pg_attribute g \
+                                                 WHERE g.attrelid = x.green AND g.attname = a.attname \
+                                                   AND NOT g.attisdropped)) \
+             ORDER BY 1",
+            &[&live, &green, &inside],
+        )
+        .await
+        .ctx("reading the foreign keys of the flipped tables")?;
+    let mut problems = Vec::new();
+    for row in &rows {
+        let name: String = row.get(0);
+        let green_oid: u32 = row.get(1);
+        let parent = qualified(row.get(2), row.get(3));
+        let from_cols: Vec<String> = row.get(4);
+        let to_cols: Vec<String> = row.get(5);
+        let Some(r) = replaced.iter().find(|r| r.green_oid == green_oid) else {
+            continue;
+        };
+        let not_null: Vec<String> = from_cols
+            .iter()
+            .map(|c| format!("g.{} IS NOT NULL", quote_ident(c)))
+            .collect();
+        let refmatch: Vec<String> = from_cols
+            .iter()
+            .zip(&to_cols)
+            .map(|(f, t)| format!("p.{} = g.{}", quote_ident(t), quote_ident(f)))
+            .collect();
+        let sql = format!(
+            "SELECT count(*) FROM {} g WHERE {} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {})",
+            r.green,
+            not_null.join(" AND "),
+            refmatch.join(" AND ")
+        );
+        let n: i64 = client
+            .query_one(&sql, &[])
+            .await
+            .ctx(format!(
+                "checking that every row of {} has the row of {parent} it references",
+                r.green
+            ))?
+            .get(0);
+        if n > 0 {
+            problems.push(format!(
+                "{n} row(s) of {} reference rows of {parent} that do not exist (constraint {} \
+                 of {}, which moves to the new table)",
+                r.green,
+                quote_ident(&name),
+                r.live
+            ));
+        }
+    }
+    Ok(problems)
 }

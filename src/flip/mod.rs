@@ -368,6 +368,7 @@ async fn refuse_orphans(client: &Client, relations: &[PlannedRelation]) -> Resul
         .map(|(r, (live, green))| fkcheck::Replaced {
             live_oid: r.live_oid,
             live,
+            green_oid: r.green_oid,
             green,
         })
         .collect();

@@ -59,6 +59,7 @@
 //! ctid ranges would each scan the whole table), and the plan says so.
 
 pub mod config;
+pub mod drift;
 pub mod rules;
 mod selection;
 mod staging;
@@ -528,7 +529,8 @@ pub async fn prepare(
                 if !exact && !tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
                     events.emit(Event::Warning {
                         message: format!(
-                            "{s}.{n} matches {:?} but is not on the target; skipped",
+                            "{} matches {:?} but is not on the target; skipped",
+                            qualified(&s, &n),
                             r.pattern
                         ),
                     });
@@ -549,7 +551,7 @@ pub async fn prepare(
         if filters.contains_key(oid) {
             match tgt_list.iter().find(|(_, ts, tn)| ts == s && tn == n) {
                 Some((t, _, _)) => tgt_oids.push(*t),
-                None => missing.push(format!("{s}.{n}")),
+                None => missing.push(qualified(s, n)),
             }
         }
     }
@@ -1345,6 +1347,14 @@ fn unit_actions(
                 (&p.target.schema, &staging_bare),
                 &loading,
             ));
+            // What the live table holds as the load begins: the swap says what it received
+            // since (those rows leave with the retired table).
+            sql.push_str("; ");
+            sql.push_str(&drift::record_marker_sql(
+                (&p.target.schema, &staging_bare),
+                drift::LOAD,
+                &live,
+            ));
             let mut step = Step::new(
                 format!(
                     "{}create {loading} with the structure of {live}",
@@ -1854,8 +1864,12 @@ impl Prepared {
 
     /// Runs the units side by side. Every connection pair at work (a unit's transaction, one
     /// range of a large table, an index build) holds one of `jobs` slots, so the ranges of a
-    /// large table share the parallelism with the other tables. Each unit commits on its own;
-    /// the first failure stops the others (their transactions roll back) and is returned.
+    /// large table share the parallelism with the other tables. Connections are opened only
+    /// inside a slot and closed before it is given back, so the copies hold at most `jobs`
+    /// connections to each server whatever the number of tables (the README's bound:
+    /// `--jobs` + 2, with the coordinator and the caller's lock connection). Each unit commits
+    /// on its own; the first failure stops the others (their transactions roll back) and is
+    /// returned.
     pub async fn execute(self, events: &dyn EventSink) -> Result<SyncReport> {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
@@ -1898,6 +1912,7 @@ impl Prepared {
             events,
             || self.run_unit(unit, slots, events),
             || async {
+                let _slot = slots.acquire().await.expect("never closed");
                 let t = self.target.connect().await?;
                 crate::lockwait::blockers_by_name(&t, &names).await
             },
@@ -1918,7 +1933,11 @@ impl Prepared {
             .map(|&i| (i, copy::Progress::new(self.tables[i].display.clone())))
             .collect();
         let mut stats: BTreeMap<usize, (u64, u64)> = BTreeMap::new();
-        let tgt = {
+        // Every connection of the unit is opened inside a slot and closed before the slot is
+        // given back, so that pgflip holds at most `jobs` connections to each server for the
+        // copies, however many tables there are (the application's connections are counted
+        // against the same max_connections).
+        {
             let _slot = slots.acquire().await.expect("never closed");
             let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
             let tgt = self.target.connect().await?;
@@ -1975,14 +1994,10 @@ impl Prepared {
                 .await
                 .ctx("committing on the target")?;
             let _ = src.batch_execute("COMMIT").await;
-            tgt
-        };
+        }
         // The loading tables are committed from here on: a failure drops them again, so that
         // nothing half-filled stays behind.
-        match self
-            .load_and_finish(unit, &tgt, slots, &progress, events)
-            .await
-        {
+        match self.load_and_finish(unit, slots, &progress, events).await {
             Ok(more) => {
                 for (i, (rows, bytes)) in more {
                     let e = stats.entry(i).or_default();
@@ -1991,17 +2006,24 @@ impl Prepared {
                 }
             }
             Err(e) => {
-                drop(tgt);
-                self.drop_loading_tables(unit, events).await;
+                self.drop_loading_tables(unit, slots, events).await;
                 return Err(e);
             }
         }
+        let diffing = self.opts.show_diff && self.opts.staging;
+        let _slot;
+        let tgt = if diffing {
+            _slot = slots.acquire().await.expect("never closed");
+            Some(self.target.connect().await?)
+        } else {
+            None
+        };
         let mut reports = Vec::new();
         for &i in &unit.tables {
             let p = &self.tables[i];
             let (rows, bytes) = stats.get(&i).copied().unwrap_or_default();
             let mut r = self.report_for(p, rows, bytes, t0.elapsed());
-            if self.opts.show_diff && self.opts.staging {
+            if let Some(tgt) = &tgt {
                 if p.target.primary_key.is_empty() {
                     r.diff = None;
                 } else {
@@ -2011,17 +2033,27 @@ impl Prepared {
                         .filter(|(c, _, _)| !p.target.primary_key.contains(c))
                         .map(|(c, _, t)| (c.clone(), *t))
                         .collect();
-                    r.diff = Some(
-                        rowdiff::in_database(
-                            &tgt,
-                            &p.into,
-                            &p.target.qualified(),
-                            &p.target.primary_key,
-                            &cols,
-                            self.opts.diff_sample,
-                        )
-                        .await?,
-                    );
+                    // The diff and the marker of the live table read one snapshot: a later
+                    // `--swap` compares the live table with exactly what this diff saw.
+                    tgt.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        .await
+                        .ctx("starting the diff")?;
+                    let marker = drift::read_marker(tgt, &p.target.qualified()).await?;
+                    let diff = rowdiff::in_database(
+                        tgt,
+                        &p.into,
+                        &p.target.qualified(),
+                        &p.target.primary_key,
+                        &cols,
+                        self.opts.diff_sample,
+                    )
+                    .await;
+                    let _ = tgt.batch_execute("COMMIT").await;
+                    r.diff = Some(diff?);
+                    if let Some(staging) = &p.staging {
+                        drift::store_marker(tgt, (&p.target.schema, staging), drift::DIFF, &marker)
+                            .await?;
+                    }
                 }
             }
             r.elapsed = t0.elapsed();
@@ -2036,13 +2068,12 @@ impl Prepared {
         Ok(reports)
     }
 
-    /// After the unit's transaction: the range copies, then the index builds, each on its own
-    /// connections in a slot, then the finishing transaction on `tgt`. Returns what the ranges
-    /// moved per table.
+    /// After the unit's transaction: the range copies, then the index builds, then the
+    /// finishing transaction, each on connections of its own opened in a slot. Returns what
+    /// the ranges moved per table.
     async fn load_and_finish(
         &self,
         unit: &Unit,
-        tgt: &Client,
         slots: &Semaphore,
         progress: &BTreeMap<usize, copy::Progress>,
         events: &dyn EventSink,
@@ -2089,6 +2120,8 @@ impl Prepared {
         }))
         .await?;
         if !unit.finish.is_empty() {
+            let _slot = slots.acquire().await.expect("never closed");
+            let tgt = &self.target.connect().await?;
             let sql: Vec<&str> = unit.finish.iter().map(|s| s.sql.as_str()).collect();
             let sql = format!(
                 "BEGIN; SET LOCAL lock_timeout = {}; {}; COMMIT",
@@ -2120,7 +2153,7 @@ impl Prepared {
     /// Drops the loading tables of a unit that failed after creating them. The failed copies'
     /// sessions may still be ending, so the lock is retried (short lock_timeout) until
     /// `max_wait`; if that fails too, the next run drops them.
-    async fn drop_loading_tables(&self, unit: &Unit, events: &dyn EventSink) {
+    async fn drop_loading_tables(&self, unit: &Unit, slots: &Semaphore, events: &dyn EventSink) {
         let staged: Vec<&TablePlan> = unit
             .tables
             .iter()
@@ -2149,6 +2182,7 @@ impl Prepared {
             self.opts.max_wait,
             &crate::events::NullSink,
             || async {
+                let _slot = slots.acquire().await.expect("never closed");
                 self.target
                     .connect()
                     .await?

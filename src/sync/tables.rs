@@ -91,9 +91,11 @@ impl Table {
         qualified(&self.schema, &self.name)
     }
 
-    /// `schema.name` as a user types it (unquoted), for messages.
+    /// `schema.name` for messages, JSON and run labels: quoted where SQL needs it, as every
+    /// part of pgflip names relations (so `public."Line Items"` reads one way everywhere and
+    /// can be pasted into SQL).
     pub fn display(&self) -> String {
-        format!("{}.{}", self.schema, self.name)
+        self.qualified()
     }
 
     pub fn column(&self, name: &str) -> Option<&Column> {
