@@ -3,7 +3,7 @@
 //! where 14 cannot express what the source has. Each test needs both versions' binaries
 //! (`.ci/pg-versions` installs them; CI has them) and skips, saying why, without them.
 //!
-//! `migrate` across versions belongs here too once migrate exists.
+//! `migrate` from 14 to 18 too: prepare, abort, swap and rollback.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -303,7 +303,9 @@ fn schema_diff_from_18_to_14_refuses_what_14_cannot_express() {
     psql(
         &src,
         &client,
-        r#"CREATE TABLE plain (id int PRIMARY KEY, "Name" text NOT NULL)"#,
+        // An explicit ACL: on 18 the owner's part of it has MAINTAIN, which 14 lacks.
+        r#"CREATE TABLE plain (id int PRIMARY KEY, "Name" text NOT NULL);
+           GRANT SELECT ON plain TO PUBLIC"#,
     );
     let run = |extra: &[&str]| schema_diff(&src, &tgt, extra);
     ok(&run(&["--apply"]));
@@ -318,6 +320,9 @@ fn schema_diff_from_18_to_14_refuses_what_14_cannot_express() {
            CREATE TABLE uniq (k int, CONSTRAINT "k once" UNIQUE NULLS NOT DISTINCT (k));
            CREATE TABLE fine (id int)"#,
     );
+    // A grant of MAINTAIN (17+); the owner's own MAINTAIN on 18 is no difference.
+    ensure_role(&src, &client, "xv_maintainer");
+    psql(&src, &client, "GRANT MAINTAIN ON plain TO xv_maintainer");
     let before = dump(&tgt, &client);
     for extra in [&["--apply"][..], &["--dry-run"]] {
         let o = run(extra);
@@ -330,6 +335,12 @@ fn schema_diff_from_18_to_14_refuses_what_14_cannot_express() {
         );
         assert!(
             err.contains(r#"constraint "k once" on table public.uniq uses UNIQUE NULLS NOT DISTINCT (PostgreSQL 15+)"#),
+            "{err}"
+        );
+        assert!(
+            err.contains(
+                "the privileges on table public.plain uses a grant of MAINTAIN (PostgreSQL 17+)"
+            ),
             "{err}"
         );
         assert!(err.contains("nothing was applied"), "{err}");
@@ -345,4 +356,195 @@ fn schema_diff_from_18_to_14_refuses_what_14_cannot_express() {
     );
     // --check still reports the differences (it applies nothing).
     assert_eq!(run(&["--check"]).status.code(), Some(1));
+}
+
+fn ensure_role(db: &TestDb, client: &Path, role: &str) {
+    psql(
+        db,
+        client,
+        &format!(
+            "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{role}') THEN \
+             CREATE ROLE {role} LOGIN; END IF; END $$"
+        ),
+    );
+}
+
+/// Everything pgflip created for migrations: empty when nothing is left behind.
+fn migrate_leftovers(db: &TestDb, client: &Path) -> String {
+    psql(
+        db,
+        client,
+        "SELECT coalesce(string_agg(x, ', ' ORDER BY x), '') FROM ( \
+           SELECT 'schema ' || nspname AS x FROM pg_namespace WHERE nspname LIKE 'pgflip\\_shadow%' \
+           UNION ALL SELECT 'trigger ' || tgname FROM pg_trigger WHERE tgname LIKE 'pgflip\\_migrate%' \
+           UNION ALL SELECT 'rel ' || relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = 'pgflip' AND relname LIKE 'migrate\\_%' \
+           UNION ALL SELECT 'op ' || id FROM pgflip.operations WHERE kind = 'migrate') s",
+    )
+}
+
+/// The user's schema (pg_dump 18, pgflip's own schemas left out) and every user table's rows.
+fn user_state(db: &TestDb, client: &Path) -> String {
+    let out = Command::new(client.join("pg_dump"))
+        .args([
+            "--schema-only",
+            "--exclude-schema=pgflip",
+            "--exclude-schema=pgflip_backup_*",
+            "-d",
+            &db.url(),
+        ])
+        .output()
+        .expect("run pg_dump");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut s: String = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let tables = psql(
+        db,
+        client,
+        "SELECT string_agg(format('%I.%I', n.nspname, c.relname), E'\\n' ORDER BY n.nspname, c.relname) \
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pgflip', 'pg_catalog', 'information_schema') \
+           AND n.nspname NOT LIKE 'pgflip\\_%'",
+    );
+    for t in tables.lines() {
+        s.push_str(&format!("\n{t}: {}", digest(db, client, t)));
+    }
+    s
+}
+
+/// The new version of the application's database, on 14 (what 14 has: enum, identity, stored
+/// generated column, partitions, odd names).
+const MIGRATE_SOURCE_14: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE products (id int PRIMARY KEY, name text NOT NULL, price numeric(10,2) CHECK (price >= 0),
+    mood mood NOT NULL DEFAULT 'ok', doubled numeric GENERATED ALWAYS AS (price * 2) STORED);
+INSERT INTO products (id, name, price) SELECT g, 'product ' || g, g * 1.5 FROM generate_series(1, 500) g;
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int REFERENCES products, qty int NOT NULL DEFAULT 1);
+CREATE INDEX orders_product_idx ON orders (product_id);
+INSERT INTO orders (product_id, qty) SELECT 1 + g % 500, g FROM generate_series(1, 2000) g;
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, plan text NOT NULL DEFAULT 'free');
+INSERT INTO users VALUES (1, 'source-only@example.com', 'pro');
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text NOT NULL);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('x'), ('y');
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+CREATE TABLE events_2026 PARTITION OF events FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+INSERT INTO events SELECT g, date '2025-06-01' + g FROM generate_series(1, 400) g;
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO xv_mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO xv_mig_app;
+"#;
+
+/// The live database, on 18, in its older shape. The enum is there already: migrate carries
+/// tables, not types (README, "Migrate").
+const MIGRATE_TARGET_18: &str = r#"
+CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
+CREATE TABLE products (id int PRIMARY KEY, name text);
+INSERT INTO products VALUES (1, 'old');
+CREATE TABLE orders (id bigserial PRIMARY KEY, product_id int, qty int);
+INSERT INTO orders (product_id, qty) VALUES (1, 1), (1, 2);
+CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL);
+INSERT INTO users SELECT g, 'user' || g || '@example.com' FROM generate_series(1, 300) g;
+CREATE TABLE "Mixed Case ""Table""" ("Id" int GENERATED ALWAYS AS IDENTITY PRIMARY KEY, "Value" text);
+INSERT INTO "Mixed Case ""Table""" ("Value") VALUES ('old');
+CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+INSERT INTO events VALUES (1, '2025-02-02');
+GRANT SELECT, INSERT, UPDATE, DELETE ON products, orders, users TO xv_mig_app;
+GRANT USAGE ON SEQUENCE orders_id_seq TO xv_mig_app;
+"#;
+
+/// `migrate` from a 14 source to an 18 target (the major-upgrade case): an abort leaves the
+/// target as it was; prepare, a write to the preserved table, swap: every table is the
+/// source's (rows and schema) with the preserved rows kept; rollback brings the old one back.
+#[test]
+fn migrate_from_14_to_18_swaps_and_rolls_back() {
+    let Some((src, tgt, client)) = pair("xv_migrate", 14, 18) else {
+        return;
+    };
+    assert_eq!((version(&src, &client), version(&tgt, &client)), (14, 18));
+    ensure_role(&src, &client, "xv_mig_app");
+    ensure_role(&tgt, &client, "xv_mig_app");
+    psql(&src, &client, MIGRATE_SOURCE_14);
+    psql(&tgt, &client, MIGRATE_TARGET_18);
+    let (s, t) = (src.url(), tgt.url());
+    let prepare = || {
+        pgflip(&[
+            "migrate",
+            "prepare",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--preserved-tables",
+            "users",
+        ])
+    };
+    let before = user_state(&tgt, &client);
+
+    // Abort after prepare: the 18 target as it was, nothing of the migration left.
+    ok(&prepare());
+    ok(&pgflip(&["migrate", "abort", "--target", &t]));
+    assert_eq!(migrate_leftovers(&tgt, &client), "");
+    assert_eq!(user_state(&tgt, &client), before, "abort leaves the target");
+
+    ok(&prepare());
+    // The application keeps writing the preserved table between prepare and swap.
+    psql(
+        &tgt,
+        &client,
+        "INSERT INTO users VALUES (301, 'late@example.com'); DELETE FROM users WHERE id = 5",
+    );
+    let users = digest(&tgt, &client, "(SELECT id, email FROM users)");
+    let out = ok(&pgflip(&["migrate", "swap", "--target", &t]));
+    assert!(out.contains("swapped"), "{out}");
+    for rel in [
+        "products",
+        "orders",
+        r#""Mixed Case ""Table""""#,
+        "events",
+        "events_2025",
+        "events_2026",
+    ] {
+        assert_eq!(
+            digest(&tgt, &client, rel),
+            digest(&src, &client, rel),
+            "{rel} on 18 as on 14"
+        );
+    }
+    assert_eq!(
+        digest(&tgt, &client, "(SELECT id, email FROM users)"),
+        users
+    );
+    assert_eq!(
+        psql(&tgt, &client, "SELECT DISTINCT plan FROM users"),
+        "free"
+    );
+    assert_eq!(migrate_leftovers(&tgt, &client), "");
+    // The schema is the source's (on 18: NOT NULL constraints named as 18 names them).
+    let o = schema_diff(&src, &tgt, &["--check"]);
+    assert_eq!(o.status.code(), Some(0), "{}{}", stdout(&o), stderr(&o));
+    // The application's role works, and new keys do not collide with copied ones.
+    psql(
+        &tgt,
+        &client,
+        "SET ROLE xv_mig_app; INSERT INTO orders (product_id) VALUES (3); RESET ROLE",
+    );
+    assert_eq!(psql(&tgt, &client, "SELECT max(id) FROM orders"), "2001");
+    psql(&tgt, &client, "DELETE FROM orders WHERE id = 2001");
+
+    // Rollback: the old version as it was, with the preserved table's writes it also got.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    psql(
+        &tgt,
+        &client,
+        "DELETE FROM users WHERE id = 301; INSERT INTO users VALUES (5, 'user5@example.com')",
+    );
+    assert_eq!(user_state(&tgt, &client), before, "rollback restores 18's");
 }

@@ -400,7 +400,11 @@ fn shared_fixture_schemas_round_trip() {
         );
         return;
     }
-    let files = fixture_files(&root);
+    let mut files = fixture_files(&root);
+    // PGFLIP_FIXTURE_FILTER=<part of a path>: only those (to look into one case quickly).
+    if let Ok(f) = std::env::var("PGFLIP_FIXTURE_FILTER") {
+        files.retain(|(_, p)| p.to_string_lossy().contains(&f));
+    }
     let mut roles = vec!["schemainspect_test_role".to_string()];
     for (dir, _) in &files {
         let Ok(meta) = std::fs::read_to_string(dir.join("meta.json")) else {

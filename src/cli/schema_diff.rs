@@ -84,7 +84,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         src_filter.include_schemas = vec![a.clone()];
         tgt_filter.include_schemas = vec![b.clone()];
     }
-    let (src_snap, tgt_snap) = tokio::try_join!(
+    let (src_snap, mut tgt_snap) = tokio::try_join!(
         schemadiff::load_snapshot(&src_client, &src_filter),
         schemadiff::load_snapshot(&tgt_client, &tgt_filter)
     )?;
@@ -114,6 +114,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
     };
     // Across major versions the same view deparses differently: compare in the target's words.
     schemadiff::compat::deparse_views_on_target(&mut src_snap, &tgt_snap, &tgt_client).await?;
+    schemadiff::compat::align_versions(&mut src_snap, &mut tgt_snap);
     let opts = DiffOptions {
         drop: args.drop,
         online: !args.offline,

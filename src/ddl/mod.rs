@@ -552,9 +552,10 @@ pub fn column_definition(c: &Column) -> String {
         let _ = write!(s, " DEFAULT {d}");
     }
     if c.not_null {
-        // Named as on the source (18+); older servers take the name and ignore it. Not an
-        // inherited one (a partition's): that takes its name from the parent when attached.
-        if let Some(n) = c.not_null_name.as_ref().filter(|_| c.inherit_count == 0) {
+        // Named as on the source (18+); older servers take the name and ignore it. Inherited
+        // ones too: a table that is attached or inherits later keeps the name it was created
+        // with, and an inherited constraint cannot be renamed afterwards.
+        if let Some(n) = &c.not_null_name {
             let _ = write!(s, " CONSTRAINT {}", quote_ident(n));
         }
         s.push_str(" NOT NULL");
@@ -600,6 +601,14 @@ pub fn create_table_with_parents(t: &Table, parents: &[&Table]) -> String {
     for c in &t.columns {
         if c.is_local && !partition {
             elems.push(format!("    {}", column_definition(c)));
+        } else if partition {
+            if let Some(n) = partition_not_null_name(c, parents) {
+                elems.push(format!(
+                    "    {} WITH OPTIONS CONSTRAINT {} NOT NULL",
+                    quote_ident(&c.name),
+                    quote_ident(n)
+                ));
+            }
         }
     }
     for c in t.constraints.iter().filter(|c| is_inline_check(c)) {
@@ -653,7 +662,10 @@ pub fn create_table_with_parents(t: &Table, parents: &[&Table]) -> String {
                 }
             }
         }
-        if c.not_null && !parent_col.is_some_and(|p| p.not_null) {
+        if c.not_null
+            && !parent_col.is_some_and(|p| p.not_null)
+            && !(partition && partition_not_null_name(c, parents).is_some())
+        {
             let _ = writeln!(
                 out,
                 "ALTER TABLE ONLY {name} ALTER COLUMN {col} SET NOT NULL;"
@@ -693,6 +705,21 @@ pub fn create_table_with_parents(t: &Table, parents: &[&Table]) -> String {
         ));
     }
     out
+}
+
+/// The name a partition's NOT NULL must be given in `PARTITION OF … (col WITH OPTIONS
+/// CONSTRAINT name NOT NULL)`: on 18+ a partition created without it takes the parent's
+/// constraint name (or a default one), and an inherited constraint cannot be renamed later.
+/// `None` when the source's name is what `PARTITION OF` gives anyway (the parent's), or
+/// before 18 (no names).
+fn partition_not_null_name<'c>(c: &'c Column, parents: &[&Table]) -> Option<&'c String> {
+    let n = c.not_null_name.as_ref().filter(|_| c.not_null)?;
+    let parent_name = parents
+        .iter()
+        .find_map(|p| p.column(&c.name))
+        .filter(|p| p.not_null)
+        .and_then(|p| p.not_null_name.as_ref());
+    (parent_name != Some(n)).then_some(n)
 }
 
 /// `REPLICA IDENTITY USING INDEX` (after the index exists).

@@ -1516,9 +1516,11 @@ impl<'a> Builder<'a> {
                 continue;
             }
             let col = quote_ident(&c.name);
-            // A column only inherited in the target disappears with its parent's.
+            // A column only inherited in the target disappears with its parent's (not a
+            // partition's: detached, it keeps its columns).
             let parent_drops = |tc: &Column| {
                 !tc.is_local
+                    && !t.is_partition()
                     && t.parents.iter().all(|p| {
                         self.src
                             .table(&p.schema, &p.name)
@@ -1749,7 +1751,11 @@ impl<'a> Builder<'a> {
             if let (true, true, Some(sn), Some(tn)) =
                 (c.not_null, tc.not_null, &c.not_null_name, &tc.not_null_name)
             {
-                if sn != tn && !inherited_not_null(s, c) {
+                // Renamed while the target's constraint is its own (an inherited one cannot
+                // be renamed): a table attached below (detached first if it was a partition)
+                // is renamed before the attach.
+                let own = attach.is_some() || !inherited_not_null(t, tc);
+                if sn != tn && (own || !inherited_not_null(s, c)) {
                     self.main.push(alter(
                         s,
                         format!(

@@ -86,6 +86,32 @@ pub fn unsupported(source: &Snapshot, target_version: i32) -> Vec<Unsupported> {
             }
         }
     }
+    let maintain = |acl: &Option<crate::catalog::Acl>| {
+        acl.as_ref().is_some_and(|a| {
+            a.items
+                .iter()
+                .any(|i| i.privilege == "MAINTAIN" && !a.default.contains(i))
+        })
+    };
+    for (kind, schema, name, acl) in source
+        .tables
+        .iter()
+        .map(|t| ("table", &t.schema, &t.name, &t.acl))
+        .chain(
+            source
+                .views
+                .iter()
+                .map(|v| ("view", &v.schema, &v.name, &v.acl)),
+        )
+    {
+        if maintain(acl) {
+            need(
+                format!("the privileges on {kind} {}", qual(schema, name)),
+                "a grant of MAINTAIN",
+                17,
+            );
+        }
+    }
     for v in &source.views {
         if v.reloptions
             .iter()
@@ -111,6 +137,84 @@ pub fn unsupported(source: &Snapshot, target_version: i32) -> Vec<Unsupported> {
         }
     }
     out
+}
+
+/// Makes what only differs because of the two servers' major versions compare equal, in both
+/// snapshots, before they are compared (nothing changes when the majors are the same):
+///
+/// - the MAINTAIN privilege (17+) when one side is older: an owner holds it on 17+ by default
+///   and cannot hold it before, so every table with an explicit ACL would differ (a grant of it
+///   to another role is refused by [`unsupported`] when the target is older);
+/// - schema `public` when each side has its own version's default owner and privileges
+///   (owned by the bootstrap superuser with CREATE for everyone before 15, by
+///   `pg_database_owner` with USAGE only from 15): an upgrade keeps the target's.
+pub fn align_versions(source: &mut Snapshot, target: &mut Snapshot) {
+    let (s, t) = (major(source.server_version), major(target.server_version));
+    if s == t {
+        return;
+    }
+    if s.min(t) < 17 && s.max(t) >= 17 {
+        for snap in [&mut *source, &mut *target] {
+            let acls = snap
+                .tables
+                .iter_mut()
+                .map(|t| &mut t.acl)
+                .chain(snap.views.iter_mut().map(|v| &mut v.acl));
+            for acl in acls.flatten() {
+                // Only the owner's default one: a grant to another role stays (and differs).
+                let default = std::mem::take(&mut acl.default);
+                acl.items
+                    .retain(|i| i.privilege != "MAINTAIN" || !default.contains(i));
+                acl.default = default
+                    .into_iter()
+                    .filter(|i| i.privilege != "MAINTAIN")
+                    .collect();
+            }
+        }
+    }
+    if s.min(t) < 15 && s.max(t) >= 15 {
+        let (src_public, tgt_public) = (
+            source.schemas.iter_mut().find(|n| n.name == "public"),
+            target.schemas.iter().find(|n| n.name == "public"),
+        );
+        if let (Some(sp), Some(tp)) = (src_public, tgt_public) {
+            if default_public(sp, s) && default_public(tp, t) {
+                sp.owner = tp.owner.clone();
+                sp.acl = tp.acl.clone();
+            }
+        }
+    }
+}
+
+/// Whether schema `public` has the owner and privileges `initdb` gives it on `major`.
+fn default_public(n: &crate::catalog::Schema, major: i32) -> bool {
+    let Some(acl) = &n.acl else {
+        return false;
+    };
+    let owner = if major >= 15 {
+        "pg_database_owner"
+    } else {
+        n.owner.as_str()
+    };
+    let public_privileges: &[&str] = if major >= 15 {
+        &["USAGE"]
+    } else {
+        &["USAGE", "CREATE"]
+    };
+    let mut want: Vec<(Option<&str>, &str)> = ["USAGE", "CREATE"]
+        .iter()
+        .map(|p| (Some(owner), *p))
+        .chain(public_privileges.iter().map(|p| (None, *p)))
+        .collect();
+    let mut have: Vec<(Option<&str>, &str)> = acl
+        .items
+        .iter()
+        .filter(|i| i.grantor == owner && !i.grantable)
+        .map(|i| (i.grantee.as_deref(), i.privilege.as_str()))
+        .collect();
+    want.sort();
+    have.sort();
+    n.owner == owner && acl.items.len() == have.len() && have == want
 }
 
 /// Newer syntax in a table constraint's definition (`pg_get_constraintdef`).
