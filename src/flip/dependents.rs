@@ -334,6 +334,28 @@ pub async fn load(client: &Client, live: &[u32], green: &[u32]) -> Result<Invent
     res
 }
 
+/// [`load`] inside the caller's open transaction (which sees what it created), leaving the
+/// transaction's settings as they were.
+pub async fn load_in_transaction(
+    client: &Client,
+    live: &[u32],
+    green: &[u32],
+) -> Result<Inventory> {
+    client
+        .batch_execute("SAVEPOINT pgflip_catalog; SET LOCAL search_path = ''; SET LOCAL jit = off")
+        .await
+        .ctx("starting the catalog read")?;
+    let res = load_in_snapshot(client, live, green).await;
+    // Rolling back to the savepoint undoes the SET LOCALs (the reads changed nothing).
+    let restored = client
+        .batch_execute("ROLLBACK TO SAVEPOINT pgflip_catalog; RELEASE SAVEPOINT pgflip_catalog")
+        .await
+        .ctx("ending the catalog read");
+    let inv = res?;
+    restored?;
+    Ok(inv)
+}
+
 async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
     let mut inv = Inventory::default();
     let live_v: Vec<u32> = live.to_vec();

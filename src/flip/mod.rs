@@ -248,6 +248,33 @@ pub async fn plan_flip(
     kind: FlipKind,
     opts: &FlipOptions,
 ) -> Result<FlipPlan> {
+    plan(client, pairs, kind, opts, true).await
+}
+
+/// Plans a flip whose green relations do not hold their rows yet: for a dry run that shows the
+/// flip a load will end with. The checks that read rows (orphaned foreign keys, checksums) are
+/// left out; the real flip makes them. Runs inside the caller's open transaction, so that
+/// green relations it created (and will roll back) are seen.
+pub async fn plan_flip_before_load(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+) -> Result<FlipPlan> {
+    let opts = FlipOptions {
+        checksums: false,
+        ..opts.clone()
+    };
+    plan(client, pairs, kind, &opts, false).await
+}
+
+async fn plan(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+    row_checks: bool,
+) -> Result<FlipPlan> {
     if pairs.is_empty() {
         return Err(Error::InvalidInput("nothing to flip".into()));
     }
@@ -306,7 +333,13 @@ pub async fn plan_flip(
         live_oids.push(l);
         green_oids.push(g);
     }
-    let inv = dependents::load(client, &live_oids, &green_oids).await?;
+    // Without the row checks, green is planned before its load, inside the caller's
+    // transaction (see `plan_flip_before_load`).
+    let inv = if row_checks {
+        dependents::load(client, &live_oids, &green_oids).await?
+    } else {
+        dependents::load_in_transaction(client, &live_oids, &green_oids).await?
+    };
     let created_at = Utc::now();
     let backup_schema = crate::ident::backup_schema(created_at);
     let label = backup_schema
@@ -334,7 +367,9 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
-    refuse_orphans(client, &relations).await?;
+    if row_checks {
+        refuse_orphans(client, &relations).await?;
+    }
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
