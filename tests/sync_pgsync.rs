@@ -530,3 +530,132 @@ fn disable_user_triggers_during_the_load_and_restore_them_as_they_were() {
     ok(&sync(&src, &tgt, &["t"]));
     assert_eq!(q(&tgt, "SELECT count(*) FROM log"), "20");
 }
+
+/// pgsync's default: a failing table is reported and the others go on; `--fail-fast` stops at
+/// the first one. A failing unit (tables tied by a foreign key load together) leaves all of its
+/// tables as they were.
+#[test]
+fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
+    let (src, tgt) = pair("failfast");
+    let tables = "CREATE TABLE a_bad (id int PRIMARY KEY, v text); \
+                  CREATE TABLE b (id int PRIMARY KEY, v text); \
+                  CREATE TABLE c (id int PRIMARY KEY, v text); \
+                  CREATE TABLE p (id int PRIMARY KEY, v text); \
+                  CREATE TABLE ch (id int PRIMARY KEY, p int REFERENCES p, v text";
+    src.psql(&format!(
+        "{tables}); \
+         INSERT INTO a_bad SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO b SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO c SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO p SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO ch SELECT g, g, 'new' FROM generate_series(1, 5) g; \
+         UPDATE a_bad SET v = 'bad' WHERE id = 3; UPDATE ch SET v = 'bad' WHERE id = 2"
+    ));
+    // The target refuses 'bad' in a_bad and ch.
+    tgt.psql(&format!(
+        "{tables}); ALTER TABLE a_bad ADD CHECK (v <> 'bad'); ALTER TABLE ch ADD CHECK (v <> 'bad')"
+    ));
+    let reset = || {
+        tgt.psql(
+            "TRUNCATE a_bad, b, c, ch, p; \
+             INSERT INTO a_bad SELECT g, 'old' FROM generate_series(1, 5) g; \
+             INSERT INTO b SELECT g, 'old' FROM generate_series(1, 5) g; \
+             INSERT INTO c SELECT g, 'old' FROM generate_series(1, 5) g; \
+             INSERT INTO p SELECT g, 'old' FROM generate_series(1, 5) g; \
+             INSERT INTO ch SELECT g, g, 'old' FROM generate_series(1, 5) g",
+        )
+    };
+    let state = || {
+        q(
+            &tgt,
+            "SELECT string_agg(t || '=' || v, ',' ORDER BY t) FROM ( \
+               SELECT 'a_bad' t, string_agg(DISTINCT v, '/') v FROM a_bad UNION ALL \
+               SELECT 'b', string_agg(DISTINCT v, '/') FROM b UNION ALL \
+               SELECT 'c', string_agg(DISTINCT v, '/') FROM c UNION ALL \
+               SELECT 'ch', string_agg(DISTINCT v, '/') FROM ch UNION ALL \
+               SELECT 'p', string_agg(DISTINCT v, '/') FROM p) s",
+        )
+    };
+    let leftovers = || {
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' \
+               AND c.relname NOT IN ('a_bad', 'b', 'c', 'p', 'ch')",
+        )
+    };
+
+    // Default: b and c are synced; a_bad and the unit p + ch stay as they were; exit 4.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=new,c=new,ch=old,p=old");
+    let out = stdout(&o);
+    assert!(out.contains("✔ b - "), "{out}");
+    assert!(out.contains("✔ c - "), "{out}");
+    assert!(out.contains("✘ a_bad - "), "{out}");
+    assert!(out.contains("✘ p, ch - "), "{out}");
+    assert!(out.contains("with 2 failures"), "{out}");
+    let err = stderr(&o);
+    assert!(
+        err.contains("pgflip: error: a_bad: ") && err.contains("a_bad_v_check"),
+        "{err}"
+    );
+    assert!(
+        err.contains("pgflip: error: p, ch: ") && err.contains("ch_v_check"),
+        "{err}"
+    );
+    assert_eq!(leftovers(), "0");
+
+    // --json: the failures as data, stdout one JSON document.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1", "--json"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("one JSON document");
+    let failed: Vec<Vec<String>> = v["failed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            assert!(f["error"].as_str().unwrap().contains("check"), "{f}");
+            serde_json::from_value(f["tables"].clone()).unwrap()
+        })
+        .collect();
+    assert_eq!(
+        failed,
+        vec![
+            vec!["public.a_bad".to_string()],
+            vec!["public.p".to_string(), "public.ch".to_string()]
+        ]
+    );
+    let done: Vec<&str> = v["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["table"].as_str().unwrap())
+        .collect();
+    assert_eq!(done, ["public.b", "public.c"]);
+    assert_eq!(state(), "a_bad=old,b=new,c=new,ch=old,p=old");
+
+    // --fail-fast: a_bad comes first with one job; nothing after it runs.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1", "--fail-fast"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("a_bad_v_check"), "{}", stderr(&o));
+    assert!(!stdout(&o).contains("✔"), "{}", stdout(&o));
+    assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+    assert_eq!(leftovers(), "0");
+
+    // With --staging-table --swap a failed load means no swap at all.
+    reset();
+    let o = sync(&src, &tgt, &["--staging-table", "--swap", "--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("nothing was swapped"), "{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+
+    // Once the source is fixed every table goes through and the run exits 0.
+    src.psql("UPDATE a_bad SET v = 'new'; UPDATE ch SET v = 'new'");
+    reset();
+    ok(&sync(&src, &tgt, &["--fail-fast"]));
+    assert_eq!(state(), "a_bad=new,b=new,c=new,ch=new,p=new");
+}

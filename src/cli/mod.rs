@@ -107,19 +107,25 @@ pub mod exit {
 }
 
 fn exit_code(err: &anyhow::Error) -> u8 {
-    use pgflip::Error as E;
     match err.downcast_ref::<pgflip::Error>() {
-        Some(E::Config(_) | E::InvalidInput(_)) => exit::USAGE,
-        Some(E::Connect { .. }) => exit::CONNECT,
-        Some(
-            E::Server { .. }
-            | E::Connection { .. }
-            | E::Io { .. }
-            | E::Failpoint(_)
-            | E::AfterCommit { .. },
-        ) => exit::DATABASE,
-        Some(E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_)) => exit::BLOCKED,
-        Some(E::NotImplemented(_)) => exit::NOT_BUILT,
+        Some(e) => error_exit_code(e),
+        None => exit::USAGE,
+    }
+}
+
+/// The exit code of one of the library's errors.
+fn error_exit_code(err: &pgflip::Error) -> u8 {
+    use pgflip::Error as E;
+    match err {
+        E::Config(_) | E::InvalidInput(_) => exit::USAGE,
+        E::Connect { .. } => exit::CONNECT,
+        E::Server { .. }
+        | E::Connection { .. }
+        | E::Io { .. }
+        | E::Failpoint(_)
+        | E::AfterCommit { .. } => exit::DATABASE,
+        E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_) => exit::BLOCKED,
+        E::NotImplemented(_) => exit::NOT_BUILT,
         _ => exit::USAGE,
     }
 }

@@ -120,6 +120,10 @@ pub struct SyncArgs {
     /// rebuilt after the copy (tuning; benchmarks and tests).
     #[arg(long, value_name = "ROWS", hide = true)]
     pub rebuild_indexes_above: Option<f64>,
+    /// Stop at the first table that fails (tables being loaded roll back; those already
+    /// committed stay). Without it the other tables go on and the summary lists the failures.
+    #[arg(long)]
+    pub fail_fast: bool,
 }
 
 /// `--jobs`: at least 1.
@@ -256,6 +260,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             .rebuild_indexes_above
             .unwrap_or(defaults.rebuild_indexes_above),
         split_larger_than: args.split_tables_larger_than,
+        fail_fast: args.fail_fast,
     };
 
     let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
@@ -371,6 +376,12 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     })
     .await?;
     drop(sink);
+    if !report.failed.is_empty() {
+        if let Some(lock) = held {
+            lock.release().await?;
+        }
+        return Ok(report_failures(&report, args.swap, out));
+    }
     if args.swap {
         let client = lock_client.clone();
         let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
@@ -512,11 +523,51 @@ fn render_report(report: &sync::SyncReport) -> String {
             t.elapsed.as_secs_f64()
         ));
     }
-    text.push_str(&format!(
-        "Completed in {:.1}s\n",
-        report.elapsed.as_secs_f64()
-    ));
+    for f in &report.failed {
+        let names: Vec<&str> = f.tables.iter().map(|t| short(t)).collect();
+        text.push_str(&format!("✘ {} - {}\n", names.join(", "), f.error));
+    }
+    if report.failed.is_empty() {
+        text.push_str(&format!(
+            "Completed in {:.1}s\n",
+            report.elapsed.as_secs_f64()
+        ));
+    } else {
+        text.push_str(&format!(
+            "Completed in {:.1}s with {} failure{}\n",
+            report.elapsed.as_secs_f64(),
+            report.failed.len(),
+            if report.failed.len() == 1 { "" } else { "s" }
+        ));
+    }
     text
+}
+
+/// A run where some tables failed (the others went on, pgsync's default): the report with
+/// them, each failure on stderr, nothing swapped; the exit code of the first failure.
+fn report_failures(report: &sync::SyncReport, swap: bool, out: &Output) -> u8 {
+    if out.json {
+        match serde_json::to_string_pretty(report) {
+            Ok(text) => out.println(&text),
+            Err(e) => out.error_message(&e.to_string(), exit::USAGE),
+        }
+    } else if !out.quiet {
+        out.write_stdout(render_report(report).as_bytes());
+    }
+    for f in &report.failed {
+        let names: Vec<&str> = f.tables.iter().map(|t| short(t)).collect();
+        super::output::write_stderr(&format!(
+            "pgflip: error: {}: {}\n",
+            names.join(", "),
+            f.error
+        ));
+    }
+    if swap {
+        super::output::write_stderr(
+            "pgflip: error: nothing was swapped: not every staging table was loaded\n",
+        );
+    }
+    super::error_exit_code(&report.failed[0].cause)
 }
 
 /// `public.items` reads as `items`, as users name it (`public."Line Items"` as

@@ -68,6 +68,7 @@ pub mod tables;
 mod triggers;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
@@ -137,6 +138,9 @@ pub struct SyncOptions {
     /// `--staging-table`: tables whose heap on the source is larger than this many bytes are
     /// copied in block ranges on parallel connections; 0: never split.
     pub split_larger_than: u64,
+    /// Stop at the first failing unit (the others roll back). Without it every unit runs and
+    /// the report lists the failures, as pgsync does.
+    pub fail_fast: bool,
 }
 
 /// Default of [`SyncOptions::split_larger_than`].
@@ -170,6 +174,7 @@ impl Default for SyncOptions {
             max_wait: Duration::from_secs(30),
             rebuild_indexes_above: 100_000.0,
             split_larger_than: DEFAULT_SPLIT_LARGER_THAN,
+            fail_fast: false,
         }
     }
 }
@@ -204,8 +209,23 @@ pub struct SyncReport {
     #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     pub dry_run: bool,
+    /// Units that failed and were rolled back while the others went on (never with
+    /// `fail_fast`, which returns the first failure as the error).
+    pub failed: Vec<UnitFailure>,
     #[serde(skip)]
     pub plan: Plan,
+}
+
+/// One unit (a table, or tables tied by foreign keys, loaded in one transaction) that failed:
+/// none of its rows were written.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct UnitFailure {
+    /// `schema.table` of each table of the unit.
+    pub tables: Vec<String>,
+    pub error: String,
+    /// The error itself, for the caller's exit code.
+    #[serde(skip)]
+    pub cause: Arc<Error>,
 }
 
 /// How one table's rows get into the target.
@@ -1846,6 +1866,7 @@ impl Prepared {
                 .collect(),
             elapsed: self.started.elapsed(),
             dry_run: true,
+            failed: Vec::new(),
             plan: self.plan.clone(),
         }
     }
@@ -1870,8 +1891,9 @@ impl Prepared {
     /// inside a slot and closed before it is given back, so the copies hold at most `jobs`
     /// connections to each server whatever the number of tables (the README's bound:
     /// `--jobs` + 2, with the coordinator and the caller's lock connection). Each unit commits
-    /// on its own; the first failure stops the others (their transactions roll back) and is
-    /// returned.
+    /// on its own. A failing unit rolls back; the others go on and the report lists it
+    /// (`failed`); with `fail_fast` the first failure stops the others (their transactions roll
+    /// back) and is returned.
     pub async fn execute(self, events: &dyn EventSink) -> Result<SyncReport> {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
@@ -1882,18 +1904,46 @@ impl Prepared {
         }
         let slots = Semaphore::new(self.opts.jobs.max(1));
         let this = &self;
-        let results: Vec<Vec<TableReport>> = futures_util::future::try_join_all(
-            self.units
-                .iter()
-                .map(|u| this.run_unit_with_retry(u, &slots, events)),
-        )
-        .await?;
+        let mut failed = Vec::new();
+        let results: Vec<Vec<TableReport>> = if self.opts.fail_fast {
+            futures_util::future::try_join_all(
+                self.units
+                    .iter()
+                    .map(|u| this.run_unit_with_retry(u, &slots, events)),
+            )
+            .await?
+        } else {
+            let outcomes = futures_util::future::join_all(
+                self.units
+                    .iter()
+                    .map(|u| this.run_unit_with_retry(u, &slots, events)),
+            )
+            .await;
+            let mut done = Vec::new();
+            for (unit, outcome) in self.units.iter().zip(outcomes) {
+                match outcome {
+                    Ok(r) => done.push(r),
+                    Err(e) => failed.push(UnitFailure {
+                        tables: unit
+                            .tables
+                            .iter()
+                            .map(|&i| self.tables[i].display.clone())
+                            .collect(),
+                        error: e.to_string(),
+                        cause: Arc::new(e),
+                    }),
+                }
+            }
+            done
+        };
         let mut tables: Vec<TableReport> = results.into_iter().flatten().collect();
         tables.sort_by(|a, b| a.table.cmp(&b.table));
+        failed.sort_by(|a, b| a.tables.cmp(&b.tables));
         Ok(SyncReport {
             tables,
             elapsed: self.started.elapsed(),
             dry_run: false,
+            failed,
             plan: self.plan.clone(),
         })
     }
