@@ -119,6 +119,11 @@ ALTER TABLE pgflip.generation_relations ADD COLUMN checksum_method text
     CHECK (checksum_method IN ('md5', 'hash'));
 "#,
     },
+    Migration {
+        version: 4,
+        description: "green change watch; views of green status, in-flight operations, generations",
+        sql: crate::green::watch::STATE_SQL,
+    },
 ];
 
 /// The newest state version this build knows.

@@ -479,3 +479,89 @@ async fn a_refused_flip_gives_its_problems_as_a_json_array() {
         "the refused swap changed the live table: {added:?}"
     );
 }
+
+/// `sync --staging-table --swap --dry-run` shows the whole plan: the load, then the flip with
+/// its locks, its moves and its generation record; and it changes nothing on the target, not
+/// even pgflip's state.
+#[tokio::test]
+async fn a_sync_swap_dry_run_shows_the_flip_and_changes_nothing() {
+    let (src, tgt) = sync_dbs("engine_swap_dry_run");
+    tgt.psql("CREATE VIEW a_names AS SELECT id, v FROM a");
+    let before = tgt.dump();
+    let args = |json: bool| {
+        let mut v = vec![
+            "sync".to_string(),
+            "--source".into(),
+            src.url(),
+            "--target".into(),
+            tgt.url(),
+            "a".into(),
+            "--staging-table".into(),
+            "--swap".into(),
+            "--dry-run".into(),
+        ];
+        if json {
+            v.push("--json".into());
+        }
+        v
+    };
+    let run = |json: bool| {
+        let a = args(json);
+        pgflip(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(false);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = stdout(&o);
+    // The load, then the flip: its lock, the moves and the view re-pointed, the record.
+    let load_at = plan.find("a_staging").unwrap_or_else(|| panic!("{plan}"));
+    let flip_at = plan
+        .find("LOCK TABLE")
+        .unwrap_or_else(|| panic!("no lock in the dry run:\n{plan}"));
+    assert!(load_at < flip_at, "{plan}");
+    assert!(plan.contains("ACCESS EXCLUSIVE"), "{plan}");
+    assert!(
+        plan.contains("ALTER TABLE public.a SET SCHEMA pgflip_backup_"),
+        "{plan}"
+    );
+    assert!(plan.contains("RENAME TO a"), "{plan}");
+    assert!(plan.contains("a_names"), "{plan}");
+    assert!(plan.contains("pgflip.generations"), "{plan}");
+    // JSON: the flip is its own member.
+    let o = run(true);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert!(!v["swap"].is_null(), "{v}");
+    assert!(v["swap"].to_string().contains("pgflip.generations"), "{v}");
+    // Nothing changed, and no staging table was left by the planning.
+    assert_eq!(tgt.dump(), before);
+    assert_eq!(
+        text(
+            &tgt.client().await,
+            "SELECT count(*) FROM pg_class WHERE relname LIKE 'a_staging%' \
+             OR relnamespace = (SELECT oid FROM pg_namespace WHERE nspname = 'pgflip')"
+        )
+        .await,
+        "0"
+    );
+    // The dry run showed what the real run then does.
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &src.url(),
+        "--target",
+        &tgt.url(),
+        "a",
+        "--staging-table",
+        "--swap",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        text(
+            &tgt.client().await,
+            "SELECT string_agg(v, ',' ORDER BY id) FROM a_names"
+        )
+        .await,
+        "src,src"
+    );
+}

@@ -12,49 +12,36 @@ fn user_dump(db: &TestDb) -> String {
     db.pg_dump(&["--exclude-schema=pgflip"])
 }
 
-/// Green reads base-table changes from PostgreSQL's statistics counters, which the server
-/// publishes a moment after a write (PostgreSQL 14's statistics collector: up to about a second;
-/// the README's known limit). Before each green command, wait until the target database's
-/// counters stop moving, so that the command sees the writes the test made before it.
-fn settle_stats(args: &[&str]) {
-    if args.first() != Some(&"green") {
-        return;
-    }
-    let Some(url) = args
-        .iter()
-        .position(|a| *a == "--target")
-        .and_then(|i| args.get(i + 1))
-    else {
-        return;
-    };
-    let psql = server().client_tool("psql");
-    let read = || {
-        let o = std::process::Command::new(&psql)
-            .args([
-                *url,
-                "-XAtc",
-                "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables",
-            ])
-            .output()
-            .expect("running psql");
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
-    let started = Instant::now();
-    let mut last = read();
-    loop {
-        std::thread::sleep(Duration::from_millis(700));
-        let now = read();
-        if now == last || started.elapsed() > Duration::from_secs(10) {
-            return;
-        }
-        last = now;
-    }
+/// `util::pgflip`. Green sees base-table writes the moment they commit (its change trigger),
+/// so no test waits for statistics to settle.
+fn pgflip(args: &[&str]) -> std::process::Output {
+    crate::util::pgflip(args)
 }
 
-/// `util::pgflip`, after the statistics have settled (see [`settle_stats`]).
-fn pgflip(args: &[&str]) -> std::process::Output {
-    settle_stats(args);
-    crate::util::pgflip(args)
+/// The one row of `pgflip.green_status`: live, base changes, stale, fresh.
+async fn sql_view(c: &tokio_postgres::Client) -> (String, i64, bool, bool) {
+    let r = c
+        .query_one(
+            "SELECT live, base_changes, stale, fresh FROM pgflip.green_status",
+            &[],
+        )
+        .await
+        .unwrap();
+    (r.get(0), r.get(1), r.get(2), r.get(3))
+}
+
+/// The tables carrying pgflip's change trigger.
+async fn watched(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid \
+         JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.tgname = 'pgflip_green_watch' ORDER BY 1",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
 }
 
 fn run_ok(args: &[&str]) -> String {
@@ -290,26 +277,54 @@ async fn green_convergence_follows_the_base_tables_and_refresh() {
     assert_eq!(m["contents_equal"], true, "{st}");
     assert_eq!(m["converged"], true, "{st}");
 
-    // A base table changes after create: not converged, and the change is counted.
+    assert_eq!(watched(&c).await, vec!["\"My Schema\".base"]);
+    assert_eq!(
+        sql_view(&c).await,
+        ("\"My Schema\".\"Sales MV\"".to_string(), 0, false, true)
+    );
+
+    // A base table changes after create: not converged at once (no statistics lag), and the
+    // writing transaction is counted, by the CLI and by the SQL view alike.
     db.psql("UPDATE \"My Schema\".base SET amount = amount + 1 WHERE id <= 3");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = status_json(&db);
-        let m = member(&st, "Sales MV");
-        if m["converged"] == false {
-            assert_eq!(m["base_changes"], 3, "{st}");
-            assert!(
-                m["reason"].as_str().unwrap().contains("green refresh"),
-                "{st}"
-            );
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "a base change was never seen: {st}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], false, "{st}");
+    assert_eq!(m["base_changes"], 1, "{st}");
+    assert!(
+        m["reason"].as_str().unwrap().contains("green refresh"),
+        "{st}"
+    );
+    assert_eq!(
+        sql_view(&c).await,
+        ("\"My Schema\".\"Sales MV\"".to_string(), 1, true, false)
+    );
+    // Two statements in one transaction count once; a rolled-back write not at all.
+    db.psql(
+        "BEGIN; UPDATE \"My Schema\".base SET note = note WHERE id = 1; \
+         DELETE FROM \"My Schema\".base WHERE id = -1; COMMIT; \
+         BEGIN; UPDATE \"My Schema\".base SET note = 'x'; ROLLBACK;",
+    );
+    assert_eq!(member(&status_json(&db), "Sales MV")["base_changes"], 2);
+    // The trigger never fails the application's write: a role with no right on pgflip's
+    // state writes, and so does anyone when pgflip's change table refuses the row.
+    db.psql(
+        "GRANT UPDATE, SELECT ON \"My Schema\".base TO green_reader; \
+         SET ROLE green_reader; UPDATE \"My Schema\".base SET note = note WHERE id = 2; RESET ROLE; \
+         REVOKE UPDATE, SELECT ON \"My Schema\".base FROM green_reader; \
+         ALTER TABLE pgflip.green_changes ADD CONSTRAINT refuse CHECK (false) NOT VALID; \
+         UPDATE \"My Schema\".base SET note = note WHERE id = 3; \
+         ALTER TABLE pgflip.green_changes DROP CONSTRAINT refuse;",
+    );
+    assert_eq!(member(&status_json(&db), "Sales MV")["base_changes"], 3);
+    // The other read-only views.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(kind || ' ' || live, ',') FROM pgflip.operations_in_flight"
+        )
+        .await,
+        "green \"My Schema\".\"Sales MV\""
+    );
     // --max-lag accepts it.
     let s = run_ok(&[
         "green",
@@ -334,8 +349,21 @@ async fn green_convergence_follows_the_base_tables_and_refresh() {
     db.psql("REFRESH MATERIALIZED VIEW \"My Schema\".\"Sales MV\"");
     let st = status_json(&db);
     assert_eq!(member(&st, "Sales MV")["converged"], true, "{st}");
-    let _ = c;
+    // A write right after the refresh is seen right away.
+    db.psql("INSERT INTO \"My Schema\".base VALUES (1000, 1, 1, 'late')");
+    let st = status_json(&db);
+    assert_eq!(member(&st, "Sales MV")["converged"], false, "{st}");
+    assert_eq!(member(&st, "Sales MV")["base_changes"], 1, "{st}");
     run_ok(&["green", "cancel", "--target", &db.url()]);
+    assert!(watched(&c).await.is_empty(), "cancel removes the trigger");
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.green_changes").await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.green_status").await,
+        "0"
+    );
 }
 
 #[tokio::test]
@@ -411,7 +439,7 @@ async fn green_bad_input_is_a_clear_error_and_changes_nothing() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("pipeline file"), "{}", stderr(&o));
     assert_eq!(user_dump(&db), before, "bad input changed the database");
-    assert!(!db.dump().contains("pgflip_green_"));
+    assert!(!db.dump().contains("SCHEMA pgflip_green_"));
 }
 
 #[tokio::test]
@@ -431,6 +459,7 @@ async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green
     };
     for point in [
         "green.create.before_build",
+        "green.create.after_watch",
         "green.create.before_commit",
         "green.create.after_commit",
     ] {
@@ -454,7 +483,7 @@ async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green
             fp.path().join(format!("{point}.reached")).exists(),
             "{point}"
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while sessions().await != "0" {
             assert!(Instant::now() < deadline, "pgflip's session is still there");
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -465,9 +494,24 @@ async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green
             assert_eq!(in_flight, 1, "{point}: {st}");
             assert_eq!(member(&st, "Sales MV")["converged"], true);
             run_ok(&["green", "cancel", "--target", &db.url()]);
-        } else {
+        } else if point == "green.create.before_build" {
             assert_eq!(in_flight, 0, "{point}: {st}");
+            assert_eq!(st["leftover_triggers"], serde_json::json!([]), "{point}");
+        } else {
+            // Killed once the change trigger was committed: status says so, cancel removes it.
+            assert_eq!(in_flight, 0, "{point}: {st}");
+            assert_eq!(
+                st["leftover_triggers"],
+                serde_json::json!(["\"My Schema\".base"]),
+                "{point}: {st}"
+            );
+            let out = run_ok(&["green", "cancel", "--target", &db.url()]);
+            assert!(
+                out.contains("Removed pgflip's change trigger from \"My Schema\".base"),
+                "{out}"
+            );
         }
+        assert!(watched(&c).await.is_empty(), "{point}");
         assert_eq!(user_dump(&db), before, "{point}: something was left behind");
     }
     // After all that, a normal create works.
@@ -482,6 +526,105 @@ async fn green_killed_at_each_create_phase_leaves_nothing_or_a_cancellable_green
     ]);
     run_ok(&["green", "cancel", "--target", &db.url()]);
     assert_eq!(user_dump(&db), before);
+}
+
+/// Waits until no pgflip session is left on the server (a killed run's backend goes a moment
+/// after the process).
+async fn no_pgflip_sessions(c: &tokio_postgres::Client) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while text(
+        c,
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
+    )
+    .await
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "pgflip's session is still there");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn green_killed_during_refresh_and_cancel_then_a_rerun_finishes_and_nothing_is_left() {
+    let db = fresh_db("green_kill_rc");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    let url = db.url();
+    // Schemas only: the test writes to the base table, which moves rows in a data dump.
+    let schema_dump = || db.pg_dump(&["--exclude-schema=pgflip", "--schema-only"]);
+    let before = schema_dump();
+    run_ok(&[
+        "green",
+        "create",
+        "\"My Schema\".\"Sales MV\"",
+        "--query",
+        NEW_QUERY,
+        "--target",
+        &url,
+    ]);
+    db.psql("UPDATE \"My Schema\".base SET amount = amount + 100 WHERE id = 50");
+    let fp = tempfile::tempdir().unwrap();
+    let dir = fp.path().to_str().unwrap().to_string();
+    let killed = |args: &[&str], point: &str| {
+        let o = pgflip_env(
+            args,
+            &[
+                ("PGFLIP_FAILPOINTS", &format!("{point}=exit")),
+                ("PGFLIP_FAILPOINT_DIR", &dir),
+            ],
+        );
+        assert!(!o.status.success(), "{point}: not killed");
+        assert!(
+            fp.path().join(format!("{point}.reached")).exists(),
+            "{point}"
+        );
+    };
+
+    // Killed inside the refresh's transaction: nothing of it happened; status still says
+    // stale, naming the change; a rerun refreshes.
+    killed(
+        &["green", "refresh", "--target", &url],
+        "green.refresh.before_refresh",
+    );
+    no_pgflip_sessions(&c).await;
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], false, "{st}");
+    assert_eq!(m["base_changes"], 1, "{st}");
+    run_ok(&["green", "refresh", "--target", &url]);
+    let st = status_json(&db);
+    let m = member(&st, "Sales MV");
+    assert_eq!(m["converged"], true, "{st}");
+    assert_eq!(m["base_changes"], 0, "{st}");
+    // The refreshed green holds the change (group 0: ids 5, 10, … 100; id 50 gained 100).
+    let green_schema = st["pipelines"][0]["pipeline"].as_str().unwrap().to_string();
+    assert_eq!(
+        text(
+            &c,
+            &format!(
+                "SELECT (SELECT total FROM \"{green_schema}\".\"Sales MV\" WHERE grp = 0) \
+                      - (SELECT sum(amount) FROM \"My Schema\".base WHERE grp = 0 AND amount > 10)"
+            )
+        )
+        .await,
+        "0"
+    );
+
+    // Killed before cancel drops anything: the pipeline is still there, whole; a rerun
+    // cancels it and nothing pgflip made is left.
+    killed(
+        &["green", "cancel", "--target", &url],
+        "green.cancel.before_drop",
+    );
+    no_pgflip_sessions(&c).await;
+    let st = status_json(&db);
+    assert_eq!(st["pipelines"].as_array().unwrap().len(), 1, "{st}");
+    assert_eq!(member(&st, "Sales MV")["converged"], true, "{st}");
+    assert_eq!(watched(&c).await, vec!["\"My Schema\".base"]);
+    run_ok(&["green", "cancel", "--target", &url]);
+    assert!(watched(&c).await.is_empty());
+    assert_eq!(status_json(&db)["pipelines"].as_array().unwrap().len(), 0);
+    assert_eq!(schema_dump(), before, "something was left behind");
 }
 
 #[tokio::test]
@@ -673,27 +816,6 @@ async fn green_promote_switches_the_view_and_its_dependents_and_rollback_brings_
 
 /// a → b, a → c, b + c → d; each carries its definition's version; v_d is a view over d.
 /// Updates of public.src as the statistics counters show them.
-fn src_updates(db: &TestDb) -> i64 {
-    db.psql("SELECT n_tup_upd FROM pg_stat_user_tables WHERE relid = 'public.src'::regclass")
-        .trim()
-        .parse()
-        .unwrap()
-}
-
-/// Green reads the base tables' changes from the statistics counters, which the server
-/// publishes a moment after the writing session ends (PostgreSQL 14's statistics collector up
-/// to half a second later): wait until the update shows, as the README says of convergence.
-fn await_src_updates(db: &TestDb, before: i64) {
-    let t = Instant::now();
-    while src_updates(db) <= before {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "the update never showed in pg_stat_user_tables"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 fn diamond(db: &TestDb) {
     db.psql(
         r#"CREATE TABLE public.src (k int PRIMARY KEY, v int NOT NULL);
@@ -746,11 +868,27 @@ async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_bac
     assert_eq!(member(&st, "c")["explicit"], false);
 
     // Readers join b and c (and read d through v_d) in a loop: never an error, never a mix.
+    use std::sync::atomic::{AtomicU64, Ordering};
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Reads that saw version 1 and version 2: the test moves on once readers have seen what
+    // it waits for (however loaded the machine), never after a fixed sleep.
+    let seen_v: std::sync::Arc<[AtomicU64; 3]> = std::sync::Arc::new(Default::default());
+    let reads_of = |v: usize| seen_v[v].load(Ordering::Relaxed);
+    async fn until(what: &str, f: impl Fn() -> bool) {
+        let t = Instant::now();
+        while !f() {
+            assert!(
+                t.elapsed() < Duration::from_secs(120),
+                "readers never {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
     let mut readers = Vec::new();
     for _ in 0..4 {
         let client = db.client().await;
         let stop = stop.clone();
+        let seen_v = seen_v.clone();
         readers.push(tokio::spawn(async move {
             let (mut n, mut errors, mut mixed) = (0u64, Vec::new(), Vec::new());
             let mut seen = std::collections::BTreeSet::new();
@@ -769,6 +907,8 @@ async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_bac
                         let vals: Vec<i32> = (0..7).map(|i| r.get::<_, i32>(i)).collect();
                         if vals.iter().any(|v| *v != vals[0]) {
                             mixed.push(vals.clone());
+                        } else if (1..=2).contains(&vals[0]) {
+                            seen_v[vals[0] as usize].fetch_add(1, Ordering::Relaxed);
                         }
                         seen.insert(vals[0]);
                     }
@@ -779,7 +919,7 @@ async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_bac
             (n, errors, mixed, seen)
         }));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("read version 1", || reads_of(1) >= 20).await;
     let url = db.url();
     let promote = tokio::task::spawn_blocking(move || {
         let o = pgflip(&["green", "promote", "--all", "--target", &url, "--json"]);
@@ -793,7 +933,7 @@ async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_bac
         locked["generation"]["relations"].as_array().unwrap().len(),
         4
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    until("read version 2", || reads_of(2) >= 20).await;
     let url = db.url();
     let rb = tokio::task::spawn_blocking(move || {
         let o = pgflip(&["rollback", "--latest", "--target", &url]);
@@ -802,7 +942,8 @@ async fn green_diamond_pipeline_switches_all_at_once_under_readers_and_rolls_bac
     .await
     .unwrap();
     assert!(rb.0, "{}", rb.1);
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ones = reads_of(1);
+    until("read version 1 again", || reads_of(1) >= ones + 20).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     let mut seen_all = std::collections::BTreeSet::new();
@@ -845,9 +986,7 @@ async fn green_promote_refuses_until_converged_then_force_and_wait() {
         "--target",
         &url,
     ]);
-    let updates = src_updates(&db);
     db.psql("UPDATE public.src SET v = v + 1 WHERE k = 1");
-    await_src_updates(&db, updates);
     let before = user_dump(&db);
     // Not converged: refused (exit 5), named, nothing changed; --wait gives up at its timeout.
     let o = pgflip(&["green", "promote", "a", "--target", &url]);
@@ -1029,14 +1168,15 @@ async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survive
     let db = fresh_db("green_slow");
     // A query that takes about 2 s to run.
     db.psql(
-        "CREATE MATERIALIZED VIEW public.slow AS SELECT g AS k, 1 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = '';
+        "CREATE TABLE public.slow_base (k int PRIMARY KEY);
+         INSERT INTO public.slow_base SELECT generate_series(1, 4);
+         CREATE MATERIALIZED VIEW public.slow AS SELECT k, 1 AS version FROM public.slow_base WHERE pg_sleep(0.5)::text = '';
          CREATE UNIQUE INDEX slow_k ON public.slow (k);
          CREATE VIEW public.v_slow AS SELECT * FROM public.slow;",
     );
     let c = db.client().await;
     let url = db.url();
-    let q =
-        "SELECT g AS k, 2 AS version FROM generate_series(1, 4) g WHERE pg_sleep(0.5)::text = ''";
+    let q = "SELECT k, 2 AS version FROM public.slow_base WHERE pg_sleep(0.5)::text = ''";
     let t = Instant::now();
     run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
     let build = t.elapsed();
@@ -1062,7 +1202,7 @@ async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survive
             fp.path().join(format!("{point}.reached")).exists(),
             "{point}"
         );
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(90);
         while text(
             &c,
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip'",
@@ -1085,21 +1225,141 @@ async fn green_promote_of_a_slow_view_builds_nothing_under_the_locks_and_survive
             );
             let st = status_json(&db);
             assert_eq!(st["pipelines"].as_array().unwrap().len(), 0, "{st}");
+            // Killed before it removed its change trigger: status names it, and the next
+            // green command (this create) removes it before watching again.
+            assert_eq!(
+                st["leftover_triggers"],
+                serde_json::json!(["public.slow_base"]),
+                "{st}"
+            );
             run_ok(&["rollback", "--latest", "--target", &url]);
             run_ok(&["green", "create", "slow", "--query", q, "--target", &url]);
         }
     }
 
-    // The locks are held for the catalog changes only, not for the query (~2 s).
+    // The locks are held for the catalog changes only, not for the query: running it takes
+    // at least 2 s (four rows, 0.5 s each), so a build under the locks would hold them longer.
+    // (The bound is the query's own least duration, not a timing goal, so that a loaded
+    // machine cannot fail it.)
     let out = run_ok(&["green", "promote", "slow", "--target", &url, "--json"]);
     let v: Value = serde_json::from_str(&out).unwrap();
     let locked = v["locked_ms"].as_f64().unwrap();
     assert!(
-        locked < build.as_secs_f64() * 1000.0 / 2.0,
-        "locks held {locked} ms, the query takes {build:?}"
+        locked < 2000.0,
+        "locks held {locked} ms, the query takes at least 2 s (create took {build:?})"
     );
+    assert!(watched(&c).await.is_empty(), "promote removes its trigger");
     assert_eq!(
         text(&c, "SELECT max(version) FROM public.v_slow").await,
         "2"
+    );
+}
+
+#[tokio::test]
+async fn sync_swap_builds_a_slow_materialized_view_beside_and_rollback_switches_it_back() {
+    let db = fresh_db("green_sync_mv");
+    setup(&db, "green_reader");
+    // A table with a staging table, a materialized view over it whose query takes at least
+    // 2 s (four rows, 0.5 s each), a chained one over that, a view readers use.
+    db.psql(
+        r#"CREATE TABLE public.tsync (k int PRIMARY KEY, v text NOT NULL);
+           INSERT INTO public.tsync SELECT g, 'old' FROM generate_series(1, 4) g;
+           CREATE TABLE public.tsync_staging (LIKE public.tsync INCLUDING ALL);
+           INSERT INTO public.tsync_staging SELECT g, 'new' FROM generate_series(1, 4) g;
+           CREATE MATERIALIZED VIEW public.slow_mv AS SELECT k, v FROM tsync WHERE pg_sleep(0.5)::text = '';
+           CREATE UNIQUE INDEX slow_mv_k ON public.slow_mv (k);
+           COMMENT ON MATERIALIZED VIEW public.slow_mv IS 'slow';
+           GRANT SELECT ON public.slow_mv TO green_reader;
+           CREATE MATERIALIZED VIEW public.chained AS SELECT count(*) AS n, min(v) AS v FROM public.slow_mv;
+           CREATE VIEW public.v_slow AS SELECT k, v FROM public.slow_mv;"#,
+    );
+    let c = db.client().await;
+    let url = db.url();
+    let values = |rel: &'static str| {
+        let c = &c;
+        async move { text(c, &format!("SELECT string_agg(DISTINCT v, ',') FROM {rel}")).await }
+    };
+    let o = pgflip(&["sync", "--target", &url, "tsync", "--swap", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let locked = v["swap"]["locked_ms"].as_f64().unwrap();
+    assert!(
+        locked < 2000.0,
+        "locks held {locked} ms: the materialized view was built under them"
+    );
+    let warnings = v["swap"]["warnings"].to_string();
+    assert!(!warnings.contains("WITH DATA"), "{warnings}");
+    assert_eq!(values("public.slow_mv").await, "new");
+    assert_eq!(values("public.v_slow").await, "new");
+    assert_eq!(values("public.chained").await, "new");
+    // Kept: index name, comment, grant; the staging table is the live one now.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(indexname, ',') FROM pg_indexes WHERE tablename = 'slow_mv' AND schemaname = 'public'"
+        )
+        .await,
+        "slow_mv_k"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT obj_description('public.slow_mv'::regclass, 'pg_class')"
+        )
+        .await,
+        "slow"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT has_table_privilege('green_reader', 'public.slow_mv', 'SELECT')"
+        )
+        .await,
+        "t"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+    // Rolled back: the old versions switch back, nothing rebuilt under the locks either.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT string_agg(live_name, ',' ORDER BY live_name) FROM pgflip.generation_relations"
+        )
+        .await,
+        "chained,slow_mv,tsync",
+        "the materialized views switched as pairs"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT kind || ' ' || relations || ' ' || array_to_string(live_relations, ',') FROM pgflip.generations_summary"
+        )
+        .await,
+        "sync 3 public.tsync,public.slow_mv,public.chained"
+    );
+    let o = pgflip(&["rollback", "--latest", "--target", &url, "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let locked = out
+        .split("\"locked_ms\":")
+        .nth(1)
+        .and_then(|r| r.split([',', '\n', '}']).next())
+        .and_then(|n| n.trim().parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no locked_ms in {out}"));
+    assert!(locked < 2000.0, "rollback held its locks {locked} ms");
+    assert_eq!(values("public.slow_mv").await, "old");
+    assert_eq!(values("public.v_slow").await, "old");
+    assert_eq!(values("public.chained").await, "old");
+    assert_eq!(values("public.tsync").await, "old");
+    run_ok(&["cleanup", "--keep", "0", "--target", &url]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
     );
 }

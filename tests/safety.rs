@@ -805,12 +805,14 @@ fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
         "{text}"
     );
     eprintln!("most pgflip backends seen per database: {most:?}");
-    // pgflip holds at most --jobs + 2; a backend it just closed can still be exiting when the
-    // next slot connects, so the server may count one more for a moment.
+    // pgflip holds at most --jobs + 2. A backend whose connection pgflip just closed is
+    // still counted until it has exited, which on a loaded machine can overlap the slot's next
+    // connection: so up to one exiting backend per slot. Without the bound this count follows
+    // the number of tables (150), and max_connections = 14 fails the run.
     for (db, n) in &most {
         assert!(
-            *n <= JOBS + 3,
-            "{n} pgflip connections to {db} at once (bound: --jobs + 2, + 1 exiting)"
+            *n <= 2 * JOBS + 2,
+            "{n} pgflip connections to {db} at once (bound: --jobs + 2, + one exiting per slot)"
         );
     }
     assert_eq!(

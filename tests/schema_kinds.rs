@@ -370,3 +370,37 @@ fn attaching_a_partition_adopts_the_index_the_source_attached() {
     );
     assert_eq!(attached.trim(), "loose_d_idx,m_2020_d_idx,m_2022_d_idx");
 }
+
+/// Large objects are out of scope: a database that has them is named (exit 2), never compared
+/// as if it had none.
+#[test]
+fn large_objects_are_named_not_passed_over() {
+    let src = fresh_db("kinds_lo_src");
+    let tgt = fresh_db("kinds_lo_tgt");
+    src.psql(
+        "CREATE TABLE t (id int); SELECT lo_from_bytea(0, 'x'); SELECT lo_from_bytea(0, 'y');",
+    );
+    let before = tgt.dump();
+    for args in [
+        &["--check"][..],
+        &["--apply", "--allow-hazards", "all"],
+        &["--dry-run"],
+    ] {
+        let o = diff(&src, &tgt, args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stdout(&o));
+        assert!(
+            stderr(&o).contains("the source has 2 large objects"),
+            "{}",
+            stderr(&o)
+        );
+    }
+    assert_eq!(before, tgt.dump(), "something was applied");
+    // The same from the target's side.
+    let o = diff(&tgt, &src, &["--check"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("the target has 2 large objects"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -53,6 +53,8 @@ pub struct Extra {
     /// The role it is for (user mappings, default privileges): a role the other server lacks
     /// cannot be named there.
     pub role: Option<String>,
+    /// The role a default privilege is granted to (`None`: PUBLIC, or not a default privilege).
+    pub grantee: Option<String>,
     /// For a base type: the shell that its I/O functions need before the type exists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shell: Option<String>,
@@ -80,6 +82,7 @@ impl Default for Extra {
             diffable: true,
             rewrites: false,
             role: None,
+            grantee: None,
             shell: None,
         }
     }

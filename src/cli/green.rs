@@ -258,12 +258,17 @@ pub(super) fn render_status(out: &Output, all: &[green::status::PipelineStatus])
                 }
             ));
             out.println(&format!(
-                "    base tables since refresh: {} row change(s){}{}",
+                "    base tables since refresh: {} change(s){}{}{}",
                 m.base_changes,
                 if m.base_rewritten.is_empty() {
                     String::new()
                 } else {
                     format!(", rewritten: {}", m.base_rewritten.join(", "))
+                },
+                if m.base_unwatched.is_empty() {
+                    String::new()
+                } else {
+                    format!(", not watched: {}", m.base_unwatched.join(", "))
                 },
                 match m.lag_seconds {
                     Some(s) => format!(" (green up to {s:.0} s behind)"),
@@ -283,10 +288,24 @@ async fn status(a: StatusArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let client = connect(g, &a.target).await?;
     let opts = green::status::StatusOptions { max_lag: a.max_lag };
     let all = green::status::status(&client, a.rel.as_deref(), &opts).await?;
+    // Change triggers that an interrupted run left on tables no pipeline reads.
+    let leftover: Vec<String> = green::watch::unneeded(&client, &[])
+        .await?
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect();
     if out.json {
-        out.println(&serde_json::to_string_pretty(&json!({ "pipelines": all }))?);
+        out.println(&serde_json::to_string_pretty(
+            &json!({ "pipelines": all, "leftover_triggers": leftover }),
+        )?);
     } else {
         render_status(out, &all);
+        if !leftover.is_empty() {
+            out.println(&format!(
+                "pgflip's change trigger was left on {} by an interrupted run: `pgflip green cancel` removes it.",
+                leftover.join(", ")
+            ));
+        }
     }
     Ok(exit::OK)
 }
@@ -401,13 +420,22 @@ async fn cancel(a: RelArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
         out.println(&serde_json::to_string_pretty(&json!({
             "cancelled": o.pipelines,
             "relations": o.relations,
+            "unwatched": o.unwatched,
         }))?);
     } else {
-        out.println(&format!(
-            "Cancelled green for {} (dropped {}).",
-            o.relations.join(", "),
-            o.pipelines.join(", ")
-        ));
+        if !o.pipelines.is_empty() {
+            out.println(&format!(
+                "Cancelled green for {} (dropped {}).",
+                o.relations.join(", "),
+                o.pipelines.join(", ")
+            ));
+        }
+        if !o.unwatched.is_empty() {
+            out.println(&format!(
+                "Removed pgflip's change trigger from {}.",
+                o.unwatched.join(", ")
+            ));
+        }
     }
     Ok(exit::OK)
 }

@@ -52,6 +52,10 @@ pub struct DiffArgs {
     /// (online-safe) are always allowed; --drop allows deletes-data.
     #[arg(long, value_name = "KIND,…", value_delimiter = ',')]
     pub allow_hazards: Vec<String>,
+    /// Leave owners, grants and default privileges as the target has them (new objects get
+    /// none). Without it they are aligned only for roles that exist on both servers.
+    #[arg(long)]
+    pub no_privileges: bool,
 }
 
 pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Result<u8> {
@@ -113,6 +117,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
     let opts = DiffOptions {
         drop: args.drop,
         online: !args.offline,
+        privileges: !args.no_privileges,
         ..DiffOptions::default()
     };
     let diff = schemadiff::compare_snapshots(&src_snap, &tgt_snap, &opts);
@@ -129,9 +134,13 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
             out.json_line(&serde_json::json!({
                 "differences": diff.plan.steps.len(),
                 "statements": diff.plan.steps,
+                "roles": diff.roles,
             }));
         } else if diff.is_empty() {
             out.println("No differences: the target's schema matches the source's.");
+            for l in diff.roles.header_lines() {
+                out.info(&l);
+            }
         } else {
             out.println(&format!(
                 "{} difference{} to apply:",
@@ -188,7 +197,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
             .collect();
         scope.push_str(&format!(" except {}", s.join(", ")));
     }
-    let header = vec![
+    let mut header = vec![
         format!("pgflip {} schema diff", pgflip::VERSION),
         format!("source: {}", src_ep.describe()),
         format!("target: {}", tgt_ep.describe()),
@@ -203,6 +212,12 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
             "mode:   tables and columns the source lacks are kept as tombstones".to_string()
         },
     ];
+    if args.no_privileges {
+        header.push(
+            "privileges: --no-privileges (owners and grants left as the target has them)".into(),
+        );
+    }
+    header.extend(diff.roles.header_lines());
     let script = diff.to_script(&header);
 
     if global.dry_run {
@@ -265,6 +280,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
             out.json_line(&serde_json::json!({
                 "applied": diff.plan.steps.len(),
                 "statements": diff.plan.steps,
+                "roles": diff.roles,
                 "commented_drops": diff.commented_drops,
             }));
         } else {
@@ -273,6 +289,9 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
                 diff.plan.steps.len(),
                 if diff.plan.steps.len() == 1 { "" } else { "s" }
             ));
+            for l in diff.roles.header_lines() {
+                out.info(&l);
+            }
         }
         return Ok(exit::OK);
     }
@@ -282,6 +301,7 @@ pub async fn run(args: DiffArgs, global: &Global, out: &Output) -> anyhow::Resul
         out.json_line(&serde_json::json!({
             "output": args.output.display().to_string(),
             "statements": diff.plan.steps,
+            "roles": diff.roles,
             "commented_drops": diff.commented_drops,
         }));
     } else {

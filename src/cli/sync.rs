@@ -286,12 +286,26 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
 
     if global.dry_run {
         let report = prepared.dry_run_report();
+        // With --swap the dry run shows the flip the load ends with too.
+        let swap = if args.swap {
+            let opts = FlipOptions {
+                lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
+                max_wait: args.max_wait,
+                ..FlipOptions::default()
+            };
+            Some(sync::plan_swap_after_load(&lock_client, &prepared.staging_pairs(), &opts).await?)
+        } else {
+            None
+        };
         if out.json {
-            let v = serde_json::json!({
+            let mut v = serde_json::json!({
                 "dry_run": true,
                 "tables": report.tables,
                 "plan": report.plan,
             });
+            if let Some(fp) = &swap {
+                v["swap"] = serde_json::to_value(fp)?;
+            }
             out.println(&serde_json::to_string_pretty(&v)?);
         } else {
             for t in &report.tables {
@@ -309,6 +323,18 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
                 format!("target: {}", target.describe()),
             ];
             out.write_stdout(report.plan.to_script(&header).as_bytes());
+            if let Some(fp) = &swap {
+                out.write_stdout(
+                    fp.plan
+                        .to_script(&[
+                            fp.plan.title.clone(),
+                            "then the swap, planned against the staging tables' structure \
+                             (dry run: nothing was changed; the swap checks the loaded rows)"
+                                .into(),
+                        ])
+                        .as_bytes(),
+                );
+            }
         }
         return Ok(exit::OK);
     }

@@ -111,8 +111,12 @@ pub fn comment_on(kind: &str, name: &str, comment: Option<&str>) -> String {
     }
 }
 
-/// `ALTER <kind> <name> OWNER TO <owner>;`
+/// `ALTER <kind> <name> OWNER TO <owner>;` Empty for an empty owner: the object stays with
+/// the role that creates it (schema diff leaves owners the target lacks to that role).
 pub fn owner_to(kind: &str, name: &str, owner: &str) -> String {
+    if owner.is_empty() {
+        return String::new();
+    }
     format!("ALTER {kind} {name} OWNER TO {};\n", quote_ident(owner))
 }
 

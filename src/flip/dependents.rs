@@ -188,8 +188,8 @@ pub struct Inventory {
     pub used_columns: Vec<UsedColumn>,
     /// Objects the flip cannot carry over.
     pub unhandled: Vec<Unhandled>,
-    /// Extended statistics on live relations (left on the retired table; reported).
-    pub statistics: Vec<String>,
+    /// Extended statistics on the live and green relations (carried over by the flip).
+    pub statistics: Vec<super::statistics::StatObj>,
     /// A hash of the catalog rows the flip depends on; checked again once the locks are held.
     pub fingerprint: String,
 }
@@ -332,6 +332,28 @@ pub async fn load(client: &Client, live: &[u32], green: &[u32]) -> Result<Invent
     let res = load_in_snapshot(client, live, green).await;
     let _ = client.batch_execute("COMMIT").await;
     res
+}
+
+/// [`load`] inside the caller's open transaction (which sees what it created), leaving the
+/// transaction's settings as they were.
+pub async fn load_in_transaction(
+    client: &Client,
+    live: &[u32],
+    green: &[u32],
+) -> Result<Inventory> {
+    client
+        .batch_execute("SAVEPOINT pgflip_catalog; SET LOCAL search_path = ''; SET LOCAL jit = off")
+        .await
+        .ctx("starting the catalog read")?;
+    let res = load_in_snapshot(client, live, green).await;
+    // Rolling back to the savepoint undoes the SET LOCALs (the reads changed nothing).
+    let restored = client
+        .batch_execute("ROLLBACK TO SAVEPOINT pgflip_catalog; RELEASE SAVEPOINT pgflip_catalog")
+        .await
+        .ctx("ending the catalog read");
+    let inv = res?;
+    restored?;
+    Ok(inv)
 }
 
 async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
@@ -789,15 +811,8 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     inv.unhandled.sort_by(|a, b| a.object.cmp(&b.object));
     inv.unhandled.dedup_by(|a, b| a.object == b.object);
 
-    let stats = client
-        .query(
-            "SELECT pg_catalog.pg_describe_object('pg_catalog.pg_statistic_ext'::pg_catalog.regclass, oid, 0) \
-             FROM pg_catalog.pg_statistic_ext WHERE stxrelid = ANY($1) ORDER BY 1",
-            &[&live_v],
-        )
-        .await
-        .ctx("reading extended statistics")?;
-    inv.statistics = stats.iter().map(|r| r.get(0)).collect();
+    let flipped: Vec<u32> = live.iter().chain(green).copied().collect();
+    inv.statistics = super::statistics::load(client, &flipped).await?;
 
     // Columns of the live relations that other objects use (views, policies, triggers,
     // foreign keys of other tables, publication column lists).

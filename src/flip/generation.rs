@@ -106,9 +106,16 @@ pub async fn checksum_methods(
     if version < 140000 {
         return Ok(vec![ChecksumMethod::Md5; n]);
     }
-    // JIT off (see dependents::load): compiling this catalog query cost seconds.
+    // JIT off (see dependents::load): compiling this catalog query cost seconds. Set for the
+    // session and put back, not in a transaction of its own: the caller may have one open (a
+    // dry run plans inside a transaction it rolls back), which a COMMIT here would end.
+    let jit: String = client
+        .query_one("SELECT pg_catalog.current_setting('jit')", &[])
+        .await
+        .ctx("choosing how to checksum rows")?
+        .get(0);
     client
-        .batch_execute("BEGIN READ ONLY; SET LOCAL jit = off")
+        .batch_execute("SET jit = off")
         .await
         .ctx("choosing how to checksum rows")?;
     let rows = client
@@ -144,7 +151,9 @@ pub async fn checksum_methods(
         )
         .await
         .ctx("choosing how to checksum rows");
-    let _ = client.batch_execute("COMMIT").await;
+    let _ = client
+        .execute("SELECT pg_catalog.set_config('jit', $1, false)", &[&jit])
+        .await;
     let rows = rows?;
     Ok(rows
         .iter()

@@ -39,7 +39,9 @@
 //!   policies, triggers (and their enabled state), replica identity, publication membership,
 //!   storage parameters, column defaults green lacks. Indexes are not built under the lock: a
 //!   green without one of live's indexes is refused (a rollback or migration only warns).
-//! - Extended statistics stay with the retired table (reported as a warning).
+//! - Extended statistics ([`statistics`]): live's are retired with the table, the new live
+//!   table gets the same ones under the same names (green's matching ones renamed, the others
+//!   created: catalog only, filled by the next ANALYZE). A migration's green keeps its own.
 //! - Pairs may be tables, partitioned tables, materialized views or views (a materialized
 //!   view or a view only with its own kind: green pipelines switch a view whose new definition
 //!   drops a column, together with what it reads). A partitioned table's partitions go with it: live's are retired into the
@@ -56,6 +58,7 @@ pub mod fkcheck;
 pub mod generation;
 pub mod guard;
 pub mod onesided;
+pub mod statistics;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -257,6 +260,33 @@ pub async fn plan_flip(
     kind: FlipKind,
     opts: &FlipOptions,
 ) -> Result<FlipPlan> {
+    plan(client, pairs, kind, opts, true).await
+}
+
+/// Plans a flip whose green relations do not hold their rows yet: for a dry run that shows the
+/// flip a load will end with. The checks that read rows (orphaned foreign keys, checksums) are
+/// left out; the real flip makes them. Runs inside the caller's open transaction, so that
+/// green relations it created (and will roll back) are seen.
+pub async fn plan_flip_before_load(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+) -> Result<FlipPlan> {
+    let opts = FlipOptions {
+        checksums: false,
+        ..opts.clone()
+    };
+    plan(client, pairs, kind, &opts, false).await
+}
+
+async fn plan(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+    row_checks: bool,
+) -> Result<FlipPlan> {
     if pairs.is_empty() && opts.retire_only.is_empty() && opts.bring_in_only.is_empty() {
         return Err(Error::InvalidInput("nothing to flip".into()));
     }
@@ -316,7 +346,13 @@ pub async fn plan_flip(
         green_oids.push(g);
     }
     let one = onesided::resolve(client, &opts.retire_only, &opts.bring_in_only, &live_oids).await?;
-    let inv = dependents::load(client, &live_oids, &green_oids).await?;
+    // Without the row checks, green is planned before its load, inside the caller's
+    // transaction (see `plan_flip_before_load`).
+    let inv = if row_checks {
+        dependents::load(client, &live_oids, &green_oids).await?
+    } else {
+        dependents::load_in_transaction(client, &live_oids, &green_oids).await?
+    };
     let created_at = Utc::now();
     let backup_schema = crate::ident::backup_schema(created_at);
     let label = backup_schema
@@ -344,7 +380,9 @@ pub async fn plan_flip(
         });
     }
     let warnings = check(&inv, &relations, opts)?;
-    refuse_orphans(client, &relations, &one).await?;
+    if row_checks {
+        refuse_orphans(client, &relations, &one).await?;
+    }
     if opts.checksums {
         for r in relations.iter_mut() {
             let (rows, sum) =
@@ -566,9 +604,6 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             format!("cannot carry over {}{}", u.object, u.why),
         ));
     }
-    for s in &inv.statistics {
-        warnings.push(format!("{s} stays with the retired table"));
-    }
     for v in &inv.views {
         if v.rel.relkind == "m" && v.rel.populated {
             warnings.push(format!(
@@ -714,7 +749,7 @@ fn render(
     created_at: DateTime<Utc>,
     label: String,
     backup_schema: String,
-    warnings: Vec<String>,
+    mut warnings: Vec<String>,
 ) -> FlipPlan {
     let mut plan = Plan::new(format!(
         "flip {} relation(s) ({}), generation {label}",
@@ -1432,6 +1467,27 @@ fn render(
                 sql,
             );
         }
+        // Extended statistics: retired with live, made again (or taken from green) under
+        // live's names.
+        let create = kind != FlipKind::Migrate && !opts.allow_column_changes;
+        if !create {
+            for s in statistics::unmatched(&inv.statistics, r.live_oid, r.green_oid) {
+                warnings.push(format!(
+                    "extended statistics {} stays with the retired table (green has no such statistics)",
+                    s.sql_name()
+                ));
+            }
+        }
+        for (d, sql) in statistics::carry(
+            &inv.statistics,
+            r.live_oid,
+            r.green_oid,
+            &live_q,
+            &bk,
+            create,
+        ) {
+            push(d, sql);
+        }
         for s in steps {
             plan.push(s);
         }
@@ -1686,6 +1742,35 @@ fn render(
 /// Plans and executes a flip. The caller holds the target lock ([`crate::state::TargetLock`]).
 /// Creates the pgflip state schema when it is missing (once the plan is accepted).
 pub async fn flip(
+    client: &Client,
+    pairs: &[FlipPair],
+    kind: FlipKind,
+    opts: &FlipOptions,
+    events: &dyn EventSink,
+) -> Result<FlipOutcome> {
+    // Materialized views that read a swapped table are built beside first (green's pipeline
+    // machinery), so that the locked transaction only switches them (issue #11).
+    let beside = match kind {
+        FlipKind::Sync | FlipKind::Rollback => {
+            crate::green::beside::build(client, pairs, events).await?
+        }
+        _ => None,
+    };
+    let Some(b) = beside else {
+        return flip_planned(client, pairs, kind, opts, events).await;
+    };
+    let mut all = pairs.to_vec();
+    all.extend(b.pairs.iter().cloned());
+    let mut o = opts.clone();
+    o.in_flip_after.push(b.in_flip_after.clone());
+    let r = flip_planned(client, &all, kind, &o, events).await;
+    if r.is_err() {
+        let _ = crate::green::beside::discard(client, &b).await;
+    }
+    r
+}
+
+async fn flip_planned(
     client: &Client,
     pairs: &[FlipPair],
     kind: FlipKind,

@@ -16,13 +16,18 @@ use crate::plan::{Hazard, LockMode, Plan, Step};
 pub struct CancelOutcome {
     pub pipelines: Vec<String>,
     pub relations: Vec<String>,
+    /// Tables whose change trigger was removed.
+    pub unwatched: Vec<String>,
     pub plan: Plan,
 }
 
 /// Cancels the pipeline holding `rel` (or every pipeline). With `dry_run`, only plans.
 pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result<CancelOutcome> {
     let selected = super::select(client, rel).await?;
-    if selected.is_empty() {
+    let gone: Vec<String> = selected.keys().cloned().collect();
+    // The change triggers no pipeline needs once these are gone (and any a crash left).
+    let unwatch = super::watch::unneeded(client, &gone).await?;
+    if selected.is_empty() && unwatch.is_empty() {
         return Err(Error::InvalidInput(
             "no green relation is in flight: nothing to cancel".into(),
         ));
@@ -76,6 +81,29 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
         );
         relations.extend(members.iter().map(|m| m.live.to_string()));
     }
+    // Each trigger in a transaction of its own: a strong lock on the application's table,
+    // taken under the plan's short lock_timeout with retries.
+    let mut unit = selected.len() as u32;
+    for (_, table) in &unwatch {
+        plan.push(
+            Step::new(
+                format!("remove the change trigger from {table}"),
+                super::watch::drop_sql(table),
+            )
+            .lock(LockMode::AccessExclusive, table.clone())
+            .in_transaction(unit),
+        );
+        unit += 1;
+    }
+    if !unwatch.is_empty() {
+        plan.push(
+            Step::new(
+                "forget the change counters of unwatched tables",
+                super::watch::forget_sql(),
+            )
+            .in_transaction(unit),
+        );
+    }
     if !dry_run {
         crate::failpoint::hit("green.cancel.before_drop").await?;
         let exec = crate::plan::ExecOptions::default();
@@ -83,8 +111,9 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
             .await?;
     }
     Ok(CancelOutcome {
-        pipelines: selected.keys().cloned().collect(),
+        pipelines: gone,
         relations,
+        unwatched: unwatch.into_iter().map(|(_, t)| t).collect(),
         plan,
     })
 }

@@ -48,13 +48,13 @@ pub struct CreateOutcome {
 }
 
 /// One member, before it is built.
-struct Planned {
-    oid: u32,
-    live: QualifiedName,
-    kind: RelKind,
-    query: String,
-    explicit: bool,
-    upstream: Vec<u32>,
+pub(super) struct Planned {
+    pub(super) oid: u32,
+    pub(super) live: QualifiedName,
+    pub(super) kind: RelKind,
+    pub(super) query: String,
+    pub(super) explicit: bool,
+    pub(super) upstream: Vec<u32>,
 }
 
 /// `pg_get_indexdef` text of a live index, pointed at `green` (same name: it lives in another
@@ -312,12 +312,31 @@ pub async fn create(
 
     crate::state::ensure(client).await?;
     crate::failpoint::hit("green.create.before_build").await?;
+    // Triggers a crashed run left on tables no pipeline reads.
+    super::watch::unwatch_unused(client, events).await?;
     events.emit(Event::PhaseStarted {
         phase: "green build".into(),
     });
     let started = std::time::Instant::now();
-    // Read before the build's snapshot: a change after this can only make green look staler.
-    let sigs = super::all_signatures(client).await?;
+    // The tables under the pipeline carry the change trigger, committed, before the build's
+    // snapshot is taken (see `watch`).
+    let bases = probe(client, &planned, &schema, &build_path).await?;
+    let watched = async {
+        super::watch::install(client, &bases, events).await?;
+        crate::failpoint::hit("green.create.after_watch").await?;
+        super::watch::compact(client).await?;
+        // Read before the build's snapshot: a change after this can only make green look
+        // staler (for the bases that cannot be watched).
+        super::all_signatures(client).await
+    }
+    .await;
+    let sigs = match watched {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = super::watch::unwatch_unused(client, events).await;
+            return Err(e);
+        }
+    };
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL search_path = {build_path}"
@@ -340,17 +359,20 @@ pub async fn create(
         Ok(v) => v,
         Err(e) => {
             let _ = client.batch_execute("ROLLBACK").await;
+            let _ = super::watch::unwatch_unused(client, events).await;
             return Err(e);
         }
     };
     if let Err(e) = crate::failpoint::hit("green.create.before_commit").await {
         let _ = client.batch_execute("ROLLBACK").await;
+        let _ = super::watch::unwatch_unused(client, events).await;
         return Err(e);
     }
-    client
-        .batch_execute("COMMIT")
-        .await
-        .ctx("committing the green build")?;
+    if let Err(e) = client.batch_execute("COMMIT").await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        let _ = super::watch::unwatch_unused(client, events).await;
+        return Err(Error::db("committing the green build", e));
+    }
     crate::failpoint::hit("green.create.after_commit").await?;
     events.emit(Event::PhaseFinished {
         phase: "green build".into(),
@@ -368,7 +390,81 @@ pub async fn create(
     })
 }
 
-fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
+/// The base tables the pipeline will read, found before anything is built: every member is
+/// created as a plain view (no data) under the build's names in a transaction that is rolled
+/// back. A query that does not parse or names something unknown fails here, before any
+/// trigger is put on the application's tables.
+async fn probe(
+    client: &Client,
+    planned: &[Planned],
+    schema: &str,
+    build_path: &str,
+) -> Result<Vec<u32>> {
+    client
+        .batch_execute(&format!(
+            "BEGIN; SET LOCAL search_path = {build_path}; CREATE SCHEMA {}",
+            quote_ident(schema)
+        ))
+        .await
+        .ctx("starting the green probe")?;
+    let res = async {
+        let mut bases: BTreeSet<u32> = BTreeSet::new();
+        let mut failed = false;
+        for p in planned {
+            let green = qualified(schema, &p.live.name);
+            if failed {
+                // Downstream of a member that could not be probed: what live reads.
+                bases.extend(super::base_oids(client, p.oid, schema).await?);
+                continue;
+            }
+            client
+                .batch_execute("SAVEPOINT pgflip_probe")
+                .await
+                .ctx("savepoint")?;
+            if let Err(e) = client
+                .batch_execute(&format!("CREATE VIEW {green} AS {}", p.query))
+                .await
+            {
+                let err = Error::db(
+                    format!(
+                        "building green {green} for {} failed (nothing was changed)",
+                        p.live
+                    ),
+                    e,
+                );
+                // A new definition that is wrong is the user's error, said now. A downstream
+                // member that cannot be built over it (a column the new query drops) is left
+                // to the build, which reports the first error in pipeline order (a query that
+                // fails when it runs, say, rather than a consequence of it).
+                if p.explicit {
+                    return Err(err);
+                }
+                client
+                    .batch_execute("ROLLBACK TO SAVEPOINT pgflip_probe")
+                    .await
+                    .ctx("savepoint")?;
+                failed = true;
+                bases.extend(super::base_oids(client, p.oid, schema).await?);
+                continue;
+            }
+            let oid: u32 = client
+                .query_one(
+                    "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                    &[&green],
+                )
+                .await
+                .ctx("finding the probe view")?
+                .get(0);
+            bases.extend(super::base_oids(client, oid, schema).await?);
+        }
+        Ok::<_, Error>(bases.into_iter().collect())
+    }
+    .await;
+    let _ = client.batch_execute("ROLLBACK").await;
+    res
+}
+
+pub(super) fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
     let reloptions = match p.kind {
         RelKind::MaterializedView | RelKind::View => snap
             .view(&p.live.schema, &p.live.name)
@@ -396,7 +492,7 @@ fn create_sql(snap: &Snapshot, p: &Planned, green: &str) -> String {
 }
 
 /// Indexes and key constraints (first), then owner, grants and comments, as live has them.
-fn decorate_sql(snap: &Snapshot, p: &Planned, green: &str) -> Vec<(String, String)> {
+pub(super) fn decorate_sql(snap: &Snapshot, p: &Planned, green: &str) -> Vec<(String, String)> {
     let mut out = Vec::new();
     let kind = p.kind.sql();
     let (owner, acl, comment, columns, indexes, constraints) = match p.kind {

@@ -10,15 +10,17 @@
 //! - Each member is an in-flight operation (`pgflip.operations`, kind `green`), whose details
 //!   ([`Member`]) say what it was built from and when, and the *base signature* of the tables
 //!   under it at that moment. Staleness is the base tables' change counters and file nodes
-//!   (`pg_stat_all_tables`, `relfilenode`: a TRUNCATE or a non-concurrent REFRESH changes the
-//!   latter) compared with that signature. The counters are read *before* the snapshot the
-//!   build reads, so a change can only make green look staler than it is, never fresher.
+//!   compared with that signature. The counters of tables come from pgflip's change trigger
+//!   ([`watch`]) and are read in the build's own snapshot, so they are exact; under a
+//!   materialized view or foreign table (no triggers) they are the statistics counters, read
+//!   *before* the build's snapshot, so a change can only make green look staler, never fresher.
 //! - Nothing is built or refreshed under a lock of the live relations: `create` and `refresh`
 //!   only read them, and `promote` is the flip (DESIGN §5) of every member at once.
 //!
 //! Modules: [`sqlfile`] reads pipeline files, [`pipeline`] finds the members and their order,
 //! [`create`], [`status`], [`refresh`], [`promote`] and [`cancel`] are the commands.
 
+pub mod beside;
 pub mod cancel;
 pub mod create;
 pub mod pipeline;
@@ -26,6 +28,7 @@ pub mod promote;
 pub mod refresh;
 pub mod sqlfile;
 pub mod status;
+pub mod watch;
 
 use std::collections::BTreeMap;
 
@@ -73,15 +76,22 @@ impl RelKind {
     }
 }
 
-/// The signature of one base relation: change counters and file node.
+/// The signature of one base relation: change counter and file node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseSig {
     pub oid: u32,
     pub name: String,
-    /// Inserted + updated + deleted rows (all partitions), from the statistics collector.
+    /// When `watched`: writing transactions counted by pgflip's trigger ([`watch`]), exact in
+    /// the snapshot it was read in. Otherwise (a materialized view or foreign table under the
+    /// pipeline): inserted + updated + deleted rows from the statistics counters, which lag.
+    /// Summed over partitions.
     pub changes: i64,
-    /// Sum of the file nodes (all partitions): changes on TRUNCATE and non-concurrent REFRESH.
+    /// Sum of the file nodes (all partitions): changes on TRUNCATE, rewrites and
+    /// non-concurrent REFRESH.
     pub filenode: i64,
+    /// Every relation of it carries the watch trigger.
+    #[serde(default)]
+    pub watched: bool,
 }
 
 /// What the operation record of one green member says (`pgflip.operations.details`).
@@ -228,22 +238,17 @@ pub async fn select(
     }
 }
 
-/// SQL reading the signature of the relations `$1` (oid[]): per relation, its change counters
-/// and file nodes summed over its partitions.
+/// SQL reading the signature of the relations `$1` (oid[]), through the state's
+/// `pgflip.green_signature` (which the `pgflip.green_status` view uses too).
 pub const SIGNATURE_SQL: &str = "SELECT b.oid, pg_catalog.format('%I.%I', n.nspname, c.relname), \
-       coalesce(sum(s.n_tup_ins + s.n_tup_upd + s.n_tup_del), 0)::bigint, \
-       coalesce(sum(lc.relfilenode::bigint), 0)::bigint \
+       CASE WHEN s.watched THEN s.counter ELSE s.stats END, s.filenode, s.watched \
      FROM unnest($1::pg_catalog.oid[]) AS b(oid) \
      JOIN pg_catalog.pg_class c ON c.oid = b.oid \
      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-     LEFT JOIN LATERAL (SELECT b.oid AS relid WHERE c.relkind <> 'p' \
-                        UNION ALL SELECT t.relid FROM pg_catalog.pg_partition_tree(b.oid) t \
-                        WHERE c.relkind = 'p' AND t.isleaf) l ON true \
-     LEFT JOIN pg_catalog.pg_class lc ON lc.oid = l.relid \
-     LEFT JOIN pg_catalog.pg_stat_all_tables s ON s.relid = l.relid \
-     GROUP BY b.oid, n.nspname, c.relname ORDER BY b.oid";
+     CROSS JOIN LATERAL pgflip.green_signature(b.oid) s \
+     ORDER BY b.oid";
 
-/// Reads the signatures of `oids`.
+/// Reads the signatures of `oids` (in the caller's snapshot, for the watched ones).
 pub async fn signatures(client: &Client, oids: &[u32]) -> Result<Vec<BaseSig>> {
     let rows = client
         .query(SIGNATURE_SQL, &[&oids.to_vec()])
@@ -256,18 +261,19 @@ pub async fn signatures(client: &Client, oids: &[u32]) -> Result<Vec<BaseSig>> {
             name: r.get(1),
             changes: r.get(2),
             filenode: r.get(3),
+            watched: r.get(4),
         })
         .collect())
 }
 
-/// Every table, partitioned table, materialized view and foreign table: the candidates for
-/// base relations, whose signatures are read before a build (which ones a member reads is only
-/// known once it is built).
+/// The statistics counters of every materialized view and foreign table (the bases that
+/// cannot be watched), read before a build's snapshot: a change after it can then only make
+/// green look staler. Which ones a member reads is only known once it is built.
 pub async fn all_signatures(client: &Client) -> Result<BTreeMap<u32, BaseSig>> {
     let oids: Vec<u32> = client
         .query(
             "SELECT c.oid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p', 'm', 'f') AND NOT c.relispartition \
+             WHERE c.relkind IN ('m', 'f') \
                AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'",
             &[],
         )
@@ -302,27 +308,36 @@ pub const BASE_SQL: &str = "WITH RECURSIVE r(oid) AS ( \
         AND c.relnamespace <> (SELECT oid FROM pg_catalog.pg_namespace WHERE nspname = $2) \
       ORDER BY 1";
 
-/// The base relations of `oid` (see [`BASE_SQL`]), with the signatures in `sigs`.
+/// The base relations of `oid` (see [`BASE_SQL`]) and their signatures: read now (in the
+/// caller's snapshot) for watched tables, taken from `sigs` (read before the snapshot) for the
+/// others.
 pub async fn base_of(
     client: &Client,
     oid: u32,
     schema: &str,
     sigs: &BTreeMap<u32, BaseSig>,
 ) -> Result<Vec<BaseSig>> {
-    let rows = client
-        .query(BASE_SQL, &[&oid, &schema])
-        .await
-        .ctx("finding the base tables")?;
-    let mut out = Vec::new();
-    for r in rows {
-        let o: u32 = r.get(0);
-        match sigs.get(&o) {
-            Some(s) => out.push(s.clone()),
-            // Created after the signatures were read: read it now (it can only look staler).
-            None => out.extend(signatures(client, &[o]).await?),
+    let oids: Vec<u32> = base_oids(client, oid, schema).await?;
+    let mut out = signatures(client, &oids).await?;
+    for s in &mut out {
+        if !s.watched {
+            if let Some(pre) = sigs.get(&s.oid) {
+                s.changes = pre.changes;
+            }
         }
     }
     Ok(out)
+}
+
+/// The base relations of `oid` (see [`BASE_SQL`]).
+pub async fn base_oids(client: &Client, oid: u32, schema: &str) -> Result<Vec<u32>> {
+    Ok(client
+        .query(BASE_SQL, &[&oid, &schema])
+        .await
+        .ctx("finding the base tables")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect())
 }
 
 /// SQL that updates a member's recorded details (in the same transaction as the work).

@@ -204,6 +204,15 @@ pub async fn promote(
     let fo = flip_options(opts, &members);
     let outcome = flip::flip(client, &pairs(&members), FlipKind::Green, &fo, events).await?;
     crate::failpoint::hit("green.promote.after_flip").await?;
+    // The pipeline is gone: its change triggers too (one whose lock is not granted now is
+    // left, said so, for the next green command).
+    if let Err(e) = super::watch::unwatch_unused(client, events).await {
+        events.emit(Event::Warning {
+            message: format!(
+                "promoted, but the change triggers could not be removed ({e}); the next green command removes them"
+            ),
+        });
+    }
     Ok(PromoteOutcome {
         status,
         flip: outcome,

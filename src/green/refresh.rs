@@ -63,8 +63,18 @@ pub async fn refresh(
         refreshed: Vec::new(),
         concurrently: Vec::new(),
     };
+    super::watch::unwatch_unused(client, events).await?;
     for (schema, members) in &selected {
-        for g in selection(members, rel) {
+        let chosen = selection(members, rel);
+        // Committed before each refresh's snapshot (a partition attached since create gets
+        // one too), see `watch`.
+        let bases: Vec<u32> = chosen
+            .iter()
+            .flat_map(|g| g.member.base.iter().map(|b| b.oid))
+            .collect();
+        super::watch::install(client, &bases, events).await?;
+        super::watch::compact(client).await?;
+        for g in chosen {
             let at = Utc::now();
             let sigs = super::all_signatures(client).await?;
             let green = g.green.sql();
@@ -85,7 +95,8 @@ pub async fn refresh(
             let work = async {
                 client
                     .batch_execute(&format!(
-                        "BEGIN; SET LOCAL search_path = {}",
+                        // One snapshot for the refresh and the counters read after it.
+                        "BEGIN ISOLATION LEVEL REPEATABLE READ; SET LOCAL search_path = {}",
                         g.member.search_path
                     ))
                     .await

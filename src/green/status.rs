@@ -43,8 +43,12 @@ pub struct MemberStatus {
     pub columns_retyped: Vec<String>,
     /// Its definition, or one of its green upstream's, differs from live.
     pub definition_changed: bool,
-    /// Rows inserted, updated or deleted in the base tables since green was refreshed.
+    /// Changes to the base tables since green was refreshed: writing transactions per table
+    /// (counted by pgflip's trigger, exact), or, under a materialized view or foreign table,
+    /// rows inserted, updated or deleted (statistics counters, which lag).
     pub base_changes: i64,
+    /// Base tables whose change trigger is missing (changes there cannot be known).
+    pub base_unwatched: Vec<String>,
     /// Base tables truncated or rewritten (or materialized views refreshed) since then.
     pub base_rewritten: Vec<String>,
     /// How far behind the base tables green may be: time since its refresh, when they changed.
@@ -142,10 +146,19 @@ pub async fn pipeline_status(
             let current = super::signatures(client, &oids).await?;
             let mut base_changes = 0;
             let mut base_rewritten = Vec::new();
+            let mut base_unwatched = Vec::new();
             for b in &g.member.base {
                 match current.iter().find(|c| c.oid == b.oid) {
                     Some(c) => {
-                        base_changes += (c.changes - b.changes).abs();
+                        match (b.watched, c.watched) {
+                            // Exact: counted by the trigger, in this snapshot.
+                            (true, true) => base_changes += c.changes - b.changes,
+                            // The trigger is gone (dropped by hand, or a partition attached
+                            // since): changes cannot be known.
+                            (true, false) => base_unwatched.push(b.name.clone()),
+                            // Statistics counters (they lag).
+                            _ => base_changes += (c.changes - b.changes).abs(),
+                        }
                         if c.filenode != b.filenode {
                             base_rewritten.push(b.name.clone());
                         }
@@ -153,7 +166,8 @@ pub async fn pipeline_status(
                     None => base_rewritten.push(format!("{} (dropped)", b.name)),
                 }
             }
-            let stale = base_changes > 0 || !base_rewritten.is_empty();
+            let stale =
+                base_changes > 0 || !base_rewritten.is_empty() || !base_unwatched.is_empty();
             let lag = (now - g.member.refreshed_at).to_std().unwrap_or_default();
             let upstream_later: Vec<String> = g
                 .member
@@ -177,7 +191,14 @@ pub async fn pipeline_status(
                 if !within {
                     let mut what = Vec::new();
                     if base_changes > 0 {
-                        what.push(format!("{base_changes} row change(s)"));
+                        what.push(format!("{base_changes} change(s)"));
+                    }
+                    if !base_unwatched.is_empty() {
+                        what.push(format!(
+                            "{} no longer watched (a partition attached since, or the trigger {} dropped)",
+                            base_unwatched.join(", "),
+                            super::watch::TRIGGER
+                        ));
                     }
                     if !base_rewritten.is_empty() {
                         what.push(format!("{} rewritten", base_rewritten.join(", ")));
@@ -235,6 +256,7 @@ pub async fn pipeline_status(
                 columns_retyped,
                 definition_changed,
                 base_changes,
+                base_unwatched,
                 base_rewritten,
                 lag_seconds: stale.then_some(lag.as_secs_f64()),
                 converged,

@@ -60,6 +60,9 @@ struct Builder<'a> {
     concurrent_indexes: HashSet<String>,
 }
 
+/// The [`Extra`] kind that stands for a database's large objects (out of scope).
+const LARGE_OBJECTS: &str = "large objects";
+
 fn is_deferred_drop(key: &str) -> bool {
     [
         "type\u{1}",
@@ -324,8 +327,19 @@ impl<'a> Builder<'a> {
     /// Differences in kinds that cannot be dropped, recreated or created safely: reported by
     /// name instead of applied or passed over.
     fn find_unsupported(&mut self) {
+        for (side, snap) in [("source", self.src), ("target", self.tgt)] {
+            for e in snap.extras.iter().filter(|e| e.kind == LARGE_OBJECTS) {
+                self.unsupported.push(format!(
+                    "the {side} has {} (schema diff covers databases without large objects)",
+                    e.identity
+                ));
+            }
+        }
         for (i, key) in self.tg.keys.iter().enumerate() {
             if let Item::Extra(t) = self.tg.items[i] {
+                if t.kind == LARGE_OBJECTS {
+                    continue;
+                }
                 let droppable =
                     t.diffable && t.drop.as_deref().is_some_and(|d| !d.trim().is_empty());
                 if self.redo.contains(key) && !droppable {
@@ -340,7 +354,7 @@ impl<'a> Builder<'a> {
         }
         for (i, key) in self.sg.keys.iter().enumerate() {
             if let Item::Extra(s) = self.sg.items[i] {
-                if !s.diffable && self.in_tgt(key).is_none() {
+                if !s.diffable && s.kind != LARGE_OBJECTS && self.in_tgt(key).is_none() {
                     self.unsupported
                         .push(format!("{} (only in the source)", s.describe()));
                 }
@@ -1979,6 +1993,7 @@ impl<'a> Builder<'a> {
             },
             commented_drops: self.footer,
             unsupported: self.unsupported,
+            roles: Default::default(),
         }
     }
 }

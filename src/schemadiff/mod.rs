@@ -15,6 +15,7 @@ pub mod compat;
 pub mod hazards;
 pub mod mapping;
 mod order;
+pub mod roles;
 mod steps;
 pub mod tombstones;
 
@@ -37,6 +38,9 @@ pub struct DiffOptions {
     /// New indexes on existing tables CONCURRENTLY, new constraints NOT VALID then VALIDATE,
     /// SET NOT NULL through a validated check.
     pub online: bool,
+    /// Compare owners, grants and default privileges (of roles both servers have; see
+    /// [`roles`]). `false` (`--no-privileges`) leaves them as the target has them.
+    pub privileges: bool,
 }
 
 impl Default for DiffOptions {
@@ -45,6 +49,7 @@ impl Default for DiffOptions {
             drop: false,
             at: Utc::now(),
             online: true,
+            privileges: true,
         }
     }
 }
@@ -57,6 +62,9 @@ pub struct Diff {
     /// Differences schema diff cannot apply safely, by name (a base type that only the target
     /// has, a security label): the diff must not be taken as complete while this is non-empty.
     pub unsupported: Vec<String>,
+    /// Owners and grants kept on the target or not applied because of roles only one server
+    /// has (listed in the script's header).
+    pub roles: roles::RoleNotes,
 }
 
 impl Diff {
@@ -133,11 +141,16 @@ pub fn compare_snapshots(source: &Snapshot, target: &Snapshot, opts: &DiffOption
         })
     };
     let (s, t) = (stripped(source), stripped(target));
-    compare::compare(
-        s.as_ref().unwrap_or(source),
-        t.as_ref().unwrap_or(target),
-        opts,
-    )
+    let (s, t) = (s.as_ref().unwrap_or(source), t.as_ref().unwrap_or(target));
+    match roles::reconcile(s, t, opts.privileges) {
+        Some((s, notes)) => {
+            let mut diff = compare::compare(&s, t, opts);
+            diff.unsupported.extend(notes.refused.iter().cloned());
+            diff.roles = notes;
+            diff
+        }
+        None => compare::compare(s, t, opts),
+    }
 }
 
 /// [`Snapshot::load`] for a comparison (one place to tune loading for diffs).

@@ -60,6 +60,7 @@
 
 pub mod config;
 pub mod drift;
+mod preview;
 pub mod rules;
 mod selection;
 mod staging;
@@ -81,6 +82,7 @@ use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::rowdiff::{self, DiffSummary, RowSource};
 
+pub use preview::plan_swap_after_load;
 pub use rules::Rules;
 pub use tables::SchemaScope;
 
