@@ -414,6 +414,18 @@ impl LocalServer {
         )
     }
 
+    /// Stops the server as a crash would (immediate shutdown: no checkpoint, recovery from
+    /// the WAL on the next start), keeping its data.
+    pub fn stop_immediate(&self) -> Result<()> {
+        self.run(
+            Command::new(self.bindir.join("pg_ctl"))
+                .arg("-D")
+                .arg(self.data_dir())
+                .args(["-m", "immediate", "-w", "stop"]),
+            "pg_ctl stop -m immediate",
+        )
+    }
+
     /// Starts a stopped server again on the same port.
     pub fn restart(&self) -> Result<()> {
         self.pg_ctl_start()

@@ -832,3 +832,216 @@ fn kill_9_at_every_swap_boundary_leaves_the_target_wholly_before_or_after() {
     let after = user_dump(&tgt);
     assert!(after == before, "{}", line_diff(&before, &after));
 }
+
+/// One application write to the preserved table `users`, mirrored into the oracle table in
+/// the same transaction.
+fn app_write(db: &TestDb, id: i32) {
+    db.psql(&format!(
+        "BEGIN; \
+         INSERT INTO users VALUES ({id}, 'w{id}@example.com'); \
+         INSERT INTO app_oracle VALUES ({id}, 'w{id}@example.com'); \
+         UPDATE users SET email = 'u{id}@example.com' WHERE id = {id} % 300 + 1; \
+         UPDATE app_oracle SET email = 'u{id}@example.com' WHERE id = {id} % 300 + 1; \
+         COMMIT"
+    ));
+}
+
+/// `user_dump` without the lines of the tables the application writes to.
+fn dump_without_app_tables(db: &TestDb) -> String {
+    user_dump(db)
+        .lines()
+        .filter(|l| !l.starts_with("public.users:") && !l.starts_with("public.app_oracle:"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_target_server_restart_during_prepare_fails_it_clearly_and_abort_or_rerun_keeps_every_write() {
+    // The target on a server of its own: restarting the shared one would break other tests.
+    // Commits wait for the WAL (the test servers do not, by default), so that an immediate
+    // shutdown loses no committed write, as on a production server.
+    let srv: &'static pgflip::localpg::LocalServer = Box::leak(Box::new(
+        pgflip::localpg::LocalServer::start_with(pgflip::localpg::ServerOptions {
+            settings: vec![("synchronous_commit".into(), "on".into())],
+        })
+        .expect("start a server to restart"),
+    ));
+    let src = fresh_db("mig_restart_src");
+    let tgt = TestDb::new(srv, "mig_restart_tgt");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    tgt.psql(
+        "CREATE TABLE app_oracle (id int PRIMARY KEY, email text NOT NULL); \
+         INSERT INTO app_oracle SELECT * FROM users",
+    );
+    let before = dump_without_app_tables(&tgt);
+    let dir = tempfile::tempdir().unwrap();
+    let mut next_id = 1000;
+    // keep: `--keep-on-failure`, so that status, abort and a rerun see what prepare left;
+    // without it prepare removes what it built itself, from a new session.
+    for (point, phase, immediate, keep, rerun) in [
+        (
+            "migrate.prepare.structure",
+            "capturing",
+            false,
+            false,
+            false,
+        ),
+        ("migrate.prepare.captured", "copying", true, true, false),
+        ("migrate.prepare.copied", "indexing", false, true, true),
+        ("migrate.prepare.indexed", "validating", true, false, false),
+    ] {
+        let (s, t) = (src.url(), tgt.url());
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args([
+                "migrate",
+                "prepare",
+                "--source",
+                &s,
+                "--target",
+                &t,
+                "--preserved-tables",
+                "users",
+            ])
+            .args(if keep {
+                &["--keep-on-failure"][..]
+            } else {
+                &[]
+            })
+            .env("NO_COLOR", "1")
+            .env("PGFLIP_FAILPOINTS", format!("{point}=pause"))
+            .env("PGFLIP_FAILPOINT_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let paused = dir.path().join(format!("{point}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paused.exists() {
+            assert!(Instant::now() < deadline, "{point} never paused");
+            if let Some(st) = child.try_wait().unwrap() {
+                let out = child.wait_with_output().unwrap();
+                panic!(
+                    "prepare ended ({st}) before {point}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut written = Vec::new();
+        for _ in 0..3 {
+            app_write(&tgt, next_id);
+            written.push(next_id);
+            next_id += 1;
+        }
+        if immediate {
+            srv.stop_immediate().expect("immediate shutdown");
+        } else {
+            srv.stop().expect("fast shutdown");
+        }
+        srv.restart().expect("start the target server again");
+        for _ in 0..3 {
+            app_write(&tgt, next_id);
+            written.push(next_id);
+            next_id += 1;
+        }
+        std::fs::remove_file(&paused).unwrap();
+        // Prepare fails, and promptly: its target sessions are gone.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{point}: prepare hangs after the target server restarted");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{point}: prepare succeeded across a restart: {err}"
+        );
+        assert!(
+            err.contains("connection") || err.contains("terminat") || err.contains("shut"),
+            "{point}: the error does not say the connection was lost: {err}"
+        );
+        let st = status_json(&tgt);
+        if keep {
+            let m = &st["migrations"][0];
+            assert_eq!(m["record"]["phase"], phase, "{point}: {st:#}");
+            assert_eq!(m["preparing"], false, "{point}: {st:#}");
+            assert_eq!(m["swap_allowed"], false, "{point}: {st:#}");
+            assert!(leftovers(&tgt).contains("trigger "), "{point}");
+        } else {
+            assert!(!err.contains("failed too"), "{point}: {err}");
+            assert_eq!(st["migrations"], serde_json::json!([]), "{point}: {st:#}");
+            assert_eq!(leftovers(&tgt), "", "{point}");
+        }
+        // The application goes on writing whatever state prepare was left in.
+        app_write(&tgt, next_id);
+        written.push(next_id);
+        next_id += 1;
+        if rerun {
+            let o = prepare(&src, &tgt, &["--preserved-tables", "users"]);
+            assert!(stderr(&o).contains("interrupted"), "{}", stderr(&o));
+            ok(&o);
+            assert_eq!(
+                status_json(&tgt)["migrations"][0]["record"]["phase"],
+                "prepared"
+            );
+            app_write(&tgt, next_id);
+            written.push(next_id);
+            next_id += 1;
+            // The new version's preserved table holds every write, from both sides of the
+            // restart: what a swap would bring in.
+            let shadow = q(
+                &tgt,
+                "SELECT format('%I.users', nspname) FROM pg_namespace                  WHERE nspname LIKE 'pgflip\\_shadow\\_%\\_public'",
+            );
+            assert_eq!(
+                q(
+                    &tgt,
+                    &format!(
+                        "SELECT count(*) FROM ((SELECT id, email FROM {shadow} EXCEPT TABLE app_oracle) \
+                         UNION ALL (TABLE app_oracle EXCEPT SELECT id, email FROM {shadow})) d"
+                    )
+                ),
+                "0",
+                "{point}: the shadow of users and the oracle differ"
+            );
+        }
+        if keep {
+            ok(&migrate(&tgt, "abort", &[]));
+        }
+        assert_eq!(leftovers(&tgt), "", "{point}");
+        let after = dump_without_app_tables(&tgt);
+        assert!(after == before, "{point}: {}", line_diff(&before, &after));
+        // Every write, before the restart and after it, is there, and nothing else changed.
+        assert_eq!(
+            q(
+                &tgt,
+                "SELECT count(*) FROM ((TABLE users EXCEPT TABLE app_oracle) \
+                 UNION ALL (TABLE app_oracle EXCEPT TABLE users)) d"
+            ),
+            "0",
+            "{point}: users and the oracle differ"
+        );
+        let ids = written
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        assert_eq!(
+            q(
+                &tgt,
+                &format!("SELECT count(*) FROM users WHERE id IN ({ids})")
+            ),
+            written.len().to_string(),
+            "{point}"
+        );
+    }
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM users"),
+        (300 + next_id - 1000).to_string()
+    );
+}

@@ -592,10 +592,16 @@ async fn run(
                         rec.id
                     ),
                 });
-                if let Err(ae) =
+                let removed = if tgt.is_closed() {
+                    // The target's server restarted (or the network dropped us): the session is
+                    // gone, and with it the target lock. A new session takes the lock again
+                    // before removing anything, so no other run is acting meanwhile.
+                    remove_on_new_session(target, &rec, opts, events).await
+                } else {
                     super::abort::abort_record(&tgt, &rec, opts.lock_timeout, opts.max_wait, events)
                         .await
-                {
+                };
+                if let Err(ae) = removed {
                     events.emit(Event::Warning {
                         message: format!(
                             "removing migration {} failed too ({ae}); run `pgflip migrate abort`",
@@ -607,6 +613,21 @@ async fn run(
             Err(e)
         }
     }
+}
+
+/// Removes what a failed prepare built, from a new session under the target lock.
+async fn remove_on_new_session(
+    target: &Endpoint,
+    rec: &Record,
+    opts: &PrepareOptions,
+    events: &dyn EventSink,
+) -> Result<()> {
+    let tgt = Arc::new(target.connect().await?);
+    let command = format!("migrate abort (prepare of migration {} failed)", rec.id);
+    state::with_target_lock(tgt, &command, move |tgt| async move {
+        super::abort::abort_record(&tgt, rec, opts.lock_timeout, opts.max_wait, events).await
+    })
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
