@@ -652,6 +652,22 @@ fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
     assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
     assert!(stderr(&o).contains("nothing was swapped"), "{}", stderr(&o));
     assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+    // The target has pgflip's state now: a run in which some tables failed is recorded as
+    // failed, naming them, even though the others went through.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=new,c=new,ch=old,p=old");
+    let run = q(
+        &tgt,
+        "SELECT status || ' ' || error FROM pgflip.runs ORDER BY id DESC LIMIT 1",
+    );
+    assert!(
+        run.starts_with("failed ")
+            && run.contains("public.a_bad")
+            && run.contains("public.p, public.ch"),
+        "{run}"
+    );
 
     // Once the source is fixed every table goes through and the run exits 0.
     src.psql("UPDATE a_bad SET v = 'new'; UPDATE ch SET v = 'new'");
