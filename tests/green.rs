@@ -1393,6 +1393,26 @@ async fn green_pipeline_file_adds_a_new_materialized_view_and_rollback_retires_i
         text(&c, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pgflip\\_green\\_%' AND c.relname = 'Top Groups'").await,
         "1"
     );
+    // Someone takes the name meanwhile: promote refuses, naming it, and changes nothing.
+    db.psql("CREATE TABLE \"My Schema\".\"Top Groups\" (x int)");
+    let o = pgflip(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Top Groups\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("that name is taken"), "{}", stderr(&o));
+    assert_eq!(
+        text(
+            &c,
+            "SELECT DISTINCT version FROM \"My Schema\".\"Sales MV\""
+        )
+        .await,
+        "1"
+    );
+    db.psql("DROP TABLE \"My Schema\".\"Top Groups\"");
     run_ok(&["green", "cancel", "--target", &db.url()]);
     assert_eq!(user_dump(&db), before);
     assert_eq!(
