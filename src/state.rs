@@ -305,6 +305,23 @@ where
     F: FnOnce(Arc<Client>) -> Fut,
     Fut: std::future::Future<Output = Result<T>>,
 {
+    with_target_lock_judged(client, command, work, |_| None).await
+}
+
+/// [`with_target_lock`] for work that can succeed in part: `failed` says what of a returned
+/// value failed (a sync whose other tables went on), and the run is then recorded as failed
+/// with that error while the value is still returned.
+pub async fn with_target_lock_judged<T, F, Fut, J>(
+    client: Arc<Client>,
+    command: &str,
+    work: F,
+    failed: J,
+) -> Result<T>
+where
+    F: FnOnce(Arc<Client>) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+    J: FnOnce(&T) -> Option<String>,
+{
     let lock = TargetLock::acquire(client.clone()).await?;
     let run = match RunRecord::start(&client, command).await {
         Ok(run) => run,
@@ -314,7 +331,10 @@ where
         }
     };
     let result = work(client.clone()).await;
-    let error = result.as_ref().err().map(|e| e.to_string());
+    let error = match &result {
+        Err(e) => Some(e.to_string()),
+        Ok(v) => failed(v),
+    };
     run.finish(&client, error.as_deref()).await;
     let unlocked = lock.release().await;
     match (result, unlocked) {

@@ -77,17 +77,6 @@ fn version(db: &TestDb, client: &Path) -> u32 {
     .unwrap()
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
 fn schema_diff(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> Output {
     let (s, t) = (src.url(), tgt.url());
     let mut a = vec!["schema", "diff", "--source", &s, "--target", &t];

@@ -1232,16 +1232,9 @@ async fn a_green_without_defaults_gets_them_and_a_green_without_indexes_is_refus
 
 // ---- pgflip sync --swap (the flip behind the sync command) ----
 
-fn sync_pair(hint: &str) -> (TestDb, TestDb) {
-    (
-        TestDb::new(server(), &format!("{hint}_src")),
-        TestDb::new(second_server(), &format!("{hint}_tgt")),
-    )
-}
-
 #[tokio::test]
 async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
-    let (src, tgt) = sync_pair("swap_one_command");
+    let (src, tgt) = server_pair("swap_one_command");
     let ddl = "CREATE TABLE items (id serial PRIMARY KEY, name text NOT NULL, price numeric); \
                CREATE INDEX items_name_idx ON items (name);";
     src.psql(ddl);
@@ -1327,7 +1320,7 @@ async fn sync_staging_diff_and_swap_in_one_command_then_rollback() {
 
 #[tokio::test]
 async fn sync_swap_alone_swaps_the_staging_tables_already_loaded() {
-    let (src, tgt) = sync_pair("swap_alone");
+    let (src, tgt) = server_pair("swap_alone");
     let ddl = "CREATE TABLE a (id int PRIMARY KEY, v text); CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a (id));";
     src.psql(ddl);
     tgt.psql(ddl);

@@ -15,10 +15,6 @@ COMMENT ON STATISTICS "Odd T stats" IS 'a with B';
 CREATE STATISTICS expr_stats ON (a + 1) FROM "Odd T";
 "#;
 
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
-}
-
 /// Every statistics object: schema, name, table, definition body, target, comment.
 const STATS: &str = "SELECT string_agg(pg_catalog.format('%s.%s on %s: %s [%s] %s', n.nspname, s.stxname, s.stxrelid::regclass, \
      regexp_replace(pg_get_statisticsobjdef(s.oid), '^.* ON ', ''), COALESCE(s.stxstattarget::int, -1), \

@@ -6,21 +6,6 @@
 
 use crate::util::*;
 
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
-}
-
 fn digest(db: &TestDb, rel: &str) -> String {
     q(
         db,

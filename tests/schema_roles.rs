@@ -90,10 +90,6 @@ fn diff(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> std::process::Output {
     pgflip(&args)
 }
 
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
-}
-
 /// The statements of a script (comment lines left out).
 fn statements(script: &str) -> String {
     script

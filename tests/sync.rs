@@ -6,33 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::util::*;
 
-fn pair(hint: &str) -> (TestDb, TestDb) {
-    (
-        TestDb::new(server(), &format!("{hint}_src")),
-        TestDb::new(second_server(), &format!("{hint}_tgt")),
-    )
-}
-
 fn sync(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> std::process::Output {
     let (s, t) = (src.url(), tgt.url());
     let mut args = vec!["sync", "--source", &s, "--target", &t];
     args.extend_from_slice(extra);
     pgflip(&args)
-}
-
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
 }
 
 /// Row count and a checksum of every row of `rel` (a relation or a parenthesized query), in an
@@ -60,7 +38,7 @@ const SEED_SUMMARY: &str =
 
 #[test]
 fn seed_example_staging_with_diff_leaves_live_untouched() {
-    let (src, tgt) = pair("seed");
+    let (src, tgt) = server_pair("seed");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     tgt.psql("CREATE INDEX items_name ON items (name); ALTER TABLE items ADD CONSTRAINT price_pos CHECK (price > 0); ALTER TABLE items ALTER COLUMN note SET DEFAULT 'n/a'");
@@ -134,7 +112,7 @@ fn seed_example_staging_with_diff_leaves_live_untouched() {
 
 #[test]
 fn cross_server_diff_equals_the_in_database_diff() {
-    let (src, tgt) = pair("xdiff");
+    let (src, tgt) = server_pair("xdiff");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     // A bigger table too, so chunks matter: 20 000 rows, 1% changed on each kind.
@@ -215,7 +193,7 @@ fn cross_server_diff_equals_the_in_database_diff() {
 
 #[test]
 fn replace_copies_mixed_case_composite_generated_and_sequences() {
-    let (src, tgt) = pair("replace");
+    let (src, tgt) = server_pair("replace");
     let ddl = r#"CREATE SCHEMA "Sales";
         CREATE TABLE "Sales"."Line Items" ("Order" int, line serial, qty int, price numeric,
             total numeric GENERATED ALWAYS AS (qty * price) STORED, PRIMARY KEY ("Order", line));
@@ -287,7 +265,7 @@ fn replace_copies_mixed_case_composite_generated_and_sequences() {
 
 #[test]
 fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
-    let (src, tgt) = pair("rebuild");
+    let (src, tgt) = server_pair("rebuild");
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, a text, b int); CREATE INDEX t_a ON t (lower(a)) WHERE b > 0; \
                CREATE UNIQUE INDEX t_b ON t (b); COMMENT ON INDEX t_a IS 'why a'; \
                CREATE INDEX t_clustered ON t (a); CLUSTER t USING t_clustered";
@@ -324,7 +302,7 @@ fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
 
 #[test]
 fn a_failure_in_the_middle_leaves_the_old_rows() {
-    let (src, tgt) = pair("atomic");
+    let (src, tgt) = server_pair("atomic");
     src.psql("CREATE TABLE t (id int PRIMARY KEY, v int); INSERT INTO t SELECT g, g FROM generate_series(1, 10000) g");
     tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v <> 7000)); INSERT INTO t VALUES (1, -1), (2, -2)");
     let before = tgt.dump();
@@ -349,7 +327,7 @@ fn a_failure_in_the_middle_leaves_the_old_rows() {
 
 #[test]
 fn dry_run_changes_neither_database() {
-    let (src, tgt) = pair("dry");
+    let (src, tgt) = server_pair("dry");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     let (sb, tb) = (src.dump(), tgt.dump());
@@ -376,7 +354,7 @@ fn dry_run_changes_neither_database() {
 
 #[test]
 fn overwrite_preserve_and_where() {
-    let (src, tgt) = pair("modes");
+    let (src, tgt) = server_pair("modes");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     let rows = |db: &TestDb| {
@@ -433,7 +411,7 @@ fn overwrite_preserve_and_where() {
 
 #[test]
 fn bad_input_is_named_and_changes_nothing() {
-    let (src, tgt) = pair("badinput");
+    let (src, tgt) = server_pair("badinput");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     src.psql("CREATE TABLE only_src (id int); CREATE TABLE disjoint (a int)");
@@ -488,7 +466,7 @@ fn bad_input_is_named_and_changes_nothing() {
 
 #[test]
 fn a_remote_target_needs_confirmation() {
-    let (src, tgt) = pair("confirm");
+    let (src, tgt) = server_pair("confirm");
     src.psql(SEED_SOURCE);
     tgt.psql(SEED_TARGET);
     // 0.0.0.0 reaches this machine but is not one of the names pgflip treats as local.
@@ -513,7 +491,7 @@ fn a_remote_target_needs_confirmation() {
 
 #[test]
 fn foreign_keys_from_other_tables() {
-    let (src, tgt) = pair("fk");
+    let (src, tgt) = server_pair("fk");
     let ddl = "CREATE TABLE parent (id int PRIMARY KEY, v text); \
                CREATE TABLE child (id int PRIMARY KEY, parent_id int REFERENCES parent); \
                CREATE TABLE cascading (id int PRIMARY KEY, parent_id int REFERENCES parent ON DELETE CASCADE)";
@@ -599,7 +577,7 @@ fn foreign_keys_from_other_tables() {
 
 #[test]
 fn groups_with_variables_and_data_rules() {
-    let (src, tgt) = pair("groups");
+    let (src, tgt) = server_pair("groups");
     let ddl = "CREATE TABLE products (id int PRIMARY KEY, name text); \
                CREATE TABLE reviews (id int PRIMARY KEY, product_id int, body text); \
                CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL, phone text, token text, score int, born date)";
@@ -659,7 +637,7 @@ born = "random_date"
 
 #[test]
 fn kill_9_during_a_large_copy_keeps_the_old_rows() {
-    let (src, tgt) = pair("kill");
+    let (src, tgt) = server_pair("kill");
     let rows: u64 = std::env::var("PGFLIP_TEST_KILL_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -759,7 +737,7 @@ fn kill_9_during_a_large_copy_keeps_the_old_rows() {
 
 #[test]
 fn staging_gets_every_index_and_its_own_sequences() {
-    let (src, tgt) = pair("staging_struct");
+    let (src, tgt) = server_pair("staging_struct");
     let ddl = "CREATE EXTENSION IF NOT EXISTS btree_gist; \
                CREATE TABLE \"Odd \"\"Name\" (id serial PRIMARY KEY, ident bigint GENERATED BY DEFAULT AS IDENTITY, \
                code text UNIQUE, during tstzrange, flag bool DEFAULT true, \
@@ -813,7 +791,7 @@ fn staging_gets_every_index_and_its_own_sequences() {
 
 #[test]
 fn every_shared_table_by_default_with_excludes_schemas_and_config_endpoints() {
-    let (src, tgt) = pair("alltables");
+    let (src, tgt) = server_pair("alltables");
     let ddl = "CREATE SCHEMA other; CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE audit_log (id int); \
                CREATE TABLE b (id int); CREATE TABLE other.c (id int)";
     src.psql(ddl);
@@ -870,7 +848,7 @@ fn every_shared_table_by_default_with_excludes_schemas_and_config_endpoints() {
 
 #[test]
 fn readers_see_the_old_rows_or_the_new_rows_never_a_mix() {
-    let (src, tgt) = pair("readers");
+    let (src, tgt) = server_pair("readers");
     src.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'new' FROM generate_series(1, 300000) g");
     tgt.psql("CREATE TABLE r (id int PRIMARY KEY, v text); INSERT INTO r SELECT g, 'old' FROM generate_series(1, 1000) g");
     let (s, t) = (src.url(), tgt.url());
@@ -905,7 +883,7 @@ const SPLIT: [&str; 3] = ["--staging", "--split-tables-larger-than", "1MB"];
 
 #[test]
 fn staging_split_into_block_ranges_copies_every_row_once() {
-    let (src, tgt) = pair("split");
+    let (src, tgt) = server_pair("split");
     let ddl = "CREATE TABLE k (id bigint PRIMARY KEY, email text, pad text); \
                CREATE TABLE nokey (a int, b text)";
     src.psql(ddl);
@@ -975,7 +953,7 @@ fn staging_split_into_block_ranges_copies_every_row_once() {
 
 #[test]
 fn split_ranges_read_the_snapshot_not_later_rows() {
-    let (src, tgt) = pair("split_snap");
+    let (src, tgt) = server_pair("split_snap");
     let ddl = "CREATE TABLE t (id bigint PRIMARY KEY, v int, pad text)";
     src.psql(ddl);
     tgt.psql(ddl);
@@ -1028,7 +1006,7 @@ fn wait_for(db: &TestDb, sql: &str) {
 
 #[test]
 fn a_failing_range_fails_the_sync_and_leaves_no_loading_table() {
-    let (src, tgt) = pair("split_fail");
+    let (src, tgt) = server_pair("split_fail");
     src.psql(
         "CREATE TABLE t (id int PRIMARY KEY, v int, pad text); \
               INSERT INTO t SELECT g, g, repeat('p', 200) FROM generate_series(1, 20000) g",
@@ -1064,7 +1042,7 @@ fn a_failing_range_fails_the_sync_and_leaves_no_loading_table() {
 /// the first one is at work (naming it), and every run is on record in `pgflip.runs`.
 #[tokio::test]
 async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
-    let (src, tgt) = pair("sync_lock");
+    let (src, tgt) = server_pair("sync_lock");
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
     src.psql(&format!(
         "{ddl}; INSERT INTO t SELECT g, md5(g::text) FROM generate_series(1, 1000) g"

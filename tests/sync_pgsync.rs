@@ -6,13 +6,6 @@ use std::process::{Command, Output};
 
 use crate::util::*;
 
-fn pair(hint: &str) -> (TestDb, TestDb) {
-    (
-        TestDb::new(server(), &format!("{hint}_src")),
-        TestDb::new(second_server(), &format!("{hint}_tgt")),
-    )
-}
-
 /// Runs `pgflip sync ARGS` in `dir` (so that no ./.env or ./pgflip.toml of the repository is
 /// read), with `env` added and libpq's variables removed.
 fn run_in(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -41,17 +34,6 @@ fn sync(src: &TestDb, tgt: &TestDb, extra: &[&str]) -> Output {
     run_in(dir.path(), &args, &[])
 }
 
-fn ok(o: &Output) -> String {
-    assert!(
-        o.status.success(),
-        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
 fn usage_error(o: &Output, needle: &str) -> String {
     let err = stderr(o);
     assert_eq!(
@@ -64,10 +46,6 @@ fn usage_error(o: &Output, needle: &str) -> String {
     err
 }
 
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
-}
-
 fn write_config(dir: &Path, text: &str) -> String {
     let p = dir.join("pgflip.toml");
     std::fs::write(&p, text).unwrap();
@@ -76,7 +54,7 @@ fn write_config(dir: &Path, text: &str) -> String {
 
 #[test]
 fn source_and_target_must_be_named_and_differ() {
-    let (src, tgt) = pair("named");
+    let (src, tgt) = server_pair("named");
     src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'src')");
     tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'tgt')");
     let before = (src.dump(), tgt.dump());
@@ -162,7 +140,7 @@ fn source_and_target_must_be_named_and_differ() {
 
 #[test]
 fn patterns_stay_within_a_name_and_the_schemas_in_scope() {
-    let (src, tgt) = pair("patterns");
+    let (src, tgt) = server_pair("patterns");
     let ddl = "CREATE SCHEMA other; \
                CREATE TABLE posts (id int PRIMARY KEY); CREATE TABLE pets (id int PRIMARY KEY); \
                CREATE TABLE users (id int PRIMARY KEY); \
@@ -207,7 +185,7 @@ fn patterns_stay_within_a_name_and_the_schemas_in_scope() {
 
 #[test]
 fn a_table_with_no_shared_columns_is_skipped_and_the_run_goes_on() {
-    let (src, tgt) = pair("nocols");
+    let (src, tgt) = server_pair("nocols");
     src.psql(
         "CREATE TABLE odd (a int); CREATE TABLE fine (id int PRIMARY KEY, v text); \
               INSERT INTO odd VALUES (1); INSERT INTO fine VALUES (1, 'x'), (2, 'y')",
@@ -230,7 +208,7 @@ fn a_table_with_no_shared_columns_is_skipped_and_the_run_goes_on() {
 
 #[test]
 fn excludes_replace_the_config_and_spare_named_tables_and_groups() {
-    let (src, tgt) = pair("excl");
+    let (src, tgt) = server_pair("excl");
     let ddl = "CREATE TABLE a (id int PRIMARY KEY); CREATE TABLE audit_log (id int); CREATE TABLE b (id int); CREATE TABLE c (id int)";
     src.psql(ddl);
     tgt.psql(ddl);
@@ -280,7 +258,7 @@ fn excludes_replace_the_config_and_spare_named_tables_and_groups() {
 
 #[test]
 fn group_variables_as_pgsync_writes_them() {
-    let (src, tgt) = pair("groupvars");
+    let (src, tgt) = server_pair("groupvars");
     let ddl = "CREATE TABLE products (id int PRIMARY KEY, store int, name text); \
                CREATE TABLE reviews (id int PRIMARY KEY, product_id int, body text)";
     src.psql(ddl);
@@ -340,7 +318,7 @@ typo = { products = "id = {product_id}" }
 
 #[test]
 fn where_and_lists_as_pgsync_takes_them() {
-    let (src, tgt) = pair("sqllists");
+    let (src, tgt) = server_pair("sqllists");
     let ddl = "CREATE TABLE posts (id int PRIMARY KEY, v text); CREATE TABLE tags (id int PRIMARY KEY); CREATE TABLE other (id int)";
     src.psql(ddl);
     tgt.psql(ddl);
@@ -364,7 +342,7 @@ fn where_and_lists_as_pgsync_takes_them() {
 
 #[test]
 fn data_rules_with_pgsyncs_names_and_outputs() {
-    let (src, tgt) = pair("rules");
+    let (src, tgt) = server_pair("rules");
     let ddl = "CREATE TABLE users (id int PRIMARY KEY, email text, phone text, last_name text, \
                ip inet, ip_text text, token text, n int, code text, born date, seen timestamptz)";
     src.psql(ddl);
@@ -399,7 +377,7 @@ seen = "random_time"
 
 #[test]
 fn a_missing_config_file_is_a_usage_error_said_once() {
-    let (src, tgt) = pair("nocfg");
+    let (src, tgt) = server_pair("nocfg");
     let o = sync(&src, &tgt, &["--config", "/nonexistent/pgflip.toml"]);
     let err = usage_error(&o, "/nonexistent/pgflip.toml");
     assert_eq!(err.matches("No such file").count(), 1, "{err}");
@@ -408,7 +386,7 @@ fn a_missing_config_file_is_a_usage_error_said_once() {
 
 #[test]
 fn db_names_command_values_and_from_to_lines() {
-    let (src, tgt) = pair("dbname");
+    let (src, tgt) = server_pair("dbname");
     src.psql("CREATE TABLE t (id int PRIMARY KEY); INSERT INTO t VALUES (1), (2)");
     tgt.psql("CREATE TABLE t (id int PRIMARY KEY)");
     let dir = tempfile::tempdir().unwrap();
@@ -451,7 +429,7 @@ fn db_names_command_values_and_from_to_lines() {
 
 #[test]
 fn init_writes_a_config_for_the_framework_and_never_overwrites() {
-    let (src, tgt) = pair("init");
+    let (src, tgt) = server_pair("init");
     let ddl =
         "CREATE TABLE posts (id int PRIMARY KEY); CREATE TABLE schema_migrations (version text); \
                CREATE TABLE ar_internal_metadata (key text)";
@@ -492,7 +470,7 @@ fn init_writes_a_config_for_the_framework_and_never_overwrites() {
 
 #[test]
 fn disable_user_triggers_during_the_load_and_restore_them_as_they_were() {
-    let (src, tgt) = pair("triggers");
+    let (src, tgt) = server_pair("triggers");
     src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'new' FROM generate_series(1, 10) g");
     tgt.psql(
         "CREATE TABLE t (id int PRIMARY KEY, v text CHECK (v <> 'bad')); CREATE TABLE log (what text); \
@@ -536,7 +514,7 @@ fn disable_user_triggers_during_the_load_and_restore_them_as_they_were() {
 /// tables as they were.
 #[test]
 fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
-    let (src, tgt) = pair("failfast");
+    let (src, tgt) = server_pair("failfast");
     let tables = "CREATE TABLE a_bad (id int PRIMARY KEY, v text); \
                   CREATE TABLE b (id int PRIMARY KEY, v text); \
                   CREATE TABLE c (id int PRIMARY KEY, v text); \
@@ -652,6 +630,22 @@ fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
     assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
     assert!(stderr(&o).contains("nothing was swapped"), "{}", stderr(&o));
     assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+    // The target has pgflip's state now: a run in which some tables failed is recorded as
+    // failed, naming them, even though the others went through.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=new,c=new,ch=old,p=old");
+    let run = q(
+        &tgt,
+        "SELECT status || ' ' || error FROM pgflip.runs ORDER BY id DESC LIMIT 1",
+    );
+    assert!(
+        run.starts_with("failed ")
+            && run.contains("public.a_bad")
+            && run.contains("public.p, public.ch"),
+        "{run}"
+    );
 
     // Once the source is fixed every table goes through and the run exits 0.
     src.psql("UPDATE a_bad SET v = 'new'; UPDATE ch SET v = 'new'");

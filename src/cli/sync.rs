@@ -371,9 +371,21 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
     );
     // Advisory locks nest within a session: this records the run under the lock already held.
     let sink_ref = &sink;
-    let report = state::with_target_lock(lock_client.clone(), &command, |_| async move {
-        prepared.execute(sink_ref).await
-    })
+    // A run whose other tables went on after some failed is recorded as failed, naming them.
+    let report = state::with_target_lock_judged(
+        lock_client.clone(),
+        &command,
+        |_| async move { prepared.execute(sink_ref).await },
+        |r: &sync::SyncReport| {
+            (!r.failed.is_empty()).then(|| {
+                r.failed
+                    .iter()
+                    .map(|f| format!("{}: {}", f.tables.join(", "), f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            })
+        },
+    )
     .await?;
     drop(sink);
     if !report.failed.is_empty() {

@@ -283,7 +283,13 @@ pub struct AfterSwap {
 
 /// The diff of `source` against [`after_swap_target`].
 pub fn after_swap(source: &Snapshot, after: &Snapshot) -> AfterSwap {
-    let diff = schemadiff::compare_snapshots(source, after, &options());
+    // Across major versions, what differs only by each version's defaults (the owner's
+    // MAINTAIN from 17, schema public's owner and privileges from 15) is no difference: as
+    // in `schema diff`, or the swap would revoke MAINTAIN from every table's owner on a 17+
+    // target and give its schema public the older version's defaults.
+    let (mut source, mut after) = (source.clone(), after.clone());
+    schemadiff::compat::align_versions(&mut source, &mut after);
+    let diff = schemadiff::compare_snapshots(&source, &after, &options());
     let mut warnings = Vec::new();
     let mut statements = Vec::new();
     for s in &diff.plan.steps {

@@ -219,3 +219,29 @@ pub fn has_extension(db: &TestDb, extension: &str, test: &str) -> bool {
     );
     false
 }
+
+/// A source database on the shared server and a target on the second one (the usual shape of
+/// a two-server test).
+pub fn server_pair(hint: &str) -> (TestDb, TestDb) {
+    (
+        TestDb::new(server(), &format!("{hint}_src")),
+        TestDb::new(second_server(), &format!("{hint}_tgt")),
+    )
+}
+
+/// Asserts that a pgflip run succeeded (showing both streams if not); its stdout.
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        stdout(o),
+        stderr(o)
+    );
+    stdout(o)
+}
+
+/// The result of SQL run through psql, trimmed (one value, as `psql -tA` prints it).
+pub fn q(db: &TestDb, sql: &str) -> String {
+    db.psql(sql).trim().to_string()
+}
