@@ -1427,6 +1427,11 @@ async fn green_pipeline_file_adds_a_new_materialized_view_and_rollback_retires_i
     assert_eq!(top["new"], true, "{st}");
     assert_eq!(top["converged"], true, "{st}");
     assert_eq!(member(&st, "Sales MV")["new"], false, "{st}");
+    // The SQL view has a row for it too.
+    assert_eq!(
+        text(&c, "SELECT fresh::text FROM pgflip.green_status WHERE live = '\"My Schema\".\"Top Groups\"'").await,
+        "true"
+    );
     assert_eq!(
         text(
             &c,
