@@ -1363,3 +1363,150 @@ async fn sync_swap_builds_a_slow_materialized_view_beside_and_rollback_switches_
         "0"
     );
 }
+
+/// A pipeline file that changes one materialized view and adds a new one reading it (odd
+/// names): create builds both in the pipeline's schema, status shows the new one as new,
+/// promote brings it in alone under its name, rollback retires it and brings the old one back;
+/// cancel before promote leaves the dump as it was.
+#[tokio::test]
+async fn green_pipeline_file_adds_a_new_materialized_view_and_rollback_retires_it() {
+    let db = fresh_db("green_new_rel");
+    setup(&db, "green_reader");
+    let c = db.client().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pipeline.sql");
+    std::fs::write(
+        &file,
+        format!(
+            "CREATE MATERIALIZED VIEW \"My Schema\".\"Sales MV\" AS {NEW_QUERY};\n\
+             CREATE MATERIALIZED VIEW \"My Schema\".\"Top Groups\" AS \
+               SELECT grp, total, version FROM \"Sales MV\" WHERE total > 500;\n"
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    let before = user_dump(&db);
+
+    // Cancel before promote leaves nothing.
+    run_ok(&["green", "create", "--file", file, "--target", &db.url()]);
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pgflip\\_green\\_%' AND c.relname = 'Top Groups'").await,
+        "1"
+    );
+    // Someone takes the name meanwhile: promote refuses, naming it, and changes nothing.
+    db.psql("CREATE TABLE \"My Schema\".\"Top Groups\" (x int)");
+    let o = pgflip(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Top Groups\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("that name is taken"), "{}", stderr(&o));
+    assert_eq!(
+        text(
+            &c,
+            "SELECT DISTINCT version FROM \"My Schema\".\"Sales MV\""
+        )
+        .await,
+        "1"
+    );
+    db.psql("DROP TABLE \"My Schema\".\"Top Groups\"");
+    run_ok(&["green", "cancel", "--target", &db.url()]);
+    assert_eq!(user_dump(&db), before);
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+
+    // Create, status, promote.
+    run_ok(&["green", "create", "--file", file, "--target", &db.url()]);
+    let st = status_json(&db);
+    let top = member(&st, "Top Groups");
+    assert_eq!(top["new"], true, "{st}");
+    assert_eq!(top["converged"], true, "{st}");
+    assert_eq!(member(&st, "Sales MV")["new"], false, "{st}");
+    // The SQL view has a row for it too.
+    assert_eq!(
+        text(&c, "SELECT fresh::text FROM pgflip.green_status WHERE live = '\"My Schema\".\"Top Groups\"'").await,
+        "true"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT to_regclass('\"My Schema\".\"Top Groups\"') IS NULL"
+        )
+        .await,
+        "t"
+    );
+    let out = run_ok(&[
+        "green",
+        "promote",
+        "\"My Schema\".\"Top Groups\"",
+        "--target",
+        &db.url(),
+    ]);
+    assert!(out.contains("Promoted green"), "{out}");
+    assert_eq!(
+        text(&c, "SELECT string_agg(DISTINCT version::text, ',') || ':' || count(*) FROM \"My Schema\".\"Top Groups\"").await,
+        text(&c, "SELECT '2:' || count(*) FROM \"My Schema\".\"Sales MV\" WHERE total > 500").await
+    );
+    assert_eq!(
+        text(&c, "SELECT relkind::text || ':' || pg_get_userbyid(relowner) FROM pg_class WHERE oid = '\"My Schema\".\"Top Groups\"'::regclass").await,
+        "m:postgres"
+    );
+    // It reads the promoted version, not a retired one.
+    assert_eq!(
+        text(&c, "SELECT d.refobjid::regclass::text FROM pg_depend d JOIN pg_rewrite r ON r.oid = d.objid WHERE r.ev_class = '\"My Schema\".\"Top Groups\"'::regclass AND d.refobjid <> r.ev_class LIMIT 1").await,
+        "\"My Schema\".\"Sales MV\""
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_green\\_%'"
+        )
+        .await,
+        "0"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pgflip.operations").await,
+        "0"
+    );
+
+    // Rollback: the new one leaves the live schema, the changed one is back.
+    run_ok(&["rollback", "--latest", "--target", &db.url()]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT to_regclass('\"My Schema\".\"Top Groups\"') IS NULL"
+        )
+        .await,
+        "t"
+    );
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname LIKE 'pgflip\\_backup\\_%' AND c.relname = 'Top Groups'").await,
+        "1"
+    );
+    assert_eq!(
+        text(
+            &c,
+            "SELECT DISTINCT version FROM \"My Schema\".\"Sales MV\""
+        )
+        .await,
+        "1"
+    );
+    assert_eq!(
+        text(&c, "SELECT DISTINCT version FROM public.mv_top").await,
+        "1"
+    );
+    run_ok(&["cleanup", "--keep", "0", "--target", &db.url()]);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'pgflip\\_%'"
+        )
+        .await,
+        "0"
+    );
+}

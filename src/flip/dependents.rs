@@ -192,6 +192,9 @@ pub struct Inventory {
     pub statistics: Vec<super::statistics::StatObj>,
     /// A hash of the catalog rows the flip depends on; checked again once the locks are held.
     pub fingerprint: String,
+    /// Views taken out of `views` because they move alone (one-sided relations of the flip);
+    /// still part of the fingerprint.
+    pub moved_alone: Vec<u32>,
 }
 
 impl Inventory {
@@ -868,6 +871,7 @@ pub fn fingerprint_oids(inv: &Inventory) -> Vec<u32> {
     let mut all: Vec<u32> = inv.rels.keys().copied().collect();
     all.extend(inv.views.iter().map(|v| v.rel.oid));
     all.extend(inv.partitions.iter().map(|p| p.oid));
+    all.extend(inv.moved_alone.iter().copied());
     all.sort();
     all.dedup();
     all

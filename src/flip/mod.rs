@@ -348,11 +348,21 @@ async fn plan(
     let one = onesided::resolve(client, &opts.retire_only, &opts.bring_in_only, &live_oids).await?;
     // Without the row checks, green is planned before its load, inside the caller's
     // transaction (see `plan_flip_before_load`).
-    let inv = if row_checks {
+    let mut inv = if row_checks {
         dependents::load(client, &live_oids, &green_oids).await?
     } else {
         dependents::load_in_transaction(client, &live_oids, &green_oids).await?
     };
+    // A one-sided materialized view or view that reads a pair (a green pipeline's new relation,
+    // and its rollback) moves by itself: it is not a dependent to re-create.
+    let one_oids: BTreeSet<u32> = one.oids().collect();
+    inv.moved_alone = inv
+        .views
+        .iter()
+        .map(|v| v.rel.oid)
+        .filter(|o| one_oids.contains(o))
+        .collect();
+    inv.views.retain(|v| !one_oids.contains(&v.rel.oid));
     let created_at = Utc::now();
     let backup_schema = crate::ident::backup_schema(created_at);
     let label = backup_schema
@@ -811,7 +821,7 @@ fn render(
         }
     }
     for (&oid, &mode) in &table_modes {
-        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") {
+        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") || one.is_matview(oid) {
             // A flipped materialized view: LOCK TABLE cannot name one; its ALTER below takes
             // the ACCESS EXCLUSIVE lock, in plan order.
             continue;
@@ -1752,7 +1762,7 @@ pub async fn flip(
     // machinery), so that the locked transaction only switches them (issue #11).
     let beside = match kind {
         FlipKind::Sync | FlipKind::Rollback => {
-            crate::green::beside::build(client, pairs, events).await?
+            crate::green::beside::build(client, pairs, &opts.retire_only, events).await?
         }
         _ => None,
     };

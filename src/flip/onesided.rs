@@ -2,7 +2,10 @@
 //! migration's target tables that the source lacks), and a table brought in under a name that
 //! nothing holds (a migration's new tables). Both are recorded with the generation (an empty
 //! green, or an empty retired name), so that a rollback does the opposite: it brings the
-//! retired ones back and retires the ones brought in.
+//! retired ones back and retires the ones brought in. A materialized view or view can be
+//! one-sided too (a relation a green pipeline file adds, and its rollback): it moves with
+//! `ALTER MATERIALIZED VIEW` / `ALTER VIEW`, and is not re-created as a dependent of the pairs
+//! it reads.
 //!
 //! Only what a `SET SCHEMA` can carry is accepted: a table retired alone must not be read by a
 //! view nor tied by a foreign key to a table that stays live (the view or key would follow it
@@ -26,6 +29,9 @@ pub struct OneSided {
     pub retire: Vec<(QualifiedName, u32)>,
     /// `(pair, oid of green)`: green moves to `live`'s name.
     pub bring_in: Vec<(FlipPair, u32)>,
+    /// Materialized views and views among them (a green pipeline's new relations and their
+    /// rollback), by oid, with the keyword that names their kind.
+    pub kinds: std::collections::BTreeMap<u32, &'static str>,
 }
 
 impl OneSided {
@@ -54,21 +60,32 @@ impl OneSided {
             })
     }
 
+    /// `TABLE`, `MATERIALIZED VIEW` or `VIEW`.
+    pub fn keyword(&self, oid: u32) -> &'static str {
+        self.kinds.get(&oid).copied().unwrap_or("TABLE")
+    }
+
+    /// Whether `LOCK TABLE` cannot name it (its ALTER takes the lock instead).
+    pub fn is_matview(&self, oid: u32) -> bool {
+        self.kinds.get(&oid) == Some(&"MATERIALIZED VIEW")
+    }
+
     /// The statements of the moves, under the flip's locks, into `backup` (quoted).
     pub fn moves_sql(&self, backup: &str) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for (q, _) in &self.retire {
+        for (q, o) in &self.retire {
             out.push((
                 format!("retire {q} (nothing replaces it)"),
-                format!("ALTER TABLE {} SET SCHEMA {backup}", q.sql()),
+                format!("ALTER {} {} SET SCHEMA {backup}", self.keyword(*o), q.sql()),
             ));
         }
-        for (p, _) in &self.bring_in {
+        for (p, o) in &self.bring_in {
+            let kw = self.keyword(*o);
             let mut sql = String::new();
             let mut at = p.green.clone();
             if p.green.name != p.live.name {
                 sql.push_str(&format!(
-                    "ALTER TABLE {} RENAME TO {}; ",
+                    "ALTER {kw} {} RENAME TO {}; ",
                     at.sql(),
                     quote_ident(&p.live.name)
                 ));
@@ -76,7 +93,7 @@ impl OneSided {
             }
             if p.green.schema != p.live.schema {
                 sql.push_str(&format!(
-                    "ALTER TABLE {} SET SCHEMA {}",
+                    "ALTER {kw} {} SET SCHEMA {}",
                     at.sql(),
                     quote_ident(&p.live.schema)
                 ));
@@ -127,6 +144,23 @@ pub async fn resolve(
             ));
         }
         out.bring_in.push((p.clone(), g));
+    }
+    let all: Vec<u32> = out.oids().filter(|o| *o != 0).collect();
+    if !all.is_empty() {
+        for r in client
+            .query(
+                "SELECT oid, relkind::text FROM pg_catalog.pg_class WHERE oid = ANY($1::oid[]) AND relkind IN ('m', 'v')",
+                &[&all],
+            )
+            .await
+            .ctx("reading the kinds of one-sided relations")?
+        {
+            let kind: String = r.get(1);
+            out.kinds.insert(
+                r.get(0),
+                if kind == "m" { "MATERIALIZED VIEW" } else { "VIEW" },
+            );
+        }
     }
     if problems.is_empty() && !out.retire.is_empty() {
         let retired: Vec<u32> = out.retire.iter().map(|(_, o)| *o).collect();

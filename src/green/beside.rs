@@ -61,10 +61,16 @@ async fn oid_of(client: &Client, q: &QualifiedName) -> Result<u32> {
 pub async fn build(
     client: &Client,
     pairs: &[FlipPair],
+    leaving: &[QualifiedName],
     events: &dyn EventSink,
 ) -> Result<Option<Beside>> {
     let mut live = Vec::new();
     let mut flipped = BTreeSet::new();
+    // Retired alone by the same flip (a rollback of a relation a green pipeline added): it
+    // leaves, nothing to build for it.
+    for q in leaving {
+        flipped.insert(oid_of(client, q).await?);
+    }
     for p in pairs {
         let (l, g) = (
             oid_of(client, &p.live).await?,
@@ -306,6 +312,7 @@ async fn build_in(
             base: Vec::new(),
             skipped_indexes: Vec::new(),
             dropped_columns: Vec::new(),
+            new: false,
         };
         let details = serde_json::to_value(&member)
             .map_err(|e| Error::Config(format!("encoding the record: {e}")))?;

@@ -82,12 +82,21 @@ pub async fn create(
     }
     // ---- Resolve what the user named.
     let mut explicit: BTreeMap<u32, (QualifiedName, RelKind, String)> = BTreeMap::new();
+    let mut added: Vec<(QualifiedName, RelKind, String)> = Vec::new();
     for d in defs {
         let Some((q, relkind)) = super::resolve(client, &d.name).await? else {
-            return Err(Error::InvalidInput(format!(
-                "relation {} does not exist (green rebuilds an existing materialized view or table; nothing was changed)",
-                d.name
-            )));
+            let Some(kind) = d.kind else {
+                return Err(Error::InvalidInput(format!(
+                    "relation {} does not exist (green rebuilds an existing materialized view or table; a new one needs a CREATE statement in a pipeline file; nothing was changed)",
+                    d.name
+                )));
+            };
+            let q = new_name(client, &d.name).await?;
+            if added.iter().any(|(a, _, _)| a == &q) {
+                return Err(Error::InvalidInput(format!("{q} is defined twice")));
+            }
+            added.push((q, kind, d.query.clone()));
+            continue;
         };
         let kind = match relkind.as_str() {
             "m" => RelKind::MaterializedView,
@@ -251,6 +260,32 @@ pub async fn create(
         });
     }
 
+    // New relations, in file order after every existing member: they may read changed members
+    // and each other (earlier in the file); no existing relation reads them yet.
+    for (q, kind, query) in added {
+        if order.iter().any(|m| graph.nodes[m].name.name == q.name)
+            || planned.iter().any(|p: &Planned| p.live.name == q.name)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{q} has the name of another member of the pipeline: one pipeline cannot hold both (nothing was changed)"
+            )));
+        }
+        if let Some(g) = in_flight.iter().find(|g| g.live == q) {
+            return Err(Error::InvalidInput(format!(
+                "a green version of {} is already in flight (pipeline {}): promote or cancel it first",
+                g.live, g.member.pipeline
+            )));
+        }
+        planned.push(Planned {
+            oid: 0,
+            live: q,
+            kind,
+            query,
+            explicit: true,
+            upstream: Vec::new(),
+        });
+    }
+
     // The live relations' indexes, grants, owner, comments and storage parameters.
     let filter = Filter {
         include_schemas: planned.iter().map(|p| p.live.schema.clone()).collect(),
@@ -388,6 +423,68 @@ pub async fn create(
         left_out,
         warnings,
     })
+}
+
+/// Where a relation the file adds goes: its schema as written, or the first schema of
+/// `search_path` (where CREATE would put it).
+async fn new_name(client: &Client, name: &str) -> Result<QualifiedName> {
+    let row = client
+        .query_one(
+            "SELECT p[1], p[2], p[3] FROM (SELECT pg_catalog.parse_ident($1) AS p) x",
+            &[&name],
+        )
+        .await
+        .map_err(|e| {
+            Error::InvalidInput(format!(
+                "{name:?} is not a relation name: {}",
+                e.as_db_error()
+                    .map(|d| d.message().to_string())
+                    .unwrap_or_default()
+            ))
+        })?;
+    let (a, b, c): (Option<String>, Option<String>, Option<String>) =
+        (row.get(0), row.get(1), row.get(2));
+    let q = match (a, b, c) {
+        (Some(n), None, None) => {
+            let s: Option<String> = client
+                .query_one("SELECT pg_catalog.current_schema()::text", &[])
+                .await
+                .ctx("reading search_path")?
+                .get(0);
+            let Some(s) = s else {
+                return Err(Error::InvalidInput(format!(
+                    "{name} is new and search_path names no schema to put it in: qualify it (nothing was changed)"
+                )));
+            };
+            QualifiedName::new(s, n)
+        }
+        (Some(s), Some(n), None) => QualifiedName::new(s, n),
+        _ => {
+            return Err(Error::InvalidInput(format!(
+                "{name:?} is not a relation name of this database (nothing was changed)"
+            )))
+        }
+    };
+    if q.schema == crate::state::SCHEMA || q.schema.starts_with("pgflip_") {
+        return Err(Error::InvalidInput(format!(
+            "{q} would belong to pgflip; name a schema of the application"
+        )));
+    }
+    let exists: bool = client
+        .query_one(
+            "SELECT EXISTS (SELECT FROM pg_catalog.pg_namespace WHERE nspname = $1)",
+            &[&q.schema],
+        )
+        .await
+        .ctx("reading schemas")?
+        .get(0);
+    if !exists {
+        return Err(Error::InvalidInput(format!(
+            "schema {} of new relation {q} does not exist (nothing was changed)",
+            quote_ident(&q.schema)
+        )));
+    }
+    Ok(q)
 }
 
 /// The base tables the pipeline will read, found before anything is built: every member is
@@ -682,6 +779,28 @@ async fn build(
                 reads_live.join(", ")
             )));
         }
+        let new_upstream: Vec<String> = if p.oid == 0 {
+            client
+                .query(
+                    "SELECT DISTINCT c.relname::text FROM pg_catalog.pg_rewrite rw JOIN pg_catalog.pg_depend d \
+                       ON d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND d.objid = rw.oid \
+                      AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                     JOIN pg_catalog.pg_class c ON c.oid = d.refobjid \
+                     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE rw.ev_class = $1 AND n.nspname = $2 AND c.oid <> $1",
+                    &[&reader, &schema],
+                )
+                .await
+                .ctx("reading what green reads")?
+                .iter()
+                .filter_map(|r| {
+                    let n: String = r.get(0);
+                    planned.iter().find(|x| x.live.name == n).map(|x| x.live.to_string())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let base = super::base_of(client, reader, schema, sigs).await?;
         if p.kind == RelKind::Table {
             client
@@ -772,6 +891,7 @@ async fn build(
         // Whether the definition changed: the server's own deparse of both, green's members
         // named as live ones.
         let definition_changed = match p.kind {
+            _ if p.oid == 0 => true,
             RelKind::Table => true,
             RelKind::MaterializedView | RelKind::View => {
                 client
@@ -815,12 +935,14 @@ async fn build(
                 .iter()
                 .filter_map(|u| planned.iter().find(|x| x.oid == *u))
                 .map(|x| x.live.to_string())
+                .chain(new_upstream)
                 .collect(),
             built_at: now,
             refreshed_at: now,
             base,
             skipped_indexes: skipped,
             dropped_columns: dropped,
+            new: p.oid == 0,
         };
         let details = serde_json::to_value(&member)
             .map_err(|e| Error::Config(format!("encoding the green record: {e}")))?;

@@ -120,6 +120,10 @@ pub struct Member {
     /// Columns of live that green no longer has.
     #[serde(default)]
     pub dropped_columns: Vec<String>,
+    /// Nothing live has its name yet: a relation the pipeline file adds. Promote brings it in
+    /// alone (a one-sided relation of the flip); rollback retires it.
+    #[serde(default)]
+    pub new: bool,
 }
 
 /// One green relation as recorded.

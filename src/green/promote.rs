@@ -54,6 +54,7 @@ async fn members(client: &Client, rel: Option<&str>) -> Result<Vec<GreenRelation
 fn pairs(members: &[GreenRelation]) -> Vec<FlipPair> {
     members
         .iter()
+        .filter(|m| !m.member.new)
         .map(|m| FlipPair {
             live: m.live.clone(),
             green: m.green.clone(),
@@ -151,6 +152,21 @@ fn flip_options(opts: &PromoteOptions, members: &[GreenRelation]) -> FlipOptions
         allow_column_changes: true,
         ..opts.flip.clone()
     };
+    // Relations the file adds come in alone under their names (one-sided: the generation
+    // records them with no retired side, so that rollback retires them); their records go in
+    // the same transaction, as the flip does for its pairs.
+    for m in members.iter().filter(|m| m.member.new) {
+        fo.bring_in_only.push(FlipPair {
+            live: m.live.clone(),
+            green: m.green.clone(),
+        });
+        fo.in_flip_after.push(format!(
+            "DELETE FROM pgflip.operations WHERE kind = {} AND green_schema = {} AND green_name = {}",
+            crate::ident::quote_literal(super::KIND),
+            crate::ident::quote_literal(&m.green.schema),
+            crate::ident::quote_literal(&m.green.name)
+        ));
+    }
     // The pipeline's schema is empty once its members moved in: dropped in the same
     // transaction, unless something else was put in it (then it stays, for `cancel`).
     let schemas: BTreeSet<&str> = members.iter().map(|m| m.green.schema.as_str()).collect();

@@ -32,6 +32,8 @@ pub struct MemberStatus {
     pub kind: RelKind,
     /// Given a new definition (not rebuilt over the green upstream with its current one).
     pub explicit: bool,
+    /// Added by the pipeline file: nothing live to compare with.
+    pub new: bool,
     pub built_at: DateTime<Utc>,
     pub refreshed_at: DateTime<Utc>,
     pub live_rows: i64,
@@ -95,7 +97,11 @@ pub async fn pipeline_status(
         for g in members {
             let live = g.live.sql();
             let green = g.green.sql();
-            let lc = columns(client, &live).await?;
+            let lc = if g.member.new {
+                Vec::new()
+            } else {
+                columns(client, &live).await?
+            };
             let gc = columns(client, &green).await?;
             let columns_added: Vec<String> = gc
                 .iter()
@@ -116,7 +122,14 @@ pub async fn pipeline_status(
                 })
                 .collect();
             let same_columns = lc == gc;
-            let (live_rows, green_rows, contents_equal) = if same_columns {
+            let (live_rows, green_rows, contents_equal) = if g.member.new {
+                let n: i64 = client
+                    .query_one(&format!("SELECT count(*) FROM {green}"), &[])
+                    .await
+                    .ctx("counting rows")?
+                    .get(0);
+                (0, n, None)
+            } else if same_columns {
                 let oids: Vec<u32> = client
                     .query(
                         "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid UNION ALL SELECT pg_catalog.to_regclass($2)::pg_catalog.oid",
@@ -233,6 +246,8 @@ pub async fn pipeline_status(
                         "refreshed {:.0} s ago, within --max-lag",
                         lag.as_secs_f64()
                     )
+                } else if g.member.new {
+                    "new (nothing live has its name yet), refreshed after the base tables' last change".to_string()
                 } else if definition_changed {
                     "refreshed after the base tables' last change".to_string()
                 } else {
@@ -246,6 +261,7 @@ pub async fn pipeline_status(
                 green: g.green.clone(),
                 kind: g.member.kind,
                 explicit: g.member.explicit,
+                new: g.member.new,
                 built_at: g.member.built_at,
                 refreshed_at: g.member.refreshed_at,
                 live_rows,
