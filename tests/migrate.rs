@@ -13,21 +13,6 @@ fn pair(hint: &str) -> (TestDb, TestDb) {
     )
 }
 
-fn ok(o: &std::process::Output) -> String {
-    assert!(
-        o.status.success(),
-        "pgflip failed ({:?})\nstdout:\n{}\nstderr:\n{}",
-        o.status.code(),
-        stdout(o),
-        stderr(o)
-    );
-    stdout(o)
-}
-
-fn q(db: &TestDb, sql: &str) -> String {
-    db.psql(sql).trim().to_string()
-}
-
 /// Row count and checksum of every row of `rel`, in an order that needs no key.
 fn digest(db: &TestDb, rel: &str) -> String {
     q(
