@@ -318,8 +318,8 @@ async fn build_in(
             .map_err(|e| Error::Config(format!("encoding the record: {e}")))?;
         client
             .batch_execute(&crate::state::record_operation_sql(
-                super::KIND,
-                "built",
+                crate::state::OperationKind::Green,
+                crate::state::Phase::Built,
                 (&p.live.schema, &p.live.name),
                 (&schema, &p.live.name),
                 &details,
