@@ -32,7 +32,7 @@ pub struct Status {
 
 impl Status {
     /// Staging tables loaded by `sync --staging-table` and waiting for their swap (or still
-    /// loading), as (staging, live, phase).
+    /// loading): their operation records (`green` is the staging table).
     pub fn staging_tables(&self) -> impl Iterator<Item = &Operation> {
         self.in_flight
             .iter()
