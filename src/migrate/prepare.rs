@@ -100,6 +100,9 @@ struct Planned {
     /// ([`objects::additions`]), and what abort runs to remove them.
     additions: Vec<String>,
     addition_drops: Vec<String>,
+    /// Schemas prepare creates (the live schemas the target lacks, and the additions').
+    created_schemas: Vec<String>,
+    added_objects: Vec<(String, String, String)>,
     /// New materialized views: (live schema, name, CREATE in the shadow schema).
     matviews: Vec<(String, String, String)>,
     /// Target tables the source lacks, retired by the swap.
@@ -275,6 +278,13 @@ fn plan(
         .map(|s| s.sql)
         .collect();
     let addition_drops = objects::drops(&with, &without);
+    let added_objects = objects::added(&with, &without);
+    let created_schemas: Vec<String> = with
+        .schemas
+        .iter()
+        .filter(|s| !tgt.schemas.iter().any(|x| x.name == s.name))
+        .map(|s| s.name.clone())
+        .collect();
     for q in &with.sequences {
         let n = qualified(&q.schema, &q.name);
         sequences.push((n.clone(), n));
@@ -320,6 +330,8 @@ fn plan(
         sequences,
         additions,
         addition_drops,
+        created_schemas,
+        added_objects,
         matviews,
         extra_tables,
     })
@@ -474,6 +486,8 @@ fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
             .collect(),
         after_swap: Vec::new(),
         extra_tables: p.extra_tables.clone(),
+        created_schemas: p.created_schemas.clone(),
+        added_objects: p.added_objects.clone(),
     }
 }
 
@@ -775,7 +789,7 @@ async fn build(
             qualified(schema, name)
         ))?;
     }
-    let plan = after_swap_plan(tgt, s, rec).await?;
+    let AfterSwapPlan { after: plan, step } = after_swap_plan(tgt, s, rec).await?;
     for w in &plan.warnings {
         events.emit(Event::Warning { message: w.clone() });
     }
@@ -788,6 +802,7 @@ async fn build(
         });
     }
     rec.after_swap = plan.statements;
+    super::reverse::save_for_operation(tgt, rec.id, &step).await?;
     rec.phase = Phase::Prepared;
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.validated").await?;
@@ -1092,11 +1107,7 @@ fn matviews_beside(
 }
 
 /// The schema steps of the swap: the source against the target as the flip will leave it.
-async fn after_swap_plan(
-    tgt: &Client,
-    source: &Snapshot,
-    rec: &Record,
-) -> Result<objects::AfterSwap> {
+async fn after_swap_plan(tgt: &Client, source: &Snapshot, rec: &Record) -> Result<AfterSwapPlan> {
     // The source's schemas only: a schema only the target has is not the migration's.
     let live_filter = Filter {
         include_schemas: source.schemas.iter().map(|s| s.name.clone()).collect(),
@@ -1138,5 +1149,16 @@ async fn after_swap_plan(
     }
     // Across major versions the same view deparses differently: compare in the target's words.
     crate::schemadiff::compat::deparse_views_on_target(&mut src, &after, tgt).await?;
-    Ok(objects::after_swap(&src, &after))
+    let step =
+        super::reverse::forward(&live, &src, rec.created_schemas.clone(), &rec.added_objects);
+    Ok(AfterSwapPlan {
+        after: objects::after_swap(&src, &after),
+        step,
+    })
+}
+
+/// The swap's schema step, and what its rollback needs to undo it.
+struct AfterSwapPlan {
+    after: objects::AfterSwap,
+    step: super::reverse::SchemaStep,
 }

@@ -118,6 +118,8 @@ pub fn plan(rec: &Record) -> SwapPlan {
     for m in &rec.schemas {
         after.push(format!("DROP SCHEMA {}", quote_ident(&m.shadow)));
     }
+    // What the rollback needs to undo the schema step goes with the generation.
+    after.push(super::reverse::record_from_operation_sql(rec.id));
     after.push(format!("DROP TABLE {}", rec.rejected_sql()));
     after.push(format!("DROP SEQUENCE {}", rec.forwarded_sql()));
     after.push(rec.delete_sql());
