@@ -302,7 +302,20 @@ pub fn after_swap_target(
         out.tables.push(t);
     }
     out.sequences.extend(renamed.sequences);
-    out.views.extend(renamed.views);
+    for mut v in renamed.views {
+        // A materialized view built beside for one the target has: the flip switches the two,
+        // carrying owner and grants over as for a table.
+        if let Some(i) = out
+            .views
+            .iter()
+            .position(|x| x.materialized && x.schema == v.schema && x.name == v.name)
+        {
+            let old = out.views.remove(i);
+            v.owner = old.owner;
+            v.acl = old.acl;
+        }
+        out.views.push(v);
+    }
     out.types.extend(renamed.types);
     out.functions.extend(renamed.functions);
     out.dependencies.extend(shadow.dependencies.iter().copied());

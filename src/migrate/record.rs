@@ -156,6 +156,9 @@ pub struct Record {
 pub struct MatviewEntry {
     pub schema: String,
     pub name: String,
+    /// The target has a materialized view of that name: the swap flips the two.
+    #[serde(default)]
+    pub on_target: bool,
     pub shadow_schema: String,
 }
 

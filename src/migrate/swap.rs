@@ -94,6 +94,14 @@ pub fn plan(rec: &Record) -> SwapPlan {
         }
     }
     for m in &rec.matviews {
+        if m.on_target {
+            // Built beside over the new tables; flipped like a table (rollback flips it back).
+            pairs.push(FlipPair {
+                live: QualifiedName::new(m.schema.clone(), m.name.clone()),
+                green: QualifiedName::new(m.shadow_schema.clone(), m.name.clone()),
+            });
+            continue;
+        }
         after.push(format!(
             "ALTER MATERIALIZED VIEW {} SET SCHEMA {}",
             qualified(&m.shadow_schema, &m.name),
