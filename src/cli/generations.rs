@@ -338,6 +338,23 @@ pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::R
     opts.rollback_of = Some(gen.id);
     // Rolling back means the tables' columns may differ (migrations); dependents are checked.
     opts.allow_column_changes = true;
+    // A migration's schema step (functions, views, ...) is undone in the same transaction.
+    if let Some(step) = pgflip::migrate::reverse::reverse(
+        &client,
+        gen.id,
+        &pairs,
+        &opts.retire_only,
+        &opts.bring_in_only,
+    )
+    .await?
+    {
+        opts.in_flip_before.extend(step.before);
+        opts.in_flip_after.extend(step.after);
+        opts.job_views = step.job_views;
+        for w in step.warnings {
+            pgflip::events::EventSink::emit(&events, pgflip::events::Event::Warning { message: w });
+        }
+    }
     if g.dry_run {
         opts.checksums = false;
         let fp = flip::plan_flip(&client, &pairs, FlipKind::Rollback, &opts).await?;

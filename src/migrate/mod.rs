@@ -21,6 +21,7 @@ pub mod capture;
 pub mod objects;
 pub mod prepare;
 pub mod record;
+pub mod reverse;
 pub mod shadow;
 pub mod status;
 pub mod swap;

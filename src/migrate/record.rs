@@ -101,6 +101,14 @@ pub struct Record {
     /// the generation (a rollback brings them back). Empty with `--keep-extra-tables`.
     #[serde(default)]
     pub extra_tables: Vec<(String, String)>,
+    /// Schemas prepare created (the live schemas the target lacked, and those of the objects
+    /// it added): a rollback drops them when they are empty.
+    #[serde(default)]
+    pub created_schemas: Vec<String>,
+    /// Objects prepare added for the new tables, as `(kind, schema, name)` (a function's name
+    /// with its arguments): not the old version's, so its rollback keeps them and says so.
+    #[serde(default)]
+    pub added_objects: Vec<(String, String, String)>,
 }
 
 /// A materialized view built beside.
@@ -108,6 +116,9 @@ pub struct Record {
 pub struct MatviewEntry {
     pub schema: String,
     pub name: String,
+    /// The target has a materialized view of that name: the swap flips the two.
+    #[serde(default)]
+    pub on_target: bool,
     pub shadow_schema: String,
 }
 
@@ -138,7 +149,9 @@ impl Record {
     /// SQL that saves the record (phase and details).
     pub fn save_sql(&self) -> Result<String> {
         Ok(format!(
-            "UPDATE pgflip.operations SET phase = {}, details = {}::jsonb, \
+            // The schema step (large, written once by prepare, read by the swap) is kept.
+            "UPDATE pgflip.operations SET phase = {}, details = {}::jsonb \
+               || jsonb_strip_nulls(jsonb_build_object('schema_step', details -> 'schema_step')), \
              updated_at = clock_timestamp() WHERE id = {}",
             quote_literal(self.phase.as_str()),
             quote_literal(&self.details()?),
