@@ -8,6 +8,8 @@
 //! Run: `cargo bench --bench flip_stall` (add `--profile dev` to skip the release build: the
 //! figures are server-side waits, not client CPU). `FLIP_STALL_ROWS` sets rows per table,
 //! `FLIP_STALL_TABLES` the table counts (`1,50,500`), `FLIP_STALL_FLIPS` the flips per count.
+//! `FLIP_STALL_STATEMENTS=1` loads `pg_stat_statements` and prints, per flip, where the server's
+//! time went, grouped by kind of statement (it costs a little itself: not for the figures).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use pgflip::events::NullSink;
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
-use pgflip::localpg::LocalServer;
+use pgflip::localpg::{LocalServer, ServerOptions};
 use rand::{Rng, SeedableRng};
 
 const READERS: usize = 4;
@@ -37,6 +39,82 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// Groups a statement by its kind: the first words, and for `ALTER` what it does.
+fn statement_kind(q: &str) -> String {
+    let w: Vec<&str> = q.split_whitespace().collect();
+    let head = w.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+    match w.first().copied() {
+        Some("ALTER") => {
+            let verb = w
+                .iter()
+                .skip(3)
+                .position(|x| {
+                    matches!(
+                        *x,
+                        "SET"
+                            | "RENAME"
+                            | "OWNER"
+                            | "ADD"
+                            | "DROP"
+                            | "ALTER"
+                            | "RESET"
+                            | "REPLICA"
+                            | "ENABLE"
+                            | "DISABLE"
+                            | "VALIDATE"
+                            | "FORCE"
+                            | "NO"
+                    )
+                })
+                .map(|i| {
+                    w[3 + i..]
+                        .iter()
+                        .take(2)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            format!("{head} … {verb}")
+        }
+        Some("INSERT") | Some("DELETE") | Some("UPDATE") => {
+            w.iter().take(3).copied().collect::<Vec<_>>().join(" ")
+        }
+        _ => head,
+    }
+}
+
+/// Prints where the server's time went during one flip (from `pg_stat_statements`).
+async fn print_statements(client: &tokio_postgres::Client, flip: usize, locked_ms: f64) {
+    let rows = client
+        .query(
+            "SELECT query, calls, total_exec_time, total_plan_time FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND userid = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+               AND toplevel",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
+    let mut by: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
+    for r in &rows {
+        let q: String = r.get(0);
+        // The load's own statements.
+        if q.starts_with("SELECT v FROM") || q.starts_with("UPDATE t") {
+            continue;
+        }
+        let e = by.entry(statement_kind(&q)).or_default();
+        e.0 += r.get::<_, i64>(1);
+        e.1 += r.get::<_, f64>(2) + r.get::<_, f64>(3);
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!("flip {flip}: server time by statement kind (locked transaction {locked_ms:.2} ms; also the guardrails and after-commit steps):");
+    for (k, (calls, t)) in v.iter().take(25) {
+        println!("  {t:>9.2} ms  {calls:>6} x  {k}");
+    }
 }
 
 async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
@@ -94,6 +172,13 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let flipper = srv.connect(&db).await.expect("connect");
     pgflip::state::ensure(&flipper).await.expect("state");
+    let statements = std::env::var("FLIP_STALL_STATEMENTS").is_ok_and(|v| v == "1");
+    if statements {
+        flipper
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .expect("pg_stat_statements");
+    }
     let first_pairs: Vec<FlipPair> = (0..tables)
         .map(|i| FlipPair {
             live: QualifiedName::new("public", format!("t{i}")),
@@ -128,11 +213,20 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             .await
             .expect("plan");
         let planned = plan_started.elapsed();
+        if statements {
+            flipper
+                .batch_execute("SELECT pg_stat_statements_reset()")
+                .await
+                .expect("reset");
+        }
         let flip_start = Instant::now();
         let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
             .await
             .expect("flip");
         let flip_end = Instant::now();
+        if statements {
+            print_statements(&flipper, n + 1, outcome.locked_ms).await;
+        }
         let lock_from = outcome.locked_at.expect("locked_at");
         let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
         windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome));
@@ -222,7 +316,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let srv = LocalServer::start().expect("start a local PostgreSQL server");
+    let mut opts = ServerOptions::default();
+    if std::env::var("FLIP_STALL_STATEMENTS").is_ok_and(|v| v == "1") {
+        for (k, v) in [
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("pg_stat_statements.track", "top"),
+            ("pg_stat_statements.max", "20000"),
+        ] {
+            opts.settings.push((k.into(), v.into()));
+        }
+    }
+    let srv = LocalServer::start_with(opts).expect("start a local PostgreSQL server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -393,7 +393,8 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
         plan.contains("-- lock: ACCESS EXCLUSIVE on public.t"),
         "{plan}"
     );
-    assert!(plan.contains("CREATE VIEW public.v"), "{plan}");
+    // The view is re-pointed in place (its OID, owner and grants stay).
+    assert!(plan.contains("CREATE OR REPLACE VIEW public.v"), "{plan}");
     assert_eq!(db.dump(), before);
 }
 
@@ -1435,4 +1436,90 @@ async fn checksums_pick_their_method_and_verify_catches_a_changed_row() {
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
         assert!(stdout(&out).contains("checksum"), "{}", stdout(&out));
     }
+}
+
+#[tokio::test]
+async fn plain_views_are_re_pointed_in_place_and_only_what_reads_a_materialized_view_is_re_created()
+{
+    let db = fresh_db("flip_views_in_place");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, a int NOT NULL); \
+         CREATE TABLE t_staging (LIKE t INCLUDING ALL); \
+         INSERT INTO t SELECT g, 1 FROM generate_series(1, 5) g; \
+         INSERT INTO t_staging SELECT g, 2 FROM generate_series(1, 7) g; \
+         CREATE VIEW v1 WITH (security_barrier) AS SELECT id, a FROM t; \
+         CREATE VIEW v2 AS SELECT id, a FROM v1 WHERE id > 0; \
+         CREATE MATERIALIZED VIEW m AS SELECT count(*) AS n, max(a) AS a FROM v1; \
+         CREATE VIEW v3 AS SELECT n, a FROM m; \
+         COMMENT ON VIEW v1 IS 'kept'; GRANT SELECT ON v1 TO PUBLIC;",
+    );
+    let c = db.client().await;
+    let oids = "SELECT string_agg(c.relname || '=' || c.oid, ',' ORDER BY c.relname) FROM pg_class c \
+                WHERE c.relname IN ('v1', 'v2', 'm', 'v3') AND c.relnamespace = 'public'::regnamespace";
+    let before = text(&c, oids).await;
+    let oid_of = |all: &str, n: &str| {
+        all.split(',')
+            .find(|x| x.starts_with(&format!("{n}=")))
+            .map(str::to_string)
+    };
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &FlipOptions::default())
+        .await
+        .unwrap();
+    let sql: Vec<&str> = fp.plan.steps.iter().map(|s| s.sql.as_str()).collect();
+    let has = |needle: &str| sql.iter().any(|s| s.contains(needle));
+    assert!(
+        has("CREATE OR REPLACE VIEW public.v1 WITH (security_barrier=true) AS"),
+        "{sql:#?}"
+    );
+    // v2 reads only v1, which keeps its OID: no lock, no statement.
+    assert!(!has("public.v2"), "{sql:#?}");
+    // The materialized view must hold green's rows: re-created, and v3 over it with it.
+    assert!(has("DROP MATERIALIZED VIEW public.m"), "{sql:#?}");
+    assert!(has("DROP VIEW public.v3"), "{sql:#?}");
+    assert!(!has("DROP VIEW public.v1"), "{sql:#?}");
+    pgflip::state::ensure(&c).await.unwrap();
+    flip::execute(&c, &fp, &FlipOptions::default(), &NullSink)
+        .await
+        .unwrap();
+    let after = text(&c, oids).await;
+    for kept in ["v1", "v2"] {
+        assert_eq!(oid_of(&after, kept), oid_of(&before, kept), "{after}");
+    }
+    assert_ne!(oid_of(&after, "m"), oid_of(&before, "m"), "{after}");
+    assert_eq!(
+        text(&c, "SELECT count(*) || '/' || max(a) FROM v2").await,
+        "7/2"
+    );
+    assert_eq!(text(&c, "SELECT n || '/' || a FROM v3").await, "7/2");
+    assert_eq!(
+        text(&c, "SELECT obj_description('v1'::regclass, 'pg_class') || ' ' || has_table_privilege('public', 'v1', 'SELECT') || ' ' || array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'v1'::regclass").await,
+        "kept true security_barrier=true"
+    );
+    // Back the other way: the same views read the original rows again.
+    let gen = flip::generation::find(&c, None).await.unwrap();
+    let opts = FlipOptions {
+        rollback_of: Some(gen.id),
+        allow_column_changes: true,
+        ..FlipOptions::default()
+    };
+    flip::flip(
+        &c,
+        &flip::rollback_pairs(&gen, &[]).unwrap(),
+        FlipKind::Rollback,
+        &opts,
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, "SELECT count(*) || '/' || max(a) FROM v2").await,
+        "5/1"
+    );
+    assert_eq!(text(&c, "SELECT n || '/' || a FROM v3").await, "5/1");
+    let back = text(&c, oids).await;
+    assert_eq!(oid_of(&back, "v2"), oid_of(&before, "v2"), "{back}");
 }

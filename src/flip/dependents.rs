@@ -150,6 +150,8 @@ pub struct View {
     /// 1 = reads a live relation directly; n = reads a view of depth n-1.
     pub depth: i32,
     pub def: String,
+    /// The relations its query reads directly (views, materialized views, tables).
+    pub reads: Vec<u32>,
     pub indexes: Vec<Index>,
     pub column_comments: Vec<(String, String)>,
     pub column_acl: Vec<(String, AclItem)>,
@@ -382,7 +384,11 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                  SELECT {rel_cols}, max(deps.depth)::int, pg_catalog.pg_get_viewdef(c.oid), \
                    (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, pg_catalog.col_description(c.oid, a.attnum))), '[]') \
                       FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                       AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL) \
+                       AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL), \
+                   ARRAY(SELECT DISTINCT rd.refobjid FROM pg_catalog.pg_rewrite rr JOIN pg_catalog.pg_depend rd \
+                      ON rd.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND rd.objid = rr.oid \
+                     AND rd.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    WHERE rr.ev_class = c.oid AND rd.refobjid <> c.oid)::pg_catalog.oid[] \
                  FROM deps JOIN pg_catalog.pg_class c ON c.oid = deps.oid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  GROUP BY c.oid, n.nspname ORDER BY max(deps.depth), c.oid"
@@ -410,6 +416,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                 .trim()
                 .trim_end_matches(';')
                 .to_string(),
+            reads: r.get(17),
             indexes: Vec::new(),
             column_comments: comments
                 .as_array()

@@ -749,6 +749,42 @@ fn index_shape(def: &str, name: &str) -> String {
     }
 }
 
+/// What the flip does with a dependent view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ViewAction {
+    /// Dropped before the moves and created again after them: materialized views (their rows
+    /// must come from green), and whatever reads one of those.
+    Recreate,
+    /// A plain view that reads a retired relation directly: `CREATE OR REPLACE VIEW` with the
+    /// same definition points it at the new relation and keeps its OID, owner, grants and
+    /// comments (and what reads it).
+    Replace,
+    /// A plain view that reads only views replaced in place: it keeps reading them by OID and
+    /// needs nothing, not even a lock.
+    Keep,
+}
+
+/// The action for each dependent view (`inv.views` is ordered shallowest first, and a view is
+/// always deeper than what it reads).
+fn view_actions(inv: &Inventory, live: &BTreeSet<u32>) -> BTreeMap<u32, ViewAction> {
+    let mut out = BTreeMap::new();
+    for v in &inv.views {
+        let reads_recreated = v
+            .reads
+            .iter()
+            .any(|o| out.get(o) == Some(&ViewAction::Recreate));
+        let a = if v.rel.relkind == "m" || reads_recreated {
+            ViewAction::Recreate
+        } else if v.reads.iter().any(|o| live.contains(o)) {
+            ViewAction::Replace
+        } else {
+            ViewAction::Keep
+        };
+        out.insert(v.rel.oid, a);
+    }
+    out
+}
+
 #[allow(clippy::too_many_arguments)]
 fn render(
     inv: &Inventory,
@@ -786,7 +822,14 @@ fn render(
     // ---- Locks: dependent views first (the application locks a view before the tables under
     // it, so taking them in that order cannot deadlock with it), then every table by OID.
     let mut lock_oids = Vec::new();
-    let mut views_desc: Vec<&dependents::View> = inv.views.iter().collect();
+    let actions = view_actions(inv, &live_set);
+    let action = |v: &dependents::View| actions[&v.rel.oid];
+    // Views kept as they are need no lock: nothing about them changes.
+    let mut views_desc: Vec<&dependents::View> = inv
+        .views
+        .iter()
+        .filter(|v| action(v) != ViewAction::Keep)
+        .collect();
     views_desc.sort_by_key(|v| (std::cmp::Reverse(v.depth), v.rel.oid));
     // (Materialized views cannot be named in LOCK TABLE, and a query of one never reaches the
     // tables under it, so their DROP takes their lock in order.)
@@ -795,8 +838,13 @@ fn render(
         plan.push(
             Step::new(
                 format!(
-                    "lock {} {q} (it reads a flipped table and is re-created)",
-                    mode_of(&v.rel).to_lowercase()
+                    "lock {} {q} (it reads a flipped table and is {})",
+                    mode_of(&v.rel).to_lowercase(),
+                    if action(v) == ViewAction::Replace {
+                        "re-pointed"
+                    } else {
+                        "re-created"
+                    }
                 ),
                 format!("LOCK TABLE {q} IN ACCESS EXCLUSIVE MODE"),
             )
@@ -875,7 +923,10 @@ fn render(
     ));
 
     // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
-    for v in &views_desc {
+    for v in views_desc
+        .iter()
+        .filter(|v| action(v) == ViewAction::Recreate)
+    {
         let q = qualified(&v.rel.schema, &v.rel.name);
         plan.push(
             Step::new(
@@ -1508,15 +1559,30 @@ fn render(
         plan.push(Step::new(d, sql));
     }
 
-    // ---- Re-create dependent views over the new tables, shallowest first.
+    // ---- Re-point or re-create dependent views over the new tables, shallowest first.
     for v in &inv.views {
         let q = qualified(&v.rel.schema, &v.rel.name);
         let kw = mode_of(&v.rel);
+        // (The options go with the definition: CREATE OR REPLACE sets exactly the ones given.)
         let with = if v.rel.reloptions.is_empty() {
             String::new()
         } else {
             format!(" WITH ({})", v.rel.reloptions.join(", "))
         };
+        match action(v) {
+            ViewAction::Keep => continue,
+            ViewAction::Replace => {
+                plan.push(
+                    Step::new(
+                        format!("re-point view {q} at the new table(s) (same definition; owner, grants and comments stay)"),
+                        format!("CREATE OR REPLACE VIEW {q}{with} AS {}", v.def),
+                    )
+                    .lock(LockMode::AccessExclusive, q.clone()),
+                );
+                continue;
+            }
+            ViewAction::Recreate => {}
+        }
         let mut sql = if v.rel.relkind == "m" {
             format!(
                 "CREATE MATERIALIZED VIEW {q}{with} AS {} WITH {}DATA",
@@ -1615,28 +1681,30 @@ fn render(
         quote_literal(crate::VERSION),
         quote_literal(&details.to_string()),
     );
-    for (i, r) in relations.iter().enumerate() {
-        rec.push_str(&format!(
-            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
-               retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
-             SELECT id, {i}, {}, {}, {}, {}, {}, {}, {}, {}, {} FROM pgflip.generations WHERE label = {}",
-            quote_literal(&r.live.schema),
-            quote_literal(&r.live.name),
-            quote_literal(&r.green.schema),
-            quote_literal(&r.green.name),
-            quote_literal(&r.retired.schema),
-            quote_literal(&r.retired.name),
-            r.green_rows.map(|n| n.to_string()).unwrap_or_else(|| "NULL".into()),
-            r.green_checksum.as_deref().map(|c| format!("{}::numeric", quote_literal(c))).unwrap_or_else(|| "NULL".into()),
-            quote_literal(r.checksum_method.as_str()),
-            quote_literal(&label),
-        ));
-        rec.push_str(&format!(
-            "; DELETE FROM pgflip.operations WHERE green_schema = {} AND green_name = {}",
-            quote_literal(&r.green.schema),
-            quote_literal(&r.green.name)
-        ));
-    }
+    // One row per relation, all in one statement (and one DELETE for the operations the flip
+    // ends): under the locks, the record costs the same for 500 relations as for one.
+    let null = || "NULL".to_string();
+    let mut rows: Vec<String> = relations
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            format!(
+                "({i}, {}, {}, {}, {}, {}, {}, {}, {}, {})",
+                quote_literal(&r.live.schema),
+                quote_literal(&r.live.name),
+                quote_literal(&r.green.schema),
+                quote_literal(&r.green.name),
+                quote_literal(&r.retired.schema),
+                quote_literal(&r.retired.name),
+                r.green_rows.map(|n| n.to_string()).unwrap_or_else(null),
+                r.green_checksum
+                    .as_deref()
+                    .map(quote_literal)
+                    .unwrap_or_else(null),
+                quote_literal(r.checksum_method.as_str()),
+            )
+        })
+        .collect();
     // One-sided relations: an empty green (retired alone) or an empty retired name (brought in
     // alone), so that a rollback knows to do the opposite.
     let sided = one
@@ -1655,10 +1723,8 @@ fn render(
                 .map(|(p, _)| (p.live.clone(), p.green.clone(), QualifiedName::new("", ""))),
         );
     for (i, (live, green, retired)) in sided.enumerate() {
-        rec.push_str(&format!(
-            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
-               retired_schema, retired_name, checksum_method) \
-             SELECT id, {}, {}, {}, {}, {}, {}, {}, 'md5' FROM pgflip.generations WHERE label = {}",
+        rows.push(format!(
+            "({}, {}, {}, {}, {}, {}, {}, NULL, NULL, 'md5')",
             relations.len() + i,
             quote_literal(&live.schema),
             quote_literal(&live.name),
@@ -1666,7 +1732,35 @@ fn render(
             quote_literal(&green.name),
             quote_literal(&retired.schema),
             quote_literal(&retired.name),
+        ));
+    }
+    if !rows.is_empty() {
+        rec.push_str(&format!(
+            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
+               retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
+             SELECT g.id, v.position, v.live_schema, v.live_name, v.green_schema, v.green_name, v.retired_schema, v.retired_name, \
+               v.live_rows::bigint, v.live_checksum::numeric, v.checksum_method \
+             FROM pgflip.generations g, (VALUES {}) AS v(position, live_schema, live_name, green_schema, green_name, \
+               retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
+             WHERE g.label = {}",
+            rows.join(", "),
             quote_literal(&label),
+        ));
+    }
+    if !relations.is_empty() {
+        let greens: Vec<String> = relations
+            .iter()
+            .map(|r| {
+                format!(
+                    "({}, {})",
+                    quote_literal(&r.green.schema),
+                    quote_literal(&r.green.name)
+                )
+            })
+            .collect();
+        rec.push_str(&format!(
+            "; DELETE FROM pgflip.operations WHERE (green_schema, green_name) IN ({})",
+            greens.join(", ")
         ));
     }
     if let Some(of) = opts.rollback_of {
