@@ -10,6 +10,11 @@
 //! `FLIP_STALL_TABLES` the table counts (`1,50,500`), `FLIP_STALL_FLIPS` the flips per count.
 //! `FLIP_STALL_STATEMENTS=1` loads `pg_stat_statements` and prints, per flip, where the server's
 //! time went, grouped by kind of statement (it costs a little itself: not for the figures).
+//!
+//! On a loaded machine wall-clock figures swing 2-3x from run to run, so each flip also prints
+//! the CPU time the server spent on the locked transaction (`log_statement_stats` of the
+//! flipping session, read back from the server log): what the locked transaction would take
+//! on an idle machine, give or take I/O.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +122,32 @@ async fn print_statements(client: &tokio_postgres::Client, flip: usize, locked_m
     }
 }
 
+/// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
+/// `log` from byte `from` on: `log_statement_stats` lines, then the statement.
+fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+    let mut usage: Option<(f64, f64)> = None;
+    let mut found = None;
+    for line in text.lines() {
+        if line.contains("QUERY STATISTICS") {
+            usage = None;
+        } else if usage.is_none() && line.contains(" s user, ") && line.contains(" s elapsed") {
+            // `!	0.012345 s user, 0.001234 s system, 0.020000 s elapsed`
+            let nums: Vec<f64> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if nums.len() >= 3 {
+                usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
+            }
+        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
+            found = usage.or(found);
+        }
+    }
+    found
+}
+
 async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     let db = srv.create_database("flip_stall").expect("database");
     let setup = srv.connect(&db).await.expect("connect");
@@ -172,6 +203,20 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let flipper = srv.connect(&db).await.expect("connect");
     pgflip::state::ensure(&flipper).await.expect("state");
+    // The locked transaction's CPU time, from the server log (see `locked_cpu`).
+    flipper
+        .batch_execute("SET log_statement_stats = on; SET log_min_error_statement = log")
+        .await
+        .expect("statement stats");
+    let data_dir: String = flipper
+        .query_one("SHOW data_directory", &[])
+        .await
+        .expect("data directory")
+        .get(0);
+    let log = std::path::Path::new(&data_dir)
+        .parent()
+        .expect("server dir")
+        .join("server.log");
     let statements = std::env::var("FLIP_STALL_STATEMENTS").is_ok_and(|v| v == "1");
     if statements {
         flipper
@@ -219,6 +264,7 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
                 .await
                 .expect("reset");
         }
+        let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let flip_start = Instant::now();
         let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
             .await
@@ -229,7 +275,8 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
         }
         let lock_from = outcome.locked_at.expect("locked_at");
         let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
-        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome));
+        let cpu = locked_cpu(&log, log_from);
+        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu));
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -261,7 +308,7 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             ms(pct(&before, 0.99)),
             ms(before.last().copied().unwrap_or_default())
         );
-        for (i, (_, _, lock_from, lock_to, flip_end, _)) in windows.iter().enumerate() {
+        for (i, (_, _, lock_from, lock_to, flip_end, _, _)) in windows.iter().enumerate() {
             // During: statements overlapping the locked transaction (sent → committed).
             let mut during: Vec<Duration> = samples
                 .iter()
@@ -290,16 +337,18 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             );
         }
     }
-    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome)) in
+    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu)) in
         windows.iter().enumerate()
     {
         println!(
-            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt), after-commit steps {} ms",
+            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt; server: {}), after-commit steps {} ms",
             i + 1,
             ms(*planned),
             ms(lock_from.saturating_duration_since(*flip_start)),
             ms(lock_to.saturating_duration_since(*lock_from)),
             outcome.attempts,
+            cpu.map(|(c, e)| format!("{c:.2} ms CPU, {e:.2} ms elapsed"))
+                .unwrap_or_else(|| "no statistics in the server log".into()),
             ms(flip_end.saturating_duration_since(*lock_to)),
         );
     }
