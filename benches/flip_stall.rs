@@ -276,7 +276,9 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
         let lock_from = outcome.locked_at.expect("locked_at");
         let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
         let cpu = locked_cpu(&log, log_from);
-        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu));
+        windows.push((
+            planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu,
+        ));
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     stop.store(true, Ordering::Relaxed);

@@ -1523,3 +1523,123 @@ async fn plain_views_are_re_pointed_in_place_and_only_what_reads_a_materialized_
     let back = text(&c, oids).await;
     assert_eq!(oid_of(&back, "v2"), oid_of(&before, "v2"), "{back}");
 }
+
+#[tokio::test]
+async fn what_concerns_only_green_is_set_on_it_before_the_live_table_is_locked() {
+    let db = fresh_db("flip_green_first");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v IS NOT NULL)) WITH (fillfactor = 70); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; \
+         CREATE TABLE other (id int); \
+         CREATE TABLE t_staging (id int PRIMARY KEY, v int CONSTRAINT staging_v_check CHECK (v IS NOT NULL)); \
+         INSERT INTO t_staging SELECT g, -g FROM generate_series(1, 12) g; \
+         CREATE TABLE audit (n int); \
+         CREATE FUNCTION count_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (1); RETURN NULL; END $$; \
+         CREATE TRIGGER on_insert AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION count_it(); \
+         COMMENT ON TABLE t IS 'the live one'; COMMENT ON COLUMN t.v IS 'value'; \
+         GRANT SELECT ON t TO PUBLIC; \
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY mine ON t USING (v > 0); \
+         CREATE POLICY reads_other ON t USING (id NOT IN (SELECT id FROM public.other)); \
+         ALTER TABLE t REPLICA IDENTITY FULL;",
+    );
+    let c = db.client().await;
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &FlipOptions::default())
+        .await
+        .unwrap();
+    let sql: Vec<&str> = fp.plan.steps.iter().map(|s| s.sql.as_str()).collect();
+    let pos = |needle: &str| {
+        sql.iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in {sql:#?}"))
+    };
+    let live_lock = pos("LOCK TABLE public.t IN ACCESS EXCLUSIVE MODE");
+    assert!(pos("LOCK TABLE public.t_staging IN ACCESS EXCLUSIVE MODE") < live_lock);
+    for early in [
+        "GRANT SELECT ON TABLE public.t_staging TO PUBLIC",
+        "COMMENT ON TABLE public.t_staging IS 'the live one'",
+        "COMMENT ON COLUMN public.t_staging.v IS 'value'",
+        "CREATE TRIGGER on_insert AFTER INSERT ON public.t_staging",
+        "CREATE POLICY mine ON public.t_staging",
+        "ALTER TABLE public.t_staging ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE public.t_staging SET (fillfactor=70)",
+        "ALTER TABLE public.t_staging REPLICA IDENTITY FULL",
+        "ALTER TABLE public.t_staging RENAME CONSTRAINT staging_v_check TO t_v_check",
+    ] {
+        assert!(
+            pos(early) < live_lock,
+            "{early} after the live lock: {sql:#?}"
+        );
+    }
+    // Its subquery must read what is live after the moves: created under the locks.
+    assert!(pos("CREATE POLICY reads_other ON public.t AS") > pos("RENAME TO t"));
+    // The key's index takes live's name: names of indexes are per schema, so under the locks.
+    assert!(pos("RENAME CONSTRAINT t_staging_pkey TO t_pkey") > live_lock);
+
+    // The abort path: the live lock cannot be had; the work on green is rolled back with it.
+    pgflip::state::ensure(&c).await.unwrap();
+    let green_before = db.dump();
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    let quick = FlipOptions {
+        lock_timeout: Duration::from_millis(50),
+        max_wait: Duration::from_millis(500),
+        old_transaction: Duration::from_secs(3600),
+        ..FlipOptions::default()
+    };
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &quick)
+        .await
+        .unwrap();
+    let err = flip::execute(&c, &fp, &quick, &NullSink).await.unwrap_err();
+    assert!(matches!(err, pgflip::Error::LockTimeout { .. }), "{err}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(db.dump(), green_before);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_staging'::regclass"
+        )
+        .await,
+        "0"
+    );
+
+    // Forward: everything is there on the new live table, and its trigger fires.
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO t VALUES (100, 1)")
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "SELECT count(*) FROM audit").await, "1");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT concat_ws(' | ', obj_description('t'::regclass, 'pg_class'), col_description('t'::regclass, 2), \
+               has_table_privilege('public', 't', 'SELECT'), relrowsecurity, relreplident, array_to_string(reloptions, ','), \
+               (SELECT string_agg(polname, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = 't'::regclass), \
+               (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass)) \
+             FROM pg_class WHERE oid = 't'::regclass"
+        )
+        .await,
+        "the live one | value | t | t | f | fillfactor=70 | mine,reads_other | t_pkey,t_v_check"
+    );
+    // The policy that reads another table reads the live one.
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM t").await,
+        "13",
+        "the owner bypasses row-level security; the rows are green's plus the insert"
+    );
+}

@@ -60,6 +60,7 @@ pub mod guard;
 pub mod onesided;
 pub mod statistics;
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::Duration;
@@ -223,6 +224,9 @@ pub struct FlipPlan {
     pub fingerprint: String,
     #[serde(skip)]
     pub fingerprint_oids: Vec<u32>,
+    /// Number of steps that prepare green before the live relations are locked (0: none).
+    #[serde(skip)]
+    pub prep_end: usize,
     /// Number of steps up to the catalog check: the locks are held after them.
     #[serde(skip)]
     pub locks_end: usize,
@@ -749,6 +753,25 @@ fn index_shape(def: &str, name: &str) -> String {
     }
 }
 
+/// Whether what concerns only green (owner, grants, comments, triggers, policies, storage
+/// parameters, replica identity, defaults, per-table constraint names) is set on green before
+/// the live relations are locked, in the same transaction, so that the application waits only
+/// for the moves. Not for a migration: until its flip, the application's own transactions
+/// write green through the capture triggers, and locking green first could deadlock with
+/// them. Not for green pipelines (their relations are built and checked by their own job).
+fn carried_early(kind: FlipKind) -> bool {
+    matches!(kind, FlipKind::Sync | FlipKind::Rollback)
+}
+
+/// A statement that fails with [`CATALOG_CHANGED`] when the fingerprint `sql` computes is not
+/// `expected`.
+fn catalog_check(sql: &str, expected: &str) -> String {
+    format!(
+        "DO $pgflip$ BEGIN IF ({sql}) IS DISTINCT FROM {} THEN RAISE EXCEPTION 'pgflip: the tables or their dependents changed while the flip was being prepared' USING ERRCODE = '{CATALOG_CHANGED}'; END IF; END $pgflip$",
+        quote_literal(expected)
+    )
+}
+
 /// What the flip does with a dependent view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ViewAction {
@@ -819,147 +842,12 @@ fn render(
             .unwrap_or_else(|| format!("relation {oid}"))
     };
 
-    // ---- Locks: dependent views first (the application locks a view before the tables under
-    // it, so taking them in that order cannot deadlock with it), then every table by OID.
-    let mut lock_oids = Vec::new();
-    let actions = view_actions(inv, &live_set);
-    let action = |v: &dependents::View| actions[&v.rel.oid];
-    // Views kept as they are need no lock: nothing about them changes.
-    let mut views_desc: Vec<&dependents::View> = inv
-        .views
-        .iter()
-        .filter(|v| action(v) != ViewAction::Keep)
-        .collect();
-    views_desc.sort_by_key(|v| (std::cmp::Reverse(v.depth), v.rel.oid));
-    // (Materialized views cannot be named in LOCK TABLE, and a query of one never reaches the
-    // tables under it, so their DROP takes their lock in order.)
-    for v in views_desc.iter().filter(|v| v.rel.relkind == "v") {
-        let q = qualified(&v.rel.schema, &v.rel.name);
-        plan.push(
-            Step::new(
-                format!(
-                    "lock {} {q} (it reads a flipped table and is {})",
-                    mode_of(&v.rel).to_lowercase(),
-                    if action(v) == ViewAction::Replace {
-                        "re-pointed"
-                    } else {
-                        "re-created"
-                    }
-                ),
-                format!("LOCK TABLE {q} IN ACCESS EXCLUSIVE MODE"),
-            )
-            .lock(LockMode::AccessExclusive, q.clone()),
-        );
-        lock_oids.push(v.rel.oid);
-    }
-    // Tables: flipped ones and holders of inbound foreign keys need ACCESS EXCLUSIVE; tables
-    // that flipped ones reference need SHARE ROW EXCLUSIVE (their FK triggers change).
-    let mut table_modes: BTreeMap<u32, LockMode> = BTreeMap::new();
-    for &o in &flipped {
-        table_modes.insert(o, LockMode::AccessExclusive);
-    }
-    for c in inv.inbound_fks(&live_set) {
-        table_modes.insert(c.rel, LockMode::AccessExclusive);
-    }
-    for c in inv.constraints.iter().filter(|c| c.contype == "f") {
-        if flipped.contains(&c.rel) && !flipped.contains(&c.ref_rel) {
-            table_modes
-                .entry(c.ref_rel)
-                .or_insert(LockMode::ShareRowExclusive);
-        }
-    }
-    for (&oid, &mode) in &table_modes {
-        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") || one.is_matview(oid) {
-            // A flipped materialized view: LOCK TABLE cannot name one; its ALTER below takes
-            // the ACCESS EXCLUSIVE lock, in plan order.
-            continue;
-        }
-        let q = name_of(oid);
-        let why = if live_set.contains(&oid) {
-            "live, retired by the flip"
-        } else if green_set.contains(&oid) {
-            "green, brought in by the flip"
-        } else if mode == LockMode::AccessExclusive {
-            "its foreign key to a flipped table is re-pointed"
-        } else {
-            "a flipped table references it"
-        };
-        plan.push(
-            Step::new(
-                format!("lock {q} ({why})"),
-                format!("LOCK TABLE {q} IN {} MODE", mode.as_sql()),
-            )
-            .lock(mode, q.clone()),
-        );
-        lock_oids.push(oid);
-    }
-
-    let fingerprint_oids = dependents::fingerprint_oids(inv);
-    plan.push(Step::new(
-        "check that the catalog did not change since the plan was made",
-        format!(
-            "DO $pgflip$ BEGIN IF ({}) IS DISTINCT FROM {} THEN RAISE EXCEPTION 'pgflip: the tables or their dependents changed while the flip was being prepared' USING ERRCODE = '{CATALOG_CHANGED}'; END IF; END $pgflip$",
-            dependents::FINGERPRINT_SQL.replace("{oids}", &dependents::oid_array_literal(&fingerprint_oids)),
-            quote_literal(&inv.fingerprint)
-        ),
-    ));
-    // Fault tests stop a flip here, the locks held and nothing moved yet.
-    let locks_end = plan.steps.len();
-    for sql in &opts.in_flip_before {
-        plan.push(Step::new(
-            "the job's statement before the moves (under the flip's locks)",
-            sql.clone(),
-        ));
-    }
-    plan.push(Step::new(
-        format!("create the generation's schema {backup_schema}"),
-        format!(
-            "CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {}",
-            quote_literal(&format!(
-                "pgflip generation {label}: relations retired by a {} flip",
-                kind.as_str()
-            ))
-        ),
-    ));
-
-    // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
-    for v in views_desc
-        .iter()
-        .filter(|v| action(v) == ViewAction::Recreate)
-    {
-        let q = qualified(&v.rel.schema, &v.rel.name);
-        plan.push(
-            Step::new(
-                format!(
-                    "drop {} {q} (re-created over the new table below)",
-                    mode_of(&v.rel).to_lowercase()
-                ),
-                format!("DROP {} {q}", mode_of(&v.rel)),
-            )
-            .lock(LockMode::AccessExclusive, q.clone()),
-        );
-    }
-    // A table retired alone keeps its keys: it and what it references leave together.
-    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
-    let inbound: Vec<&dependents::Constraint> = inv
-        .inbound_fks(&live_set)
-        .filter(|c| !retired_alone.contains(&c.rel))
-        .collect();
-    for c in &inbound {
-        let t = name_of(c.rel);
-        plan.push(
-            Step::new(
-                format!(
-                    "detach foreign key {} of {t} from the table being retired",
-                    quote_ident(&c.name)
-                ),
-                format!("ALTER TABLE {t} DROP CONSTRAINT {}", quote_ident(&c.name)),
-            )
-            .lock(LockMode::AccessExclusive, t.clone()),
-        );
-    }
-
     let mut validate_later: Vec<(String, String)> = Vec::new();
+    // Steps of the pairs (the moves and what follows the live table), and what is carried
+    // over to green before the live relations are locked (see `carried_early`).
+    let mut pair_steps: Vec<Step> = Vec::new();
+    let mut carried: Vec<Step> = Vec::new();
+    let early = carried_early(kind);
 
     // ---- Per pair: retire live, bring green in, carry over what belongs to the table.
     for r in &relations {
@@ -975,10 +863,29 @@ fn render(
         // schema); a rollback brings back a retired copy that kept its own. Only what access
         // depends on (owner, grants) and what binds by OID follows the live table.
         let own_structure = matches!(kind, FlipKind::Migrate | FlipKind::Rollback);
-        let mut steps: Vec<Step> = Vec::new();
-        let mut push = |d: String, sql: String| {
-            steps.push(Step::new(d, sql).lock(LockMode::AccessExclusive, live_q.clone()))
+        let steps: RefCell<Vec<Step>> = RefCell::default();
+        let before: RefCell<Vec<Step>> = RefCell::default();
+        let push = |d: String, sql: String| {
+            steps
+                .borrow_mut()
+                .push(Step::new(d, sql).lock(LockMode::AccessExclusive, live_q.clone()))
         };
+        // What only concerns green itself is set on green, under its own name, before the live
+        // relations are locked; otherwise it is set on the new live table like the rest.
+        let green_q = r.green.sql();
+        let cq = if early {
+            green_q.clone()
+        } else {
+            live_q.clone()
+        };
+        let carry = |d: String, sql: String| {
+            let target = if early { &before } else { &steps };
+            target
+                .borrow_mut()
+                .push(Step::new(d, sql).lock(LockMode::AccessExclusive, cq.clone()))
+        };
+        // Green's index matched with each of live's (live index OID -> green index name).
+        let mut matched_idx: BTreeMap<u32, String> = BTreeMap::new();
         push(
             format!(
                 "retire {} into {backup_schema} (catalog only, names kept)",
@@ -1101,6 +1008,7 @@ fn render(
             });
             if let Some(li) = m.filter(|_| !own_structure) {
                 used_live.insert(li.oid);
+                matched_idx.insert(li.oid, gi.name.clone());
                 match (&gi.constraint, &li.constraint) {
                     (Some(gc), Some(lc)) if gc != lc => push(
                         format!(
@@ -1145,14 +1053,14 @@ fn render(
                 .iter()
                 .find(|lc| lc.def == gc.def && lc.name != gc.name)
             {
-                push(
+                carry(
                     format!(
                         "rename constraint {} to {}",
                         quote_ident(&gc.name),
                         quote_ident(&lc.name)
                     ),
                     format!(
-                        "ALTER TABLE {live_q} RENAME CONSTRAINT {} TO {}",
+                        "ALTER TABLE {cq} RENAME CONSTRAINT {} TO {}",
                         quote_ident(&gc.name),
                         quote_ident(&lc.name)
                     ),
@@ -1182,14 +1090,15 @@ fn render(
                 Some(gc) => {
                     used_green.insert(gc.name.clone());
                     if gc.name != lc.name && !own_structure {
-                        push(
+                        // (Names of check and foreign-key constraints are per table.)
+                        carry(
                             format!(
                                 "rename constraint {} to {}",
                                 quote_ident(&gc.name),
                                 quote_ident(&lc.name)
                             ),
                             format!(
-                                "ALTER TABLE {live_q} RENAME CONSTRAINT {} TO {}",
+                                "ALTER TABLE {cq} RENAME CONSTRAINT {} TO {}",
                                 quote_ident(&gc.name),
                                 quote_ident(&lc.name)
                             ),
@@ -1253,9 +1162,9 @@ fn render(
         }
         // Owner.
         if l.owner != g.owner {
-            push(
+            carry(
                 format!("owner {}", quote_ident(&l.owner)),
-                format!("ALTER {lkw} {live_q} OWNER TO {}", quote_ident(&l.owner)),
+                format!("ALTER {gkw} {cq} OWNER TO {}", quote_ident(&l.owner)),
             );
         }
         // Sequences.
@@ -1325,15 +1234,15 @@ fn render(
                 .filter(|k| !live_keys.contains(k))
                 .collect();
             if !reset.is_empty() {
-                push(
+                carry(
                     "reset storage parameters live did not have".into(),
-                    format!("ALTER {lkw} {live_q} RESET ({})", reset.join(", ")),
+                    format!("ALTER {gkw} {cq} RESET ({})", reset.join(", ")),
                 );
             }
             if !l.reloptions.is_empty() {
-                push(
+                carry(
                     "storage parameters as live had them".into(),
-                    format!("ALTER {lkw} {live_q} SET ({})", l.reloptions.join(", ")),
+                    format!("ALTER {gkw} {cq} SET ({})", l.reloptions.join(", ")),
                 );
             }
         }
@@ -1349,10 +1258,10 @@ fn render(
             };
             if let Some(gc) = green_cols.iter().find(|c| c.name == lc.name) {
                 if gc.default_expr.is_none() && gc.identity.is_empty() && gc.generated.is_empty() {
-                    push(
+                    carry(
                         format!("default of {} as live had it", quote_ident(&lc.name)),
                         format!(
-                            "ALTER TABLE {live_q} ALTER COLUMN {} SET DEFAULT {expr}",
+                            "ALTER TABLE {cq} ALTER COLUMN {} SET DEFAULT {expr}",
                             quote_ident(&lc.name)
                         ),
                     );
@@ -1360,8 +1269,8 @@ fn render(
             }
         }
         // Grants (table and columns).
-        for s in acl_sql("TABLE", &live_q, &l.owner, &g.acl, &l.acl) {
-            push("grants as live had them".into(), s);
+        for s in acl_sql("TABLE", &cq, &l.owner, &g.acl, &l.acl) {
+            carry("grants as live had them".into(), s);
         }
         for lc in inv.columns_of(r.live_oid) {
             let cur = green_cols
@@ -1369,8 +1278,8 @@ fn render(
                 .find(|c| c.name == lc.name)
                 .map(|c| c.acl.clone())
                 .unwrap_or_default();
-            for s in column_acl_sql(&live_q, &lc.name, &cur, &lc.acl) {
-                push(format!("column grants on {}", quote_ident(&lc.name)), s);
+            for s in column_acl_sql(&cq, &lc.name, &cur, &lc.acl) {
+                carry(format!("column grants on {}", quote_ident(&lc.name)), s);
             }
             let gcomment = green_cols
                 .iter()
@@ -1380,10 +1289,10 @@ fn render(
                 && gcomment != lc.comment
                 && green_cols.iter().any(|c| c.name == lc.name)
             {
-                push(
+                carry(
                     format!("comment on column {}", quote_ident(&lc.name)),
                     format!(
-                        "COMMENT ON COLUMN {live_q}.{} IS {}",
+                        "COMMENT ON COLUMN {cq}.{} IS {}",
                         quote_ident(&lc.name),
                         literal_or_null(&lc.comment)
                     ),
@@ -1391,29 +1300,26 @@ fn render(
             }
         }
         if l.comment != g.comment && !own_structure {
-            push(
+            carry(
                 "comment".into(),
-                format!(
-                    "COMMENT ON {lkw} {live_q} IS {}",
-                    literal_or_null(&l.comment)
-                ),
+                format!("COMMENT ON {gkw} {cq} IS {}", literal_or_null(&l.comment)),
             );
         }
         // Row-level security.
         if l.rls != g.rls && !own_structure {
-            push(
+            carry(
                 "row-level security as live had it".into(),
                 format!(
-                    "ALTER TABLE {live_q} {} ROW LEVEL SECURITY",
+                    "ALTER TABLE {cq} {} ROW LEVEL SECURITY",
                     if l.rls { "ENABLE" } else { "DISABLE" }
                 ),
             );
         }
         if l.force_rls != g.force_rls && !own_structure {
-            push(
+            carry(
                 "forced row-level security as live had it".into(),
                 format!(
-                    "ALTER TABLE {live_q} {} ROW LEVEL SECURITY",
+                    "ALTER TABLE {cq} {} ROW LEVEL SECURITY",
                     if l.force_rls { "FORCE" } else { "NO FORCE" }
                 ),
             );
@@ -1433,8 +1339,11 @@ fn render(
                 "d" => "DELETE",
                 _ => "ALL",
             };
+            // A policy whose expressions read a relation is created after the moves, so that
+            // its names resolve to the new relations.
+            let on = if p.reads_relations { &live_q } else { &cq };
             let mut sql = format!(
-                "CREATE POLICY {} ON {live_q} AS {} FOR {cmd} TO {}",
+                "CREATE POLICY {} ON {on} AS {} FOR {cmd} TO {}",
                 quote_ident(&p.name),
                 if p.permissive {
                     "PERMISSIVE"
@@ -1449,7 +1358,11 @@ fn render(
             if let Some(c) = &p.check {
                 sql.push_str(&format!(" WITH CHECK ({c})"));
             }
-            push(format!("policy {}", quote_ident(&p.name)), sql);
+            if p.reads_relations {
+                push(format!("policy {}", quote_ident(&p.name)), sql);
+            } else {
+                carry(format!("policy {}", quote_ident(&p.name)), sql);
+            }
         }
         // Triggers.
         let green_trg: BTreeSet<String> = inv
@@ -1461,7 +1374,15 @@ fn render(
             if own_structure || t.pgflip_owned || green_trg.contains(&t.name) {
                 continue;
             }
-            let mut sql = t.def.clone();
+            // On green before the locks when its definition names its table exactly once.
+            let marker = format!(" ON {} ", t.on);
+            let retarget = early && t.def.matches(&marker).count() == 1;
+            let on = if retarget { &cq } else { &live_q };
+            let mut sql = if retarget {
+                t.def.replacen(&marker, &format!(" ON {cq} "), 1)
+            } else {
+                t.def.clone()
+            };
             let state = match t.enabled.as_str() {
                 "D" => Some("DISABLE TRIGGER"),
                 "R" => Some("ENABLE REPLICA TRIGGER"),
@@ -1469,28 +1390,45 @@ fn render(
                 _ => None,
             };
             if let Some(st) = state {
-                sql.push_str(&format!(
-                    "; ALTER TABLE {live_q} {st} {}",
-                    quote_ident(&t.name)
-                ));
+                sql.push_str(&format!("; ALTER TABLE {on} {st} {}", quote_ident(&t.name)));
             }
-            push(format!("trigger {}", quote_ident(&t.name)), sql);
+            if retarget {
+                carry(format!("trigger {}", quote_ident(&t.name)), sql);
+            } else {
+                push(format!("trigger {}", quote_ident(&t.name)), sql);
+            }
         }
         // Replica identity (tables only).
         if !is_mv && !own_structure && (l.replident != g.replident || l.replident == "i") {
-            let how = match l.replident.as_str() {
+            // Green's index matched with live's keeps the flag through its rename.
+            let live_ri = live_idx.iter().find(|i| i.replident);
+            let green_ri = live_ri.and_then(|i| matched_idx.get(&i.oid));
+            let how = |index: &str| match l.replident.as_str() {
                 "n" => "NOTHING".to_string(),
                 "f" => "FULL".to_string(),
-                "i" => match live_idx.iter().find(|i| i.replident) {
-                    Some(i) => format!("USING INDEX {}", quote_ident(&i.name)),
+                "i" => match live_ri {
+                    Some(_) => format!("USING INDEX {}", quote_ident(index)),
                     None => "DEFAULT".to_string(),
                 },
                 _ => "DEFAULT".to_string(),
             };
-            push(
-                format!("replica identity {how}"),
-                format!("ALTER TABLE {live_q} REPLICA IDENTITY {how}"),
-            );
+            match green_ri {
+                Some(gname) if l.replident == "i" => carry(
+                    format!("replica identity {}", how(gname)),
+                    format!("ALTER TABLE {cq} REPLICA IDENTITY {}", how(gname)),
+                ),
+                _ if l.replident != "i" => carry(
+                    format!("replica identity {}", how("")),
+                    format!("ALTER TABLE {cq} REPLICA IDENTITY {}", how("")),
+                ),
+                _ => {
+                    let name = live_ri.map(|i| i.name.clone()).unwrap_or_default();
+                    push(
+                        format!("replica identity {}", how(&name)),
+                        format!("ALTER TABLE {live_q} REPLICA IDENTITY {}", how(&name)),
+                    )
+                }
+            }
         }
         // Publications.
         let green_pubs: BTreeSet<String> = inv
@@ -1549,9 +1487,203 @@ fn render(
         ) {
             push(d, sql);
         }
-        for s in steps {
-            plan.push(s);
+        pair_steps.extend(steps.into_inner());
+        carried.extend(before.into_inner());
+    }
+
+    // ---- Before the live relations are locked (same transaction): lock green, check that it
+    // is as planned, and set on it what concerns only itself. The application does not use
+    // green, so none of this makes it wait.
+    let early_green: BTreeSet<u32> = if carried.is_empty() {
+        BTreeSet::new()
+    } else {
+        green_set.clone()
+    };
+    for &oid in &early_green {
+        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") {
+            continue; // (its first ALTER below takes the lock)
         }
+        let q = name_of(oid);
+        plan.push(
+            Step::new(
+                format!("lock {q} (green, brought in by the flip; prepared before the live relations are locked)"),
+                format!("LOCK TABLE {q} IN ACCESS EXCLUSIVE MODE"),
+            )
+            .lock(LockMode::AccessExclusive, q.clone()),
+        );
+    }
+    if !early_green.is_empty() {
+        let green_oids: Vec<u32> = early_green.iter().copied().collect();
+        plan.push(Step::new(
+            "check that green did not change since the plan was made",
+            catalog_check(
+                &dependents::fingerprint_sql(&dependents::green_part(inv, &green_oids), false),
+                &inv.fingerprint_green,
+            ),
+        ));
+    }
+    for s in carried {
+        plan.push(s);
+    }
+    let prep_end = plan.steps.len();
+
+    // ---- Locks: dependent views first (the application locks a view before the tables under
+    // it, so taking them in that order cannot deadlock with it), then every table by OID.
+    let mut lock_oids = Vec::new();
+    let actions = view_actions(inv, &live_set);
+    let action = |v: &dependents::View| actions[&v.rel.oid];
+    // Views kept as they are need no lock: nothing about them changes.
+    let mut views_desc: Vec<&dependents::View> = inv
+        .views
+        .iter()
+        .filter(|v| action(v) != ViewAction::Keep)
+        .collect();
+    views_desc.sort_by_key(|v| (std::cmp::Reverse(v.depth), v.rel.oid));
+    // (Materialized views cannot be named in LOCK TABLE, and a query of one never reaches the
+    // tables under it, so their DROP takes their lock in order.)
+    for v in views_desc.iter().filter(|v| v.rel.relkind == "v") {
+        let q = qualified(&v.rel.schema, &v.rel.name);
+        plan.push(
+            Step::new(
+                format!(
+                    "lock {} {q} (it reads a flipped table and is {})",
+                    mode_of(&v.rel).to_lowercase(),
+                    if action(v) == ViewAction::Replace {
+                        "re-pointed"
+                    } else {
+                        "re-created"
+                    }
+                ),
+                format!("LOCK TABLE {q} IN ACCESS EXCLUSIVE MODE"),
+            )
+            .lock(LockMode::AccessExclusive, q.clone()),
+        );
+        lock_oids.push(v.rel.oid);
+    }
+    // Tables: flipped ones and holders of inbound foreign keys need ACCESS EXCLUSIVE; tables
+    // that flipped ones reference need SHARE ROW EXCLUSIVE (their FK triggers change).
+    let mut table_modes: BTreeMap<u32, LockMode> = BTreeMap::new();
+    for &o in &flipped {
+        table_modes.insert(o, LockMode::AccessExclusive);
+    }
+    for c in inv.inbound_fks(&live_set) {
+        table_modes.insert(c.rel, LockMode::AccessExclusive);
+    }
+    for c in inv.constraints.iter().filter(|c| c.contype == "f") {
+        if flipped.contains(&c.rel) && !flipped.contains(&c.ref_rel) {
+            table_modes
+                .entry(c.ref_rel)
+                .or_insert(LockMode::ShareRowExclusive);
+        }
+    }
+    for (&oid, &mode) in table_modes.iter().filter(|(o, _)| !early_green.contains(o)) {
+        if inv.rels.get(&oid).is_some_and(|r| r.relkind == "m") || one.is_matview(oid) {
+            // A flipped materialized view: LOCK TABLE cannot name one; its ALTER below takes
+            // the ACCESS EXCLUSIVE lock, in plan order.
+            continue;
+        }
+        let q = name_of(oid);
+        let why = if live_set.contains(&oid) {
+            "live, retired by the flip"
+        } else if green_set.contains(&oid) {
+            "green, brought in by the flip"
+        } else if mode == LockMode::AccessExclusive {
+            "its foreign key to a flipped table is re-pointed"
+        } else {
+            "a flipped table references it"
+        };
+        plan.push(
+            Step::new(
+                format!("lock {q} ({why})"),
+                format!("LOCK TABLE {q} IN {} MODE", mode.as_sql()),
+            )
+            .lock(mode, q.clone()),
+        );
+        lock_oids.push(oid);
+    }
+
+    let fingerprint_oids = dependents::fingerprint_oids(inv);
+    let check = if early_green.is_empty() {
+        catalog_check(
+            &dependents::fingerprint_sql(&fingerprint_oids, false),
+            &inv.fingerprint,
+        )
+    } else {
+        // Green was checked above and has changed since (by this transaction): the rest.
+        let green_oids: Vec<u32> = early_green.iter().copied().collect();
+        let green_part = dependents::green_part(inv, &green_oids);
+        let rest: Vec<u32> = fingerprint_oids
+            .iter()
+            .filter(|o| !green_part.contains(o))
+            .copied()
+            .collect();
+        catalog_check(
+            &dependents::fingerprint_sql(&rest, true),
+            &inv.fingerprint_rest,
+        )
+    };
+    plan.push(Step::new(
+        "check that the catalog did not change since the plan was made",
+        check,
+    ));
+    // Fault tests stop a flip here, the locks held and nothing moved yet.
+    let locks_end = plan.steps.len();
+    for sql in &opts.in_flip_before {
+        plan.push(Step::new(
+            "the job's statement before the moves (under the flip's locks)",
+            sql.clone(),
+        ));
+    }
+    plan.push(Step::new(
+        format!("create the generation's schema {backup_schema}"),
+        format!(
+            "CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {}",
+            quote_literal(&format!(
+                "pgflip generation {label}: relations retired by a {} flip",
+                kind.as_str()
+            ))
+        ),
+    ));
+
+    // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
+    for v in views_desc
+        .iter()
+        .filter(|v| action(v) == ViewAction::Recreate)
+    {
+        let q = qualified(&v.rel.schema, &v.rel.name);
+        plan.push(
+            Step::new(
+                format!(
+                    "drop {} {q} (re-created over the new table below)",
+                    mode_of(&v.rel).to_lowercase()
+                ),
+                format!("DROP {} {q}", mode_of(&v.rel)),
+            )
+            .lock(LockMode::AccessExclusive, q.clone()),
+        );
+    }
+    // A table retired alone keeps its keys: it and what it references leave together.
+    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
+    let inbound: Vec<&dependents::Constraint> = inv
+        .inbound_fks(&live_set)
+        .filter(|c| !retired_alone.contains(&c.rel))
+        .collect();
+    for c in &inbound {
+        let t = name_of(c.rel);
+        plan.push(
+            Step::new(
+                format!(
+                    "detach foreign key {} of {t} from the table being retired",
+                    quote_ident(&c.name)
+                ),
+                format!("ALTER TABLE {t} DROP CONSTRAINT {}", quote_ident(&c.name)),
+            )
+            .lock(LockMode::AccessExclusive, t.clone()),
+        );
+    }
+
+    for s in pair_steps {
+        plan.push(s);
     }
 
     // ---- Tables retired or brought in alone: a schema move each.
@@ -1839,6 +1971,7 @@ fn render(
         green_oids: green_set.into_iter().collect(),
         fingerprint: inv.fingerprint.clone(),
         fingerprint_oids,
+        prep_end,
         locks_end,
     }
 }
@@ -1950,7 +2083,8 @@ pub async fn execute(
         }
         body
     };
-    let locks = join(&fp.plan.steps[..fp.locks_end]);
+    let prep = join(&fp.plan.steps[..fp.prep_end]);
+    let locks = join(&fp.plan.steps[fp.prep_end..fp.locks_end]);
     let rest = join(&fp.plan.steps[fp.locks_end..]);
     let after: Vec<&Step> = fp
         .plan
@@ -1959,7 +2093,19 @@ pub async fn execute(
         .filter(|s| s.transaction.is_none())
         .collect();
     crate::failpoint::hit(points.before_lock).await?;
-    let stats = guard::run_locked(client, fp, &locks, &rest, points.locked, opts, events).await?;
+    let stats = guard::run_locked(
+        client,
+        fp,
+        guard::Batches {
+            prep: &prep,
+            locks: &locks,
+            rest: &rest,
+        },
+        points.locked,
+        opts,
+        events,
+    )
+    .await?;
     crate::failpoint::hit(points.after_commit).await?;
     let warnings = fp.warnings.clone();
     // After the commit: validation and the retired side's checksum. A failure here cannot undo
