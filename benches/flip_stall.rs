@@ -325,10 +325,31 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
                 .max()
                 .unwrap_or_default();
             let worst = during.last().copied().unwrap_or_default();
+            // Where the worst one lay against the locked window: a stall that began before the
+            // locks or ended well after the commit was not (only) the locks.
+            let placement = samples
+                .iter()
+                .filter(|s| s.start <= *lock_to && s.start + s.latency >= *lock_from)
+                .max_by_key(|s| s.latency)
+                .map(|s| {
+                    let signed = |a: Instant, b: Instant| {
+                        if a >= b {
+                            (a - b).as_secs_f64() * 1000.0
+                        } else {
+                            -((b - a).as_secs_f64() * 1000.0)
+                        }
+                    };
+                    format!(
+                        " (it started {:+.2} ms from the locks' start, ended {:+.2} ms from the commit)",
+                        signed(s.start, *lock_from),
+                        signed(s.start + s.latency, *lock_to)
+                    )
+                })
+                .unwrap_or_default();
             let stall = worst.saturating_sub(normal);
             worst_stall[k] = worst_stall[k].max(stall);
             println!(
-                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms, stall beyond p50 {} ms; max during after-commit steps {} ms",
+                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms{placement}, stall beyond p50 {} ms; max during after-commit steps {} ms",
                 i + 1,
                 during.len(),
                 ms(pct(&during, 0.5)),
