@@ -56,7 +56,11 @@ pub fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> R
         let live_cols: Vec<_> = inv.columns_of(r.live_oid).collect();
         let green_cols: Vec<_> = inv.columns_of(r.green_oid).collect();
         let find = |n: &str| green_cols.iter().find(|c| c.name == n);
-        for u in inv.used_columns.iter().filter(|u| u.rel == r.live_oid) {
+        for u in inv
+            .used_columns
+            .iter()
+            .filter(|u| u.rel == r.live_oid && !job_view(inv, opts, u.view))
+        {
             let lc = live_cols.iter().find(|c| c.name == u.column);
             match (lc, find(&u.column)) {
                 (Some(_), None) => problems.push(Problem::new(
@@ -177,7 +181,7 @@ pub fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> R
             format!("cannot carry over {}{}", u.object, u.why),
         ));
     }
-    for v in &inv.views {
+    for v in inv.views.iter().filter(|v| !job_view(inv, opts, v.rel.oid)) {
         if v.rel.relkind == "m" && v.rel.populated {
             warnings.push(format!(
                 "materialized view {} is re-created WITH DATA inside the flip: the application waits for its query",
@@ -193,6 +197,18 @@ pub fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> R
             problems,
         )))
     }
+}
+
+/// `oid` is a dependent view that the job re-creates itself ([`FlipOptions::job_views`]).
+pub fn job_view(inv: &dependents::Inventory, opts: &FlipOptions, oid: u32) -> bool {
+    oid != 0
+        && inv.views.iter().any(|v| {
+            v.rel.oid == oid
+                && opts
+                    .job_views
+                    .iter()
+                    .any(|q| q.schema == v.rel.schema && q.name == v.rel.name)
+        })
 }
 
 /// `CREATE UNIQUE INDEX name ON schema.t USING btree (id)` without its name and table, to

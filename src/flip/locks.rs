@@ -81,7 +81,7 @@ pub fn push(c: &Ctx, plan: &mut Plan, carried: Vec<Step>) -> Locks {
     // ---- Locks: dependent views first (the application locks a view before the tables under
     // it, so taking them in that order cannot deadlock with it), then every table by OID.
     let mut lock_oids = Vec::new();
-    let actions = view_actions(inv, live_set);
+    let actions = view_actions(inv, live_set, c.opts);
     let action = |v: &dependents::View| actions[&v.rel.oid];
     // Views kept as they are need no lock: nothing about them changes.
     let mut views_desc: Vec<&dependents::View> = inv

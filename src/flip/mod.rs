@@ -177,7 +177,9 @@ pub struct FlipOptions {
     /// installed on the live relations (migrate's capture triggers). An error aborts the flip.
     pub in_flip_before: Vec<String>,
     /// SQL run inside the flip transaction after the moves and the re-pointing, before the
-    /// generation is recorded.
+    /// generation is recorded. A JSON object it puts in `pgflip.generation_details` (`SET
+    /// LOCAL`) is merged into the generation's details (a migration's schema step, which its
+    /// rollback undoes).
     pub in_flip_after: Vec<String>,
     /// Live tables retired with nothing in their place ([`onesided`]): a migration's target
     /// tables the source lacks; a rollback of tables a flip brought in alone.
@@ -185,6 +187,11 @@ pub struct FlipOptions {
     /// Tables brought in under a name nothing holds (`green` becomes `live`): a migration's
     /// new tables; a rollback of tables a flip retired alone.
     pub bring_in_only: Vec<FlipPair>,
+    /// Dependent views and materialized views the job re-creates itself, in
+    /// `in_flip_after`, from a schema step (a rollback of a migration gives them back their
+    /// old definitions): the flip drops them with the other dependents but neither checks the
+    /// columns they use nor re-creates them.
+    pub job_views: Vec<QualifiedName>,
 }
 
 impl Default for FlipOptions {
@@ -201,6 +208,7 @@ impl Default for FlipOptions {
             in_flip_after: Vec::new(),
             retire_only: Vec::new(),
             bring_in_only: Vec::new(),
+            job_views: Vec::new(),
         }
     }
 }
@@ -463,7 +471,14 @@ pub async fn flip(
     // machinery), so that the locked transaction only switches them (issue #11).
     let beside = match kind {
         FlipKind::Sync | FlipKind::Rollback => {
-            crate::green::beside::build(client, pairs, &opts.retire_only, events).await?
+            // The job's own views are dropped and re-created by the job: nothing to build.
+            let leaving: Vec<QualifiedName> = opts
+                .retire_only
+                .iter()
+                .chain(&opts.job_views)
+                .cloned()
+                .collect();
+            crate::green::beside::build(client, pairs, &leaving, events).await?
         }
         _ => None,
     };

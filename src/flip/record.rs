@@ -33,7 +33,8 @@ pub fn push(
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
          VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb || jsonb_strip_nulls(jsonb_build_object('run_id', \
-           pg_catalog.current_setting('pgflip.run_id', true))))",
+           pg_catalog.current_setting('pgflip.run_id', true))) \
+           || coalesce(nullif(pg_catalog.current_setting('pgflip.generation_details', true), '')::jsonb, '{{}}'::jsonb))",
         quote_literal(label),
         quote_literal(&created_at.to_rfc3339()),
         quote_literal(kind.as_str()),

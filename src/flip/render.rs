@@ -140,7 +140,7 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
     ));
 
     // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
-    views::push_drops(inv, &c.live_set, &mut plan);
+    views::push_drops(c, &mut plan);
     // A table retired alone keeps its keys: it and what it references leave together.
     let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
     let inbound: Vec<&dependents::Constraint> = inv
@@ -170,7 +170,7 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
         plan.push(Step::new(d, sql));
     }
 
-    views::push_re_creates(inv, &c.live_set, &mut plan);
+    views::push_re_creates(c, &mut plan);
 
     // ---- Re-attach other tables' foreign keys to the new tables.
     for k in &inbound {

@@ -9,8 +9,10 @@ use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 
 use super::acl::{acl_sql, role_sql};
+use super::check::job_view;
 use super::dependents::{self, Inventory};
-use super::render::mode_of;
+use super::render::{mode_of, Ctx};
+use super::FlipOptions;
 
 /// What the flip does with a dependent view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,14 +31,21 @@ pub enum ViewAction {
 
 /// The action for each dependent view (`inv.views` is ordered shallowest first, and a view is
 /// always deeper than what it reads).
-pub fn view_actions(inv: &Inventory, live: &BTreeSet<u32>) -> BTreeMap<u32, ViewAction> {
+pub fn view_actions(
+    inv: &Inventory,
+    live: &BTreeSet<u32>,
+    opts: &FlipOptions,
+) -> BTreeMap<u32, ViewAction> {
     let mut out = BTreeMap::new();
     for v in &inv.views {
+        // The job's own views ([`FlipOptions::job_views`]) are dropped here and re-created by
+        // the job, from their new definitions.
+        let job = job_view(inv, opts, v.rel.oid);
         let reads_recreated = v
             .reads
             .iter()
             .any(|o| out.get(o) == Some(&ViewAction::Recreate));
-        let a = if v.rel.relkind == "m" || reads_recreated {
+        let a = if v.rel.relkind == "m" || reads_recreated || job {
             ViewAction::Recreate
         } else if v.reads.iter().any(|o| live.contains(o)) {
             ViewAction::Replace
@@ -63,8 +72,9 @@ pub fn changed_deepest_first<'a>(
 }
 
 /// Drops what is re-created (deepest first), before the moves.
-pub fn push_drops(inv: &Inventory, live: &BTreeSet<u32>, plan: &mut Plan) {
-    let actions = view_actions(inv, live);
+pub fn push_drops(c: &Ctx, plan: &mut Plan) {
+    let inv = c.inv;
+    let actions = view_actions(inv, &c.live_set, c.opts);
     let action = |v: &dependents::View| actions[&v.rel.oid];
     let views_desc = changed_deepest_first(inv, &actions);
     for v in views_desc
@@ -86,11 +96,17 @@ pub fn push_drops(inv: &Inventory, live: &BTreeSet<u32>, plan: &mut Plan) {
 }
 
 /// Re-points or re-creates the dependent views over the new relations, shallowest first.
-pub fn push_re_creates(inv: &Inventory, live: &BTreeSet<u32>, plan: &mut Plan) {
-    let actions = view_actions(inv, live);
+/// (Not the job's own views: the job re-creates them itself.)
+pub fn push_re_creates(c: &Ctx, plan: &mut Plan) {
+    let inv = c.inv;
+    let actions = view_actions(inv, &c.live_set, c.opts);
     let action = |v: &dependents::View| actions[&v.rel.oid];
     // ---- Re-point or re-create dependent views over the new tables, shallowest first.
-    for v in &inv.views {
+    for v in inv
+        .views
+        .iter()
+        .filter(|v| !job_view(inv, c.opts, v.rel.oid))
+    {
         let q = qualified(&v.rel.schema, &v.rel.name);
         let kw = mode_of(&v.rel);
         // (The options go with the definition: CREATE OR REPLACE sets exactly the ones given.)

@@ -21,7 +21,7 @@ use crate::ddl::{self, Item, Relation};
 use crate::ident::{qualified, quote_ident, quote_literal, tombstone_name};
 use crate::plan::{Hazard, LockMode, Step};
 
-use super::order::{item_key, owner_key, table_key, Graph};
+use super::order::{item_key, owner_key, table_key, Graph, Key, KeyKind};
 use super::steps::{
     column_acl_steps, comment_step, drop_step, meta_steps, sequence_option_changes, Meta,
 };
@@ -34,19 +34,19 @@ struct Builder<'a> {
     tg: Graph<'a>,
     opts: &'a DiffOptions,
     /// Drop (and recreate when the source has it).
-    redo: HashSet<String>,
+    redo: HashSet<Key>,
     /// Tables whose column changes need their dependent views recreated.
-    redo_tables: HashMap<String, (u32, Vec<i16>)>,
+    redo_tables: HashMap<Key, (u32, Vec<i16>)>,
     /// Tables whose defaults and inline checks are dropped in pass 1 and set again in pass 2
     /// (they use a function or sequence that is dropped).
-    reset_defaults: HashSet<String>,
+    reset_defaults: HashSet<Key>,
     /// Source tables that have children (partitions or inheritance).
-    parents: HashSet<String>,
+    parents: HashSet<Key>,
     /// New partitions of existing partitioned tables: created standalone with their indexes,
     /// then attached (attaching adopts matching indexes instead of building new ones).
-    standalone: HashSet<String>,
+    standalone: HashSet<Key>,
     /// Target items kept because a tombstone needs them.
-    kept: HashSet<String>,
+    kept: HashSet<Key>,
     pre: Vec<Step>,
     main: Vec<Step>,
     validate: Vec<Step>,
@@ -57,24 +57,23 @@ struct Builder<'a> {
     footer: Vec<String>,
     unsupported: Vec<String>,
     /// Keys of the indexes built CONCURRENTLY (after the transactions): their settings follow.
-    concurrent_indexes: HashSet<String>,
+    concurrent_indexes: HashSet<Key>,
 }
 
 /// The [`Extra`] kind that stands for a database's large objects (out of scope).
 const LARGE_OBJECTS: &str = "large objects";
 
-fn is_deferred_drop(key: &str) -> bool {
-    [
-        "type\u{1}",
-        "function\u{1}",
-        "sequence\u{1}",
-        "collation\u{1}",
-        "schema\u{1}",
-        "extension\u{1}",
-        "xdeferred\u{1}",
-    ]
-    .iter()
-    .any(|p| key.starts_with(p))
+fn is_deferred_drop(key: &Key) -> bool {
+    matches!(
+        key.kind,
+        KeyKind::Type
+            | KeyKind::Function
+            | KeyKind::Sequence
+            | KeyKind::Collation
+            | KeyKind::Schema
+            | KeyKind::Extension
+            | KeyKind::XDeferred
+    )
 }
 
 /// Comparable text of an item without owner, privileges and comments (those are ALTERed).
@@ -183,17 +182,17 @@ pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Dif
 }
 
 impl<'a> Builder<'a> {
-    fn in_src(&self, key: &str) -> Option<Item<'a>> {
+    fn in_src(&self, key: &Key) -> Option<Item<'a>> {
         self.sg.pos.get(key).map(|&i| self.sg.items[i])
     }
 
-    fn in_tgt(&self, key: &str) -> Option<Item<'a>> {
+    fn in_tgt(&self, key: &Key) -> Option<Item<'a>> {
         self.tg.pos.get(key).map(|&i| self.tg.items[i])
     }
 
     /// Decides what is recreated.
     fn classify(&mut self) {
-        let mut start: HashSet<String> = HashSet::new();
+        let mut start: HashSet<Key> = HashSet::new();
         for (i, key) in self.tg.keys.iter().enumerate() {
             let t_item = self.tg.items[i];
             let Some(s_item) = self.in_src(key) else {
@@ -288,8 +287,7 @@ impl<'a> Builder<'a> {
                     .map(|v| v.as_slice())
                     .unwrap_or(&[]);
                 if uses.iter().any(|u| {
-                    (u.starts_with("function\u{1}") || u.starts_with("sequence\u{1}"))
-                        && self.redo.contains(u)
+                    matches!(u.kind, KeyKind::Function | KeyKind::Sequence) && self.redo.contains(u)
                 }) {
                     self.reset_defaults.insert(key.clone());
                 }
@@ -297,11 +295,11 @@ impl<'a> Builder<'a> {
         }
         // Tombstones keep what they use.
         if !self.opts.drop {
-            let stones: HashSet<String> = self
+            let stones: HashSet<Key> = self
                 .tg
                 .keys
                 .iter()
-                .filter(|k| k.starts_with("table\u{1}") && self.redo.contains(*k))
+                .filter(|k| k.kind == KeyKind::Table && self.redo.contains(*k))
                 .cloned()
                 .collect();
             let mut kept = self.tg.requirement_closure(&stones);
@@ -362,7 +360,7 @@ impl<'a> Builder<'a> {
         }
     }
 
-    fn is_gone(&self, key: &str) -> bool {
+    fn is_gone(&self, key: &Key) -> bool {
         !self.sg.pos.contains_key(key)
     }
 
@@ -510,7 +508,7 @@ impl<'a> Builder<'a> {
     }
 
     /// Pass 1 part of a table both sides have: removals.
-    fn table_pre(&mut self, s: &'a Table, t: &'a Table, key: &str) {
+    fn table_pre(&mut self, s: &'a Table, t: &'a Table, key: &Key) {
         let name = t.sql_name();
         if (s.is_partition() || t.is_partition())
             && (s.parents != t.parents || s.partition_bound != t.partition_bound)
@@ -653,18 +651,18 @@ impl<'a> Builder<'a> {
 
     /// Whether the relation `key` exists in the target and stays (so new indexes and
     /// constraints on it are built online).
-    fn existing(&self, key: &str) -> bool {
+    fn existing(&self, key: &Key) -> bool {
         self.tg.pos.contains_key(key) && !self.redo.contains(key)
     }
 
-    fn create(&mut self, item: Item<'a>, key: &str, recreated: bool) {
+    fn create(&mut self, item: Item<'a>, key: &Key, recreated: bool) {
         let what = item.describe();
         let verb = if recreated { "Recreate" } else { "Create" };
         match item {
             Item::Table(t) if t.is_partition() && !recreated => {
                 let parent = &t.parents[0];
                 if self.existing(&table_key(&parent.schema, &parent.name)) {
-                    self.standalone.insert(key.to_string());
+                    self.standalone.insert(key.clone());
                     let mut alone = t.clone();
                     alone.partition_bound = None;
                     alone.parents.clear();
@@ -889,7 +887,7 @@ impl<'a> Builder<'a> {
         }
         if let Some(o) = owner_key(&item) {
             if self.existing(&o) {
-                if let Some(r) = o.split('\u{1}').nth(1).zip(o.split('\u{1}').nth(2)) {
+                if let Some(r) = o.schema_and_name() {
                     step = step.lock(LockMode::AccessExclusive, qualified(r.0, r.1));
                 }
             }
@@ -967,7 +965,7 @@ impl<'a> Builder<'a> {
     }
 
     #[allow(clippy::collapsible_match)] // one arm per kind reads better than guards
-    fn alter_item(&mut self, s_item: Item<'a>, t_item: Item<'a>, key: &str) {
+    fn alter_item(&mut self, s_item: Item<'a>, t_item: Item<'a>, key: &Key) {
         let roles = &self.tgt.roles;
         match (s_item, t_item) {
             (Item::Schema(s), Item::Schema(t)) => {
@@ -1466,7 +1464,7 @@ impl<'a> Builder<'a> {
         ));
     }
 
-    fn alter_table(&mut self, s: &'a Table, t: &'a Table, key: &str) {
+    fn alter_table(&mut self, s: &'a Table, t: &'a Table, key: &Key) {
         let name = s.sql_name();
         let reset = self.reset_defaults.contains(key);
         // Partition bound and inheritance.
@@ -1784,7 +1782,7 @@ impl<'a> Builder<'a> {
         if let Some(a) = attach {
             // After everything of this pass: the new parent and the partition's own indexes
             // (which the attach adopts) exist by then.
-            self.standalone.insert(key.to_string());
+            self.standalone.insert(key.clone());
             // ATTACH adopts, for each index of the parent, the first matching index of the
             // partition (by oid). An index of the target that must stay unattached but matches
             // one would be adopted in place of the one the source attaches: it is dropped

@@ -128,7 +128,6 @@ pub struct SyncOptions {
     pub staging_name: Option<String>,
     pub show_diff: bool,
     pub diff_sample: usize,
-    pub swap: bool,
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub max_wait: Duration,
@@ -166,7 +165,6 @@ impl Default for SyncOptions {
             staging_name: None,
             show_diff: false,
             diff_sample: 0,
-            swap: false,
             jobs: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -488,11 +486,6 @@ pub async fn prepare(
     events: &dyn EventSink,
 ) -> Result<Prepared> {
     let started = Instant::now();
-    if opts.swap {
-        return Err(Error::NotImplemented(
-            "sync --swap (the flip engine that swaps <table>_staging into the live table)",
-        ));
-    }
     if opts.staging && opts.mode != Mode::Replace {
         return Err(Error::InvalidInput(
             "--staging-table loads whole tables: --overwrite and --preserve do not apply".into(),
@@ -1363,8 +1356,8 @@ fn unit_actions(
             // only if it is one it created.
             sql.push_str("; ");
             sql.push_str(&crate::state::record_created_relation_sql(
-                "sync",
-                "loading",
+                crate::state::OperationKind::Sync,
+                crate::state::Phase::Loading,
                 (&p.target.schema, &p.target.name),
                 (&p.target.schema, &staging_bare),
                 &loading,
@@ -1424,7 +1417,7 @@ fn unit_actions(
                         quote_ident(&staging_bare),
                         crate::state::set_operation_phase_sql(
                             (&p.target.schema, &staging_bare),
-                            "staged"
+                            crate::state::Phase::Staged
                         )
                     ),
                 )
