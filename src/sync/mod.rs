@@ -58,10 +58,12 @@
 //! parallelism with the other tables. A source older than 14 copies such tables whole (its
 //! ctid ranges would each scan the whole table), and the plan says so.
 
+mod batches;
 pub mod config;
 pub mod drift;
 mod preview;
 pub mod rules;
+pub mod schema;
 mod selection;
 mod staging;
 pub mod tables;
@@ -83,6 +85,7 @@ use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::rowdiff::{self, DiffSummary, RowSource};
 
+pub use batches::Batches;
 pub use preview::plan_swap_after_load;
 pub use rules::Rules;
 pub use tables::SchemaScope;
@@ -141,6 +144,9 @@ pub struct SyncOptions {
     /// Stop at the first failing unit (the others roll back). Without it every unit runs and
     /// the report lists the failures, as pgsync does.
     pub fail_fast: bool,
+    /// `--in-batches`: one table upserted in primary-key ranges, one transaction each,
+    /// resumable (see [`batches`]).
+    pub in_batches: Option<Batches>,
 }
 
 /// Default of [`SyncOptions::split_larger_than`].
@@ -175,6 +181,7 @@ impl Default for SyncOptions {
             rebuild_indexes_above: 100_000.0,
             split_larger_than: DEFAULT_SPLIT_LARGER_THAN,
             fail_fast: false,
+            in_batches: None,
         }
     }
 }
@@ -488,6 +495,29 @@ pub async fn prepare(
     events: &dyn EventSink,
 ) -> Result<Prepared> {
     let started = Instant::now();
+    let mut opts = opts;
+    if opts.in_batches.is_some() {
+        let clash: Vec<&str> = [
+            (opts.staging, "--staging-table"),
+            (opts.mode == Mode::Preserve, "--preserve"),
+            (opts.show_diff, "--show-diff"),
+            (opts.defer_constraints, "--defer-constraints"),
+            (opts.disable_integrity, "--disable-integrity"),
+            (opts.disable_user_triggers, "--disable-user-triggers"),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+        if !clash.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "--in-batches upserts one table batch by batch: {} do{} not apply",
+                clash.join(", "),
+                if clash.len() == 1 { "es" } else { "" }
+            )));
+        }
+        // Batches upsert (rows the target has and the source lacks stay), whatever the mode.
+        opts.mode = Mode::Overwrite;
+    }
     if opts.swap {
         return Err(Error::NotImplemented(
             "sync --swap (the flip engine that swaps <table>_staging into the live table)",
@@ -645,6 +675,33 @@ pub async fn prepare(
     }
     if opts.staging && opts.split_larger_than > 0 {
         plan_ranges(&coordinator, &mut plans, &opts, events).await?;
+    }
+
+    if let Some(b) = &opts.in_batches {
+        batches::check(&plans)?;
+        let mut plan = Plan::new("pgflip sync");
+        plan.push(
+            Step::new(
+                batches::describe(&plans[0], b),
+                format!(
+                    "-- per batch: BEGIN; COPY into a temporary table; {}; record the last key; COMMIT",
+                    "INSERT … ON CONFLICT DO UPDATE"
+                ),
+            )
+            .lock(LockMode::RowExclusive, plans[0].into.clone())
+            .outside_transaction(),
+        );
+        return Ok(Prepared {
+            source: source.clone(),
+            target: target.clone(),
+            opts,
+            _coordinator: coordinator,
+            snapshot,
+            tables: plans,
+            units: Vec::new(),
+            plan,
+            started,
+        });
     }
 
     // Foreign keys between synced tables make units; from outside, they change strategies.
@@ -1898,6 +1955,9 @@ impl Prepared {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
         });
+        if let Some(b) = &self.opts.in_batches {
+            return batches::execute(&self, b, events).await;
+        }
         if self.tables.iter().any(|p| p.strategy == Strategy::Staging) {
             // Staging tables are recorded in pgflip's state as they are created.
             crate::state::ensure(&self.target.connect().await?).await?;
