@@ -866,6 +866,15 @@ fn in_batches_resumes_after_a_kill_and_loses_or_repeats_no_row() {
         "upserted"
     );
     assert_eq!(progress(), r#"["300"]"#);
+    let st = ok(&run_in(dir.path(), &["status", "--target", &t], &[]));
+    assert!(st.contains("sync_batches (copying): public.events"), "{st}");
+    let o = run(&["--batch-size", "300", "--dry-run"], &[]);
+    assert!(
+        stdout(&o).contains("in batches of 300 rows"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(progress(), r#"["300"]"#, "a dry run changes nothing");
     // Killed inside the next batch, before its commit: none of it is in.
     let o = run(
         &["--batch-size", "300"],
