@@ -17,7 +17,8 @@
 //! 2 000) tables of 10 rows each, `pgflip sync` of every table against `pg_dump -a | psql` of
 //! the same data into the same (emptied) tables.
 //!
-//! `PGFLIP_BENCH_ROWS` (default 5 000 000) sets the size; `PGFLIP_BENCH_QUICK=1` leaves out the
+//! `PGFLIP_BENCH_PART=tables` runs only that part. `PGFLIP_BENCH_ROWS` (default 5 000 000) sets
+//! the size; `PGFLIP_BENCH_QUICK=1` leaves out the
 //! slow references (pg_dump | pg_restore, the text pipe, in place with the indexes kept) while
 //! iterating. Run: `cargo bench --bench copy`.
 
@@ -88,6 +89,12 @@ fn pgflip(args: &[&str]) -> (Duration, u64) {
 }
 
 fn main() {
+    if std::env::var("PGFLIP_BENCH_PART").as_deref() == Ok("tables") {
+        let src = LocalServer::start().expect("source server");
+        let tgt = LocalServer::start().expect("target server");
+        many_small_tables(&src, &tgt);
+        return;
+    }
     let rows: u64 = std::env::var("PGFLIP_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -288,18 +295,20 @@ fn many_small_tables(src: &LocalServer, tgt: &LocalServer) {
         &format!(
             "DO $$BEGIN FOR i IN 1..{tables} LOOP \
                EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text), now() FROM generate_series(1, 10) g', i); \
-             END LOOP; END$$; VACUUM ANALYZE"
+             END LOOP; END$$"
         ),
     );
+    psql(src, &sdb, "VACUUM ANALYZE");
     let empty = || {
         psql(
             tgt,
             &tdb,
             &format!(
                 "DO $$BEGIN FOR i IN 1..{tables} LOOP \
-                   EXECUTE format('TRUNCATE t%s', i); END LOOP; END$$; CHECKPOINT"
+                   EXECUTE format('TRUNCATE t%s', i); END LOOP; END$$"
             ),
-        )
+        );
+        psql(tgt, &tdb, "CHECKPOINT");
     };
     let (s_url, t_url) = (src.url(&sdb), tgt.url(&tdb));
     empty();
