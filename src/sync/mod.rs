@@ -459,6 +459,11 @@ pub struct Prepared {
     units: Vec<Unit>,
     plan: Plan,
     started: Instant,
+    /// In-place units reuse connection pairs (source reader inside the snapshot, target):
+    /// opening two connections and importing the snapshot per unit was most of the time of a
+    /// sync of many small tables. A pair is taken inside a slot, so there are never more pairs
+    /// than `jobs`; one whose unit failed is dropped (its transaction rolls back with it).
+    idle: std::sync::Mutex<Vec<(Client, Client)>>,
 }
 
 /// Hosts pgflip treats as "this machine" (no confirmation needed).
@@ -701,6 +706,7 @@ pub async fn prepare(
             units: Vec::new(),
             plan,
             started,
+            idle: Default::default(),
         });
     }
 
@@ -781,6 +787,7 @@ pub async fn prepare(
         units,
         plan,
         started,
+        idle: Default::default(),
     })
 }
 
@@ -2051,8 +2058,22 @@ impl Prepared {
         // against the same max_connections).
         {
             let _slot = slots.acquire().await.expect("never closed");
-            let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
-            let tgt = self.target.connect().await?;
+            // Staging units open more connections for their ranges and index builds while
+            // this pair would sit idle: only in-place units (one transaction, nothing after it)
+            // keep theirs for the next unit.
+            let reuse = unit.ranges.is_empty() && unit.after.is_empty() && unit.finish.is_empty();
+            let pooled = if reuse {
+                self.idle.lock().expect("not poisoned").pop()
+            } else {
+                None
+            };
+            let (src, tgt) = match pooled {
+                Some(pair) => pair,
+                None => (
+                    open_snapshot_reader(&self.source, &self.snapshot).await?,
+                    self.target.connect().await?,
+                ),
+            };
             tgt.batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {}",
                 self.opts.lock_timeout.as_millis().max(1)
@@ -2105,7 +2126,12 @@ impl Prepared {
             tgt.batch_execute("COMMIT")
                 .await
                 .ctx("committing on the target")?;
-            let _ = src.batch_execute("COMMIT").await;
+            if reuse {
+                // The source transaction stays open: the next unit reads the same snapshot.
+                self.idle.lock().expect("not poisoned").push((src, tgt));
+            } else {
+                let _ = src.batch_execute("COMMIT").await;
+            }
         }
         // The loading tables are committed from here on: a failure drops them again, so that
         // nothing half-filled stays behind.
