@@ -1055,8 +1055,8 @@ async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
     let c = db.client().await;
     pgflip::state::ensure(&c).await.unwrap();
     c.batch_execute(&pgflip::state::record_operation_sql(
-        "sync",
-        "staged",
+        pgflip::state::OperationKind::Sync,
+        pgflip::state::Phase::Staged,
         ("public", "t"),
         ("public", "t_staging"),
         &serde_json::json!({"rows": 0}),
@@ -1091,6 +1091,25 @@ async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
     let s = stdout(&pgflip(&["status", "--target", &db.url()]));
     assert!(s.contains("In flight:\n  nothing"), "{s}");
     assert!(s.contains("Latest flip: generation"), "{s}");
+}
+
+#[tokio::test]
+async fn status_reads_what_is_in_flight_from_the_records_not_from_names() {
+    // A user's own table that happens to be called `<table>_staging` is not pgflip's.
+    let db = fresh_db("flip_status_names");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE t_staging (LIKE t INCLUDING ALL);");
+    let c = db.client().await;
+    pgflip::state::ensure(&c).await.unwrap();
+    let s = stdout(&pgflip(&["status", "--target", &db.url()]));
+    assert!(s.contains("In flight:\n  nothing"), "{s}");
+    assert!(!s.contains("t_staging"), "{s}");
+
+    // A record of a kind this pgflip does not know was written by a newer one: named, not
+    // shown as something else.
+    db.psql("INSERT INTO pgflip.operations (kind, phase) VALUES ('reshard', 'planning')");
+    let o = pgflip(&["status", "--target", &db.url()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kind 'reshard'"), "{}", stderr(&o));
 }
 
 #[tokio::test]

@@ -811,9 +811,14 @@ fn kill_9_at_every_swap_boundary_leaves_the_target_wholly_before_or_after() {
     // The generation is an ordinary one: rollback brings the old tables back.
     ok(&pgflip(&["rollback", "--latest", "--target", &t]));
     tgt.psql("DELETE FROM users WHERE id = 900");
-    // The schema the migration created stays, empty (a rollback moves tables, not schemas):
-    // DROP without CASCADE shows that nothing is left in it.
-    tgt.psql("DROP SCHEMA sales");
+    // The schema the migration created is empty after the rollback: dropped by it.
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'sales'"
+        ),
+        "0"
+    );
     let after = user_dump(&tgt);
     assert!(after == before, "{}", line_diff(&before, &after));
 }
@@ -1029,4 +1034,49 @@ fn a_target_server_restart_during_prepare_fails_it_clearly_and_abort_or_rerun_ke
         q(&tgt, "SELECT count(*) FROM users"),
         (300 + next_id - 1000).to_string()
     );
+}
+
+#[test]
+fn a_swap_needing_more_locks_than_the_server_holds_is_refused_before_any_lock() {
+    // A server with a small lock table: 10 × (10 + 0) = 100 locks for everyone together.
+    let srv: &'static pgflip::localpg::LocalServer = Box::leak(Box::new(
+        pgflip::localpg::LocalServer::start_with(pgflip::localpg::ServerOptions {
+            settings: vec![
+                ("max_locks_per_transaction".into(), "10".into()),
+                ("max_connections".into(), "10".into()),
+                ("max_prepared_transactions".into(), "0".into()),
+            ],
+        })
+        .expect("start a server with a small lock table"),
+    ));
+    let src = TestDb::new(srv, "mig_locks_src");
+    let tgt = TestDb::new(srv, "mig_locks_tgt");
+    // 30 tables on both sides, each with its key: the swap locks 4 relations per table.
+    let tables = |v: i32| -> String {
+        (0..30)
+            .map(|i| {
+                format!("CREATE TABLE t{i} (id int PRIMARY KEY, v int); INSERT INTO t{i} VALUES (1, {v});")
+            })
+            .collect()
+    };
+    src.psql(&tables(1));
+    tgt.psql(&tables(2));
+    ok(&prepare(&src, &tgt, &[]));
+    let before = digest(&tgt, "t7");
+    let o = migrate(&tgt, "swap", &[]);
+    assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("max_locks_per_transaction = 10")
+            && err.contains("(max_connections 10 + max_prepared_transactions 0) = 100")
+            && err.contains("Raise max_locks_per_transaction to at least 14"),
+        "{err}"
+    );
+    // Nothing changed: the old tables are live, the migration is still prepared.
+    assert_eq!(digest(&tgt, "t7"), before);
+    assert_eq!(q(&tgt, "SELECT count(*) FROM pgflip.generations"), "0");
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["record"]["phase"], "prepared", "{st:#}");
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
 }

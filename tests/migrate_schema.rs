@@ -35,6 +35,8 @@ CREATE POLICY orders_write ON orders FOR ALL TO mig_rich_app USING (true) WITH C
 CREATE VIEW order_view AS SELECT o.id, c.name, o.state, o.qty FROM orders o JOIN customers c ON c.id = o.customer_id;
 CREATE MATERIALIZED VIEW order_totals AS SELECT customer_id, sum(qty)::bigint AS total FROM orders GROUP BY customer_id;
 CREATE UNIQUE INDEX order_totals_customer ON order_totals (customer_id);
+CREATE SCHEMA reports;
+CREATE TABLE reports.daily (d date PRIMARY KEY);
 CREATE SCHEMA sales;
 CREATE TABLE sales.events (id int, at date NOT NULL, state order_state, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
 CREATE TABLE sales.events_2025 PARTITION OF sales.events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
@@ -52,11 +54,13 @@ GRANT EXECUTE ON FUNCTION next_code() TO mig_rich_app;
 "#;
 
 const TARGET: &str = r#"
+CREATE SCHEMA reports;
 CREATE TYPE order_state AS ENUM ('new', 'paid', 'cancelled');
 CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
 CREATE TABLE customers (id uuid PRIMARY KEY, name text);
 CREATE TABLE orders (id bigserial PRIMARY KEY, customer_id uuid REFERENCES customers, state order_state, qty int);
 CREATE VIEW order_view AS SELECT o.id, o.state FROM orders o;
+CREATE MATERIALIZED VIEW order_totals AS SELECT customer_id, count(*) AS total FROM orders GROUP BY customer_id;
 INSERT INTO customers VALUES ('00000000-0000-0000-0000-000000000001', 'old');
 INSERT INTO orders (customer_id, state, qty) VALUES ('00000000-0000-0000-0000-000000000001', 'paid', 3);
 GRANT SELECT, INSERT, UPDATE, DELETE ON customers, orders TO mig_rich_app;
@@ -100,14 +104,17 @@ fn a_realistic_migration_ends_with_the_sources_schema_read_by_a_select_only_role
     }
     // The source is read by a role that may only read it.
     src.psql(
-        "GRANT USAGE ON SCHEMA public, sales TO mig_rich_reader; \
-         GRANT SELECT ON ALL TABLES IN SCHEMA public, sales TO mig_rich_reader; \
+        "GRANT USAGE ON SCHEMA public, sales, reports TO mig_rich_reader; \
+         GRANT SELECT ON ALL TABLES IN SCHEMA public, sales, reports TO mig_rich_reader; \
          GRANT SELECT ON ALL SEQUENCES IN SCHEMA public, sales TO mig_rich_reader;",
     );
     tgt.psql(TARGET);
     let reader = src.url().replacen("postgres@", "mig_rich_reader@", 1);
     let t = tgt.url();
     let before = tgt.pg_dump(&["--schema-only", "--exclude-schema=pgflip*"]);
+    let view_before = q(&tgt, "SELECT pg_get_viewdef('order_view'::regclass)");
+    let totals_before = q(&tgt, "SELECT pg_get_viewdef('order_totals'::regclass)");
+    let touch_before = q(&tgt, "SELECT prosrc FROM pg_proc WHERE proname = 'touch'");
 
     // Abort first: everything prepare added (extension, type, functions, sequence) goes again.
     let s = src.url();
@@ -149,6 +156,23 @@ fn a_realistic_migration_ends_with_the_sources_schema_read_by_a_select_only_role
     ok(&pgflip(&[
         "migrate", "prepare", "--source", &reader, "--target", &t,
     ]));
+    // Status says beforehand what a rollback will keep.
+    let st = ok(&pgflip(&["migrate", "status", "--target", &t]));
+    assert!(
+        st.contains("a rollback after the swap restores the old views")
+            && st.contains("next_code()")
+            && st.contains("enum labels cannot be removed"),
+        "{st}"
+    );
+    // The materialized view whose definition changed was built beside during prepare: the
+    // swap's locked transaction builds and refreshes nothing.
+    let dry = ok(&pgflip(&["migrate", "swap", "--dry-run", "--target", &t]));
+    assert!(
+        dry.contains("order_totals")
+            && !dry.contains("CREATE MATERIALIZED VIEW")
+            && !dry.contains("REFRESH"),
+        "{dry}"
+    );
     let out = ok(&pgflip(&["migrate", "swap", "--target", &t]));
     assert!(out.contains("swapped"), "{out}");
     let o = check(&src, &tgt);
@@ -192,18 +216,117 @@ fn a_realistic_migration_ends_with_the_sources_schema_read_by_a_select_only_role
     assert_eq!(lines[1], "t", "the new trigger ran: {out}");
     assert_eq!(lines[2], "1", "the new view reads the new tables: {out}");
 
-    // Rollback flips the tables back, but the views the migration created read columns whose
-    // type the old tables do not have: the flip refuses, names them, and changes nothing.
-    // (Known limit: a rollback does not restore the old version's views and functions.)
+    // Rollback brings the old version back, beyond its tables too: the old view definition,
+    // the old trigger function's body; the migration's materialized view and the schema it
+    // created go. What it cannot take back (the added enum label, the domain, function,
+    // sequence and extension the retired tables use) stays, and the rollback says so.
     let o = pgflip(&["rollback", "--latest", "--target", &t]);
-    assert_eq!(o.status.code(), Some(5), "{}\n{}", stdout(&o), stderr(&o));
-    assert!(stderr(&o).contains("order_view"), "{}", stderr(&o));
-    assert_eq!(
-        q(&tgt, "SELECT count(*) FROM orders"),
-        "401",
-        "the new version stays live"
+    assert!(o.status.success(), "{}\n{}", stdout(&o), stderr(&o));
+    assert!(
+        stderr(&o).contains("keeps what the migration added") && stderr(&o).contains("next_code"),
+        "{}",
+        stderr(&o)
     );
-    assert_eq!(q(&tgt, "SELECT count(*) FROM order_view"), "401");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM orders"), "1");
+    assert_eq!(
+        q(&tgt, "SELECT pg_get_viewdef('order_view'::regclass)"),
+        view_before
+    );
+    assert_eq!(
+        q(&tgt, "SELECT prosrc FROM pg_proc WHERE proname = 'touch'"),
+        touch_before
+    );
+    assert_eq!(
+        q(&tgt, "SELECT pg_get_viewdef('order_totals'::regclass)"),
+        totals_before,
+        "the old materialized view is flipped back"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'sales'"
+        ),
+        "0",
+        "the empty schema the migration created is dropped"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'reports'"
+        ),
+        "1",
+        "an empty schema the migration did not create stays"
+    );
+    let out = psql_url(
+        &app,
+        &[
+            "SELECT count(*) FROM order_view",
+            "INSERT INTO orders (customer_id, state, qty) VALUES ('00000000-0000-0000-0000-000000000001', 'paid', 1) RETURNING qty",
+        ],
+    );
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["1", "1"], "{out}");
+    // Only what the rollback said it keeps differs from the target before the migration.
+    let mut dump = tgt.pg_dump(&["--schema-only", "--exclude-schema=pgflip*"]);
+    for kept in [
+        "next_code()",
+        "positive_qty",
+        "invoice_no",
+        "uuid-ossp",
+        "uuid_generate",
+        "postgis",
+        "EXTENSION",
+        "orders_id_seq", // moved past the new version's values
+    ] {
+        dump = dump
+            .split("\n\n")
+            .filter(|b| !b.contains(kept))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    let mut want = expected.clone();
+    for kept in ["orders_id_seq", "EXTENSION"] {
+        want = want
+            .split("\n\n")
+            .filter(|b| !b.contains(kept))
+            .collect::<Vec<_>>()
+            .join("\n\n");
+    }
+    // Grants follow the live relation in every flip (the application's access never depends
+    // on which version is live): those the migration gave stay on the old relations.
+    let norm = |d: &str| {
+        d.lines()
+            .filter(|l| {
+                !l.is_empty()
+                    && *l != "--"
+                    && !l.contains("TO mig_rich_reader;")
+                    && !l.contains("ON TABLE public.order_totals TO mig_rich_app")
+                    && !l.contains("TABLE order_totals; Type: ACL")
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let (dump, want) = (norm(&dump), norm(&want));
+    assert_eq!(dump, want, "{}", line_diff(&want, &dump));
+
+    // The rollback of the rollback redoes the migration's schema step.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    let o = check(&src, &tgt);
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "schema diff after the rollback of the rollback:\n{}\n{}",
+        stdout(&o),
+        stderr(&o)
+    );
+    // (The one built beside is flipped back in, with its rows as built.)
+    assert_eq!(digest(&tgt, "order_totals"), digest(&src, "order_totals"));
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM order_view WHERE name = 'new one'"
+        ),
+        "1"
+    );
 }
 
 /// Runs SQL through psql as the URL's user.

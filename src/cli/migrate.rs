@@ -275,6 +275,10 @@ pub fn describe(st: &MigrateStatus) -> String {
             x.sqlstate.as_deref().unwrap_or("")
         ));
     }
+    s.push_str(&format!(
+        "  a rollback after the swap restores the old views, materialized views and functions, and keeps: {}\n",
+        st.rollback_keeps.join(", ")
+    ));
     if st.swap_allowed {
         s.push_str("  swap: allowed\n");
     } else {

@@ -283,7 +283,6 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         diff_sample: args.diff_sample,
         // The swap is the flip engine's, run below once the rows are in (sync::prepare only
         // copies).
-        swap: false,
         jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
         lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
         max_wait: args.max_wait,

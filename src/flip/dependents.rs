@@ -161,6 +161,8 @@ pub struct UsedColumn {
     pub rel: u32,
     pub column: String,
     pub user: String,
+    /// The view or materialized view that uses the column (0 for other users).
+    pub view: u32,
 }
 
 /// An object bound to a flipped relation that the flip cannot carry over.
@@ -824,7 +826,9 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             "SELECT DISTINCT d.refobjid, a.attname::text, CASE WHEN d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
                 THEN (SELECT pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, r.ev_class, 0) \
                       FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid) \
-                ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) END \
+                ELSE pg_catalog.pg_describe_object(d.classid, d.objid, d.objsubid) END, \
+                coalesce((SELECT r.ev_class FROM pg_catalog.pg_rewrite r \
+                          WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND r.oid = d.objid), 0::pg_catalog.oid) \
              FROM pg_catalog.pg_depend d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
              WHERE d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.refobjid = ANY($1) AND d.refobjsubid > 0 \
                AND d.classid IN ('pg_catalog.pg_rewrite'::pg_catalog.regclass, 'pg_catalog.pg_policy'::pg_catalog.regclass, \
@@ -836,7 +840,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                AND NOT (d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND EXISTS ( \
                      SELECT 1 FROM pg_catalog.pg_rewrite r WHERE r.oid = d.objid AND r.ev_class = ANY($2))) \
              UNION \
-             SELECT co.confrelid, a.attname::text, pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, co.oid, 0) \
+             SELECT co.confrelid, a.attname::text, pg_catalog.pg_describe_object('pg_catalog.pg_constraint'::pg_catalog.regclass, co.oid, 0), 0::pg_catalog.oid \
              FROM pg_catalog.pg_constraint co JOIN pg_catalog.pg_attribute a ON a.attrelid = co.confrelid AND a.attnum = ANY(co.confkey) \
              WHERE co.contype = 'f' AND co.confrelid = ANY($1) AND co.conrelid <> co.confrelid",
             &[&live_v, &flipped_v],
@@ -849,6 +853,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             rel: r.get(0),
             column: r.get(1),
             user: r.get(2),
+            view: r.get(3),
         })
         .collect();
 

@@ -157,7 +157,9 @@ pub struct FlipOptions {
     /// installed on the live relations (migrate's capture triggers). An error aborts the flip.
     pub in_flip_before: Vec<String>,
     /// SQL run inside the flip transaction after the moves and the re-pointing, before the
-    /// generation is recorded.
+    /// generation is recorded. A JSON object it puts in `pgflip.generation_details` (`SET
+    /// LOCAL`) is merged into the generation's details (a migration's schema step, which its
+    /// rollback undoes).
     pub in_flip_after: Vec<String>,
     /// Live tables retired with nothing in their place ([`onesided`]): a migration's target
     /// tables the source lacks; a rollback of tables a flip brought in alone.
@@ -165,6 +167,11 @@ pub struct FlipOptions {
     /// Tables brought in under a name nothing holds (`green` becomes `live`): a migration's
     /// new tables; a rollback of tables a flip retired alone.
     pub bring_in_only: Vec<FlipPair>,
+    /// Dependent views and materialized views the job re-creates itself, in
+    /// `in_flip_after`, from a schema step (a rollback of a migration gives them back their
+    /// old definitions): the flip drops them with the other dependents but neither checks the
+    /// columns they use nor re-creates them.
+    pub job_views: Vec<QualifiedName>,
 }
 
 impl Default for FlipOptions {
@@ -181,6 +188,7 @@ impl Default for FlipOptions {
             in_flip_after: Vec::new(),
             retire_only: Vec::new(),
             bring_in_only: Vec::new(),
+            job_views: Vec::new(),
         }
     }
 }
@@ -493,7 +501,11 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
         let live_cols: Vec<_> = inv.columns_of(r.live_oid).collect();
         let green_cols: Vec<_> = inv.columns_of(r.green_oid).collect();
         let find = |n: &str| green_cols.iter().find(|c| c.name == n);
-        for u in inv.used_columns.iter().filter(|u| u.rel == r.live_oid) {
+        for u in inv
+            .used_columns
+            .iter()
+            .filter(|u| u.rel == r.live_oid && !job_view(inv, opts, u.view))
+        {
             let lc = live_cols.iter().find(|c| c.name == u.column);
             match (lc, find(&u.column)) {
                 (Some(_), None) => problems.push(Problem::new(
@@ -614,7 +626,7 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             format!("cannot carry over {}{}", u.object, u.why),
         ));
     }
-    for v in &inv.views {
+    for v in inv.views.iter().filter(|v| !job_view(inv, opts, v.rel.oid)) {
         if v.rel.relkind == "m" && v.rel.populated {
             warnings.push(format!(
                 "materialized view {} is re-created WITH DATA inside the flip: the application waits for its query",
@@ -630,6 +642,18 @@ fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> Resul
             problems,
         )))
     }
+}
+
+/// `oid` is a dependent view that the job re-creates itself ([`FlipOptions::job_views`]).
+fn job_view(inv: &dependents::Inventory, opts: &FlipOptions, oid: u32) -> bool {
+    oid != 0
+        && inv.views.iter().any(|v| {
+            v.rel.oid == oid
+                && opts
+                    .job_views
+                    .iter()
+                    .any(|q| q.schema == v.rel.schema && q.name == v.rel.name)
+        })
 }
 
 fn role_sql(r: &str) -> String {
@@ -1508,8 +1532,9 @@ fn render(
         plan.push(Step::new(d, sql));
     }
 
-    // ---- Re-create dependent views over the new tables, shallowest first.
-    for v in &inv.views {
+    // ---- Re-create dependent views over the new tables, shallowest first (not those the job
+    // re-creates itself).
+    for v in inv.views.iter().filter(|v| !job_view(inv, opts, v.rel.oid)) {
         let q = qualified(&v.rel.schema, &v.rel.name);
         let kw = mode_of(&v.rel);
         let with = if v.rel.reloptions.is_empty() {
@@ -1606,7 +1631,8 @@ fn render(
     let mut rec = format!(
         "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
          VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb || jsonb_strip_nulls(jsonb_build_object('run_id', \
-           pg_catalog.current_setting('pgflip.run_id', true))))",
+           pg_catalog.current_setting('pgflip.run_id', true))) \
+           || coalesce(nullif(pg_catalog.current_setting('pgflip.generation_details', true), '')::jsonb, '{{}}'::jsonb))",
         quote_literal(&label),
         quote_literal(&created_at.to_rfc3339()),
         quote_literal(kind.as_str()),
@@ -1762,7 +1788,14 @@ pub async fn flip(
     // machinery), so that the locked transaction only switches them (issue #11).
     let beside = match kind {
         FlipKind::Sync | FlipKind::Rollback => {
-            crate::green::beside::build(client, pairs, &opts.retire_only, events).await?
+            // The job's own views are dropped and re-created by the job: nothing to build.
+            let leaving: Vec<QualifiedName> = opts
+                .retire_only
+                .iter()
+                .chain(&opts.job_views)
+                .cloned()
+                .collect();
+            crate::green::beside::build(client, pairs, &leaving, events).await?
         }
         _ => None,
     };

@@ -204,6 +204,46 @@ pub fn drops(with: &Snapshot, without: &Snapshot) -> Vec<String> {
     out
 }
 
+/// What `with` has and `without` lacks, as `(kind, schema, name)` (a function's name with its
+/// arguments): what prepare adds ([`additions`]).
+pub fn added(with: &Snapshot, without: &Snapshot) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for e in &with.extensions {
+        if !without.extensions.iter().any(|x| x.name == e.name) {
+            out.push(("extension".into(), String::new(), e.name.clone()));
+        }
+    }
+    for c in &with.collations {
+        if !without
+            .collations
+            .iter()
+            .any(|x| x.schema == c.schema && x.name == c.name)
+        {
+            out.push(("collation".into(), c.schema.clone(), c.name.clone()));
+        }
+    }
+    for t in &with.types {
+        if !without
+            .types
+            .iter()
+            .any(|x| x.schema == t.schema && x.name == t.name)
+        {
+            out.push(("type".into(), t.schema.clone(), t.name.clone()));
+        }
+    }
+    for f in &with.functions {
+        out.push((
+            "function".into(),
+            f.schema.clone(),
+            format!("{}({})", f.name, f.identity_args),
+        ));
+    }
+    for q in &with.sequences {
+        out.push(("sequence".into(), q.schema.clone(), q.name.clone()));
+    }
+    out
+}
+
 /// One migrated table for [`after_swap`]: where it is built and whether the target has it.
 pub struct Moved<'a> {
     pub schema: &'a str,
@@ -262,7 +302,20 @@ pub fn after_swap_target(
         out.tables.push(t);
     }
     out.sequences.extend(renamed.sequences);
-    out.views.extend(renamed.views);
+    for mut v in renamed.views {
+        // A materialized view built beside for one the target has: the flip switches the two,
+        // carrying owner and grants over as for a table.
+        if let Some(i) = out
+            .views
+            .iter()
+            .position(|x| x.materialized && x.schema == v.schema && x.name == v.name)
+        {
+            let old = out.views.remove(i);
+            v.owner = old.owner;
+            v.acl = old.acl;
+        }
+        out.views.push(v);
+    }
     out.types.extend(renamed.types);
     out.functions.extend(renamed.functions);
     out.dependencies.extend(shadow.dependencies.iter().copied());

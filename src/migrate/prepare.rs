@@ -100,8 +100,12 @@ struct Planned {
     /// ([`objects::additions`]), and what abort runs to remove them.
     additions: Vec<String>,
     addition_drops: Vec<String>,
-    /// New materialized views: (live schema, name, CREATE in the shadow schema).
-    matviews: Vec<(String, String, String)>,
+    /// Schemas prepare creates (the live schemas the target lacks, and the additions').
+    created_schemas: Vec<String>,
+    added_objects: Vec<(String, String, String)>,
+    /// The source's materialized views built beside: (live schema, name, CREATE in the shadow
+    /// schema, whether the target has one of that name to replace).
+    matviews: Vec<(String, String, String, bool)>,
     /// Target tables the source lacks, retired by the swap.
     extra_tables: Vec<(String, String)>,
 }
@@ -275,6 +279,13 @@ fn plan(
         .map(|s| s.sql)
         .collect();
     let addition_drops = objects::drops(&with, &without);
+    let added_objects = objects::added(&with, &without);
+    let created_schemas: Vec<String> = with
+        .schemas
+        .iter()
+        .filter(|s| !tgt.schemas.iter().any(|x| x.name == s.name))
+        .map(|s| s.name.clone())
+        .collect();
     for q in &with.sequences {
         let n = qualified(&q.schema, &q.name);
         sequences.push((n.clone(), n));
@@ -320,6 +331,8 @@ fn plan(
         sequences,
         additions,
         addition_drops,
+        created_schemas,
+        added_objects,
         matviews,
         extra_tables,
     })
@@ -462,9 +475,10 @@ fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
         matviews: p
             .matviews
             .iter()
-            .map(|(schema, name, _)| record::MatviewEntry {
+            .map(|(schema, name, _, on_target)| record::MatviewEntry {
                 schema: schema.clone(),
                 name: name.clone(),
+                on_target: *on_target,
                 shadow_schema: shadow::shadow_schema_name(
                     id,
                     schema,
@@ -474,6 +488,8 @@ fn new_record(p: &Planned, id: i64, source: &str, pid: i32) -> Record {
             .collect(),
         after_swap: Vec::new(),
         extra_tables: p.extra_tables.clone(),
+        created_schemas: p.created_schemas.clone(),
+        added_objects: p.added_objects.clone(),
     }
 }
 
@@ -769,13 +785,13 @@ async fn build(
     }
     // 7. New materialized views, built over the shadow tables (never under the swap's locks),
     // then the schema steps the swap will run after its moves.
-    for (schema, name, sql) in &p.matviews {
+    for (schema, name, sql, _) in &p.matviews {
         tgt.batch_execute(sql).await.ctx(format!(
             "building materialized view {}",
             qualified(schema, name)
         ))?;
     }
-    let plan = after_swap_plan(tgt, s, rec).await?;
+    let AfterSwapPlan { after: plan, step } = after_swap_plan(tgt, s, rec).await?;
     for w in &plan.warnings {
         events.emit(Event::Warning { message: w.clone() });
     }
@@ -788,6 +804,7 @@ async fn build(
         });
     }
     rec.after_swap = plan.statements;
+    super::reverse::save_for_operation(tgt, rec.id, &step).await?;
     rec.phase = Phase::Prepared;
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.validated").await?;
@@ -1036,29 +1053,35 @@ fn replace_relation(text: &str, from: &str, to: &str) -> String {
     out
 }
 
-/// The source's materialized views the target lacks, in a migrated schema, that read only
-/// tables: built in the shadow schema over the shadow tables during prepare, so that the swap
-/// only moves them. (One that reads a view is created by the swap's schema step instead.)
+/// The source's materialized views in a migrated schema that read only tables: built in the
+/// shadow schema over the shadow tables during prepare, so that the swap only moves them (one
+/// the target lacks) or flips it with the target's (one the target has, whatever its
+/// definition: its rows must come from the new tables): nothing is built under the swap's
+/// locks. (One that reads a view is left to the swap's schema step and the flip, which
+/// re-create it under the locks, with a warning.)
 fn matviews_beside(
     src: &Snapshot,
     tgt: &Snapshot,
     selected: &BTreeSet<(String, String)>,
     map: &BTreeMap<String, String>,
-) -> Vec<(String, String, String)> {
+) -> Vec<(String, String, String, bool)> {
     let view_oids: BTreeSet<u32> = src.views.iter().map(|v| v.oid).collect();
     let mut out = Vec::new();
     for v in src.views.iter().filter(|v| v.materialized) {
         let Some(shadow) = map.get(&v.schema) else {
             continue;
         };
-        if tgt
+        let on_target = match tgt
             .views
             .iter()
-            .any(|x| x.schema == v.schema && x.name == v.name)
-            || tgt.table(&v.schema, &v.name).is_some()
+            .find(|x| x.schema == v.schema && x.name == v.name)
         {
-            continue;
-        }
+            Some(x) if x.materialized => true,
+            // A plain view becomes a materialized one: the schema step's.
+            Some(_) => continue,
+            None if tgt.table(&v.schema, &v.name).is_some() => continue,
+            None => false,
+        };
         let reads_views = src.dependencies.iter().any(|d| {
             d.from.oid == v.oid
                 && d.from.class == crate::catalog::ObjClass::Class
@@ -1086,17 +1109,13 @@ fn matviews_beside(
             sql.push_str(&i.definition.replacen(&on, &format!(" ON {q} "), 1));
             sql.push_str(";\n");
         }
-        out.push((v.schema.clone(), v.name.clone(), sql));
+        out.push((v.schema.clone(), v.name.clone(), sql, on_target));
     }
     out
 }
 
 /// The schema steps of the swap: the source against the target as the flip will leave it.
-async fn after_swap_plan(
-    tgt: &Client,
-    source: &Snapshot,
-    rec: &Record,
-) -> Result<objects::AfterSwap> {
+async fn after_swap_plan(tgt: &Client, source: &Snapshot, rec: &Record) -> Result<AfterSwapPlan> {
     // The source's schemas only: a schema only the target has is not the migration's.
     let live_filter = Filter {
         include_schemas: source.schemas.iter().map(|s| s.name.clone()).collect(),
@@ -1138,5 +1157,16 @@ async fn after_swap_plan(
     }
     // Across major versions the same view deparses differently: compare in the target's words.
     crate::schemadiff::compat::deparse_views_on_target(&mut src, &after, tgt).await?;
-    Ok(objects::after_swap(&src, &after))
+    let step =
+        super::reverse::forward(&live, &src, rec.created_schemas.clone(), &rec.added_objects);
+    Ok(AfterSwapPlan {
+        after: objects::after_swap(&src, &after),
+        step,
+    })
+}
+
+/// The swap's schema step, and what its rollback needs to undo it.
+struct AfterSwapPlan {
+    after: objects::AfterSwap,
+    step: super::reverse::SchemaStep,
 }

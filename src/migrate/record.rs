@@ -13,49 +13,9 @@ use tokio_postgres::Client;
 use crate::error::{DbResultExt, Error, Result};
 use crate::ident::{qualified, quote_literal};
 
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Shadow schemas and pgflip's helpers are being created.
-    Preparing,
-    /// Capture triggers are being installed on the preserved tables.
-    Capturing,
-    /// Rows are being copied into the shadow tables.
-    Copying,
-    /// Indexes and key constraints are being built.
-    Indexing,
-    /// Foreign keys are being added and validated.
-    Validating,
-    /// Everything is built; the preserved tables are kept in sync until the swap.
-    Prepared,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Preparing => "preparing",
-            Phase::Capturing => "capturing",
-            Phase::Copying => "copying",
-            Phase::Indexing => "indexing",
-            Phase::Validating => "validating",
-            Phase::Prepared => "prepared",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        [
-            Phase::Preparing,
-            Phase::Capturing,
-            Phase::Copying,
-            Phase::Indexing,
-            Phase::Validating,
-            Phase::Prepared,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
-}
+/// Where a migration stands: `Preparing` → `Capturing` → `Copying` → `Indexing` →
+/// `Validating` → `Prepared` (the phases of every operation kind are one enum in `state`).
+pub use crate::state::Phase;
 
 /// A migrated user schema and the shadow schema its new tables are built in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -141,6 +101,14 @@ pub struct Record {
     /// the generation (a rollback brings them back). Empty with `--keep-extra-tables`.
     #[serde(default)]
     pub extra_tables: Vec<(String, String)>,
+    /// Schemas prepare created (the live schemas the target lacked, and those of the objects
+    /// it added): a rollback drops them when they are empty.
+    #[serde(default)]
+    pub created_schemas: Vec<String>,
+    /// Objects prepare added for the new tables, as `(kind, schema, name)` (a function's name
+    /// with its arguments): not the old version's, so its rollback keeps them and says so.
+    #[serde(default)]
+    pub added_objects: Vec<(String, String, String)>,
 }
 
 /// A materialized view built beside.
@@ -148,6 +116,9 @@ pub struct Record {
 pub struct MatviewEntry {
     pub schema: String,
     pub name: String,
+    /// The target has a materialized view of that name: the swap flips the two.
+    #[serde(default)]
+    pub on_target: bool,
     pub shadow_schema: String,
 }
 
@@ -178,7 +149,9 @@ impl Record {
     /// SQL that saves the record (phase and details).
     pub fn save_sql(&self) -> Result<String> {
         Ok(format!(
-            "UPDATE pgflip.operations SET phase = {}, details = {}::jsonb, \
+            // The schema step (large, written once by prepare, read by the swap) is kept.
+            "UPDATE pgflip.operations SET phase = {}, details = {}::jsonb \
+               || jsonb_strip_nulls(jsonb_build_object('schema_step', details -> 'schema_step')), \
              updated_at = clock_timestamp() WHERE id = {}",
             quote_literal(self.phase.as_str()),
             quote_literal(&self.details()?),

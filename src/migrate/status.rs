@@ -33,6 +33,8 @@ pub struct MigrateStatus {
     pub swap_allowed: bool,
     /// Why not, when it is not.
     pub reasons: Vec<String>,
+    /// What a rollback of this migration (once swapped) does not take back.
+    pub rollback_keeps: Vec<String>,
 }
 
 /// The migrations in flight (none when nothing is prepared). Reads only.
@@ -145,7 +147,20 @@ pub(crate) async fn status_of(client: &Client, rec: Record) -> Result<MigrateSta
             missing_triggers.join(", ")
         ));
     }
+    let mut rollback_keeps: Vec<String> = rec
+        .added_objects
+        .iter()
+        .map(|(k, s, n)| {
+            if s.is_empty() {
+                format!("{k} {}", crate::ident::quote_ident(n))
+            } else {
+                format!("{k} {}.{n}", crate::ident::quote_ident(s))
+            }
+        })
+        .collect();
+    rollback_keeps.push("types as the swap changes them (enum labels cannot be removed)".into());
     Ok(MigrateStatus {
+        rollback_keeps,
         swap_allowed: reasons.is_empty(),
         record: rec,
         forwarded,

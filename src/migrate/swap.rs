@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::conn::Endpoint;
-use crate::error::{Error, Result};
+use crate::error::{DbResultExt, Error, Result};
 use crate::events::{Event, EventSink};
 use crate::flip::{self, FlipKind, FlipOptions, FlipOutcome, FlipPair, QualifiedName};
 use crate::ident::{qualified, quote_ident, quote_literal};
@@ -94,6 +94,14 @@ pub fn plan(rec: &Record) -> SwapPlan {
         }
     }
     for m in &rec.matviews {
+        if m.on_target {
+            // Built beside over the new tables; flipped like a table (rollback flips it back).
+            pairs.push(FlipPair {
+                live: QualifiedName::new(m.schema.clone(), m.name.clone()),
+                green: QualifiedName::new(m.shadow_schema.clone(), m.name.clone()),
+            });
+            continue;
+        }
         after.push(format!(
             "ALTER MATERIALIZED VIEW {} SET SCHEMA {}",
             qualified(&m.shadow_schema, &m.name),
@@ -118,6 +126,8 @@ pub fn plan(rec: &Record) -> SwapPlan {
     for m in &rec.schemas {
         after.push(format!("DROP SCHEMA {}", quote_ident(&m.shadow)));
     }
+    // What the rollback needs to undo the schema step goes with the generation.
+    after.push(super::reverse::record_from_operation_sql(rec.id));
     after.push(format!("DROP TABLE {}", rec.rejected_sql()));
     after.push(format!("DROP SEQUENCE {}", rec.forwarded_sql()));
     after.push(rec.delete_sql());
@@ -142,6 +152,82 @@ fn hooked(opts: &FlipOptions, sp: &SwapPlan) -> Result<FlipOptions> {
     fo.bring_in_only = sp.bring_in.clone();
     fo.retire_only = sp.retire.clone();
     Ok(fo)
+}
+
+/// Relations the swap's one transaction locks (the flipped and moved relations, their
+/// partitions, indexes, TOAST tables and their indexes, owned sequences, and the views that
+/// read them), with the server's lock table size: `(needed, max_locks_per_transaction,
+/// max_connections, max_prepared_transactions)`.
+const LOCK_ESTIMATE_SQL: &str = "\
+WITH RECURSIVE base AS ( \
+    SELECT c.oid FROM pg_catalog.pg_class c WHERE c.oid = ANY($1::pg_catalog.oid[]) \
+    UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN base b ON i.inhparent = b.oid \
+), rels AS ( \
+    SELECT oid FROM base \
+    UNION SELECT x.indexrelid FROM pg_catalog.pg_index x WHERE x.indrelid IN (SELECT oid FROM base) \
+    UNION SELECT c.reltoastrelid FROM pg_catalog.pg_class c \
+          WHERE c.oid IN (SELECT oid FROM base) AND c.reltoastrelid <> 0 \
+    UNION SELECT x.indexrelid FROM pg_catalog.pg_class c JOIN pg_catalog.pg_index x ON x.indrelid = c.reltoastrelid \
+          WHERE c.oid IN (SELECT oid FROM base) \
+    UNION SELECT d.objid FROM pg_catalog.pg_depend d \
+          WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+            AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+            AND d.refobjid IN (SELECT oid FROM base) AND d.deptype IN ('a', 'i') \
+    UNION SELECT r.ev_class FROM pg_catalog.pg_depend d \
+          JOIN pg_catalog.pg_rewrite r ON r.oid = d.objid \
+          WHERE d.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass \
+            AND d.refobjid IN (SELECT oid FROM base) \
+) \
+SELECT (SELECT count(*) FROM rels), \
+       pg_catalog.current_setting('max_locks_per_transaction')::bigint, \
+       pg_catalog.current_setting('max_connections')::bigint, \
+       pg_catalog.current_setting('max_prepared_transactions')::bigint";
+
+/// pgflip's own rows and tables the swap also locks (state, generation records).
+const LOCK_ESTIMATE_SLACK: i64 = 16;
+
+/// Refuses, before any lock, a swap whose one transaction would need more locks than the
+/// server's shared lock table holds (`max_locks_per_transaction × (max_connections +
+/// max_prepared_transactions)`): it would fail half-way with "out of shared memory" after
+/// holding its locks, or starve every other session of locks meanwhile.
+pub async fn check_lock_budget(client: &Client, sp: &SwapPlan) -> Result<()> {
+    let mut names: Vec<String> = Vec::new();
+    for p in sp.pairs.iter().chain(&sp.bring_in) {
+        names.push(p.live.sql());
+        names.push(p.green.sql());
+    }
+    names.extend(sp.retire.iter().map(|q| q.sql()));
+    let row = client
+        .query_one(
+            "SELECT ARRAY(SELECT pg_catalog.to_regclass(n)::pg_catalog.oid \
+             FROM unnest($1::text[]) n WHERE pg_catalog.to_regclass(n) IS NOT NULL)",
+            &[&names],
+        )
+        .await
+        .ctx("resolving the swap's relations")?;
+    let oids: Vec<u32> = row.get(0);
+    let r = client
+        .query_one(LOCK_ESTIMATE_SQL, &[&oids])
+        .await
+        .ctx("estimating the swap's locks")?;
+    let (rels, per, conns, prepared): (i64, i64, i64, i64) =
+        (r.get(0), r.get(1), r.get(2), r.get(3));
+    let needed = rels + LOCK_ESTIMATE_SLACK;
+    let slots = conns + prepared;
+    let capacity = per * slots;
+    if needed > capacity {
+        let at_least = (needed + slots - 1) / slots;
+        return Err(Error::Refused(
+            format!(
+                "the swap would take about {needed} locks in one transaction, more than the server's lock table holds: \
+                 max_locks_per_transaction = {per} × (max_connections {conns} + max_prepared_transactions {prepared}) = {capacity}. \
+                 Raise max_locks_per_transaction to at least {at_least} (a restart), or migrate fewer tables at once \
+                 (--exclude-table); nothing was changed"
+            )
+            .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Swaps the prepared migration in. Holds pgflip's target lock.
@@ -200,6 +286,7 @@ async fn swap_locked(
             .into(),
         ));
     }
+    check_lock_budget(client, &sp).await?;
     let fo = hooked(&opts.flip, &sp)?;
     let outcome = flip::flip(client, &sp.pairs, FlipKind::Migrate, &fo, events).await?;
     crate::failpoint::hit("migrate.swap.flipped").await?;

@@ -41,7 +41,7 @@ pub struct Batches {
 }
 
 /// `pgflip.operations.kind` of an unfinished batched sync.
-pub const KIND: &str = "sync_batches";
+const KIND: crate::state::OperationKind = crate::state::OperationKind::SyncBatches;
 
 /// Checks that the planned sync can run in batches: one table, a primary key that is the
 /// same on both sides, upserted.
@@ -116,7 +116,7 @@ async fn recorded(tgt: &Client, p: &TablePlan) -> Result<Option<Key>> {
         .query_opt(
             "SELECT details FROM pgflip.operations \
              WHERE kind = $1 AND live_schema = $2 AND live_name = $3",
-            &[&KIND, &p.target.schema, &p.target.name],
+            &[&KIND.as_str(), &p.target.schema, &p.target.name],
         )
         .await
         .ctx("reading the progress of an earlier batched sync")?;
@@ -296,7 +296,7 @@ fn progress_sql(p: &TablePlan, last: Option<&Key>, batches: u64, rows: u64) -> S
     match last {
         Some(k) => crate::state::record_operation_sql(
             KIND,
-            "copying",
+            crate::state::Phase::Copying,
             live,
             live,
             &serde_json::json!({
@@ -309,7 +309,7 @@ fn progress_sql(p: &TablePlan, last: Option<&Key>, batches: u64, rows: u64) -> S
         ),
         None => format!(
             "DELETE FROM pgflip.operations WHERE kind = {} AND live_schema = {} AND live_name = {}",
-            quote_literal(KIND),
+            quote_literal(KIND.as_str()),
             quote_literal(live.0),
             quote_literal(live.1)
         ),

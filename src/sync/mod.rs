@@ -131,7 +131,6 @@ pub struct SyncOptions {
     pub staging_name: Option<String>,
     pub show_diff: bool,
     pub diff_sample: usize,
-    pub swap: bool,
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub max_wait: Duration,
@@ -172,7 +171,6 @@ impl Default for SyncOptions {
             staging_name: None,
             show_diff: false,
             diff_sample: 0,
-            swap: false,
             jobs: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -522,11 +520,6 @@ pub async fn prepare(
         }
         // Batches upsert (rows the target has and the source lacks stay), whatever the mode.
         opts.mode = Mode::Overwrite;
-    }
-    if opts.swap {
-        return Err(Error::NotImplemented(
-            "sync --swap (the flip engine that swaps <table>_staging into the live table)",
-        ));
     }
     if opts.staging && opts.mode != Mode::Replace {
         return Err(Error::InvalidInput(
@@ -1427,8 +1420,8 @@ fn unit_actions(
             // only if it is one it created.
             sql.push_str("; ");
             sql.push_str(&crate::state::record_created_relation_sql(
-                "sync",
-                "loading",
+                crate::state::OperationKind::Sync,
+                crate::state::Phase::Loading,
                 (&p.target.schema, &p.target.name),
                 (&p.target.schema, &staging_bare),
                 &loading,
@@ -1488,7 +1481,7 @@ fn unit_actions(
                         quote_ident(&staging_bare),
                         crate::state::set_operation_phase_sql(
                             (&p.target.schema, &staging_bare),
-                            "staged"
+                            crate::state::Phase::Staged
                         )
                     ),
                 )
