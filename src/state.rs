@@ -515,6 +515,9 @@ pub enum OperationKind {
     Migrate,
     /// A member of a green pipeline (`pgflip green create`).
     Green,
+    /// `sync --in-batches` interrupted: the last batch committed, for a rerun to continue
+    /// after it (phase `copying`).
+    SyncBatches,
 }
 
 impl OperationKind {
@@ -523,6 +526,7 @@ impl OperationKind {
             OperationKind::Sync => "sync",
             OperationKind::Migrate => "migrate",
             OperationKind::Green => "green",
+            OperationKind::SyncBatches => "sync_batches",
         }
     }
 
@@ -531,6 +535,7 @@ impl OperationKind {
             OperationKind::Sync,
             OperationKind::Migrate,
             OperationKind::Green,
+            OperationKind::SyncBatches,
         ]
         .into_iter()
         .find(|k| k.as_str() == s)
