@@ -258,11 +258,27 @@ fn bad_input_is_refused_and_changes_nothing() {
         "CREATE TABLE nokey (a int); CREATE TABLE nokey2 (a int PRIMARY KEY, must int NOT NULL);",
     );
     tgt.psql("ALTER TABLE nokey2 ADD PRIMARY KEY (a)");
+    // A partitioned table on both sides (its key is fine): not preservable yet, by name.
+    tgt.psql(
+        "CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         INSERT INTO events VALUES (1, '2025-02-01');",
+    );
     let before = tgt.dump();
     for (args, code, needle) in [
         (vec!["--preserved-tables", "nope"], 2, "nope"),
         (vec!["--preserved-tables", "nokey"], 2, "no primary key"),
         (vec!["--preserved-tables", "nokey2"], 2, "nokey2.must"),
+        (
+            vec!["--preserved-tables", "events"],
+            2,
+            "preserved table public.events: partitioned tables cannot be preserved",
+        ),
+        (
+            vec!["--preserved-tables", "events_2025"],
+            2,
+            "--exclude-table public.events keeps the target's table",
+        ),
     ] {
         let o = prepare(&src, &tgt, &args);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
@@ -284,6 +300,18 @@ fn bad_input_is_refused_and_changes_nothing() {
             "nokey2.must=42",
         ],
     ));
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+    // As the refusal says: excluded, the partitioned table stays out of the migration.
+    ok(&prepare(&src, &tgt, &["--exclude-table", "public.events"]));
+    let st = status_json(&tgt);
+    let tables = st["migrations"][0]["record"]["tables"].as_array().unwrap();
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t["name"] == "events" || t["name"] == "events_2025"),
+        "{st:#}"
+    );
     ok(&migrate(&tgt, "abort", &[]));
     assert_eq!(leftovers(&tgt), "");
 }

@@ -135,10 +135,27 @@ fn plan(
     owner: &str,
     id: i64,
 ) -> Result<Planned> {
+    // A partition goes with its partitioned table: excluding the parent excludes it too
+    // (built alone, it would be attached to the live parent).
     let selected: BTreeSet<(String, String)> = src
         .tables
         .iter()
-        .filter(|t| !excluded(&opts.exclude, &t.schema, &t.name))
+        .filter(|t| {
+            let mut cur = *t;
+            loop {
+                if excluded(&opts.exclude, &cur.schema, &cur.name) {
+                    return false;
+                }
+                match cur
+                    .parents
+                    .first()
+                    .and_then(|q| src.table(&q.schema, &q.name))
+                {
+                    Some(p) => cur = p,
+                    None => return true,
+                }
+            }
+        })
         .map(|t| (t.schema.clone(), t.name.clone()))
         .collect();
     if selected.is_empty() {
@@ -178,8 +195,10 @@ fn plan(
         if t.kind == TableKind::Partitioned || t.is_partition() || s.kind == TableKind::Partitioned
         {
             problems.push(format!(
-                "preserved table {}: partitioned tables cannot be preserved yet",
-                t.sql_name()
+                "preserved table {}: partitioned tables cannot be preserved yet \
+                 (--exclude-table {} keeps the target's table, rows and all, out of the migration)",
+                t.sql_name(),
+                root_name(tgt, t)
             ));
             continue;
         }
@@ -812,6 +831,19 @@ async fn build(
         message: format!("migration {} prepared", rec.id),
     });
     Ok(())
+}
+
+/// The top of `t`'s partition tree on the target (`t` itself when it is not a partition).
+fn root_name(tgt: &Snapshot, t: &Table) -> String {
+    let mut cur = t;
+    while let Some(parent) = cur
+        .parents
+        .first()
+        .and_then(|q| tgt.table(&q.schema, &q.name))
+    {
+        cur = parent;
+    }
+    cur.sql_name()
 }
 
 fn root_of(p: &Planned, t: &Table) -> String {
