@@ -1108,3 +1108,79 @@ fn a_swap_needing_more_locks_than_the_server_holds_is_refused_before_any_lock() 
     ok(&migrate(&tgt, "abort", &[]));
     assert_eq!(leftovers(&tgt), "");
 }
+
+#[test]
+fn ctrl_c_during_prepare_removes_what_it_built_unless_keep_on_failure() {
+    let (src, tgt) = pair("mig_sigint");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let (s, t) = (src.url(), tgt.url());
+    // (point, --keep-on-failure, the phase status then shows)
+    for (point, keep, phase) in [
+        ("migrate.prepare.captured", false, ""),
+        ("migrate.prepare.indexed", false, ""),
+        ("migrate.prepare.copied", true, "indexing"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "migrate",
+            "prepare",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--preserved-tables",
+            "users",
+        ];
+        if keep {
+            args.push("--keep-on-failure");
+        }
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .env("PGFLIP_FAILPOINTS", format!("{point}=pause"))
+            .env("PGFLIP_FAILPOINT_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let paused = dir.path().join(format!("{point}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paused.exists() {
+            assert!(Instant::now() < deadline, "{point} never paused");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Ctrl-C, as a terminal sends it.
+        let st = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(130), "{point}: {err}");
+        assert!(err.contains("interrupted"), "{point}: {err}");
+        wait_for_pgflip_sessions_to_end(&tgt);
+        if keep {
+            // Kept for inspection: status says where it stopped; abort removes it.
+            assert!(!err.contains("removing what it built"), "{point}: {err}");
+            let st = status_json(&tgt);
+            assert_eq!(st["migrations"][0]["record"]["phase"], phase, "{st:#}");
+            assert_eq!(st["migrations"][0]["swap_allowed"], false, "{st:#}");
+            ok(&migrate(&tgt, "abort", &[]));
+        } else {
+            assert!(
+                err.contains("prepare interrupted; removing what it built"),
+                "{point}: {err}"
+            );
+        }
+        assert_eq!(leftovers(&tgt), "", "{point}");
+        let after = user_dump(&tgt);
+        assert!(after == before, "{point}: {}", line_diff(&before, &after));
+        // The application's writes work as before (no capture trigger left behind).
+        tgt.psql(
+            "INSERT INTO users VALUES (777, 'after@example.com'); DELETE FROM users WHERE id = 777",
+        );
+    }
+}

@@ -126,10 +126,13 @@ async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
         lock_timeout: a.lock.lock_timeout.max(std::time::Duration::from_millis(1)),
         max_wait: a.lock.max_wait,
         dry_run: g.dry_run,
+        interrupt: None,
     };
     let events = out.events();
-    let report = migrate::prepare(&source, &target, &opts, &events).await?;
-    drop(events);
+    let report = with_interrupt(opts, |opts| async move {
+        migrate::prepare(&source, &target, &opts, &events).await
+    })
+    .await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
         return Ok(exit::OK);
@@ -165,6 +168,50 @@ async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
     s.push_str("Next: `pgflip migrate status`, then `pgflip migrate swap` (or `migrate abort`).");
     out.println(&s);
     Ok(exit::OK)
+}
+
+/// Runs `f` with `opts.interrupt` set from SIGINT / SIGTERM: prepare then removes what it
+/// built itself (a second signal interrupts at once, as for any command).
+async fn with_interrupt<F, Fut, T>(mut opts: PrepareOptions, f: F) -> pgflip::Result<T>
+where
+    F: FnOnce(PrepareOptions) -> Fut,
+    Fut: std::future::Future<Output = pgflip::Result<T>>,
+{
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    #[cfg(unix)]
+    let listener = {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before the hand-off, so that no signal falls between the two.
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                opts.interrupt = Some(rx);
+                super::COMMAND_HANDLES_INTERRUPT.store(true, Ordering::SeqCst);
+                Some(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    let _ = tx.send(true);
+                }))
+            }
+            _ => None,
+        }
+    };
+    #[cfg(not(unix))]
+    let listener: Option<tokio::task::JoinHandle<()>> = {
+        let _ = (tx, rx);
+        None
+    };
+    let r = f(opts).await;
+    super::COMMAND_HANDLES_INTERRUPT.store(false, Ordering::SeqCst);
+    if let Some(l) = listener {
+        l.abort();
+    }
+    r
 }
 
 async fn swap(a: SwapArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {

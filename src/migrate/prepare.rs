@@ -59,6 +59,9 @@ pub struct PrepareOptions {
     pub max_wait: Duration,
     /// Plan only: print what would be built, change nothing.
     pub dry_run: bool,
+    /// Becomes `true` when the user interrupts: the build stops, its statements are
+    /// cancelled, and what it built is removed as on a failure (unless `keep_on_failure`).
+    pub interrupt: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for PrepareOptions {
@@ -74,6 +77,7 @@ impl Default for PrepareOptions {
             lock_timeout: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
             dry_run: false,
+            interrupt: None,
         }
     }
 }
@@ -613,7 +617,22 @@ async fn run(
         ),
     });
 
-    match build(src, source, target, &tgt, &s, &p, &mut rec, opts, events).await {
+    let built = build(src, source, target, &tgt, &s, &p, &mut rec, opts, events);
+    let built = match opts.interrupt.clone() {
+        None => built.await,
+        Some(mut rx) => tokio::select! {
+            r = built => r,
+            _ = rx.wait_for(|v| *v) => {
+                // The build's future is dropped (its workers' connections with it); the
+                // statements still running on the servers are cancelled, and this session's
+                // transaction, if one was open, is ended before the cleanup below.
+                crate::conn::cancel::cancel_all(Duration::from_secs(2)).await;
+                let _ = tgt.batch_execute("ROLLBACK").await;
+                Err(Error::Interrupted)
+            }
+        },
+    };
+    match built {
         Ok(()) => Ok(PrepareReport {
             record: rec,
             script: None,
@@ -623,7 +642,12 @@ async fn run(
             if !opts.keep_on_failure && !matches!(e, Error::Failpoint(_)) {
                 events.emit(Event::Warning {
                     message: format!(
-                        "prepare failed; removing what it built (migration {})",
+                        "prepare {}; removing what it built (migration {})",
+                        if matches!(e, Error::Interrupted) {
+                            "interrupted"
+                        } else {
+                            "failed"
+                        },
                         rec.id
                     ),
                 });
