@@ -1184,3 +1184,41 @@ fn ctrl_c_during_prepare_removes_what_it_built_unless_keep_on_failure() {
         );
     }
 }
+
+#[test]
+fn preserved_tables_come_from_pgflip_toml_unless_the_command_line_names_them() {
+    let (src, tgt) = pair("mig_toml");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgflip.toml");
+    std::fs::write(&file, "preserved_tables = [\"users\"]\n").unwrap();
+    let file_s = file.to_str().unwrap();
+    let preserved = |tgt: &TestDb| -> Vec<String> {
+        let st = status_json(tgt);
+        st["migrations"][0]["record"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["preserved"].is_null())
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    ok(&prepare(&src, &tgt, &["--config", file_s]));
+    assert_eq!(preserved(&tgt), ["users"]);
+    ok(&migrate(&tgt, "abort", &[]));
+    // The command line wins over the file (whose table does not exist).
+    std::fs::write(&file, "preserved_tables = [\"nope\"]\n").unwrap();
+    ok(&prepare(
+        &src,
+        &tgt,
+        &["--config", file_s, "--preserved-tables", "users"],
+    ));
+    assert_eq!(preserved(&tgt), ["users"]);
+    ok(&migrate(&tgt, "abort", &[]));
+    // A table the file names that does not exist is refused like one on the command line.
+    let o = prepare(&src, &tgt, &["--config", file_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
+    assert_eq!(leftovers(&tgt), "");
+}

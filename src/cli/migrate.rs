@@ -34,9 +34,13 @@ pub struct PrepareArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Tables whose target rows are kept: the application's writes to them are forwarded into
-    /// the new version until the swap (`table` or `schema.table`).
+    /// the new version until the swap (`table` or `schema.table`; default: `preserved_tables`
+    /// of pgflip.toml).
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub preserved_tables: Vec<String>,
+    /// Configuration file for `preserved_tables` (default: ./pgflip.toml when present).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
     /// Schemas to migrate (repeatable; default: every user schema of the source).
     #[arg(long = "schema", value_name = "S")]
     pub schemas: Vec<String>,
@@ -115,10 +119,16 @@ fn parse_column_defaults(specs: &[String]) -> anyhow::Result<Vec<(String, String
 
 async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (source, target) = super::common::endpoints(g, &a.source, &a.target)?;
+    // The command line wins; otherwise pgflip.toml's list (a team keeps it with the project).
+    let preserved = if a.preserved_tables.is_empty() {
+        pgflip::sync::config::Config::load(a.config.as_deref())?.preserved_tables
+    } else {
+        a.preserved_tables.clone()
+    };
     let opts = PrepareOptions {
         schemas: a.schemas.clone(),
         exclude: a.exclude.clone(),
-        preserved: a.preserved_tables.clone(),
+        preserved,
         column_defaults: parse_column_defaults(&a.column_defaults)?,
         jobs: a.jobs.max(1),
         keep_on_failure: a.keep_on_failure,
