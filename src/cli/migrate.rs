@@ -16,11 +16,11 @@ use super::{exit, Global, Output, SourceArgs, TargetArgs};
 #[derive(Subcommand, Debug)]
 pub enum MigrateCommand {
     /// Build the source's version of every table beside the live ones, in the target.
-    Prepare(PrepareArgs),
+    Prepare(Box<PrepareArgs>),
     /// Switch every table to the prepared version in one short transaction.
     Swap(SwapArgs),
     /// Prepare, then swap.
-    Start(PrepareArgs),
+    Start(Box<PrepareArgs>),
     /// Remove everything prepare created; the target is left as it was.
     Abort(AbortArgs),
     /// Where the migration in flight stands, and whether a swap would be allowed.
@@ -86,12 +86,12 @@ pub struct AbortArgs {
 
 pub async fn run(cmd: MigrateCommand, g: &Global, out: &Output) -> anyhow::Result<u8> {
     match cmd {
-        MigrateCommand::Prepare(a) => prepare(a, g, out).await,
+        MigrateCommand::Prepare(a) => prepare(*a, g, out).await,
         MigrateCommand::Swap(a) => swap(a, g, out).await,
         MigrateCommand::Start(a) => {
             let target = a.target.clone();
             let lock = a.lock.clone();
-            let code = prepare(a, g, out).await?;
+            let code = prepare(*a, g, out).await?;
             if code != exit::OK || g.dry_run {
                 return Ok(code);
             }
