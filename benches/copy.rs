@@ -13,7 +13,12 @@
 //!   5. the floor: `COPY (FORMAT binary)` pipe into an unindexed table, then every index built
 //!      at once on parallel connections.
 //!
-//! `PGFLIP_BENCH_ROWS` (default 5 000 000) sets the size; `PGFLIP_BENCH_QUICK=1` leaves out the
+//! Then many small tables (the issue's case: per-table overhead): `PGFLIP_BENCH_TABLES` (default
+//! 2 000) tables of 10 rows each, `pgflip sync` of every table against `pg_dump -a | psql` of
+//! the same data into the same (emptied) tables.
+//!
+//! `PGFLIP_BENCH_PART=tables` runs only that part. `PGFLIP_BENCH_ROWS` (default 5 000 000) sets
+//! the size; `PGFLIP_BENCH_QUICK=1` leaves out the
 //! slow references (pg_dump | pg_restore, the text pipe, in place with the indexes kept) while
 //! iterating. Run: `cargo bench --bench copy`.
 
@@ -84,6 +89,12 @@ fn pgflip(args: &[&str]) -> (Duration, u64) {
 }
 
 fn main() {
+    if std::env::var("PGFLIP_BENCH_PART").as_deref() == Ok("tables") {
+        let src = LocalServer::start().expect("source server");
+        let tgt = LocalServer::start().expect("target server");
+        many_small_tables(&src, &tgt);
+        return;
+    }
     let rows: u64 = std::env::var("PGFLIP_BENCH_ROWS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -256,6 +267,81 @@ fn main() {
             r(*d) / r(floor),
             mem.map(|m| (m / 1024).to_string())
                 .unwrap_or_else(|| "-".into())
+        );
+    }
+
+    many_small_tables(&src, &tgt);
+}
+
+/// `pgflip sync` of every table of a database of many 10-row tables against `pg_dump -a | psql`
+/// into the same tables, emptied before each (untimed).
+fn many_small_tables(src: &LocalServer, tgt: &LocalServer) {
+    let tables: u64 = std::env::var("PGFLIP_BENCH_TABLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000);
+    let sdb = src.create_database("bench_many_src").unwrap();
+    let tdb = tgt.create_database("bench_many_tgt").unwrap();
+    let ddl = format!(
+        "DO $$BEGIN FOR i IN 1..{tables} LOOP \
+           EXECUTE format('CREATE TABLE t%s (id int PRIMARY KEY, a text, b timestamptz)', i); \
+         END LOOP; END$$"
+    );
+    psql(src, &sdb, &ddl);
+    psql(tgt, &tdb, &ddl);
+    psql(
+        src,
+        &sdb,
+        &format!(
+            "DO $$BEGIN FOR i IN 1..{tables} LOOP \
+               EXECUTE format('INSERT INTO t%s SELECT g, md5(g::text), now() FROM generate_series(1, 10) g', i); \
+             END LOOP; END$$"
+        ),
+    );
+    psql(src, &sdb, "VACUUM ANALYZE");
+    let empty = || {
+        psql(
+            tgt,
+            &tdb,
+            &format!(
+                "DO $$BEGIN FOR i IN 1..{tables} LOOP \
+                   EXECUTE format('TRUNCATE t%s', i); END LOOP; END$$"
+            ),
+        );
+        psql(tgt, &tdb, "CHECKPOINT");
+    };
+    let (s_url, t_url) = (src.url(&sdb), tgt.url(&tdb));
+    empty();
+    let (t_pgflip, _) = pgflip(&["sync", "--source", &s_url, "--target", &t_url]);
+    let n = tgt
+        .psql(&tdb, &format!("SELECT count(*) FROM t{tables}"))
+        .unwrap();
+    assert_eq!(n.trim(), "10");
+    empty();
+    let t_dump = sh(&format!(
+        "{} -a -h 127.0.0.1 -U postgres -p {} -d {sdb} | {} -v ON_ERROR_STOP=1 >/dev/null",
+        src.client_tool("pg_dump").display(),
+        src.port(),
+        psql_cmd(tgt, &tdb)
+    ));
+    let n = tgt
+        .psql(&tdb, &format!("SELECT count(*) FROM t{tables}"))
+        .unwrap();
+    assert_eq!(n.trim(), "10");
+    println!("\nmany small tables: {tables} tables of 10 rows");
+    println!(
+        "{:<48} {:>8}  {:>14}  {:>12}",
+        "method", "seconds", "x/dump|psql", "ms per table"
+    );
+    for (name, d) in [
+        ("pgflip sync (every table)", t_pgflip),
+        ("pg_dump -a | psql", t_dump),
+    ] {
+        println!(
+            "{name:<48} {:>8.2}  {:>14.2}  {:>12.2}",
+            d.as_secs_f64(),
+            d.as_secs_f64() / t_dump.as_secs_f64(),
+            d.as_secs_f64() * 1000.0 / tables as f64
         );
     }
 }

@@ -8,6 +8,13 @@
 //! Run: `cargo bench --bench flip_stall` (add `--profile dev` to skip the release build: the
 //! figures are server-side waits, not client CPU). `FLIP_STALL_ROWS` sets rows per table,
 //! `FLIP_STALL_TABLES` the table counts (`1,50,500`), `FLIP_STALL_FLIPS` the flips per count.
+//! `FLIP_STALL_STATEMENTS=1` loads `pg_stat_statements` and prints, per flip, where the server's
+//! time went, grouped by kind of statement (it costs a little itself: not for the figures).
+//!
+//! On a loaded machine wall-clock figures swing 2-3x from run to run, so each flip also prints
+//! the CPU time the server spent on the locked transaction (`log_statement_stats` of the
+//! flipping session, read back from the server log): what the locked transaction would take
+//! on an idle machine, give or take I/O.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use pgflip::events::NullSink;
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
-use pgflip::localpg::LocalServer;
+use pgflip::localpg::{LocalServer, ServerOptions};
 use rand::{Rng, SeedableRng};
 
 const READERS: usize = 4;
@@ -37,6 +44,108 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
+}
+
+/// Groups a statement by its kind: the first words, and for `ALTER` what it does.
+fn statement_kind(q: &str) -> String {
+    let w: Vec<&str> = q.split_whitespace().collect();
+    let head = w.iter().take(2).copied().collect::<Vec<_>>().join(" ");
+    match w.first().copied() {
+        Some("ALTER") => {
+            let verb = w
+                .iter()
+                .skip(3)
+                .position(|x| {
+                    matches!(
+                        *x,
+                        "SET"
+                            | "RENAME"
+                            | "OWNER"
+                            | "ADD"
+                            | "DROP"
+                            | "ALTER"
+                            | "RESET"
+                            | "REPLICA"
+                            | "ENABLE"
+                            | "DISABLE"
+                            | "VALIDATE"
+                            | "FORCE"
+                            | "NO"
+                    )
+                })
+                .map(|i| {
+                    w[3 + i..]
+                        .iter()
+                        .take(2)
+                        .copied()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            format!("{head} … {verb}")
+        }
+        Some("INSERT") | Some("DELETE") | Some("UPDATE") => {
+            w.iter().take(3).copied().collect::<Vec<_>>().join(" ")
+        }
+        _ => head,
+    }
+}
+
+/// Prints where the server's time went during one flip (from `pg_stat_statements`).
+async fn print_statements(client: &tokio_postgres::Client, flip: usize, locked_ms: f64) {
+    let rows = client
+        .query(
+            "SELECT query, calls, total_exec_time, total_plan_time FROM pg_stat_statements \
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+               AND userid = (SELECT oid FROM pg_roles WHERE rolname = current_user) \
+               AND toplevel",
+            &[],
+        )
+        .await
+        .expect("pg_stat_statements");
+    let mut by: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
+    for r in &rows {
+        let q: String = r.get(0);
+        // The load's own statements.
+        if q.starts_with("SELECT v FROM") || q.starts_with("UPDATE t") {
+            continue;
+        }
+        let e = by.entry(statement_kind(&q)).or_default();
+        e.0 += r.get::<_, i64>(1);
+        e.1 += r.get::<_, f64>(2) + r.get::<_, f64>(3);
+    }
+    let mut v: Vec<_> = by.into_iter().collect();
+    v.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    println!("flip {flip}: server time by statement kind (locked transaction {locked_ms:.2} ms; also the guardrails and after-commit steps):");
+    for (k, (calls, t)) in v.iter().take(25) {
+        println!("  {t:>9.2} ms  {calls:>6} x  {k}");
+    }
+}
+
+/// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
+/// `log` from byte `from` on: `log_statement_stats` lines, then the statement.
+fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+    let mut usage: Option<(f64, f64)> = None;
+    let mut found = None;
+    for line in text.lines() {
+        if line.contains("QUERY STATISTICS") {
+            usage = None;
+        } else if usage.is_none() && line.contains(" s user, ") && line.contains(" s elapsed") {
+            // `!	0.012345 s user, 0.001234 s system, 0.020000 s elapsed`
+            let nums: Vec<f64> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if nums.len() >= 3 {
+                usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
+            }
+        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
+            found = usage.or(found);
+        }
+    }
+    found
 }
 
 async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
@@ -94,6 +203,27 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let flipper = srv.connect(&db).await.expect("connect");
     pgflip::state::ensure(&flipper).await.expect("state");
+    // The locked transaction's CPU time, from the server log (see `locked_cpu`).
+    flipper
+        .batch_execute("SET log_statement_stats = on; SET log_min_error_statement = log")
+        .await
+        .expect("statement stats");
+    let data_dir: String = flipper
+        .query_one("SHOW data_directory", &[])
+        .await
+        .expect("data directory")
+        .get(0);
+    let log = std::path::Path::new(&data_dir)
+        .parent()
+        .expect("server dir")
+        .join("server.log");
+    let statements = std::env::var("FLIP_STALL_STATEMENTS").is_ok_and(|v| v == "1");
+    if statements {
+        flipper
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            .await
+            .expect("pg_stat_statements");
+    }
     let first_pairs: Vec<FlipPair> = (0..tables)
         .map(|i| FlipPair {
             live: QualifiedName::new("public", format!("t{i}")),
@@ -128,14 +258,27 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             .await
             .expect("plan");
         let planned = plan_started.elapsed();
+        if statements {
+            flipper
+                .batch_execute("SELECT pg_stat_statements_reset()")
+                .await
+                .expect("reset");
+        }
+        let log_from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
         let flip_start = Instant::now();
         let outcome = flip::execute(&flipper, &fp, &opts, &NullSink)
             .await
             .expect("flip");
         let flip_end = Instant::now();
+        if statements {
+            print_statements(&flipper, n + 1, outcome.locked_ms).await;
+        }
         let lock_from = outcome.locked_at.expect("locked_at");
         let lock_to = lock_from + Duration::from_secs_f64(outcome.locked_ms / 1000.0);
-        windows.push((planned, flip_start, lock_from, lock_to, flip_end, outcome));
+        let cpu = locked_cpu(&log, log_from);
+        windows.push((
+            planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu,
+        ));
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     stop.store(true, Ordering::Relaxed);
@@ -167,7 +310,7 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             ms(pct(&before, 0.99)),
             ms(before.last().copied().unwrap_or_default())
         );
-        for (i, (_, _, lock_from, lock_to, flip_end, _)) in windows.iter().enumerate() {
+        for (i, (_, _, lock_from, lock_to, flip_end, _, _)) in windows.iter().enumerate() {
             // During: statements overlapping the locked transaction (sent → committed).
             let mut during: Vec<Duration> = samples
                 .iter()
@@ -182,10 +325,31 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
                 .max()
                 .unwrap_or_default();
             let worst = during.last().copied().unwrap_or_default();
+            // Where the worst one lay against the locked window: a stall that began before the
+            // locks or ended well after the commit was not (only) the locks.
+            let placement = samples
+                .iter()
+                .filter(|s| s.start <= *lock_to && s.start + s.latency >= *lock_from)
+                .max_by_key(|s| s.latency)
+                .map(|s| {
+                    let signed = |a: Instant, b: Instant| {
+                        if a >= b {
+                            (a - b).as_secs_f64() * 1000.0
+                        } else {
+                            -((b - a).as_secs_f64() * 1000.0)
+                        }
+                    };
+                    format!(
+                        " (it started {:+.2} ms from the locks' start, ended {:+.2} ms from the commit)",
+                        signed(s.start, *lock_from),
+                        signed(s.start + s.latency, *lock_to)
+                    )
+                })
+                .unwrap_or_default();
             let stall = worst.saturating_sub(normal);
             worst_stall[k] = worst_stall[k].max(stall);
             println!(
-                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms, stall beyond p50 {} ms; max during after-commit steps {} ms",
+                "  flip {}: during the locked transaction n={} p50={} p99={} max={} ms{placement}, stall beyond p50 {} ms; max during after-commit steps {} ms",
                 i + 1,
                 during.len(),
                 ms(pct(&during, 0.5)),
@@ -196,16 +360,18 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             );
         }
     }
-    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome)) in
+    for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu)) in
         windows.iter().enumerate()
     {
         println!(
-            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt), after-commit steps {} ms",
+            "flip {}: planning {} ms (catalog, green checksums; no locks), guardrails {} ms, locked transaction {} ms ({} attempt; server: {}), after-commit steps {} ms",
             i + 1,
             ms(*planned),
             ms(lock_from.saturating_duration_since(*flip_start)),
             ms(lock_to.saturating_duration_since(*lock_from)),
             outcome.attempts,
+            cpu.map(|(c, e)| format!("{c:.2} ms CPU, {e:.2} ms elapsed"))
+                .unwrap_or_else(|| "no statistics in the server log".into()),
             ms(flip_end.saturating_duration_since(*lock_to)),
         );
     }
@@ -222,7 +388,17 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(100_000);
-    let srv = LocalServer::start().expect("start a local PostgreSQL server");
+    let mut opts = ServerOptions::default();
+    if std::env::var("FLIP_STALL_STATEMENTS").is_ok_and(|v| v == "1") {
+        for (k, v) in [
+            ("shared_preload_libraries", "pg_stat_statements"),
+            ("pg_stat_statements.track", "top"),
+            ("pg_stat_statements.max", "20000"),
+        ] {
+            opts.settings.push((k.into(), v.into()));
+        }
+    }
+    let srv = LocalServer::start_with(opts).expect("start a local PostgreSQL server");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

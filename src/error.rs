@@ -131,6 +131,10 @@ pub enum Error {
         side: Side,
         endpoint: String,
         reason: String,
+        /// The server's SQLSTATE when the server refused (28P01 wrong password, 3D000 no such
+        /// database, 53300 too many connections…): the cause as data, for scripts. The
+        /// driver's error itself is not kept, since its text may echo what the URL held.
+        sqlstate: Option<String>,
     },
 
     /// The server rejected a statement.
@@ -202,7 +206,10 @@ impl Error {
 
     /// The SQLSTATE, when the server sent one.
     pub fn sqlstate(&self) -> Option<&str> {
-        self.server_error().map(|e| e.sqlstate.as_str())
+        match self {
+            Error::Connect { sqlstate, .. } => sqlstate.as_deref(),
+            _ => self.server_error().map(|e| e.sqlstate.as_str()),
+        }
     }
 
     /// Wraps a driver error with what pgflip was doing.

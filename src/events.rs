@@ -67,16 +67,6 @@ impl EventSink for NullSink {
     fn emit(&self, _event: Event) {}
 }
 
-/// Collects events in memory (tests, and callers that render later).
-#[derive(Default)]
-pub struct CollectSink(pub std::sync::Mutex<Vec<Event>>);
-
-impl EventSink for CollectSink {
-    fn emit(&self, event: Event) {
-        self.0.lock().expect("event collector poisoned").push(event);
-    }
-}
-
 impl<F: Fn(Event) + Send + Sync> EventSink for F {
     fn emit(&self, event: Event) {
         self(event)

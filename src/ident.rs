@@ -277,31 +277,6 @@ pub fn backup_schema(at: chrono::DateTime<chrono::Utc>) -> String {
     )
 }
 
-/// Schema that holds the shadow copies of a migration: `pgflip_shadow_<ts>`.
-pub fn shadow_schema(at: chrono::DateTime<chrono::Utc>) -> String {
-    format!(
-        "pgflip_shadow_{}",
-        at.format("%Y%m%dt%H%M%S%.6fz").to_string().replace('.', "")
-    )
-}
-
-/// Name of the green copy of `name`: `<name>_green`.
-pub fn green_name(name: &str) -> String {
-    derived_name(name, "_green")
-}
-
-/// `candidate`, or `candidate` made unique against `taken` by a numbered suffix (still within
-/// 63 bytes).
-pub fn unique_name(candidate: &str, taken: impl Fn(&str) -> bool) -> String {
-    if !taken(candidate) {
-        return candidate.to_string();
-    }
-    (1..)
-        .map(|n| derived_name(candidate, &format!("_{n}")))
-        .find(|c| !taken(c))
-        .expect("an unbounded counter finds a free name")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,14 +343,6 @@ mod tests {
             let q = quote_ident_always(&a);
             let inner = &q[1..q.len() - 1];
             prop_assert_eq!(inner.replace("\"\"", "\""), a);
-        }
-
-        #[test]
-        fn unique_names_avoid_taken(a in "[a-z]{1,70}") {
-            let first = derived_name(&a, "");
-            let u = unique_name(&first, |c| c == first);
-            prop_assert_ne!(&u, &first);
-            prop_assert!(u.len() <= MAX_IDENT_BYTES);
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod events;
 pub mod failpoint;
 pub mod flip;
+pub mod generations;
 pub mod green;
 pub mod ident;
 pub mod localpg;

@@ -505,13 +505,114 @@ pub async fn describe_holder(client: &Client) -> Result<String> {
         .join("; "))
 }
 
+/// What kind of job an in-flight operation belongs to (`pgflip.operations.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OperationKind {
+    /// A staging table of `sync --staging-table`, waiting for its swap.
+    Sync,
+    /// A whole-database migration (`pgflip migrate prepare`).
+    Migrate,
+    /// A member of a green pipeline (`pgflip green create`).
+    Green,
+    /// `sync --in-batches` interrupted: the last batch committed, for a rerun to continue
+    /// after it (phase `copying`).
+    SyncBatches,
+}
+
+impl OperationKind {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OperationKind::Sync => "sync",
+            OperationKind::Migrate => "migrate",
+            OperationKind::Green => "green",
+            OperationKind::SyncBatches => "sync_batches",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<OperationKind> {
+        [
+            OperationKind::Sync,
+            OperationKind::Migrate,
+            OperationKind::Green,
+            OperationKind::SyncBatches,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Where an in-flight operation stands. One set of words for every kind, so that `status`,
+/// each job and the fault tests read the same record the same way. Each phase is written in the
+/// transaction that does its work, so the record and the database never disagree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// sync: the staging table is being created and loaded (under a `_pgflip_loading` name).
+    Loading,
+    /// sync: the staging table is complete, under its staging name, waiting for its swap.
+    Staged,
+    /// migrate: shadow schemas and pgflip's helpers are being created.
+    Preparing,
+    /// migrate: capture triggers are being installed on the preserved tables.
+    Capturing,
+    /// migrate: rows are being copied into the shadow tables.
+    Copying,
+    /// migrate: indexes and key constraints are being built.
+    Indexing,
+    /// migrate: foreign keys are being added and validated.
+    Validating,
+    /// migrate: everything is built; preserved tables are kept in sync until the swap.
+    Prepared,
+    /// green: built (and refreshed), waiting for its promote.
+    Built,
+}
+
+impl Phase {
+    const ALL: [Phase; 9] = [
+        Phase::Loading,
+        Phase::Staged,
+        Phase::Preparing,
+        Phase::Capturing,
+        Phase::Copying,
+        Phase::Indexing,
+        Phase::Validating,
+        Phase::Prepared,
+        Phase::Built,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Loading => "loading",
+            Phase::Staged => "staged",
+            Phase::Preparing => "preparing",
+            Phase::Capturing => "capturing",
+            Phase::Copying => "copying",
+            Phase::Indexing => "indexing",
+            Phase::Validating => "validating",
+            Phase::Prepared => "prepared",
+            Phase::Built => "built",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == s)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// SQL that records (or updates) an in-flight operation — something prepared and waiting, such
 /// as a staging table awaiting its swap — to be sent in the same transaction as the work it
 /// describes. The flip deletes the row of the green relation it brings in, in its own
 /// transaction. Needs the state schema ([`ensure`]).
 pub fn record_operation_sql(
-    kind: &str,
-    phase: &str,
+    kind: OperationKind,
+    phase: Phase,
     live: (&str, &str),
     green: (&str, &str),
     details: &serde_json::Value,
@@ -521,8 +622,8 @@ pub fn record_operation_sql(
         "DELETE FROM pgflip.operations WHERE green_schema = {gs} AND green_name = {gn}; \
          INSERT INTO pgflip.operations (kind, phase, live_schema, live_name, green_schema, green_name, details) \
          VALUES ({}, {}, {}, {}, {gs}, {gn}, {}::jsonb)",
-        l(kind),
-        l(phase),
+        l(kind.as_str()),
+        l(phase.as_str()),
         l(live.0),
         l(live.1),
         l(&details.to_string()),
@@ -536,8 +637,8 @@ pub fn record_operation_sql(
 /// relation keeps it through renames, and pgflip replaces or drops a relation under a name the
 /// user can see only if its oid is recorded here ([`created_relation_oids`]).
 pub fn record_created_relation_sql(
-    kind: &str,
-    phase: &str,
+    kind: OperationKind,
+    phase: Phase,
     live: (&str, &str),
     staging: (&str, &str),
     rel: &str,
@@ -555,12 +656,12 @@ pub fn record_created_relation_sql(
 }
 
 /// SQL moving the operation of green relation `green` to `phase`.
-pub fn set_operation_phase_sql(green: (&str, &str), phase: &str) -> String {
+pub fn set_operation_phase_sql(green: (&str, &str), phase: Phase) -> String {
     use crate::ident::quote_literal as l;
     format!(
         "UPDATE pgflip.operations SET phase = {}, updated_at = clock_timestamp() \
          WHERE green_schema = {} AND green_name = {}",
-        l(phase),
+        l(phase.as_str()),
         l(green.0),
         l(green.1)
     )
@@ -597,8 +698,8 @@ pub async fn created_relation_oids(client: &Client) -> Result<std::collections::
 /// An in-flight operation.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Operation {
-    pub kind: String,
-    pub phase: String,
+    pub kind: OperationKind,
+    pub phase: Phase,
     pub live: String,
     pub green: String,
     pub updated_at: chrono::DateTime<chrono::Utc>,
@@ -619,15 +720,26 @@ pub async fn operations(client: &Client) -> Result<Vec<Operation>> {
         )
         .await
         .ctx("reading in-flight operations")?;
-    Ok(rows
-        .iter()
-        .map(|r| Operation {
-            kind: r.get(0),
-            phase: r.get(1),
-            live: crate::ident::qualified(r.get(2), r.get(3)),
-            green: crate::ident::qualified(r.get(4), r.get(5)),
-            updated_at: r.get(6),
-            details: r.get(7),
+    rows.iter()
+        .map(|r| {
+            let (kind, phase): (String, String) = (r.get(0), r.get(1));
+            // A kind or phase this pgflip does not know was written by a newer one: say so
+            // rather than show the record as something it is not.
+            let unknown = |what: &str, v: &str| {
+                Error::Config(format!(
+                    "pgflip.operations holds an operation with {what} '{v}', which this pgflip \
+                     ({}) does not know: it was written by a newer pgflip; use that one",
+                    crate::VERSION
+                ))
+            };
+            Ok(Operation {
+                kind: OperationKind::parse(&kind).ok_or_else(|| unknown("kind", &kind))?,
+                phase: Phase::parse(&phase).ok_or_else(|| unknown("phase", &phase))?,
+                live: crate::ident::qualified(r.get(2), r.get(3)),
+                green: crate::ident::qualified(r.get(4), r.get(5)),
+                updated_at: r.get(6),
+                details: r.get(7),
+            })
         })
-        .collect())
+        .collect()
 }

@@ -884,6 +884,17 @@ async fn an_unknown_database_is_named() {
         err.ends_with("database \"no_such_db\" does not exist"),
         "{err}"
     );
+    // The cause is kept as data: the server's SQLSTATE, in the error and in --json.
+    let e = ep.connect().await.expect_err("no such database");
+    assert_eq!(e.sqlstate(), Some("3D000"), "{e:?}");
+    let bad = format!(
+        "{}/no_such_db",
+        server().url("x").rsplit_once('/').unwrap().0
+    );
+    let o = pgflip(&["--json", "status", "--target", &bad]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON error");
+    assert_eq!(v["sqlstate"], "3D000", "{v}");
 }
 
 #[tokio::test]

@@ -393,7 +393,8 @@ async fn dry_run_prints_the_plan_and_changes_nothing() {
         plan.contains("-- lock: ACCESS EXCLUSIVE on public.t"),
         "{plan}"
     );
-    assert!(plan.contains("CREATE VIEW public.v"), "{plan}");
+    // The view is re-pointed in place (its OID, owner and grants stay).
+    assert!(plan.contains("CREATE OR REPLACE VIEW public.v"), "{plan}");
     assert_eq!(db.dump(), before);
 }
 
@@ -1055,8 +1056,8 @@ async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
     let c = db.client().await;
     pgflip::state::ensure(&c).await.unwrap();
     c.batch_execute(&pgflip::state::record_operation_sql(
-        "sync",
-        "staged",
+        pgflip::state::OperationKind::Sync,
+        pgflip::state::Phase::Staged,
         ("public", "t"),
         ("public", "t_staging"),
         &serde_json::json!({"rows": 0}),
@@ -1091,6 +1092,25 @@ async fn status_shows_what_is_in_flight_and_the_flip_clears_it() {
     let s = stdout(&pgflip(&["status", "--target", &db.url()]));
     assert!(s.contains("In flight:\n  nothing"), "{s}");
     assert!(s.contains("Latest flip: generation"), "{s}");
+}
+
+#[tokio::test]
+async fn status_reads_what_is_in_flight_from_the_records_not_from_names() {
+    // A user's own table that happens to be called `<table>_staging` is not pgflip's.
+    let db = fresh_db("flip_status_names");
+    db.psql("CREATE TABLE t (id int PRIMARY KEY); CREATE TABLE t_staging (LIKE t INCLUDING ALL);");
+    let c = db.client().await;
+    pgflip::state::ensure(&c).await.unwrap();
+    let s = stdout(&pgflip(&["status", "--target", &db.url()]));
+    assert!(s.contains("In flight:\n  nothing"), "{s}");
+    assert!(!s.contains("t_staging"), "{s}");
+
+    // A record of a kind this pgflip does not know was written by a newer one: named, not
+    // shown as something else.
+    db.psql("INSERT INTO pgflip.operations (kind, phase) VALUES ('reshard', 'planning')");
+    let o = pgflip(&["status", "--target", &db.url()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("kind 'reshard'"), "{}", stderr(&o));
 }
 
 #[tokio::test]
@@ -1435,4 +1455,210 @@ async fn checksums_pick_their_method_and_verify_catches_a_changed_row() {
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
         assert!(stdout(&out).contains("checksum"), "{}", stdout(&out));
     }
+}
+
+#[tokio::test]
+async fn plain_views_are_re_pointed_in_place_and_only_what_reads_a_materialized_view_is_re_created()
+{
+    let db = fresh_db("flip_views_in_place");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, a int NOT NULL); \
+         CREATE TABLE t_staging (LIKE t INCLUDING ALL); \
+         INSERT INTO t SELECT g, 1 FROM generate_series(1, 5) g; \
+         INSERT INTO t_staging SELECT g, 2 FROM generate_series(1, 7) g; \
+         CREATE VIEW v1 WITH (security_barrier) AS SELECT id, a FROM t; \
+         CREATE VIEW v2 AS SELECT id, a FROM v1 WHERE id > 0; \
+         CREATE MATERIALIZED VIEW m AS SELECT count(*) AS n, max(a) AS a FROM v1; \
+         CREATE VIEW v3 AS SELECT n, a FROM m; \
+         COMMENT ON VIEW v1 IS 'kept'; GRANT SELECT ON v1 TO PUBLIC;",
+    );
+    let c = db.client().await;
+    let oids = "SELECT string_agg(c.relname || '=' || c.oid, ',' ORDER BY c.relname) FROM pg_class c \
+                WHERE c.relname IN ('v1', 'v2', 'm', 'v3') AND c.relnamespace = 'public'::regnamespace";
+    let before = text(&c, oids).await;
+    let oid_of = |all: &str, n: &str| {
+        all.split(',')
+            .find(|x| x.starts_with(&format!("{n}=")))
+            .map(str::to_string)
+    };
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &FlipOptions::default())
+        .await
+        .unwrap();
+    let sql: Vec<&str> = fp.plan.steps.iter().map(|s| s.sql.as_str()).collect();
+    let has = |needle: &str| sql.iter().any(|s| s.contains(needle));
+    assert!(
+        has("CREATE OR REPLACE VIEW public.v1 WITH (security_barrier=true) AS"),
+        "{sql:#?}"
+    );
+    // v2 reads only v1, which keeps its OID: no lock, no statement.
+    assert!(!has("public.v2"), "{sql:#?}");
+    // The materialized view must hold green's rows: re-created, and v3 over it with it.
+    assert!(has("DROP MATERIALIZED VIEW public.m"), "{sql:#?}");
+    assert!(has("DROP VIEW public.v3"), "{sql:#?}");
+    assert!(!has("DROP VIEW public.v1"), "{sql:#?}");
+    pgflip::state::ensure(&c).await.unwrap();
+    flip::execute(&c, &fp, &FlipOptions::default(), &NullSink)
+        .await
+        .unwrap();
+    let after = text(&c, oids).await;
+    for kept in ["v1", "v2"] {
+        assert_eq!(oid_of(&after, kept), oid_of(&before, kept), "{after}");
+    }
+    assert_ne!(oid_of(&after, "m"), oid_of(&before, "m"), "{after}");
+    assert_eq!(
+        text(&c, "SELECT count(*) || '/' || max(a) FROM v2").await,
+        "7/2"
+    );
+    assert_eq!(text(&c, "SELECT n || '/' || a FROM v3").await, "7/2");
+    assert_eq!(
+        text(&c, "SELECT obj_description('v1'::regclass, 'pg_class') || ' ' || has_table_privilege('public', 'v1', 'SELECT') || ' ' || array_to_string(reloptions, ',') FROM pg_class WHERE oid = 'v1'::regclass").await,
+        "kept true security_barrier=true"
+    );
+    // Back the other way: the same views read the original rows again.
+    let gen = flip::generation::find(&c, None).await.unwrap();
+    let opts = FlipOptions {
+        rollback_of: Some(gen.id),
+        allow_column_changes: true,
+        ..FlipOptions::default()
+    };
+    flip::flip(
+        &c,
+        &flip::rollback_pairs(&gen, &[]).unwrap(),
+        FlipKind::Rollback,
+        &opts,
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, "SELECT count(*) || '/' || max(a) FROM v2").await,
+        "5/1"
+    );
+    assert_eq!(text(&c, "SELECT n || '/' || a FROM v3").await, "5/1");
+    let back = text(&c, oids).await;
+    assert_eq!(oid_of(&back, "v2"), oid_of(&before, "v2"), "{back}");
+}
+
+#[tokio::test]
+async fn what_concerns_only_green_is_set_on_it_before_the_live_table_is_locked() {
+    let db = fresh_db("flip_green_first");
+    db.psql(
+        "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v IS NOT NULL)) WITH (fillfactor = 70); \
+         INSERT INTO t SELECT g, g FROM generate_series(1, 10) g; \
+         CREATE TABLE other (id int); \
+         CREATE TABLE t_staging (id int PRIMARY KEY, v int CONSTRAINT staging_v_check CHECK (v IS NOT NULL)); \
+         INSERT INTO t_staging SELECT g, -g FROM generate_series(1, 12) g; \
+         CREATE TABLE audit (n int); \
+         CREATE FUNCTION count_it() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN INSERT INTO audit VALUES (1); RETURN NULL; END $$; \
+         CREATE TRIGGER on_insert AFTER INSERT ON t FOR EACH ROW EXECUTE FUNCTION count_it(); \
+         COMMENT ON TABLE t IS 'the live one'; COMMENT ON COLUMN t.v IS 'value'; \
+         GRANT SELECT ON t TO PUBLIC; \
+         ALTER TABLE t ENABLE ROW LEVEL SECURITY; \
+         CREATE POLICY mine ON t USING (v > 0); \
+         CREATE POLICY reads_other ON t USING (id NOT IN (SELECT id FROM public.other)); \
+         ALTER TABLE t REPLICA IDENTITY FULL;",
+    );
+    let c = db.client().await;
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &FlipOptions::default())
+        .await
+        .unwrap();
+    let sql: Vec<&str> = fp.plan.steps.iter().map(|s| s.sql.as_str()).collect();
+    let pos = |needle: &str| {
+        sql.iter()
+            .position(|s| s.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle} in {sql:#?}"))
+    };
+    let live_lock = pos("LOCK TABLE public.t IN ACCESS EXCLUSIVE MODE");
+    assert!(pos("LOCK TABLE public.t_staging IN ACCESS EXCLUSIVE MODE") < live_lock);
+    for early in [
+        "GRANT SELECT ON TABLE public.t_staging TO PUBLIC",
+        "COMMENT ON TABLE public.t_staging IS 'the live one'",
+        "COMMENT ON COLUMN public.t_staging.v IS 'value'",
+        "CREATE TRIGGER on_insert AFTER INSERT ON public.t_staging",
+        "CREATE POLICY mine ON public.t_staging",
+        "ALTER TABLE public.t_staging ENABLE ROW LEVEL SECURITY",
+        "ALTER TABLE public.t_staging SET (fillfactor=70)",
+        "ALTER TABLE public.t_staging REPLICA IDENTITY FULL",
+        "ALTER TABLE public.t_staging RENAME CONSTRAINT staging_v_check TO t_v_check",
+    ] {
+        assert!(
+            pos(early) < live_lock,
+            "{early} after the live lock: {sql:#?}"
+        );
+    }
+    // Its subquery must read what is live after the moves: created under the locks.
+    assert!(pos("CREATE POLICY reads_other ON public.t AS") > pos("RENAME TO t"));
+    // The key's index takes live's name: names of indexes are per schema, so under the locks.
+    assert!(pos("RENAME CONSTRAINT t_staging_pkey TO t_pkey") > live_lock);
+
+    // The abort path: the live lock cannot be had; the work on green is rolled back with it.
+    pgflip::state::ensure(&c).await.unwrap();
+    let green_before = db.dump();
+    let blocker = db.client().await;
+    blocker
+        .batch_execute("BEGIN; SELECT count(*) FROM t")
+        .await
+        .unwrap();
+    let quick = FlipOptions {
+        lock_timeout: Duration::from_millis(50),
+        max_wait: Duration::from_millis(500),
+        old_transaction: Duration::from_secs(3600),
+        ..FlipOptions::default()
+    };
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &quick)
+        .await
+        .unwrap();
+    let err = flip::execute(&c, &fp, &quick, &NullSink).await.unwrap_err();
+    assert!(matches!(err, pgflip::Error::LockTimeout { .. }), "{err}");
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(db.dump(), green_before);
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 't_staging'::regclass"
+        )
+        .await,
+        "0"
+    );
+
+    // Forward: everything is there on the new live table, and its trigger fires.
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    c.batch_execute("INSERT INTO t VALUES (100, 1)")
+        .await
+        .unwrap();
+    assert_eq!(text(&c, "SELECT count(*) FROM audit").await, "1");
+    assert_eq!(
+        text(
+            &c,
+            "SELECT concat_ws(' | ', obj_description('t'::regclass, 'pg_class'), col_description('t'::regclass, 2), \
+               has_table_privilege('public', 't', 'SELECT'), relrowsecurity, relreplident, array_to_string(reloptions, ','), \
+               (SELECT string_agg(polname, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = 't'::regclass), \
+               (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass)) \
+             FROM pg_class WHERE oid = 't'::regclass"
+        )
+        .await,
+        "the live one | value | t | t | f | fillfactor=70 | mine,reads_other | t_pkey,t_v_check"
+    );
+    // The policy that reads another table reads the live one.
+    assert_eq!(
+        text(&c, "SELECT count(*) FROM t").await,
+        "13",
+        "the owner bypasses row-level security; the rows are green's plus the insert"
+    );
 }

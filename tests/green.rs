@@ -993,6 +993,11 @@ async fn green_promote_refuses_until_converged_then_force_and_wait() {
     assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
     assert!(stderr(&o).contains("has not converged"), "{}", stderr(&o));
     assert!(stderr(&o).contains("public.a"), "{}", stderr(&o));
+    // With --json the members that have not converged come as data, each naming its relation.
+    let o = pgflip(&["--json", "green", "promote", "a", "--target", &url]);
+    assert_eq!(o.status.code(), Some(5), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).expect("one JSON error");
+    assert_eq!(v["problems"][0]["object"], "public.a", "{v}");
     let t = Instant::now();
     let o = pgflip(&[
         "green",

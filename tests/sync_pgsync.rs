@@ -653,3 +653,315 @@ fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
     ok(&sync(&src, &tgt, &["--fail-fast"]));
     assert_eq!(state(), "a_bad=new,b=new,c=new,ch=new,p=new");
 }
+
+/// The user tables of a database, `schema.table`, sorted (pgsync's schema tests compare this).
+fn user_tables(db: &TestDb) -> String {
+    q(
+        db,
+        "SELECT coalesce(string_agg(table_schema || '.' || table_name, ',' ORDER BY table_schema, table_name), '') \
+         FROM information_schema.tables \
+         WHERE table_schema NOT IN ('information_schema', 'pg_catalog', 'pgflip')",
+    )
+}
+
+/// pgsync's `--schema-only` / `--schema-first` (its schema tests, translated), and where pgflip
+/// parts from pg_restore --clean: a table the target has is aligned online and keeps its rows
+/// and dependents, never dropped; a step with a hazard the user did not allow refuses the whole
+/// run before anything is applied or copied.
+#[test]
+fn schema_first_and_schema_only_create_or_align_the_synced_tables_and_never_drop_one() {
+    let (src, tgt) = server_pair("schemafirst");
+    src.psql(
+        "CREATE SCHEMA other; CREATE TYPE mood AS ENUM ('ok', 'sad'); \
+         CREATE FUNCTION touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$; \
+         CREATE TABLE posts (id serial PRIMARY KEY, title text NOT NULL, m mood, \
+           created timestamptz DEFAULT now()); \
+         CREATE INDEX posts_title ON posts (title); \
+         CREATE TRIGGER posts_touch BEFORE UPDATE ON posts FOR EACH ROW EXECUTE FUNCTION touch(); \
+         CREATE TABLE comments (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, \
+           post_id int REFERENCES posts, body text); \
+         CREATE TABLE other.pets (id int PRIMARY KEY, name text); \
+         CREATE TABLE unrelated (id int); \
+         INSERT INTO posts (title, m) VALUES ('a', 'ok'), ('b', 'sad'); \
+         INSERT INTO comments (post_id, body) VALUES (1, 'x')",
+    );
+    assert_eq!(user_tables(&tgt), "");
+
+    // Schema only, two tables: created with what they need, no rows, nothing else.
+    let out = ok(&sync(&src, &tgt, &["posts,comments", "--schema-only"]));
+    assert_eq!(user_tables(&tgt), "public.comments,public.posts", "{out}");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM posts"), "0");
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_trigger WHERE tgname = 'posts_touch'"
+        ),
+        "1",
+        "the trigger and its function came along"
+    );
+    assert_eq!(q(&tgt, "SELECT 'sad'::mood"), "sad");
+    assert_eq!(
+        q(&tgt, "INSERT INTO posts (title) VALUES ('z') RETURNING id"),
+        "1",
+        "the serial column has a sequence of its own on the target"
+    );
+    tgt.psql("DELETE FROM posts; SELECT setval('posts_id_seq', 1, false)");
+    // Aligned already: nothing to apply.
+    let o = sync(&src, &tgt, &["posts,comments", "--schema-only"]);
+    assert!(stderr(&o).contains("already aligned"), "{}", stderr(&o));
+
+    // Schema first: then the rows.
+    ok(&sync(&src, &tgt, &["posts,comments", "--schema-first"]));
+    assert_eq!(
+        q(&tgt, "SELECT string_agg(title, ',' ORDER BY id) FROM posts"),
+        "a,b"
+    );
+    assert_eq!(q(&tgt, "SELECT count(*) FROM comments"), "1");
+
+    // A table the target has: a new source column is added online; the target's own column is
+    // kept (renamed to a tombstone, never dropped) and a view on the table survives.
+    src.psql("ALTER TABLE posts ADD COLUMN score int NOT NULL DEFAULT 0");
+    tgt.psql(
+        "ALTER TABLE posts ADD COLUMN local_note text; UPDATE posts SET local_note = 'keep'; \
+         CREATE VIEW post_titles AS SELECT id, title FROM posts",
+    );
+    let posts_oid = q(&tgt, "SELECT 'posts'::regclass::oid");
+    ok(&sync(&src, &tgt, &["posts", "--schema-only"]));
+    assert_eq!(
+        q(&tgt, "SELECT 'posts'::regclass::oid"),
+        posts_oid,
+        "not recreated"
+    );
+    assert_eq!(q(&tgt, "SELECT sum(score) FROM posts"), "0");
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_attribute WHERE attrelid = 'posts'::regclass \
+             AND attname LIKE 'local_note_dropped_%' AND NOT attisdropped"
+        ),
+        "1",
+        "the target-only column is kept as a tombstone"
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT string_agg(title, ',' ORDER BY id) FROM post_titles"
+        ),
+        "a,b"
+    );
+
+    // A rewrite is a hazard: refused, nothing applied, no rows copied; the plan is shown by
+    // --dry-run, which changes nothing either; --allow-hazards lets it run.
+    src.psql("ALTER TABLE posts ALTER COLUMN score TYPE bigint; UPDATE posts SET title = 'new'");
+    let before = tgt.dump();
+    let rows_before = q(&tgt, "SELECT string_agg(title, ',' ORDER BY id) FROM posts");
+    let o = sync(&src, &tgt, &["posts", "--schema-first"]);
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("hazards not allowed")
+            && err.contains("--allow-hazards")
+            && err.contains("rewrites-table"),
+        "{err}"
+    );
+    assert_eq!(tgt.dump(), before, "nothing applied");
+    assert_eq!(
+        q(&tgt, "SELECT string_agg(title, ',' ORDER BY id) FROM posts"),
+        rows_before
+    );
+    let o = sync(&src, &tgt, &["posts", "--schema-first", "--dry-run"]);
+    assert!(stdout(&o).contains("TYPE bigint"), "{}", stdout(&o));
+    assert_eq!(tgt.dump(), before, "a dry run changes nothing");
+    ok(&sync(
+        &src,
+        &tgt,
+        &[
+            "posts",
+            "--schema-first",
+            "--allow-hazards",
+            "rewrites-table,long-lock",
+        ],
+    ));
+    assert_eq!(
+        q(&tgt, "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'posts'::regclass AND attname = 'score'"),
+        "bigint"
+    );
+    assert_eq!(
+        q(&tgt, "SELECT string_agg(title, ',' ORDER BY id) FROM posts"),
+        "new,new"
+    );
+
+    // pgsync's "every table of every schema": the schema comes along; --preserve is refused
+    // (as pgsync refuses it).
+    ok(&sync(&src, &tgt, &["--schema-only", "--all-schemas"]));
+    assert_eq!(
+        user_tables(&tgt),
+        "other.pets,public.comments,public.post_titles,public.posts,public.unrelated"
+    );
+    usage_error(
+        &sync(&src, &tgt, &["posts", "--schema-first", "--preserve"]),
+        "--preserve",
+    );
+}
+
+/// pgsync's `--in-batches`: one table in primary-key ranges, one transaction each, resumable.
+/// Killed between two batches and inside one, a rerun continues after the last batch committed,
+/// and the target ends with exactly the source's rows (none lost, none twice) plus its own.
+#[test]
+fn in_batches_resumes_after_a_kill_and_loses_or_repeats_no_row() {
+    let (src, tgt) = server_pair("batches");
+    src.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, v text); \
+         INSERT INTO events SELECT g, 'e' || g FROM generate_series(1, 1000) g",
+    );
+    tgt.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, v text); \
+         INSERT INTO events VALUES (5, 'old'), (2000, 'target only')",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (s, t) = (src.url(), tgt.url());
+    let args = |extra: &[&'static str]| {
+        let mut a: Vec<String> = [
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "events",
+            "--in-batches",
+        ]
+        .iter()
+        .map(|x| x.to_string())
+        .collect();
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let run = |extra: &[&'static str], env: &[(&str, &str)]| {
+        let a = args(extra);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        run_in(dir.path(), &a, env)
+    };
+    let progress = || {
+        q(
+            &tgt,
+            "SELECT coalesce((SELECT details->>'last_key' FROM pgflip.operations \
+             WHERE kind = 'sync_batches'), 'none')",
+        )
+    };
+    // Killed after the first batch committed, before the second began.
+    let o = run(
+        &["--batch-size", "300"],
+        &[("PGFLIP_FAILPOINTS", "sync.between_batches=exit")],
+    );
+    assert_eq!(o.status.code(), None, "killed: {}", stderr(&o));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM events WHERE id <= 1000"),
+        "300",
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        q(&tgt, "SELECT v FROM events WHERE id = 5"),
+        "e5",
+        "upserted"
+    );
+    assert_eq!(progress(), r#"["300"]"#);
+    let st = ok(&run_in(dir.path(), &["status", "--target", &t], &[]));
+    assert!(st.contains("sync_batches (copying): public.events"), "{st}");
+    let o = run(&["--batch-size", "300", "--dry-run"], &[]);
+    assert!(
+        stdout(&o).contains("in batches of 300 rows"),
+        "{}",
+        stdout(&o)
+    );
+    assert_eq!(progress(), r#"["300"]"#, "a dry run changes nothing");
+    // Killed inside the next batch, before its commit: none of it is in.
+    let o = run(
+        &["--batch-size", "300"],
+        &[("PGFLIP_FAILPOINTS", "sync.before_batch_commit=exit")],
+    );
+    assert!(!o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming after key (300)"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM events WHERE id <= 1000"),
+        "300"
+    );
+    assert_eq!(progress(), r#"["300"]"#);
+    // A rerun continues after 300 and finishes; the record goes with the last batch.
+    let o = run(&["--batch-size", "300", "--sleep", "0.01"], &[]);
+    ok(&o);
+    let err = stderr(&o);
+    assert!(err.contains("resuming after key (300)"), "{err}");
+    assert!(
+        err.contains("batch 3 done") && !err.contains("batch 4 done"),
+        "{err}"
+    );
+    assert_eq!(progress(), "none");
+    let rows = |db: &TestDb| {
+        q(
+            db,
+            "SELECT count(*) || ' ' || md5(string_agg(id || ':' || v, ',' ORDER BY id)) \
+             FROM events WHERE id <= 1000",
+        )
+    };
+    assert_eq!(
+        rows(&tgt),
+        rows(&src),
+        "every source row once, as the source has it"
+    );
+    assert_eq!(
+        q(&tgt, "SELECT v FROM events WHERE id = 2000"),
+        "target only"
+    );
+    // A composite key and a condition, from the start: only the matching rows.
+    src.psql(
+        "CREATE TABLE pairs (a int, b text, n int, PRIMARY KEY (a, b)); \
+         INSERT INTO pairs SELECT g % 7, 'k' || g, g FROM generate_series(1, 100) g",
+    );
+    tgt.psql("CREATE TABLE pairs (a int, b text, n int, PRIMARY KEY (a, b))");
+    ok(&run_in(
+        dir.path(),
+        &[
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "pairs",
+            "WHERE n > 10",
+            "--in-batches",
+            "--batch-size",
+            "7",
+        ],
+        &[],
+    ));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) || ' ' || sum(n) FROM pairs"),
+        q(
+            &src,
+            "SELECT count(*) || ' ' || sum(n) FROM pairs WHERE n > 10"
+        )
+    );
+    // pgsync's refusals: several tables; options that do not apply.
+    usage_error(
+        &run_in(
+            dir.path(),
+            &[
+                "sync",
+                "--source",
+                &s,
+                "--target",
+                &t,
+                "events,pairs",
+                "--in-batches",
+            ],
+            &[],
+        ),
+        "one table at a time",
+    );
+    usage_error(&run(&["--staging-table"], &[]), "--staging-table");
+}

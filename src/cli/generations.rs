@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::Args;
 use serde_json::json;
 
@@ -167,92 +166,69 @@ fn human_bytes(b: i64) -> String {
     }
 }
 
-/// Staging tables waiting for a swap: `<table>_staging` beside `<table>`.
-async fn staging_tables(
-    client: &tokio_postgres::Client,
-) -> anyhow::Result<Vec<(String, String, String)>> {
-    let rows = client
-        .query(
-            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgflip') \
-               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pgflip\\_%' \
-             ORDER BY 1, 2",
-            &[],
-        )
-        .await
-        .context("listing tables")?;
-    let tables: std::collections::BTreeSet<(String, String)> =
-        rows.iter().map(|r| (r.get(0), r.get(1))).collect();
-    let mut out = Vec::new();
-    for (schema, name) in &tables {
-        let staging = pgflip::ident::staging_name(name);
-        if tables.contains(&(schema.clone(), staging.clone())) {
-            out.push((schema.clone(), staging, name.clone()));
-        }
-    }
-    Ok(out)
-}
-
 pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (ep, client) = connect(g, &args.target).await?;
-    let version = state::current_version(&client).await?;
-    let staging = staging_tables(&client).await?;
-    let gens = generation::list(&client).await?;
-    let runs = state::runs(&client, 5).await?;
-    let ops: Vec<(String, String, String, String, String)> = state::operations(&client)
-        .await?
-        .into_iter()
-        .map(|o| {
-            (
-                o.kind,
-                o.phase,
-                o.live,
-                o.green,
-                o.updated_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
-            )
-        })
-        .collect();
+    let st = pgflip::generations::status(&client, 5).await?;
     if out.json {
         let v = json!({
             "target": ep.describe(),
-            "state_version": version,
+            "state_version": st.state_version,
             "in_flight": {
-                "staging_tables": staging.iter().map(|(s, st, t)| json!({
-                    "staging": pgflip::ident::qualified(s, st),
-                    "live": pgflip::ident::qualified(s, t),
+                "staging_tables": st.staging_tables().map(|o| json!({
+                    "staging": o.green,
+                    "live": o.live,
+                    "phase": o.phase,
                 })).collect::<Vec<_>>(),
-                "operations": ops.iter().map(|(k, p, l, g, u)| json!({
-                    "kind": k, "phase": p, "live": l, "green": g, "updated_at": u
+                "operations": st.in_flight.iter().map(|o| json!({
+                    "kind": o.kind,
+                    "phase": o.phase,
+                    "live": o.live,
+                    "green": o.green,
+                    "updated_at": o.updated_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
                 })).collect::<Vec<_>>(),
             },
-            "generations": gens.iter().take(5).collect::<Vec<_>>(),
-            "runs": runs,
+            "generations": st.generations.iter().take(5).collect::<Vec<_>>(),
+            "runs": st.runs,
         });
         out.println(&serde_json::to_string_pretty(&v)?);
         return Ok(exit::OK);
     }
     let mut s = format!("Target: {}\n", ep.describe());
-    match version {
+    match st.state_version {
         None => {
             s.push_str("State: no pgflip state on this target (nothing has been flipped here)\n")
         }
         Some(v) => s.push_str(&format!("State: pgflip schema version {v}\n")),
     }
     s.push_str("\nIn flight:\n");
-    if staging.is_empty() && ops.is_empty() {
+    if st.in_flight.is_empty() {
         s.push_str("  nothing\n");
     }
-    for (schema, st, t) in &staging {
+    for o in st.staging_tables() {
         s.push_str(&format!(
-            "  {} — staging table waiting for a swap into {}\n",
-            pgflip::ident::qualified(schema, st),
-            pgflip::ident::qualified(schema, t)
+            "  {} — staging table {} {}\n",
+            o.green,
+            if pgflip::generations::is_staged(o) {
+                "waiting for a swap into"
+            } else {
+                "still being loaded (or left by a load that was stopped) for"
+            },
+            o.live
         ));
     }
-    for (k, p, l, g, u) in &ops {
-        s.push_str(&format!("  {k} ({p}): {g} → {l}, since {u}\n"));
+    for o in &st.in_flight {
+        s.push_str(&format!(
+            "  {} ({}): {} → {}, since {}\n",
+            o.kind.as_str(),
+            o.phase,
+            o.green,
+            o.live,
+            o.updated_at.format("%Y-%m-%d %H:%M:%S UTC")
+        ));
     }
-    if version.is_some() {
+    if st.state_version.is_some() {
+        let gens = &st.generations;
+        let runs = &st.runs;
         s.push_str("\nLatest generations:\n");
         if gens.is_empty() {
             s.push_str("  none\n");
@@ -285,7 +261,7 @@ pub async fn status(args: StatusArgs, g: &Global, out: &Output) -> anyhow::Resul
         if !runs.is_empty() {
             s.push_str("\nLatest runs:\n");
         }
-        for r in &runs {
+        for r in runs {
             let took = match r.finished_at {
                 Some(f) => format!(
                     "{:.1}s",
@@ -435,26 +411,6 @@ pub(super) fn print_dry_run(out: &Output, plan: &pgflip::plan::Plan) -> anyhow::
     Ok(())
 }
 
-/// Runs a plan with pgflip's target lock held, recorded in `pgflip.runs` as `command`.
-async fn execute_locked(
-    client: tokio_postgres::Client,
-    command: &str,
-    plan: pgflip::plan::Plan,
-    out: &Output,
-) -> anyhow::Result<()> {
-    let events = out.events();
-    let opts = pgflip::plan::ExecOptions {
-        // One transaction per generation: a fault test stops cleanup between two of them.
-        after_unit: Some("cleanup.after_generation"),
-        ..Default::default()
-    };
-    state::with_target_lock(Arc::new(client), command, |c| async move {
-        plan.execute(&c, &opts, &events).await
-    })
-    .await?;
-    Ok(())
-}
-
 pub(super) fn print_plan(out: &Output, fp: &flip::FlipPlan) -> anyhow::Result<()> {
     if out.json {
         out.println(&serde_json::to_string_pretty(fp)?);
@@ -493,59 +449,34 @@ pub async fn cleanup(args: CleanupArgs, g: &Global, out: &Output) -> anyhow::Res
         (None, Some(n)) => generation::CleanupSelect::KeepNewest(n),
         (None, None) => unreachable!("clap requires one"),
     };
-    let all = generation::list(&client).await?;
-    let chosen = generation::select_for_cleanup(&all, &select);
-    let schemas: std::collections::BTreeSet<String> = client
-        .query("SELECT nspname::text FROM pg_namespace", &[])
-        .await
-        .context("listing schemas")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for gen in &chosen {
-        if schemas.contains(&gen.backup_schema) {
-            let deps = generation::outside_dependents(&client, &gen.backup_schema).await?;
-            if !deps.is_empty() {
-                return Err(pgflip::Error::Refused(
-                    format!(
-                        "generation {}'s schema {} is still used from outside it: {}",
-                        gen.label,
-                        gen.backup_schema,
-                        deps.join("; ")
-                    )
-                    .into(),
-                )
-                .into());
-            }
-        }
-    }
-    let plan = generation::cleanup_plan(&chosen, &|s| schemas.contains(s));
+    let cleanup = pgflip::generations::plan_cleanup(&client, &select).await?;
     if g.dry_run {
-        print_dry_run(out, &plan)?;
+        print_dry_run(out, &cleanup.plan)?;
         return Ok(exit::OK);
     }
-    if !chosen.is_empty() {
-        let labels: Vec<&str> = chosen.iter().map(|g| g.label.as_str()).collect();
+    if !cleanup.is_empty() {
+        let labels = cleanup.labels();
         super::confirm::confirm(
             &ep,
             &format!(
                 "drop {} generation(s) and the tables they keep ({})",
-                chosen.len(),
+                labels.len(),
                 labels.join(", ")
             ),
             args.yes,
         )?;
-        execute_locked(client, &format!("cleanup {}", labels.join(" ")), plan, out).await?;
+        let command = format!("cleanup {}", labels.join(" "));
+        pgflip::generations::cleanup(client, &command, &cleanup, &out.events()).await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
-            "cleaned": chosen.iter().map(|g| &g.label).collect::<Vec<_>>()
+            "cleaned": cleanup.labels()
         }))?);
     } else if out.quiet {
-    } else if chosen.is_empty() {
+    } else if cleanup.is_empty() {
         out.println("nothing to clean up");
     } else {
-        for gen in &chosen {
+        for gen in &cleanup.generations {
             out.println(&format!(
                 "dropped generation {} ({}, {})",
                 gen.label, gen.kind, gen.backup_schema
@@ -625,7 +556,7 @@ async fn cleanup_tombstones(
             args.yes,
         )?;
         let command = format!("cleanup --dropped --before {before}");
-        execute_locked(client, &command, plan.clone(), out).await?;
+        pgflip::generations::run_locked(client, &command, &plan, &out.events()).await?;
     }
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({

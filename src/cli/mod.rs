@@ -79,13 +79,6 @@ pub enum SchemaCommand {
     Diff(Box<schema_diff::DiffArgs>),
 }
 
-/// Placeholder for a command that is not built yet: accepts any arguments.
-#[derive(clap::Args, Debug)]
-pub struct NotBuilt {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
-}
-
 /// Exit codes (documented in the README).
 pub mod exit {
     pub const OK: u8 = 0;

@@ -124,6 +124,37 @@ pub struct SyncArgs {
     /// committed stay). Without it the other tables go on and the summary lists the failures.
     #[arg(long)]
     pub fail_fast: bool,
+    /// Create or align the synced tables (and the sequences, types and trigger functions they
+    /// need) on the target from the source, then copy the rows. Never drops a table: tables
+    /// the target has are altered online, keeping their data.
+    #[arg(long, conflicts_with_all = ["schema_only", "preserve"])]
+    pub schema_first: bool,
+    /// Only create or align the synced tables' schema (as --schema-first); copy no rows.
+    #[arg(long, conflicts_with_all = ["preserve", "overwrite", "staging", "swap", "where_clause", "show_diff", "in_batches"])]
+    pub schema_only: bool,
+    /// With --schema-first / --schema-only: let the schema step run steps with these hazards
+    /// (`rewrites-table`, `long-lock`, `deletes-data`, `replaces-data`, or `all`), as
+    /// `schema diff --apply --allow-hazards`. Online-safe steps are always allowed.
+    #[arg(long, value_name = "KIND,…", value_delimiter = ',')]
+    pub allow_hazards: Vec<String>,
+    /// Sync one large table in primary-key batches, each upserted in its own short
+    /// transaction; a rerun after an interruption continues after the last batch committed.
+    #[arg(long, conflicts_with_all = ["staging", "swap", "preserve", "show_diff"])]
+    pub in_batches: bool,
+    /// Rows per batch with --in-batches.
+    #[arg(long, value_name = "N", default_value_t = 10_000, requires = "in_batches", value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_size: u64,
+    /// Pause between batches with --in-batches (seconds, fractions allowed).
+    #[arg(long, value_name = "SECONDS", requires = "in_batches", value_parser = parse_seconds)]
+    pub sleep: Option<Duration>,
+}
+
+/// `--sleep`: seconds as pgsync takes them (`1`, `0.5`).
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    match s.trim().parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(Duration::from_secs_f64(x)),
+        _ => Err(format!("'{s}' is not a number of seconds")),
+    }
 }
 
 /// `--jobs`: at least 1.
@@ -252,7 +283,6 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         diff_sample: args.diff_sample,
         // The swap is the flip engine's, run below once the rows are in (sync::prepare only
         // copies).
-        swap: false,
         jobs: args.jobs.unwrap_or(defaults.jobs).max(1),
         lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
         max_wait: args.max_wait,
@@ -261,6 +291,10 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             .unwrap_or(defaults.rebuild_indexes_above),
         split_larger_than: args.split_tables_larger_than,
         fail_fast: args.fail_fast,
+        in_batches: args.in_batches.then(|| sync::Batches {
+            size: args.batch_size,
+            sleep: args.sleep.unwrap_or_default(),
+        }),
     };
 
     let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
@@ -287,6 +321,24 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         Some(TargetLock::acquire(lock_client.clone()).await?)
     };
     let sink = out.events();
+    if args.schema_first || args.schema_only {
+        let done = schema_step(
+            &args,
+            global,
+            out,
+            (&source, &target),
+            &lock_client,
+            &opts,
+            &sink,
+        )
+        .await?;
+        if done {
+            if let Some(lock) = held {
+                lock.release().await?;
+            }
+            return Ok(exit::OK);
+        }
+    }
     let prepared = sync::prepare(&source, &target, opts, &sink).await?;
 
     if global.dry_run {
@@ -429,6 +481,96 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         out.write_stdout(render_report(&report).as_bytes());
     }
     Ok(exit::OK)
+}
+
+/// `--schema-first` / `--schema-only`: plans the schema step of the selected tables, prints it
+/// (dry run) or checks and applies it. `true` when the command is done (schema only, or a dry
+/// run whose data plan needs the schema applied first).
+async fn schema_step(
+    args: &SyncArgs,
+    global: &Global,
+    out: &Output,
+    (source, target): (&pgflip::conn::Endpoint, &pgflip::conn::Endpoint),
+    lock_client: &Arc<tokio_postgres::Client>,
+    opts: &SyncOptions,
+    sink: &dyn pgflip::events::EventSink,
+) -> anyhow::Result<bool> {
+    use pgflip::events::Event;
+    let allowed = pgflip::schemadiff::hazards::Allowed::from_args(&args.allow_hazards, false)
+        .map_err(pgflip::Error::InvalidInput)?;
+    let src_client = source.connect().await?;
+    let step = sync::schema::plan(&src_client, lock_client, opts).await?;
+    drop(src_client);
+    for w in &step.warnings {
+        sink.emit(Event::Warning { message: w.clone() });
+    }
+    let n = step.diff.plan.steps.len();
+    if global.dry_run {
+        if out.json {
+            out.println(&serde_json::to_string_pretty(&serde_json::json!({
+                "dry_run": true,
+                "schema": { "tables": step.tables, "plan": step.diff.plan },
+            }))?);
+        } else {
+            let header = vec![
+                format!(
+                    "pgflip {} sync schema step (dry run: nothing was changed)",
+                    pgflip::VERSION
+                ),
+                format!("tables: {}", step.tables.join(", ")),
+            ];
+            out.write_stdout(step.diff.to_script(&header).as_bytes());
+            if args.schema_first && n > 0 {
+                out.info(
+                    "The rows are planned once the schema is applied (rerun without --dry-run).",
+                );
+            }
+        }
+        return Ok(args.schema_only || n > 0);
+    }
+    sync::schema::check(&step, &allowed)?;
+    if n > 0 {
+        super::confirm::confirm(
+            target,
+            &format!(
+                "create or alter {} table(s) and what they need ({n} statement(s))",
+                step.tables.len()
+            ),
+            args.yes,
+        )?;
+        let plan = &step.diff.plan;
+        let label = run_label(
+            if args.schema_only {
+                "sync --schema-only"
+            } else {
+                "sync --schema-first"
+            },
+            &step.tables,
+        );
+        // Under the target lock already held (advisory locks nest): recorded in pgflip.runs.
+        state::with_target_lock(lock_client.clone(), &label, |c| async move {
+            pgflip::schemadiff::apply(&c, plan, sink).await
+        })
+        .await?;
+    }
+    if args.schema_only && out.json {
+        out.println(&serde_json::to_string_pretty(&serde_json::json!({
+            "schema": { "tables": step.tables, "applied": n, "statements": step.diff.plan.steps },
+        }))?);
+    } else if !out.quiet && !out.json {
+        out.info(&format!(
+            "Schema: {} statement{} applied for {} table{}{}",
+            n,
+            if n == 1 { "" } else { "s" },
+            step.tables.len(),
+            if step.tables.len() == 1 { "" } else { "s" },
+            if n == 0 { " (already aligned)" } else { ":" }
+        ));
+        for s in &step.diff.plan.steps {
+            out.info(&format!("  {}", s.description));
+        }
+    }
+    Ok(args.schema_only)
 }
 
 /// The schemas names and patterns refer to.

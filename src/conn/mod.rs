@@ -261,7 +261,7 @@ impl Endpoint {
     /// starting up". Authentication and configuration errors fail at once.
     pub async fn connect(&self) -> Result<Client> {
         let tls_config =
-            tls::client_config(&self.tls).map_err(|reason| self.connect_error(reason))?;
+            tls::client_config(&self.tls).map_err(|reason| self.connect_error(reason, None))?;
         // A socket connection never uses TLS (as in libpq), and rustls cannot even be set up
         // without a host name.
         let tls_config = tls_config.filter(|_| !self.all_sockets());
@@ -277,7 +277,9 @@ impl Endpoint {
                     Ok(r) => r,
                     Err(_) => {
                         let t = self.connect_timeout.unwrap_or_default();
-                        return Err(self.connect_error(format!("timeout after {}", humanize(t))));
+                        return Err(
+                            self.connect_error(format!("timeout after {}", humanize(t)), None)
+                        );
                     }
                 },
                 None => once.await,
@@ -291,7 +293,8 @@ impl Endpoint {
                         delay *= 2;
                         continue;
                     }
-                    return Err(self.connect_error(self.reason(&e)));
+                    let sqlstate = e.as_db_error().map(|d| d.code().code().to_string());
+                    return Err(self.connect_error(self.reason(&e), sqlstate));
                 }
             }
         }
@@ -337,11 +340,12 @@ impl Endpoint {
     }
 
     /// The error for this endpoint, with the password scrubbed from the reason.
-    fn connect_error(&self, reason: String) -> Error {
+    fn connect_error(&self, reason: String, sqlstate: Option<String>) -> Error {
         Error::Connect {
             side: self.side,
             endpoint: self.describe(),
             reason: self.scrub(reason),
+            sqlstate,
         }
     }
 

@@ -93,6 +93,8 @@ pub struct Trigger {
     /// Its function lives in the `pgflip` schema: one of pgflip's own (migrate's capture
     /// triggers). Never carried over to green.
     pub pgflip_owned: bool,
+    /// Its table as `def` names it (`ON schema.table`), to create it on green instead.
+    pub on: String,
 }
 
 /// A partition (at any depth) of a flipped partitioned table. Partitions move with their
@@ -120,6 +122,9 @@ pub struct Policy {
     pub roles: Vec<String>,
     pub qual: Option<String>,
     pub check: Option<String>,
+    /// Its expressions read a relation (a subquery; its own table's columns do not count):
+    /// the names must be resolved after the moves, so it is created under the locks.
+    pub reads_relations: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -150,6 +155,8 @@ pub struct View {
     /// 1 = reads a live relation directly; n = reads a view of depth n-1.
     pub depth: i32,
     pub def: String,
+    /// The relations its query reads directly (views, materialized views, tables).
+    pub reads: Vec<u32>,
     pub indexes: Vec<Index>,
     pub column_comments: Vec<(String, String)>,
     pub column_acl: Vec<(String, AclItem)>,
@@ -194,6 +201,9 @@ pub struct Inventory {
     pub statistics: Vec<super::statistics::StatObj>,
     /// A hash of the catalog rows the flip depends on; checked again once the locks are held.
     pub fingerprint: String,
+    /// The same for the green relations (and their partitions) alone, and for the rest.
+    pub fingerprint_green: String,
+    pub fingerprint_rest: String,
     /// Views taken out of `views` because they move alone (one-sided relations of the flip);
     /// still part of the fingerprint.
     pub moved_alone: Vec<u32>,
@@ -240,11 +250,29 @@ impl Inventory {
 /// columns' catalog rows, comments). `{oids}` is replaced by an `oid[]` expression.
 pub const FINGERPRINT_SQL: &str = "SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (\
   SELECT format('d%s.%s.%s.%s.%s.%s', classid, objid, objsubid, refobjid, refobjsubid, deptype) AS x \
-    FROM pg_catalog.pg_depend WHERE refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = ANY({oids}) \
+    FROM pg_catalog.pg_depend WHERE {mine}refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = ANY({oids}) \
   UNION ALL SELECT format('c%s.%s', oid, xmin) FROM pg_catalog.pg_class WHERE oid = ANY({oids}) \
   UNION ALL SELECT format('a%s.%s.%s', attrelid, attnum, xmin) FROM pg_catalog.pg_attribute WHERE attrelid = ANY({oids}) \
   UNION ALL SELECT format('m%s.%s.%s', objoid, objsubid, md5(description)) FROM pg_catalog.pg_description \
     WHERE classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND objoid = ANY({oids})) s";
+
+/// [`FINGERPRINT_SQL`] for `oids`. With `skip_own_rows`, dependency rows written by the
+/// running transaction are left out: the flip's own work on green (a trigger that calls a
+/// function, a policy) must not count as a change of the live relations it refers to.
+pub fn fingerprint_sql(oids: &[u32], skip_own_rows: bool) -> String {
+    FINGERPRINT_SQL
+        .replace("{oids}", &oid_array_literal(oids))
+        .replace(
+            "{mine}",
+            if skip_own_rows {
+                // (txid_current_if_assigned: NULL outside a writing transaction; its low 32 bits
+                // are the xid, on every supported version.)
+                "xmin::text::bigint IS DISTINCT FROM pg_catalog.txid_current_if_assigned() % 4294967296 AND "
+            } else {
+                ""
+            },
+        )
+}
 
 /// `'{1,2,3}'::oid[]`.
 pub fn oid_array_literal(oids: &[u32]) -> String {
@@ -384,7 +412,11 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                  SELECT {rel_cols}, max(deps.depth)::int, pg_catalog.pg_get_viewdef(c.oid), \
                    (SELECT coalesce(jsonb_agg(jsonb_build_array(a.attname, pg_catalog.col_description(c.oid, a.attnum))), '[]') \
                       FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid AND a.attnum > 0 \
-                       AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL) \
+                       AND pg_catalog.col_description(c.oid, a.attnum) IS NOT NULL), \
+                   ARRAY(SELECT DISTINCT rd.refobjid FROM pg_catalog.pg_rewrite rr JOIN pg_catalog.pg_depend rd \
+                      ON rd.classid = 'pg_catalog.pg_rewrite'::pg_catalog.regclass AND rd.objid = rr.oid \
+                     AND rd.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass \
+                    WHERE rr.ev_class = c.oid AND rd.refobjid <> c.oid)::pg_catalog.oid[] \
                  FROM deps JOIN pg_catalog.pg_class c ON c.oid = deps.oid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  GROUP BY c.oid, n.nspname ORDER BY max(deps.depth), c.oid"
@@ -412,6 +444,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
                 .trim()
                 .trim_end_matches(';')
                 .to_string(),
+            reads: r.get(17),
             indexes: Vec::new(),
             column_comments: comments
                 .as_array()
@@ -579,7 +612,9 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         .query(
             "SELECT t.tgrelid, t.tgname::text, pg_catalog.pg_get_triggerdef(t.oid), t.tgenabled::text, \
                EXISTS (SELECT 1 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace pn ON pn.oid = p.pronamespace \
-                        WHERE p.oid = t.tgfoid AND pn.nspname = 'pgflip') \
+                        WHERE p.oid = t.tgfoid AND pn.nspname = 'pgflip'), \
+               (SELECT pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) \
+                  FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.tgrelid) \
              FROM pg_catalog.pg_trigger t WHERE t.tgrelid = ANY($1) AND NOT t.tgisinternal \
                AND t.tgparentid = 0 ORDER BY t.tgrelid, t.tgname",
             &[&tables],
@@ -593,6 +628,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             def: r.get(2),
             enabled: r.get(3),
             pgflip_owned: r.get(4),
+            on: r.get(5),
         });
     }
 
@@ -602,7 +638,10 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             "SELECT p.polrelid, p.polname::text, p.polpermissive, p.polcmd::text, \
                ARRAY(SELECT CASE WHEN r = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(pg_catalog.pg_get_userbyid(r)) END \
                      FROM unnest(p.polroles) r ORDER BY 1), \
-               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid) \
+               pg_catalog.pg_get_expr(p.polqual, p.polrelid), pg_catalog.pg_get_expr(p.polwithcheck, p.polrelid), \
+               EXISTS (SELECT 1 FROM pg_catalog.pg_depend d WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass \
+                  AND d.objid = p.oid AND d.refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.deptype = 'n' \
+                  AND (d.refobjid <> p.polrelid OR d.refobjsubid = 0)) \
              FROM pg_catalog.pg_policy p WHERE p.polrelid = ANY($1) ORDER BY p.polrelid, p.polname",
             &[&tables],
         )
@@ -617,6 +656,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
             roles: r.get(4),
             qual: r.get(5),
             check: r.get(6),
+            reads_relations: r.get(7),
         });
     }
 
@@ -857,18 +897,42 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
         })
         .collect();
 
-    inv.fingerprint = fingerprint(client, &fingerprint_oids(&inv)).await?;
+    let all = fingerprint_oids(&inv);
+    inv.fingerprint = fingerprint(client, &all).await?;
+    // The same in two parts, for a flip that works on green before it locks the rest.
+    let green_part = green_part(&inv, green);
+    let rest: Vec<u32> = all
+        .iter()
+        .filter(|o| !green_part.contains(o))
+        .copied()
+        .collect();
+    inv.fingerprint_green = fingerprint(client, &green_part).await?;
+    inv.fingerprint_rest = fingerprint(client, &rest).await?;
     Ok(inv)
 }
 
 /// The catalog fingerprint of `oids` (see [`FINGERPRINT_SQL`]).
 pub async fn fingerprint(client: &Client, oids: &[u32]) -> Result<String> {
-    let sql = FINGERPRINT_SQL.replace("{oids}", &oid_array_literal(oids));
+    let sql = fingerprint_sql(oids, false);
     let row = client
         .query_one(&sql, &[])
         .await
         .ctx("fingerprinting the catalog")?;
     Ok(row.get(0))
+}
+
+/// The green relations and their partitions.
+pub fn green_part(inv: &Inventory, green: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = green.to_vec();
+    out.extend(
+        inv.partitions
+            .iter()
+            .filter(|p| green.contains(&p.root))
+            .map(|p| p.oid),
+    );
+    out.sort();
+    out.dedup();
+    out
 }
 
 /// All relation OIDs the fingerprint covers.

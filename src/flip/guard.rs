@@ -123,20 +123,30 @@ pub struct LockStats {
     pub started: Instant,
 }
 
-/// Runs `locks` then `rest` (the flip's transaction: locks and catalog check, then the DDL
-/// and records) in a transaction with short lock timeouts, retrying on lock timeouts until
-/// `max_wait`. Both parts go as **one** query string, so the locks are held only as long as the
+/// The flip's transaction in its parts (SQL, `;`-separated).
+pub struct Batches<'a> {
+    /// Green locked, checked and prepared: before the live relations are locked (may be empty).
+    pub prep: &'a str,
+    /// The locks and the catalog check.
+    pub locks: &'a str,
+    /// The DDL and the records.
+    pub rest: &'a str,
+}
+
+/// Runs the flip's transaction ([`Batches`]) with short lock timeouts, retrying on lock
+/// timeouts until `max_wait`. The work on green goes first, on its own; then the locks and the
+/// rest go as **one** query string, so the live relations are locked only as long as the
 /// server needs; only when the failpoint `locked_point` is armed (fault tests) do they go as
 /// two, with the failpoint between.
 pub async fn run_locked(
     client: &Client,
     fp: &FlipPlan,
-    locks: &str,
-    rest: &str,
+    parts: Batches<'_>,
     locked_point: &'static str,
     opts: &FlipOptions,
     events: &dyn EventSink,
 ) -> Result<LockStats> {
+    let Batches { prep, locks, rest } = parts;
     let begin = format!(
         "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = ''; SET LOCAL jit = off;\n",
         opts.lock_timeout.as_millis().max(1),
@@ -145,13 +155,29 @@ pub async fn run_locked(
     // (jit off: the catalog check under the locks is estimated expensive for many tables, and
     // compiling it would hold the locks for nothing.)
     let split = crate::failpoint::armed(locked_point);
+    // Without work on green, BEGIN goes with the locks (one round trip).
+    let (first, begin) = if prep.is_empty() {
+        (String::new(), begin)
+    } else {
+        (format!("{begin}{prep}"), String::new())
+    };
     let batch = format!("{begin}{locks}{rest}COMMIT;");
     let mut retry = Retry::new(opts.max_wait);
     loop {
         preflight(client, fp, opts, events, &mut retry).await?;
         retry.requesting();
+        let prepared = if first.is_empty() {
+            Ok(())
+        } else {
+            client
+                .batch_execute(&first)
+                .await
+                .map_err(|e| Error::db("flip transaction", e))
+        };
         let t0 = Instant::now();
-        let sent = if split {
+        let sent = if let Err(e) = prepared {
+            Err(e)
+        } else if split {
             match client.batch_execute(&format!("{begin}{locks}")).await {
                 Ok(()) => match crate::failpoint::hit(locked_point).await {
                     Ok(()) => client

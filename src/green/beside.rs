@@ -286,13 +286,16 @@ async fn build_in(
             .ctx("checking what it reads")?
             .get(0);
         if reads_live > 0 {
-            return Err(Error::Refused(
-                format!(
-                    "{} would still read a live relation (it names it with its schema)",
-                    p.live
-                )
-                .into(),
-            ));
+            return Err(Error::Refused(crate::error::Refusal::new(
+                "a materialized view built beside would still read the live relation",
+                vec![crate::error::Problem::new(
+                    p.live.to_string(),
+                    format!(
+                        "{} would still read a live relation (it names it with its schema)",
+                        p.live
+                    ),
+                )],
+            )));
         }
         let member = Member {
             pipeline: schema.clone(),
@@ -318,8 +321,8 @@ async fn build_in(
             .map_err(|e| Error::Config(format!("encoding the record: {e}")))?;
         client
             .batch_execute(&crate::state::record_operation_sql(
-                super::KIND,
-                "built",
+                crate::state::OperationKind::Green,
+                crate::state::Phase::Built,
                 (&p.live.schema, &p.live.name),
                 (&schema, &p.live.name),
                 &details,

@@ -37,10 +37,15 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
     for (i, (schema, members)) in selected.iter().enumerate() {
         let outside = crate::flip::generation::outside_dependents(client, schema).await?;
         if !outside.is_empty() {
-            return Err(Error::Refused(format!(
-                "objects outside pgflip depend on green relations of {schema}, and dropping it would take them along (nothing was changed):\n  - {}",
-                outside.join("\n  - ")
-            ).into()));
+            return Err(Error::Refused(crate::error::Refusal::new(
+                format!(
+                    "objects outside pgflip depend on green relations of {schema}, and dropping it would take them along (nothing was changed)"
+                ),
+                outside
+                    .into_iter()
+                    .map(|d| crate::error::Problem::new(schema.clone(), d))
+                    .collect(),
+            )));
         }
         let exists: bool = client
             .query_one(

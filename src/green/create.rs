@@ -948,8 +948,8 @@ async fn build(
             .map_err(|e| Error::Config(format!("encoding the green record: {e}")))?;
         client
             .batch_execute(&crate::state::record_operation_sql(
-                super::KIND,
-                "built",
+                crate::state::OperationKind::Green,
+                crate::state::Phase::Built,
                 (&p.live.schema, &p.live.name),
                 (schema, &p.live.name),
                 &details,
@@ -959,7 +959,7 @@ async fn build(
         out.push(GreenRelation {
             live: p.live.clone(),
             green: green_q,
-            phase: "built".into(),
+            phase: crate::state::Phase::Built,
             member,
         });
     }

@@ -41,7 +41,7 @@ use crate::flip::QualifiedName;
 use crate::ident::quote_literal;
 
 /// `pgflip.operations.kind` of a green member.
-pub const KIND: &str = "green";
+pub const KIND: &str = crate::state::OperationKind::Green.as_str();
 
 /// Prefix of the schemas green pipelines are built in.
 pub const SCHEMA_PREFIX: &str = "pgflip_green_";
@@ -131,7 +131,7 @@ pub struct Member {
 pub struct GreenRelation {
     pub live: QualifiedName,
     pub green: QualifiedName,
-    pub phase: String,
+    pub phase: crate::state::Phase,
     pub member: Member,
 }
 
@@ -156,7 +156,12 @@ pub async fn load(client: &Client) -> Result<Vec<GreenRelation>> {
         out.push(GreenRelation {
             live: QualifiedName::new(r.get::<_, String>(0), r.get::<_, String>(1)),
             green: QualifiedName::new(r.get::<_, String>(2), r.get::<_, String>(3)),
-            phase: r.get(4),
+            phase: crate::state::Phase::parse(&r.get::<_, String>(4)).ok_or_else(|| {
+                Error::Config(format!(
+                    "a green operation record has phase '{}', which this pgflip does not know",
+                    r.get::<_, String>(4)
+                ))
+            })?,
             member,
         });
     }
@@ -345,11 +350,11 @@ pub async fn base_oids(client: &Client, oid: u32, schema: &str) -> Result<Vec<u3
 }
 
 /// SQL that updates a member's recorded details (in the same transaction as the work).
-pub fn update_member_sql(g: &GreenRelation, phase: &str) -> String {
+pub fn update_member_sql(g: &GreenRelation, phase: crate::state::Phase) -> String {
     format!(
         "UPDATE pgflip.operations SET phase = {}, details = {}::jsonb, updated_at = clock_timestamp() \
          WHERE kind = {} AND green_schema = {} AND green_name = {}",
-        quote_literal(phase),
+        quote_literal(phase.as_str()),
         quote_literal(&serde_json::to_string(&g.member).unwrap_or_default()),
         quote_literal(KIND),
         quote_literal(&g.green.schema),

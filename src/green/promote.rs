@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio_postgres::Client;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Problem, Refusal, Result};
 use crate::events::{Event, EventSink};
 use crate::flip::{self, FlipKind, FlipOptions, FlipOutcome, FlipPair, FlipPlan};
 
@@ -65,7 +65,7 @@ fn pairs(members: &[GreenRelation]) -> Vec<FlipPair> {
 /// Materialized views outside the pipeline that read one of its live relations (directly or
 /// through views): promote would leave them reading a retired relation, or rebuild them under
 /// the locks. Refused, named.
-async fn outside_readers(client: &Client, members: &[GreenRelation]) -> Result<Vec<String>> {
+async fn outside_readers(client: &Client, members: &[GreenRelation]) -> Result<Vec<Problem>> {
     let graph = Graph::load(client).await?;
     let live: Vec<u32> = graph
         .nodes
@@ -84,7 +84,8 @@ async fn outside_readers(client: &Client, members: &[GreenRelation]) -> Result<V
                 .iter()
                 .map(|u| graph.name(*u))
                 .collect();
-            format!("{} (reads {})", graph.name(*o), reads.join(", "))
+            let name = graph.name(*o);
+            Problem::new(name.clone(), format!("{name} (reads {})", reads.join(", ")))
         })
         .collect())
 }
@@ -103,19 +104,23 @@ pub async fn check_converged(
         for (_, m) in super::select(client, rel).await? {
             statuses.push(pipeline_status(client, &m, &opts.status).await?);
         }
-        let waiting: Vec<String> = statuses
+        let waiting: Vec<Problem> = statuses
             .iter()
             .flat_map(|p| p.members.iter())
             .filter(|m| !m.converged)
-            .map(|m| format!("{}: {}", m.live, m.reason))
+            .map(|m| Problem::new(m.live.to_string(), format!("{}: {}", m.live, m.reason)))
             .collect();
+        let reasons = || {
+            waiting
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         if waiting.is_empty() || opts.force {
             if !waiting.is_empty() {
                 events.emit(Event::Warning {
-                    message: format!(
-                        "promoting without convergence (--force): {}",
-                        waiting.join("; ")
-                    ),
+                    message: format!("promoting without convergence (--force): {}", reasons()),
                 });
             }
             return Ok(statuses);
@@ -123,23 +128,25 @@ pub async fn check_converged(
         match opts.wait {
             Some(limit) if started.elapsed() < limit => {
                 events.emit(Event::Info {
-                    message: format!("waiting for convergence: {}", waiting.join("; ")),
+                    message: format!("waiting for convergence: {}", reasons()),
                 });
                 let poll = opts.poll.unwrap_or(Duration::from_millis(500));
                 tokio::time::sleep(poll.min(limit.saturating_sub(started.elapsed()))).await;
             }
             Some(limit) => {
-                return Err(Error::Refused(format!(
-                    "green did not converge within {:.1} s (nothing was changed):\n  - {}",
-                    limit.as_secs_f64(),
-                    waiting.join("\n  - ")
-                ).into()))
+                return Err(Error::Refused(Refusal::new(
+                    format!(
+                        "green did not converge within {:.1} s (nothing was changed)",
+                        limit.as_secs_f64()
+                    ),
+                    waiting,
+                )))
             }
             None => {
-                return Err(Error::Refused(format!(
-                    "green has not converged (nothing was changed; `pgflip green refresh`, `--wait`, or `--force`):\n  - {}",
-                    waiting.join("\n  - ")
-                ).into()))
+                return Err(Error::Refused(Refusal::new(
+                    "green has not converged (nothing was changed; `pgflip green refresh`, `--wait`, or `--force`)",
+                    waiting,
+                )))
             }
         }
     }
@@ -184,7 +191,7 @@ pub async fn plan(client: &Client, rel: Option<&str>, opts: &PromoteOptions) -> 
     let members = members(client, rel).await?;
     let outside = outside_readers(client, &members).await?;
     if !outside.is_empty() {
-        return Err(refuse_outside(&outside));
+        return Err(refuse_outside(outside));
     }
     flip::plan_flip(
         client,
@@ -195,12 +202,12 @@ pub async fn plan(client: &Client, rel: Option<&str>, opts: &PromoteOptions) -> 
     .await
 }
 
-fn refuse_outside(outside: &[String]) -> Error {
-    Error::Refused(format!(
+fn refuse_outside(outside: Vec<Problem>) -> Error {
+    Error::Refused(Refusal::new(
         "materialized views outside the pipeline read relations it retires; promote would have to rebuild them under its locks. \
-         Create the pipeline without --only so that they are rebuilt in green (nothing was changed):\n  - {}",
-        outside.join("\n  - ")
-    ).into())
+         Create the pipeline without --only so that they are rebuilt in green (nothing was changed)",
+        outside,
+    ))
 }
 
 /// Promotes the pipeline holding `rel` (or every pipeline). The caller holds the target lock.
@@ -213,7 +220,7 @@ pub async fn promote(
     let members = members(client, rel).await?;
     let outside = outside_readers(client, &members).await?;
     if !outside.is_empty() {
-        return Err(refuse_outside(&outside));
+        return Err(refuse_outside(outside));
     }
     let status = check_converged(client, rel, opts, events).await?;
     crate::failpoint::hit("green.promote.before_flip").await?;

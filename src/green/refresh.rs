@@ -159,7 +159,7 @@ pub async fn refresh(
                 updated.member.base = base;
                 updated.member.refreshed_at = at;
                 client
-                    .batch_execute(&super::update_member_sql(&updated, "built"))
+                    .batch_execute(&super::update_member_sql(&updated, crate::state::Phase::Built))
                     .await
                     .ctx("recording the refresh")?;
                 client

@@ -40,7 +40,7 @@ pub use status::{status, MigrateStatus};
 pub use swap::{swap, SwapOptions, SwapOutcome};
 
 /// The `kind` of migrate rows in `pgflip.operations`.
-pub const OPERATION_KIND: &str = "migrate";
+pub const OPERATION_KIND: &str = crate::state::OperationKind::Migrate.as_str();
 
 /// Runs `sql` in its own transaction under a short `lock_timeout`, retrying a lock timeout with
 /// jittered backoff until `max_wait`: statements that take a strong lock on a live table

@@ -13,49 +13,9 @@ use tokio_postgres::Client;
 use crate::error::{DbResultExt, Error, Result};
 use crate::ident::{qualified, quote_literal};
 
-/// Where a migration stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Shadow schemas and pgflip's helpers are being created.
-    Preparing,
-    /// Capture triggers are being installed on the preserved tables.
-    Capturing,
-    /// Rows are being copied into the shadow tables.
-    Copying,
-    /// Indexes and key constraints are being built.
-    Indexing,
-    /// Foreign keys are being added and validated.
-    Validating,
-    /// Everything is built; the preserved tables are kept in sync until the swap.
-    Prepared,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Preparing => "preparing",
-            Phase::Capturing => "capturing",
-            Phase::Copying => "copying",
-            Phase::Indexing => "indexing",
-            Phase::Validating => "validating",
-            Phase::Prepared => "prepared",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Phase> {
-        [
-            Phase::Preparing,
-            Phase::Capturing,
-            Phase::Copying,
-            Phase::Indexing,
-            Phase::Validating,
-            Phase::Prepared,
-        ]
-        .into_iter()
-        .find(|p| p.as_str() == s)
-    }
-}
+/// Where a migration stands: `Preparing` → `Capturing` → `Copying` → `Indexing` →
+/// `Validating` → `Prepared` (the phases of every operation kind are one enum in `state`).
+pub use crate::state::Phase;
 
 /// A migrated user schema and the shadow schema its new tables are built in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

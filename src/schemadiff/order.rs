@@ -11,32 +11,76 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use crate::catalog::*;
 use crate::ddl::{Item, Relation};
 
-const SEP: char = '\u{1}';
+/// What kind of object a [`Key`] names. Declared in the alphabetical order of the words they
+/// were spelled with when keys were strings, so that keys still sort as they did (plans list
+/// some steps in key order).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) enum KeyKind {
+    Collation,
+    Constraint,
+    Extension,
+    /// An [`Extra`] nothing else uses: dropped in dependency order.
+    Extra,
+    Function,
+    Index,
+    Matview,
+    /// The `OWNED BY` of a sequence.
+    Owned,
+    Policy,
+    Publication,
+    /// A table's `REPLICA IDENTITY`.
+    Replica,
+    Schema,
+    Sequence,
+    Table,
+    Trigger,
+    Type,
+    View,
+    /// An [`Extra`] that others may use: dropped after the tables have been altered.
+    XDeferred,
+}
 
-fn k(parts: &[&str]) -> String {
-    let mut s = String::new();
-    for (i, p) in parts.iter().enumerate() {
-        if i > 0 {
-            s.push(SEP);
+/// The identity of a snapshot item across databases: its kind and the names that pair it (no
+/// oids, which differ between databases).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct Key {
+    pub kind: KeyKind,
+    pub parts: Vec<String>,
+}
+
+impl Key {
+    fn new(kind: KeyKind, parts: &[&str]) -> Key {
+        Key {
+            kind,
+            parts: parts.iter().map(|p| p.to_string()).collect(),
         }
-        s.push_str(p);
     }
-    s
+
+    /// The schema and name of a schema-qualified key (tables, views, constraints' tables…).
+    pub fn schema_and_name(&self) -> Option<(&str, &str)> {
+        match self.parts.as_slice() {
+            [schema, name, ..] => Some((schema, name)),
+            _ => None,
+        }
+    }
 }
 
-pub(crate) fn table_key(schema: &str, name: &str) -> String {
-    k(&["table", schema, name])
+pub(crate) fn table_key(schema: &str, name: &str) -> Key {
+    Key::new(KeyKind::Table, &[schema, name])
 }
 
-pub(crate) fn view_key(v: &View) -> String {
-    k(&[
-        if v.materialized { "matview" } else { "view" },
-        &v.schema,
-        &v.name,
-    ])
+pub(crate) fn view_key(v: &View) -> Key {
+    Key::new(
+        if v.materialized {
+            KeyKind::Matview
+        } else {
+            KeyKind::View
+        },
+        &[&v.schema, &v.name],
+    )
 }
 
-pub(crate) fn relation_key(r: &Relation) -> String {
+pub(crate) fn relation_key(r: &Relation) -> Key {
     match r {
         Relation::Table(t) => table_key(&t.schema, &t.name),
         Relation::View(v) => view_key(v),
@@ -44,52 +88,61 @@ pub(crate) fn relation_key(r: &Relation) -> String {
 }
 
 /// The identity of an item across databases.
-pub(crate) fn item_key(item: &Item) -> String {
+pub(crate) fn item_key(item: &Item) -> Key {
+    use KeyKind as K;
     match item {
-        Item::Schema(x) => k(&["schema", &x.name]),
-        Item::Extension(x) => k(&["extension", &x.name]),
-        Item::Collation(x) => k(&["collation", &x.schema, &x.name]),
-        Item::Type(x) => k(&["type", &x.schema, &x.name]),
-        Item::Function(x) => k(&["function", &x.schema, &x.name, &x.identity_args]),
-        Item::Sequence(x) => k(&["sequence", &x.schema, &x.name]),
+        Item::Schema(x) => Key::new(K::Schema, &[&x.name]),
+        Item::Extension(x) => Key::new(K::Extension, &[&x.name]),
+        Item::Collation(x) => Key::new(K::Collation, &[&x.schema, &x.name]),
+        Item::Type(x) => Key::new(K::Type, &[&x.schema, &x.name]),
+        Item::Function(x) => Key::new(K::Function, &[&x.schema, &x.name, &x.identity_args]),
+        Item::Sequence(x) => Key::new(K::Sequence, &[&x.schema, &x.name]),
         Item::Table(x) => table_key(&x.schema, &x.name),
         Item::View(x) => view_key(x),
-        Item::SequenceOwnedBy(x) => k(&["owned", &x.schema, &x.name]),
-        Item::Constraint(t, c) => k(&["constraint", &t.schema, &t.name, &c.name]),
-        Item::Index(_, i) => k(&["index", &i.schema, &i.name]),
-        Item::ReplicaIdentity(t) => k(&["replica", &t.schema, &t.name]),
-        Item::Trigger(r, t) => k(&["trigger", r.schema(), r.name(), &t.name]),
-        Item::Policy(t, p) => k(&["policy", &t.schema, &t.name, &p.name]),
-        Item::Publication(p) => k(&["publication", &p.name]),
+        Item::SequenceOwnedBy(x) => Key::new(K::Owned, &[&x.schema, &x.name]),
+        Item::Constraint(t, c) => Key::new(K::Constraint, &[&t.schema, &t.name, &c.name]),
+        Item::Index(_, i) => Key::new(K::Index, &[&i.schema, &i.name]),
+        Item::ReplicaIdentity(t) => Key::new(K::Replica, &[&t.schema, &t.name]),
+        Item::Trigger(r, t) => Key::new(K::Trigger, &[r.schema(), r.name(), &t.name]),
+        Item::Policy(t, p) => Key::new(K::Policy, &[&t.schema, &t.name, &p.name]),
+        Item::Publication(p) => Key::new(K::Publication, &[&p.name]),
         Item::Extra(e) => extra_key(e),
     }
 }
 
-/// Extras that others may use are dropped last ([`super::compare`] defers `xdeferred` keys).
-pub(crate) fn extra_key(e: &Extra) -> String {
-    k(&[
-        if e.deferred { "xdeferred" } else { "extra" },
-        &e.kind,
-        &e.identity,
-    ])
+/// Extras that others may use are dropped last ([`super::compare`] defers `XDeferred` keys).
+pub(crate) fn extra_key(e: &Extra) -> Key {
+    Key::new(
+        if e.deferred {
+            KeyKind::XDeferred
+        } else {
+            KeyKind::Extra
+        },
+        &[&e.kind, &e.identity],
+    )
 }
 
 /// The key of the relation an extra belongs to.
-fn extra_owner_key(e: &Extra) -> Option<String> {
+fn extra_owner_key(e: &Extra) -> Option<Key> {
     // A rule may use other tables, which may be dropped before its own: it is dropped by
     // itself, in dependency order.
     if e.class == ObjClass::Rule {
         return None;
     }
     let on = e.on.as_ref()?;
-    Some(match on.kind.as_str() {
-        "table" => table_key(&on.schema, &on.name),
-        kind => k(&[kind, &on.schema, &on.name]),
-    })
+    let kind = match on.kind.as_str() {
+        "table" => KeyKind::Table,
+        "matview" => KeyKind::Matview,
+        "view" => KeyKind::View,
+        "index" => KeyKind::Index,
+        // A relation of a kind the snapshot does not model as an item: nothing to go with.
+        _ => return None,
+    };
+    Some(Key::new(kind, &[&on.schema, &on.name]))
 }
 
 /// The relation a sub-item hangs off (dropped with it).
-pub(crate) fn owner_key(item: &Item) -> Option<String> {
+pub(crate) fn owner_key(item: &Item) -> Option<Key> {
     match item {
         Item::Constraint(t, _) | Item::ReplicaIdentity(t) | Item::Policy(t, _) => {
             Some(table_key(&t.schema, &t.name))
@@ -102,40 +155,43 @@ pub(crate) fn owner_key(item: &Item) -> Option<String> {
 
 /// Whether a change of what this item depends on forces it to be dropped and recreated.
 /// Tables, sequences, schemas and extensions are altered in place, never recreated for that.
-pub(crate) fn recreatable(key: &str) -> bool {
-    !(key.starts_with("table\u{1}")
-        || key.starts_with("sequence\u{1}")
-        || key.starts_with("schema\u{1}")
-        || key.starts_with("extension\u{1}")
-        || key.starts_with("owned\u{1}")
-        || key.starts_with("replica\u{1}"))
+pub(crate) fn recreatable(key: &Key) -> bool {
+    !matches!(
+        key.kind,
+        KeyKind::Table
+            | KeyKind::Sequence
+            | KeyKind::Schema
+            | KeyKind::Extension
+            | KeyKind::Owned
+            | KeyKind::Replica
+    )
 }
 
 /// The items of one snapshot in creation order, with their keys and dependency edges.
 pub(crate) struct Graph<'a> {
     pub items: Vec<Item<'a>>,
-    pub keys: Vec<String>,
-    pub pos: HashMap<String, usize>,
+    pub keys: Vec<Key>,
+    pub pos: HashMap<Key, usize>,
     /// key → keys of items that depend on it.
-    pub dependents: HashMap<String, Vec<String>>,
+    pub dependents: HashMap<Key, Vec<Key>>,
     /// key → keys of items it depends on.
-    pub requires: HashMap<String, Vec<String>>,
+    pub requires: HashMap<Key, Vec<Key>>,
 }
 
 impl<'a> Graph<'a> {
     pub fn new(snap: &'a Snapshot) -> Graph<'a> {
         let items = crate::ddl::ordered(snap);
-        let keys: Vec<String> = items.iter().map(item_key).collect();
+        let keys: Vec<Key> = items.iter().map(item_key).collect();
         let pos = keys
             .iter()
             .enumerate()
             .map(|(i, k)| (k.clone(), i))
             .collect();
         let refs = ref_keys(snap);
-        let mut dependents: HashMap<String, Vec<String>> = HashMap::new();
-        let mut requires: HashMap<String, Vec<String>> = HashMap::new();
+        let mut dependents: HashMap<Key, Vec<Key>> = HashMap::new();
+        let mut requires: HashMap<Key, Vec<Key>> = HashMap::new();
         let mut seen = HashSet::new();
-        let mut add = |from: String, to: String| {
+        let mut add = |from: Key, to: Key| {
             if from != to && seen.insert((from.clone(), to.clone())) {
                 dependents.entry(to.clone()).or_default().push(from.clone());
                 requires.entry(from).or_default().push(to);
@@ -162,9 +218,9 @@ impl<'a> Graph<'a> {
 
     /// Every item that depends, directly or through other recreatable items, on one of
     /// `start`, excluding the starting items themselves; never walks into tables and the like.
-    pub fn dependent_closure(&self, start: &HashSet<String>) -> HashSet<String> {
+    pub fn dependent_closure(&self, start: &HashSet<Key>) -> HashSet<Key> {
         let mut out = HashSet::new();
-        let mut queue: VecDeque<&String> = start.iter().collect();
+        let mut queue: VecDeque<&Key> = start.iter().collect();
         while let Some(k) = queue.pop_front() {
             for d in self.dependents.get(k).map(|v| v.as_slice()).unwrap_or(&[]) {
                 if recreatable(d) && !start.contains(d) && out.insert(d.clone()) {
@@ -176,9 +232,9 @@ impl<'a> Graph<'a> {
     }
 
     /// Every item that one of `start` needs, transitively.
-    pub fn requirement_closure(&self, start: &HashSet<String>) -> HashSet<String> {
+    pub fn requirement_closure(&self, start: &HashSet<Key>) -> HashSet<Key> {
         let mut out = HashSet::new();
-        let mut queue: VecDeque<&String> = start.iter().collect();
+        let mut queue: VecDeque<&Key> = start.iter().collect();
         while let Some(k) = queue.pop_front() {
             for d in self.requires.get(k).map(|v| v.as_slice()).unwrap_or(&[]) {
                 if out.insert(d.clone()) {
@@ -191,7 +247,7 @@ impl<'a> Graph<'a> {
 }
 
 /// Which item key each catalog row of the snapshot belongs to.
-fn ref_keys(snap: &Snapshot) -> HashMap<ObjRef, String> {
+fn ref_keys(snap: &Snapshot) -> HashMap<ObjRef, Key> {
     use ObjClass as C;
     let r = |class, oid| ObjRef { class, oid };
     let mut m = HashMap::new();

@@ -58,10 +58,12 @@
 //! parallelism with the other tables. A source older than 14 copies such tables whole (its
 //! ctid ranges would each scan the whole table), and the plan says so.
 
+mod batches;
 pub mod config;
 pub mod drift;
 mod preview;
 pub mod rules;
+pub mod schema;
 mod selection;
 mod staging;
 pub mod tables;
@@ -83,6 +85,7 @@ use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::rowdiff::{self, DiffSummary, RowSource};
 
+pub use batches::Batches;
 pub use preview::plan_swap_after_load;
 pub use rules::Rules;
 pub use tables::SchemaScope;
@@ -128,7 +131,6 @@ pub struct SyncOptions {
     pub staging_name: Option<String>,
     pub show_diff: bool,
     pub diff_sample: usize,
-    pub swap: bool,
     pub jobs: usize,
     pub lock_timeout: Duration,
     pub max_wait: Duration,
@@ -141,6 +143,9 @@ pub struct SyncOptions {
     /// Stop at the first failing unit (the others roll back). Without it every unit runs and
     /// the report lists the failures, as pgsync does.
     pub fail_fast: bool,
+    /// `--in-batches`: one table upserted in primary-key ranges, one transaction each,
+    /// resumable (see [`batches`]).
+    pub in_batches: Option<Batches>,
 }
 
 /// Default of [`SyncOptions::split_larger_than`].
@@ -166,7 +171,6 @@ impl Default for SyncOptions {
             staging_name: None,
             show_diff: false,
             diff_sample: 0,
-            swap: false,
             jobs: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -175,6 +179,7 @@ impl Default for SyncOptions {
             rebuild_indexes_above: 100_000.0,
             split_larger_than: DEFAULT_SPLIT_LARGER_THAN,
             fail_fast: false,
+            in_batches: None,
         }
     }
 }
@@ -452,6 +457,11 @@ pub struct Prepared {
     units: Vec<Unit>,
     plan: Plan,
     started: Instant,
+    /// In-place units reuse connection pairs (source reader inside the snapshot, target):
+    /// opening two connections and importing the snapshot per unit was most of the time of a
+    /// sync of many small tables. A pair is taken inside a slot, so there are never more pairs
+    /// than `jobs`; one whose unit failed is dropped (its transaction rolls back with it).
+    idle: std::sync::Mutex<Vec<(Client, Client)>>,
 }
 
 /// Hosts pgflip treats as "this machine" (no confirmation needed).
@@ -488,10 +498,28 @@ pub async fn prepare(
     events: &dyn EventSink,
 ) -> Result<Prepared> {
     let started = Instant::now();
-    if opts.swap {
-        return Err(Error::NotImplemented(
-            "sync --swap (the flip engine that swaps <table>_staging into the live table)",
-        ));
+    let mut opts = opts;
+    if opts.in_batches.is_some() {
+        let clash: Vec<&str> = [
+            (opts.staging, "--staging-table"),
+            (opts.mode == Mode::Preserve, "--preserve"),
+            (opts.show_diff, "--show-diff"),
+            (opts.defer_constraints, "--defer-constraints"),
+            (opts.disable_integrity, "--disable-integrity"),
+            (opts.disable_user_triggers, "--disable-user-triggers"),
+        ]
+        .into_iter()
+        .filter_map(|(on, f)| on.then_some(f))
+        .collect();
+        if !clash.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "--in-batches upserts one table batch by batch: {} do{} not apply",
+                clash.join(", "),
+                if clash.len() == 1 { "es" } else { "" }
+            )));
+        }
+        // Batches upsert (rows the target has and the source lacks stay), whatever the mode.
+        opts.mode = Mode::Overwrite;
     }
     if opts.staging && opts.mode != Mode::Replace {
         return Err(Error::InvalidInput(
@@ -647,6 +675,34 @@ pub async fn prepare(
         plan_ranges(&coordinator, &mut plans, &opts, events).await?;
     }
 
+    if let Some(b) = &opts.in_batches {
+        batches::check(&plans)?;
+        let mut plan = Plan::new("pgflip sync");
+        plan.push(
+            Step::new(
+                batches::describe(&plans[0], b),
+                format!(
+                    "-- per batch: BEGIN; COPY into a temporary table; {}; record the last key; COMMIT",
+                    "INSERT … ON CONFLICT DO UPDATE"
+                ),
+            )
+            .lock(LockMode::RowExclusive, plans[0].into.clone())
+            .outside_transaction(),
+        );
+        return Ok(Prepared {
+            source: source.clone(),
+            target: target.clone(),
+            opts,
+            _coordinator: coordinator,
+            snapshot,
+            tables: plans,
+            units: Vec::new(),
+            plan,
+            started,
+            idle: Default::default(),
+        });
+    }
+
     // Foreign keys between synced tables make units; from outside, they change strategies.
     let synced: BTreeSet<u32> = plans.iter().map(|p| p.target.oid).collect();
     for p in plans.iter_mut() {
@@ -724,6 +780,7 @@ pub async fn prepare(
         units,
         plan,
         started,
+        idle: Default::default(),
     })
 }
 
@@ -1363,8 +1420,8 @@ fn unit_actions(
             // only if it is one it created.
             sql.push_str("; ");
             sql.push_str(&crate::state::record_created_relation_sql(
-                "sync",
-                "loading",
+                crate::state::OperationKind::Sync,
+                crate::state::Phase::Loading,
                 (&p.target.schema, &p.target.name),
                 (&p.target.schema, &staging_bare),
                 &loading,
@@ -1424,7 +1481,7 @@ fn unit_actions(
                         quote_ident(&staging_bare),
                         crate::state::set_operation_phase_sql(
                             (&p.target.schema, &staging_bare),
-                            "staged"
+                            crate::state::Phase::Staged
                         )
                     ),
                 )
@@ -1898,6 +1955,9 @@ impl Prepared {
         events.emit(Event::PhaseStarted {
             phase: "copying".into(),
         });
+        if let Some(b) = &self.opts.in_batches {
+            return batches::execute(&self, b, events).await;
+        }
         if self.tables.iter().any(|p| p.strategy == Strategy::Staging) {
             // Staging tables are recorded in pgflip's state as they are created.
             crate::state::ensure(&self.target.connect().await?).await?;
@@ -1991,8 +2051,22 @@ impl Prepared {
         // against the same max_connections).
         {
             let _slot = slots.acquire().await.expect("never closed");
-            let src = open_snapshot_reader(&self.source, &self.snapshot).await?;
-            let tgt = self.target.connect().await?;
+            // Staging units open more connections for their ranges and index builds while
+            // this pair would sit idle: only in-place units (one transaction, nothing after it)
+            // keep theirs for the next unit.
+            let reuse = unit.ranges.is_empty() && unit.after.is_empty() && unit.finish.is_empty();
+            let pooled = if reuse {
+                self.idle.lock().expect("not poisoned").pop()
+            } else {
+                None
+            };
+            let (src, tgt) = match pooled {
+                Some(pair) => pair,
+                None => (
+                    open_snapshot_reader(&self.source, &self.snapshot).await?,
+                    self.target.connect().await?,
+                ),
+            };
             tgt.batch_execute(&format!(
                 "BEGIN; SET LOCAL lock_timeout = {}",
                 self.opts.lock_timeout.as_millis().max(1)
@@ -2045,7 +2119,12 @@ impl Prepared {
             tgt.batch_execute("COMMIT")
                 .await
                 .ctx("committing on the target")?;
-            let _ = src.batch_execute("COMMIT").await;
+            if reuse {
+                // The source transaction stays open: the next unit reads the same snapshot.
+                self.idle.lock().expect("not poisoned").push((src, tgt));
+            } else {
+                let _ = src.batch_execute("COMMIT").await;
+            }
         }
         // The loading tables are committed from here on: a failure drops them again, so that
         // nothing half-filled stays behind.
