@@ -180,6 +180,11 @@ pub enum Error {
     #[error("{0} is not built yet")]
     NotImplemented(&'static str),
 
+    /// The user interrupted the job (Ctrl-C, SIGTERM); what it built was handled as on a
+    /// failure.
+    #[error("interrupted")]
+    Interrupted,
+
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -258,11 +258,27 @@ fn bad_input_is_refused_and_changes_nothing() {
         "CREATE TABLE nokey (a int); CREATE TABLE nokey2 (a int PRIMARY KEY, must int NOT NULL);",
     );
     tgt.psql("ALTER TABLE nokey2 ADD PRIMARY KEY (a)");
+    // A partitioned table on both sides (its key is fine): not preservable yet, by name.
+    tgt.psql(
+        "CREATE TABLE events (id int, at date NOT NULL, PRIMARY KEY (id, at)) PARTITION BY RANGE (at); \
+         CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01'); \
+         INSERT INTO events VALUES (1, '2025-02-01');",
+    );
     let before = tgt.dump();
     for (args, code, needle) in [
         (vec!["--preserved-tables", "nope"], 2, "nope"),
         (vec!["--preserved-tables", "nokey"], 2, "no primary key"),
         (vec!["--preserved-tables", "nokey2"], 2, "nokey2.must"),
+        (
+            vec!["--preserved-tables", "events"],
+            2,
+            "preserved table public.events: partitioned tables cannot be preserved",
+        ),
+        (
+            vec!["--preserved-tables", "events_2025"],
+            2,
+            "--exclude-table public.events keeps the target's table",
+        ),
     ] {
         let o = prepare(&src, &tgt, &args);
         assert_eq!(o.status.code(), Some(code), "{args:?}: {}", stderr(&o));
@@ -284,6 +300,18 @@ fn bad_input_is_refused_and_changes_nothing() {
             "nokey2.must=42",
         ],
     ));
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+    // As the refusal says: excluded, the partitioned table stays out of the migration.
+    ok(&prepare(&src, &tgt, &["--exclude-table", "public.events"]));
+    let st = status_json(&tgt);
+    let tables = st["migrations"][0]["record"]["tables"].as_array().unwrap();
+    assert!(
+        !tables
+            .iter()
+            .any(|t| t["name"] == "events" || t["name"] == "events_2025"),
+        "{st:#}"
+    );
     ok(&migrate(&tgt, "abort", &[]));
     assert_eq!(leftovers(&tgt), "");
 }
@@ -1078,5 +1106,119 @@ fn a_swap_needing_more_locks_than_the_server_holds_is_refused_before_any_lock() 
     let st = status_json(&tgt);
     assert_eq!(st["migrations"][0]["record"]["phase"], "prepared", "{st:#}");
     ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "");
+}
+
+#[test]
+fn ctrl_c_during_prepare_removes_what_it_built_unless_keep_on_failure() {
+    let (src, tgt) = pair("mig_sigint");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let before = user_dump(&tgt);
+    let (s, t) = (src.url(), tgt.url());
+    // (point, --keep-on-failure, the phase status then shows)
+    for (point, keep, phase) in [
+        ("migrate.prepare.captured", false, ""),
+        ("migrate.prepare.indexed", false, ""),
+        ("migrate.prepare.copied", true, "indexing"),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = vec![
+            "migrate",
+            "prepare",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "--preserved-tables",
+            "users",
+        ];
+        if keep {
+            args.push("--keep-on-failure");
+        }
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(&args)
+            .env("NO_COLOR", "1")
+            .env("PGFLIP_FAILPOINTS", format!("{point}=pause"))
+            .env("PGFLIP_FAILPOINT_DIR", dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let paused = dir.path().join(format!("{point}.paused"));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !paused.exists() {
+            assert!(Instant::now() < deadline, "{point} never paused");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Ctrl-C, as a terminal sends it.
+        let st = std::process::Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let out = child.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(130), "{point}: {err}");
+        assert!(err.contains("interrupted"), "{point}: {err}");
+        wait_for_pgflip_sessions_to_end(&tgt);
+        if keep {
+            // Kept for inspection: status says where it stopped; abort removes it.
+            assert!(!err.contains("removing what it built"), "{point}: {err}");
+            let st = status_json(&tgt);
+            assert_eq!(st["migrations"][0]["record"]["phase"], phase, "{st:#}");
+            assert_eq!(st["migrations"][0]["swap_allowed"], false, "{st:#}");
+            ok(&migrate(&tgt, "abort", &[]));
+        } else {
+            assert!(
+                err.contains("prepare interrupted; removing what it built"),
+                "{point}: {err}"
+            );
+        }
+        assert_eq!(leftovers(&tgt), "", "{point}");
+        let after = user_dump(&tgt);
+        assert!(after == before, "{point}: {}", line_diff(&before, &after));
+        // The application's writes work as before (no capture trigger left behind).
+        tgt.psql(
+            "INSERT INTO users VALUES (777, 'after@example.com'); DELETE FROM users WHERE id = 777",
+        );
+    }
+}
+
+#[test]
+fn preserved_tables_come_from_pgflip_toml_unless_the_command_line_names_them() {
+    let (src, tgt) = pair("mig_toml");
+    src.psql(SOURCE);
+    tgt.psql(TARGET);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("pgflip.toml");
+    std::fs::write(&file, "preserved_tables = [\"users\"]\n").unwrap();
+    let file_s = file.to_str().unwrap();
+    let preserved = |tgt: &TestDb| -> Vec<String> {
+        let st = status_json(tgt);
+        st["migrations"][0]["record"]["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|t| !t["preserved"].is_null())
+            .map(|t| t["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    ok(&prepare(&src, &tgt, &["--config", file_s]));
+    assert_eq!(preserved(&tgt), ["users"]);
+    ok(&migrate(&tgt, "abort", &[]));
+    // The command line wins over the file (whose table does not exist).
+    std::fs::write(&file, "preserved_tables = [\"nope\"]\n").unwrap();
+    ok(&prepare(
+        &src,
+        &tgt,
+        &["--config", file_s, "--preserved-tables", "users"],
+    ));
+    assert_eq!(preserved(&tgt), ["users"]);
+    ok(&migrate(&tgt, "abort", &[]));
+    // A table the file names that does not exist is refused like one on the command line.
+    let o = prepare(&src, &tgt, &["--config", file_s]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
     assert_eq!(leftovers(&tgt), "");
 }

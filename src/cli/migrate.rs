@@ -16,11 +16,11 @@ use super::{exit, Global, Output, SourceArgs, TargetArgs};
 #[derive(Subcommand, Debug)]
 pub enum MigrateCommand {
     /// Build the source's version of every table beside the live ones, in the target.
-    Prepare(PrepareArgs),
+    Prepare(Box<PrepareArgs>),
     /// Switch every table to the prepared version in one short transaction.
     Swap(SwapArgs),
     /// Prepare, then swap.
-    Start(PrepareArgs),
+    Start(Box<PrepareArgs>),
     /// Remove everything prepare created; the target is left as it was.
     Abort(AbortArgs),
     /// Where the migration in flight stands, and whether a swap would be allowed.
@@ -34,9 +34,13 @@ pub struct PrepareArgs {
     #[command(flatten)]
     pub target: TargetArgs,
     /// Tables whose target rows are kept: the application's writes to them are forwarded into
-    /// the new version until the swap (`table` or `schema.table`).
+    /// the new version until the swap (`table` or `schema.table`; default: `preserved_tables`
+    /// of pgflip.toml).
     #[arg(long, value_delimiter = ',', value_name = "A,B")]
     pub preserved_tables: Vec<String>,
+    /// Configuration file for `preserved_tables` (default: ./pgflip.toml when present).
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<std::path::PathBuf>,
     /// Schemas to migrate (repeatable; default: every user schema of the source).
     #[arg(long = "schema", value_name = "S")]
     pub schemas: Vec<String>,
@@ -82,12 +86,12 @@ pub struct AbortArgs {
 
 pub async fn run(cmd: MigrateCommand, g: &Global, out: &Output) -> anyhow::Result<u8> {
     match cmd {
-        MigrateCommand::Prepare(a) => prepare(a, g, out).await,
+        MigrateCommand::Prepare(a) => prepare(*a, g, out).await,
         MigrateCommand::Swap(a) => swap(a, g, out).await,
         MigrateCommand::Start(a) => {
             let target = a.target.clone();
             let lock = a.lock.clone();
-            let code = prepare(a, g, out).await?;
+            let code = prepare(*a, g, out).await?;
             if code != exit::OK || g.dry_run {
                 return Ok(code);
             }
@@ -115,10 +119,16 @@ fn parse_column_defaults(specs: &[String]) -> anyhow::Result<Vec<(String, String
 
 async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (source, target) = super::common::endpoints(g, &a.source, &a.target)?;
+    // The command line wins; otherwise pgflip.toml's list (a team keeps it with the project).
+    let preserved = if a.preserved_tables.is_empty() {
+        pgflip::sync::config::Config::load(a.config.as_deref())?.preserved_tables
+    } else {
+        a.preserved_tables.clone()
+    };
     let opts = PrepareOptions {
         schemas: a.schemas.clone(),
         exclude: a.exclude.clone(),
-        preserved: a.preserved_tables.clone(),
+        preserved,
         column_defaults: parse_column_defaults(&a.column_defaults)?,
         jobs: a.jobs.max(1),
         keep_on_failure: a.keep_on_failure,
@@ -126,10 +136,13 @@ async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
         lock_timeout: a.lock.lock_timeout.max(std::time::Duration::from_millis(1)),
         max_wait: a.lock.max_wait,
         dry_run: g.dry_run,
+        interrupt: None,
     };
     let events = out.events();
-    let report = migrate::prepare(&source, &target, &opts, &events).await?;
-    drop(events);
+    let report = with_interrupt(opts, |opts| async move {
+        migrate::prepare(&source, &target, &opts, &events).await
+    })
+    .await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&report)?);
         return Ok(exit::OK);
@@ -165,6 +178,50 @@ async fn prepare(a: PrepareArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
     s.push_str("Next: `pgflip migrate status`, then `pgflip migrate swap` (or `migrate abort`).");
     out.println(&s);
     Ok(exit::OK)
+}
+
+/// Runs `f` with `opts.interrupt` set from SIGINT / SIGTERM: prepare then removes what it
+/// built itself (a second signal interrupts at once, as for any command).
+async fn with_interrupt<F, Fut, T>(mut opts: PrepareOptions, f: F) -> pgflip::Result<T>
+where
+    F: FnOnce(PrepareOptions) -> Fut,
+    Fut: std::future::Future<Output = pgflip::Result<T>>,
+{
+    use std::sync::atomic::Ordering;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    #[cfg(unix)]
+    let listener = {
+        use tokio::signal::unix::{signal, SignalKind};
+        // Registered before the hand-off, so that no signal falls between the two.
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            (Ok(mut int), Ok(mut term)) => {
+                opts.interrupt = Some(rx);
+                super::COMMAND_HANDLES_INTERRUPT.store(true, Ordering::SeqCst);
+                Some(tokio::spawn(async move {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                    let _ = tx.send(true);
+                }))
+            }
+            _ => None,
+        }
+    };
+    #[cfg(not(unix))]
+    let listener: Option<tokio::task::JoinHandle<()>> = {
+        let _ = (tx, rx);
+        None
+    };
+    let r = f(opts).await;
+    super::COMMAND_HANDLES_INTERRUPT.store(false, Ordering::SeqCst);
+    if let Some(l) = listener {
+        l.abort();
+    }
+    r
 }
 
 async fn swap(a: SwapArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {

@@ -117,6 +117,7 @@ fn error_exit_code(err: &pgflip::Error) -> u8 {
         | E::Io { .. }
         | E::Failpoint(_)
         | E::AfterCommit { .. } => exit::DATABASE,
+        E::Interrupted => exit::INTERRUPTED,
         E::Busy { .. } | E::LockTimeout { .. } | E::Refused(_) => exit::BLOCKED,
         E::NotImplemented(_) => exit::NOT_BUILT,
         _ => exit::USAGE,
@@ -204,17 +205,31 @@ pub fn main() -> std::process::ExitCode {
     std::process::ExitCode::from(code)
 }
 
+/// Set by a command that handles an interrupt itself (`migrate prepare` cleans up what it
+/// built, then returns): the first SIGINT or SIGTERM is left to it; a second one interrupts
+/// as usual.
+pub(crate) static COMMAND_HANDLES_INTERRUPT: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// SIGINT or SIGTERM.
 async fn interrupted() {
     #[cfg(unix)]
     {
+        use std::sync::atomic::Ordering;
         use tokio::signal::unix::{signal, SignalKind};
-        if let Ok(mut term) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+        if let (Ok(mut int), Ok(mut term)) = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
+            loop {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+                if !COMMAND_HANDLES_INTERRUPT.swap(false, Ordering::SeqCst) {
+                    return;
+                }
             }
-            return;
         }
     }
     let _ = tokio::signal::ctrl_c().await;

@@ -59,6 +59,9 @@ pub struct PrepareOptions {
     pub max_wait: Duration,
     /// Plan only: print what would be built, change nothing.
     pub dry_run: bool,
+    /// Becomes `true` when the user interrupts: the build stops, its statements are
+    /// cancelled, and what it built is removed as on a failure (unless `keep_on_failure`).
+    pub interrupt: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl Default for PrepareOptions {
@@ -74,6 +77,7 @@ impl Default for PrepareOptions {
             lock_timeout: Duration::from_millis(100),
             max_wait: Duration::from_secs(30),
             dry_run: false,
+            interrupt: None,
         }
     }
 }
@@ -135,10 +139,27 @@ fn plan(
     owner: &str,
     id: i64,
 ) -> Result<Planned> {
+    // A partition goes with its partitioned table: excluding the parent excludes it too
+    // (built alone, it would be attached to the live parent).
     let selected: BTreeSet<(String, String)> = src
         .tables
         .iter()
-        .filter(|t| !excluded(&opts.exclude, &t.schema, &t.name))
+        .filter(|t| {
+            let mut cur = *t;
+            loop {
+                if excluded(&opts.exclude, &cur.schema, &cur.name) {
+                    return false;
+                }
+                match cur
+                    .parents
+                    .first()
+                    .and_then(|q| src.table(&q.schema, &q.name))
+                {
+                    Some(p) => cur = p,
+                    None => return true,
+                }
+            }
+        })
         .map(|t| (t.schema.clone(), t.name.clone()))
         .collect();
     if selected.is_empty() {
@@ -178,8 +199,10 @@ fn plan(
         if t.kind == TableKind::Partitioned || t.is_partition() || s.kind == TableKind::Partitioned
         {
             problems.push(format!(
-                "preserved table {}: partitioned tables cannot be preserved yet",
-                t.sql_name()
+                "preserved table {}: partitioned tables cannot be preserved yet \
+                 (--exclude-table {} keeps the target's table, rows and all, out of the migration)",
+                t.sql_name(),
+                root_name(tgt, t)
             ));
             continue;
         }
@@ -594,7 +617,22 @@ async fn run(
         ),
     });
 
-    match build(src, source, target, &tgt, &s, &p, &mut rec, opts, events).await {
+    let built = build(src, source, target, &tgt, &s, &p, &mut rec, opts, events);
+    let built = match opts.interrupt.clone() {
+        None => built.await,
+        Some(mut rx) => tokio::select! {
+            r = built => r,
+            _ = rx.wait_for(|v| *v) => {
+                // The build's future is dropped (its workers' connections with it); the
+                // statements still running on the servers are cancelled, and this session's
+                // transaction, if one was open, is ended before the cleanup below.
+                crate::conn::cancel::cancel_all(Duration::from_secs(2)).await;
+                let _ = tgt.batch_execute("ROLLBACK").await;
+                Err(Error::Interrupted)
+            }
+        },
+    };
+    match built {
         Ok(()) => Ok(PrepareReport {
             record: rec,
             script: None,
@@ -604,7 +642,12 @@ async fn run(
             if !opts.keep_on_failure && !matches!(e, Error::Failpoint(_)) {
                 events.emit(Event::Warning {
                     message: format!(
-                        "prepare failed; removing what it built (migration {})",
+                        "prepare {}; removing what it built (migration {})",
+                        if matches!(e, Error::Interrupted) {
+                            "interrupted"
+                        } else {
+                            "failed"
+                        },
                         rec.id
                     ),
                 });
@@ -812,6 +855,19 @@ async fn build(
         message: format!("migration {} prepared", rec.id),
     });
     Ok(())
+}
+
+/// The top of `t`'s partition tree on the target (`t` itself when it is not a partition).
+fn root_name(tgt: &Snapshot, t: &Table) -> String {
+    let mut cur = t;
+    while let Some(parent) = cur
+        .parents
+        .first()
+        .and_then(|q| tgt.table(&q.schema, &q.name))
+    {
+        cur = parent;
+    }
+    cur.sql_name()
 }
 
 fn root_of(p: &Planned, t: &Table) -> String {

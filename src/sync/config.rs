@@ -4,6 +4,7 @@
 //! source = "postgres://prod-replica/app"
 //! target = "postgres://localhost/app"
 //! exclude = ["audit_*", "schema_migrations"]
+//! preserved_tables = ["users", "sessions"]          # kept live by `pgflip migrate prepare`
 //!
 //! [groups]
 //! reference = ["countries", "currencies"]          # a list of tables
@@ -39,6 +40,9 @@ pub struct Config {
     pub groups: BTreeMap<String, Group>,
     #[serde(default)]
     pub data_rules: BTreeMap<String, RuleSpec>,
+    /// `pgflip migrate prepare`'s preserved tables when `--preserved-tables` is not given.
+    #[serde(default)]
+    pub preserved_tables: Vec<String>,
     /// Where the file was read from (not in the file).
     #[serde(skip)]
     pub path: Option<PathBuf>,
