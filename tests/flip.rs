@@ -1649,7 +1649,7 @@ async fn what_concerns_only_green_is_set_on_it_before_the_live_table_is_locked()
             "SELECT concat_ws(' | ', obj_description('t'::regclass, 'pg_class'), col_description('t'::regclass, 2), \
                has_table_privilege('public', 't', 'SELECT'), relrowsecurity, relreplident, array_to_string(reloptions, ','), \
                (SELECT string_agg(polname, ',' ORDER BY polname) FROM pg_policy WHERE polrelid = 't'::regclass), \
-               (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass)) \
+               (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass AND contype <> 'n')) \
              FROM pg_class WHERE oid = 't'::regclass"
         )
         .await,
