@@ -253,34 +253,7 @@ fn upsert_sql(p: &TablePlan, tmp: &str) -> String {
         .iter()
         .filter(|(c, _, _)| !p.target.primary_key.contains(c))
         .collect();
-    let conflict = if non_key.is_empty() {
-        "DO NOTHING".to_string()
-    } else {
-        let sets: Vec<String> = non_key
-            .iter()
-            .map(|(c, _, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-            .collect();
-        let cmp = |alias: &str| {
-            non_key
-                .iter()
-                .map(|(c, _, t)| {
-                    let q = format!("{alias}.{}", quote_ident(c));
-                    if *t {
-                        format!("{q}::text")
-                    } else {
-                        q
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        format!(
-            "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
-            sets.join(", "),
-            cmp("t"),
-            cmp("EXCLUDED")
-        )
-    };
+    let conflict = super::on_conflict_update(&non_key);
     format!(
         "INSERT INTO {} AS t ({cols}){} SELECT {cols} FROM {tmp} ON CONFLICT ({}) {conflict}",
         p.into,

@@ -1619,31 +1619,8 @@ fn unit_actions(
                     .iter()
                     .filter(|(c, _, _)| !p.target.primary_key.contains(c))
                     .collect();
-                let conflict = if *update && !non_key.is_empty() {
-                    let sets: Vec<String> = non_key
-                        .iter()
-                        .map(|(c, _, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
-                        .collect();
-                    let cmp = |alias: &str| {
-                        non_key
-                            .iter()
-                            .map(|(c, _, t)| {
-                                let q = format!("{alias}.{}", quote_ident(c));
-                                if *t {
-                                    format!("{q}::text")
-                                } else {
-                                    q
-                                }
-                            })
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    format!(
-                        "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
-                        sets.join(", "),
-                        cmp("t"),
-                        cmp("EXCLUDED")
-                    )
+                let conflict = if *update {
+                    on_conflict_update(&non_key)
                 } else {
                     "DO NOTHING".to_string()
                 };
@@ -2348,6 +2325,38 @@ pub async fn run(
         return Ok(prepared.dry_run_report());
     }
     prepared.execute(events).await
+}
+
+/// The `ON CONFLICT` action of an upsert: update the non-key columns of a row whose values
+/// differ (compared as text where the type has no equality), or nothing when there are none.
+pub(crate) fn on_conflict_update(non_key: &[&(String, String, bool)]) -> String {
+    if non_key.is_empty() {
+        return "DO NOTHING".to_string();
+    }
+    let sets: Vec<String> = non_key
+        .iter()
+        .map(|(c, _, _)| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+        .collect();
+    let cmp = |alias: &str| {
+        non_key
+            .iter()
+            .map(|(c, _, t)| {
+                let q = format!("{alias}.{}", quote_ident(c));
+                if *t {
+                    format!("{q}::text")
+                } else {
+                    q
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "DO UPDATE SET {} WHERE ROW({}) IS DISTINCT FROM ROW({})",
+        sets.join(", "),
+        cmp("t"),
+        cmp("EXCLUDED")
+    )
 }
 
 #[cfg(test)]
