@@ -172,19 +172,23 @@ pub fn main() -> std::process::ExitCode {
             return std::process::ExitCode::from(exit::USAGE);
         }
     };
-    // Ctrl-C (or SIGTERM) is raced against the command: the command's future is dropped, so
-    // whatever it holds (connections, transactions, the demo's servers) is released by its
-    // destructors; then the statements still running on the servers are cancelled (a backend
-    // busy with a statement would otherwise go on, holding its locks), and the process exits
-    // with 130 once their connections are gone (or after a few seconds).
+    // Ctrl-C (or SIGTERM) is raced against the command: the statements running on the servers
+    // are cancelled (a backend busy with a statement would otherwise go on, holding its locks)
+    // and the command is driven until it has seen them end, then dropped, so that whatever it
+    // holds (connections, transactions, the demo's servers) is released by its destructors;
+    // the process exits with 130 once its connections are gone (or after a few seconds).
     let result = runtime.block_on(async {
+        let mut command = Box::pin(run(cli, &out));
         let r = tokio::select! {
             biased;
             _ = interrupted() => None,
-            r = run(cli, &out) => Some(r),
+            r = &mut command => Some(r),
         };
         if r.is_none() {
-            pgflip::conn::cancel::cancel_all(std::time::Duration::from_secs(5)).await;
+            let wait = std::time::Duration::from_secs(5);
+            // Whatever the command returns now is the interrupt's doing: exit 130 regardless.
+            let _ = pgflip::conn::cancel::interrupt(command, wait).await;
+            pgflip::conn::cancel::wait_closed(wait).await;
         }
         r
     });

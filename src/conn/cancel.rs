@@ -42,10 +42,8 @@ pub fn open_connections() -> usize {
     OPEN.lock().unwrap_or_else(|e| e.into_inner()).len()
 }
 
-/// Cancels the statement running on every open connection, then waits up to `wait` for the
-/// connections to close (their clients must have been dropped). Returns how many were still
-/// open at the end.
-pub async fn cancel_all(wait: Duration) -> usize {
+/// Sends a cancel request for every open connection (each bounded by `wait`).
+async fn send_cancels(wait: Duration) {
     let open: Vec<(CancelToken, Via)> = OPEN
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -66,9 +64,46 @@ pub async fn cancel_all(wait: Duration) -> usize {
         let _ = tokio::time::timeout(wait, send).await;
     });
     futures_util::future::join_all(sends).await;
+}
+
+/// Waits up to `wait` for every connection to close (their clients must have been dropped).
+/// Returns how many were still open at the end.
+pub async fn wait_closed(wait: Duration) -> usize {
     let deadline = tokio::time::Instant::now() + wait;
     while open_connections() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     open_connections()
+}
+
+/// Stops the work `fut` was doing on the servers: cancels every running statement and keeps
+/// driving `fut` until it has seen its statements end (it then unwinds through its own error
+/// paths: transactions rolled back, nothing left active), for at most `wait`.
+///
+/// Dropping `fut` first and cancelling afterwards is not enough: a dropped client's backend
+/// may still be running its cancelled statement when pgflip exits, holding its locks for the
+/// moment it takes the server to act on the cancel. Cancels are sent again every quarter
+/// second, because `fut` may start a statement after the first request (a cancel that reaches
+/// an idle backend is ignored by the server). Returns `fut`'s output if it ended in time.
+pub async fn interrupt<F: std::future::Future>(fut: F, wait: Duration) -> Option<F::Output> {
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut fut = Box::pin(fut);
+    loop {
+        send_cancels(wait).await;
+        let round = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
+        if let Ok(out) = tokio::time::timeout_at(round, &mut fut).await {
+            return Some(out);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+    }
+}
+
+/// Cancels the statement running on every open connection, then waits up to `wait` for the
+/// connections to close (their clients must have been dropped). Returns how many were still
+/// open at the end.
+pub async fn cancel_all(wait: Duration) -> usize {
+    send_cancels(wait).await;
+    wait_closed(wait).await
 }

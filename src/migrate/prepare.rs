@@ -617,20 +617,25 @@ async fn run(
         ),
     });
 
-    let built = build(src, source, target, &tgt, &s, &p, &mut rec, opts, events);
-    let built = match opts.interrupt.clone() {
-        None => built.await,
-        Some(mut rx) => tokio::select! {
-            r = built => r,
-            _ = rx.wait_for(|v| *v) => {
-                // The build's future is dropped (its workers' connections with it); the
-                // statements still running on the servers are cancelled, and this session's
-                // transaction, if one was open, is ended before the cleanup below.
-                crate::conn::cancel::cancel_all(Duration::from_secs(2)).await;
-                let _ = tgt.batch_execute("ROLLBACK").await;
-                Err(Error::Interrupted)
-            }
-        },
+    let built = {
+        let mut built = Box::pin(build(
+            src, source, target, &tgt, &s, &p, &mut rec, opts, events,
+        ));
+        match opts.interrupt.clone() {
+            None => built.await,
+            Some(mut rx) => tokio::select! {
+                r = &mut built => r,
+                _ = rx.wait_for(|v| *v) => {
+                    // The statements still running on the servers are cancelled and the build is
+                    // driven until it has seen them end (then dropped, its workers' connections
+                    // with it); this session's transaction, if one was open, is ended before the
+                    // cleanup below.
+                    let _ = crate::conn::cancel::interrupt(built, Duration::from_secs(2)).await;
+                    let _ = tgt.batch_execute("ROLLBACK").await;
+                    Err(Error::Interrupted)
+                }
+            },
+        }
     };
     match built {
         Ok(()) => Ok(PrepareReport {
