@@ -1222,3 +1222,108 @@ fn preserved_tables_come_from_pgflip_toml_unless_the_command_line_names_them() {
     assert!(stderr(&o).contains("nope"), "{}", stderr(&o));
     assert_eq!(leftovers(&tgt), "");
 }
+
+/// The live schema's owner, privileges and comment.
+fn schema_attributes(db: &TestDb, schema: &str) -> String {
+    q(
+        db,
+        &format!(
+            "SELECT nspowner::regrole || ' ' || coalesce(nspacl::text, 'default') || ' ' \
+                    || coalesce(obj_description(oid, 'pg_namespace'), 'no comment') \
+             FROM pg_namespace WHERE nspname = '{schema}'"
+        ),
+    )
+}
+
+/// A live schema holding nothing but the migrated tables is swapped whole (one rename per
+/// schema under the locks instead of two moves per table): a view and a foreign key of a schema
+/// not migrated follow the new tables, the schema keeps its owner, privileges and comment, the
+/// application's role keeps working; rollback and rollback of the rollback work. A schema that
+/// holds anything else (here a function) is moved table by table.
+#[test]
+fn a_schema_holding_only_migrated_tables_is_swapped_whole_and_rolls_back() {
+    let (src, tgt) = pair("mig_whole");
+    ensure_role(&tgt);
+    src.psql(
+        "CREATE TABLE a (id serial PRIMARY KEY, v text NOT NULL, w int DEFAULT 7); \
+         INSERT INTO a (v) SELECT 'new ' || g FROM generate_series(1, 50) g; \
+         CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a); \
+         INSERT INTO b SELECT g, g FROM generate_series(1, 20) g; \
+         CREATE TABLE fresh (id int PRIMARY KEY); INSERT INTO fresh VALUES (1); \
+         GRANT SELECT, INSERT ON a TO mig_app; GRANT USAGE ON SEQUENCE a_id_seq TO mig_app;",
+    );
+    tgt.psql(
+        "CREATE TABLE a (id serial PRIMARY KEY, v text NOT NULL); \
+         INSERT INTO a (v) SELECT 'old ' || g FROM generate_series(1, 5) g; \
+         CREATE TABLE b (id int PRIMARY KEY, a_id int REFERENCES a); INSERT INTO b VALUES (1, 1); \
+         CREATE TABLE gone (id int PRIMARY KEY); INSERT INTO gone VALUES (9); \
+         COMMENT ON SCHEMA public IS 'the application''s schema'; \
+         GRANT USAGE, CREATE ON SCHEMA public TO mig_app; \
+         GRANT SELECT, INSERT ON a TO mig_app; GRANT USAGE ON SEQUENCE a_id_seq TO mig_app; \
+         CREATE SCHEMA keep; GRANT USAGE ON SCHEMA keep TO mig_app; \
+         CREATE VIEW keep.av AS SELECT id, v FROM public.a; GRANT SELECT ON keep.av TO mig_app; \
+         CREATE TABLE keep.k (a_id int REFERENCES public.a); INSERT INTO keep.k VALUES (1);",
+    );
+    let before = user_dump(&tgt);
+    let attributes = schema_attributes(&tgt, "public");
+    ok(&prepare(&src, &tgt, &["--schema", "public"]));
+    let dry = ok(&migrate(&tgt, "swap", &["--dry-run"]));
+    assert!(
+        dry.contains("ALTER SCHEMA public RENAME TO pgflip_backup_"),
+        "{dry}"
+    );
+    assert!(!dry.contains("ALTER TABLE public.a SET SCHEMA"), "{dry}");
+
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&migrate(&tgt, "swap", &["--json"]))).expect("swap JSON");
+    assert_eq!(out["whole_schema"], "public", "{out:#}");
+    for t in ["a", "b", "fresh"] {
+        assert_eq!(digest(&tgt, t), digest(&src, t), "{t}");
+    }
+    assert_eq!(q(&tgt, "SELECT to_regclass('public.gone') IS NULL"), "t");
+    // The schema's privileges and comment are the source's now (the schema step; the role is
+    // the source's too: one server), its owner the target's.
+    assert_eq!(
+        schema_attributes(&tgt, "public"),
+        schema_attributes(&src, "public")
+    );
+    // The view and the foreign key of the schema not migrated read the new table.
+    assert_eq!(q(&tgt, "SELECT count(*) FROM keep.av"), "50");
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT confrelid = 'public.a'::regclass FROM pg_constraint WHERE conrelid = 'keep.k'::regclass AND contype = 'f'"
+        ),
+        "t"
+    );
+    assert_eq!(leftovers(&tgt), "");
+    tgt.psql(
+        "SET ROLE mig_app; INSERT INTO a (v) VALUES ('by the app'); SELECT count(*) FROM keep.av; RESET ROLE;",
+    );
+    assert_eq!(q(&tgt, "SELECT max(id) FROM a"), "51");
+    tgt.psql("DELETE FROM a WHERE id = 51");
+
+    // Rollback: the old version, the schema as it was (owner, privileges, comment).
+    let t = tgt.url();
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    let after = user_dump(&tgt);
+    assert!(after == before, "{}", line_diff(&before, &after));
+    assert_eq!(schema_attributes(&tgt, "public"), attributes);
+    assert_eq!(q(&tgt, "SELECT count(*) FROM keep.av"), "5");
+    // Rollback of the rollback: the new version again.
+    ok(&pgflip(&["rollback", "--latest", "--target", &t]));
+    assert_eq!(digest(&tgt, "a"), digest(&src, "a"));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM keep.av"), "50");
+
+    // A live schema holding anything else is not renamed: its relations move one by one.
+    let (src2, tgt2) = pair("mig_whole_not");
+    src2.psql("CREATE TABLE a (id int PRIMARY KEY); INSERT INTO a VALUES (1), (2);");
+    tgt2.psql(
+        "CREATE TABLE a (id int PRIMARY KEY); CREATE FUNCTION app_f() RETURNS int LANGUAGE sql AS 'SELECT 1';",
+    );
+    ok(&prepare(&src2, &tgt2, &["--keep-extra-tables"]));
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&migrate(&tgt2, "swap", &["--json"]))).expect("swap JSON");
+    assert_eq!(out["whole_schema"], serde_json::Value::Null, "{out:#}");
+    assert_eq!(digest(&tgt2, "a"), digest(&src2, "a"));
+}

@@ -239,7 +239,7 @@ async fn swap(a: SwapArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     }
     match &outcome.flip {
         None => out.println(outcome.script.as_deref().unwrap_or("").trim_end()),
-        Some(f) => out.println(&format!(
+        Some(f) => out.println(&(format!(
             "Migration {} swapped: {} tables in one transaction (locks held {:.1} ms, {} attempt(s)); \
              generation {} keeps the previous tables in {} (`pgflip rollback --timestamp {}`).",
             outcome.id,
@@ -249,7 +249,11 @@ async fn swap(a: SwapArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
             f.generation.label,
             pgflip::ident::quote_ident(&f.generation.backup_schema),
             f.generation.label
-        )),
+        ) + &outcome
+            .whole_schema
+            .as_deref()
+            .map(|s| format!(" Schema {} was swapped whole (one rename).", pgflip::ident::quote_ident(s)))
+            .unwrap_or_default())),
     }
     Ok(exit::OK)
 }

@@ -145,15 +145,28 @@ impl<'a> Pair<'a> {
         let bk = &c.bk;
         let backup_schema = c.backup_schema;
         let flipped = &c.flipped;
-        self.push(
-            format!(
-                "retire {} into {backup_schema} (catalog only, names kept)",
-                r.live
-            ),
-            format!("ALTER {lkw} {live_q} SET SCHEMA {bk}"),
-        );
+        // With a schema swap, the renames have moved whatever was in the two schemas already:
+        // what is left is named where the renames put it.
+        let swap = c.opts.schema_swap.as_ref();
+        let swapped_live = |s: &str| swap.is_some_and(|(l, _)| l == s);
+        let after = |s: &str| match swap {
+            Some((l, g)) if g == s => l.clone(),
+            _ => s.to_string(),
+        };
+        if !swapped_live(&r.live.schema) {
+            self.push(
+                format!(
+                    "retire {} into {backup_schema} (catalog only, names kept)",
+                    r.live
+                ),
+                format!("ALTER {lkw} {live_q} SET SCHEMA {bk}"),
+            );
+        }
         // Partitions go with their table: live's into the generation's schema (names kept).
         for p in inv.partitions_of(r.live_oid) {
+            if swapped_live(&p.schema) {
+                continue;
+            }
             self.push(
                 format!(
                     "retire partition {} into {backup_schema}",
@@ -180,22 +193,23 @@ impl<'a> Pair<'a> {
                 );
             }
         }
+        let green_schema = after(&r.green.schema);
         if r.green.name != r.live.name {
             self.push(
                 format!("rename green {} to {}", r.green, quote_ident(&r.live.name)),
                 format!(
                     "ALTER {gkw} {} RENAME TO {}",
-                    r.green.sql(),
+                    qualified(&green_schema, &r.green.name),
                     quote_ident(&r.live.name)
                 ),
             );
         }
-        if r.green.schema != r.live.schema {
+        if green_schema != r.live.schema {
             self.push(
                 format!("move green into schema {}", quote_ident(&r.live.schema)),
                 format!(
                     "ALTER {gkw} {} SET SCHEMA {}",
-                    qualified(&r.green.schema, &r.live.name),
+                    qualified(&green_schema, &r.live.name),
                     quote_ident(&r.live.schema)
                 ),
             );
@@ -226,6 +240,7 @@ impl<'a> Pair<'a> {
                     (schema, gp.name.clone())
                 }
             };
+            let at = after(&gp.schema);
             if name != gp.name {
                 self.push(
                     format!(
@@ -235,12 +250,12 @@ impl<'a> Pair<'a> {
                     ),
                     format!(
                         "ALTER TABLE {} RENAME TO {}",
-                        qualified(&gp.schema, &gp.name),
+                        qualified(&at, &gp.name),
                         quote_ident(&name)
                     ),
                 );
             }
-            if schema != gp.schema {
+            if schema != at {
                 self.push(
                     format!(
                         "move green's partition {} into schema {}",
@@ -249,7 +264,7 @@ impl<'a> Pair<'a> {
                     ),
                     format!(
                         "ALTER TABLE {} SET SCHEMA {}",
-                        qualified(&gp.schema, &name),
+                        qualified(&at, &name),
                         quote_ident(&schema)
                     ),
                 );

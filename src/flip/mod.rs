@@ -192,6 +192,12 @@ pub struct FlipOptions {
     /// old definitions): the flip drops them with the other dependents but neither checks the
     /// columns they use nor re-creates them.
     pub job_views: Vec<QualifiedName>,
+    /// `(live schema, green's schema)`: instead of two `SET SCHEMA` per relation, the live
+    /// schema is renamed to the generation's schema and green's schema to the live one's name
+    /// (a migration whose live schema holds only the relations it replaces or retires, and whose
+    /// green schema only their new versions: the job checks both, before and under the locks).
+    /// The flip leaves out the moves the renames make; the rest follows the relations as usual.
+    pub schema_swap: Option<(String, String)>,
 }
 
 impl Default for FlipOptions {
@@ -209,6 +215,7 @@ impl Default for FlipOptions {
             retire_only: Vec::new(),
             bring_in_only: Vec::new(),
             job_views: Vec::new(),
+            schema_swap: None,
         }
     }
 }

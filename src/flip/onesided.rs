@@ -70,10 +70,25 @@ impl OneSided {
         self.kinds.get(&oid) == Some(&"MATERIALIZED VIEW")
     }
 
-    /// The statements of the moves, under the flip's locks, into `backup` (quoted).
-    pub fn moves_sql(&self, backup: &str) -> Vec<(String, String)> {
+    /// The statements of the moves, under the flip's locks, into `backup` (quoted). With a
+    /// schema swap (`(live schema, green's schema)`, [`super::FlipOptions::schema_swap`]), what
+    /// the renames already moved is left out, and what is left is named where the renames put it.
+    pub fn moves_sql(
+        &self,
+        backup: &str,
+        swap: Option<&(String, String)>,
+    ) -> Vec<(String, String)> {
+        let swapped_live = |s: &str| swap.is_some_and(|(l, _)| l == s);
+        // Where a schema is after the renames (the live one is the generation's now).
+        let after = |s: &str| match swap {
+            Some((_, g)) if g == s => swap.map(|(l, _)| l.clone()).unwrap_or_default(),
+            _ => s.to_string(),
+        };
         let mut out = Vec::new();
         for (q, o) in &self.retire {
+            if swapped_live(&q.schema) {
+                continue;
+            }
             out.push((
                 format!("retire {q} (nothing replaces it)"),
                 format!("ALTER {} {} SET SCHEMA {backup}", self.keyword(*o), q.sql()),
@@ -82,7 +97,7 @@ impl OneSided {
         for (p, o) in &self.bring_in {
             let kw = self.keyword(*o);
             let mut sql = String::new();
-            let mut at = p.green.clone();
+            let mut at = QualifiedName::new(after(&p.green.schema), p.green.name.clone());
             if p.green.name != p.live.name {
                 sql.push_str(&format!(
                     "ALTER {kw} {} RENAME TO {}; ",
@@ -91,14 +106,16 @@ impl OneSided {
                 ));
                 at.name = p.live.name.clone();
             }
-            if p.green.schema != p.live.schema {
+            if at.schema != p.live.schema {
                 sql.push_str(&format!(
                     "ALTER {kw} {} SET SCHEMA {}",
                     at.sql(),
                     quote_ident(&p.live.schema)
                 ));
             }
-            out.push((format!("bring {} in as {}", p.green, p.live), sql));
+            if !sql.is_empty() {
+                out.push((format!("bring {} in as {}", p.green, p.live), sql));
+            }
         }
         out
     }

@@ -128,16 +128,29 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
             sql.clone(),
         ));
     }
-    plan.push(Step::new(
-        format!("create the generation's schema {backup_schema}"),
-        format!(
-            "CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {}",
-            quote_literal(&format!(
-                "pgflip generation {label}: relations retired by a {} flip",
-                kind.as_str()
-            ))
-        ),
+    let comment = quote_literal(&format!(
+        "pgflip generation {label}: relations retired by a {} flip",
+        kind.as_str()
     ));
+    match &opts.schema_swap {
+        None => plan.push(Step::new(
+            format!("create the generation's schema {backup_schema}"),
+            format!("CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {comment}"),
+        )),
+        // One rename per schema retires every live relation and brings every green one in.
+        Some((live, green)) => plan.push(Step::new(
+            format!(
+                "swap whole schemas: {} becomes the generation's schema {backup_schema}, {} takes its name (catalog only)",
+                quote_ident(live),
+                quote_ident(green)
+            ),
+            format!(
+                "ALTER SCHEMA {l} RENAME TO {bk}; ALTER SCHEMA {g} RENAME TO {l}; COMMENT ON SCHEMA {bk} IS {comment}",
+                l = quote_ident(live),
+                g = quote_ident(green)
+            ),
+        )),
+    }
 
     // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
     views::push_drops(c, &mut plan);
@@ -166,7 +179,7 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
     }
 
     // ---- Tables retired or brought in alone: a schema move each.
-    for (d, sql) in one.moves_sql(bk) {
+    for (d, sql) in one.moves_sql(bk, opts.schema_swap.as_ref()) {
         plan.push(Step::new(d, sql));
     }
 

@@ -22,6 +22,7 @@ pub mod objects;
 pub mod prepare;
 pub mod record;
 pub mod reverse;
+pub mod schemaswap;
 pub mod shadow;
 pub mod status;
 pub mod swap;

@@ -23,6 +23,7 @@ use crate::ident::{qualified, quote_ident, quote_literal};
 
 use super::capture;
 use super::record::{self, Record};
+use super::schemaswap::{self, SchemaSwap};
 
 /// How a swap behaves.
 #[derive(Debug, Clone)]
@@ -40,6 +41,9 @@ pub struct SwapOutcome {
     pub flip: Option<FlipOutcome>,
     /// With `dry_run`: the flip's script.
     pub script: Option<String>,
+    /// The live schema swapped whole with its shadow schema (one rename each, [`schemaswap`]),
+    /// if any; the other relations moved one by one.
+    pub whole_schema: Option<String>,
     pub warnings: Vec<String>,
 }
 
@@ -54,8 +58,9 @@ pub struct SwapPlan {
     pub after: Vec<String>,
 }
 
-/// Pairs and hook SQL for `rec`.
-pub fn plan(rec: &Record) -> SwapPlan {
+/// Pairs and hook SQL for `rec`; with `whole`, the schema swapped whole (its emptied shadow
+/// schema is not dropped: it is the live schema now).
+pub fn plan(rec: &Record, whole: Option<&SchemaSwap>) -> SwapPlan {
     let mut pairs = Vec::new();
     let mut bring_in = Vec::new();
     let mut before = Vec::new();
@@ -69,6 +74,9 @@ pub fn plan(rec: &Record) -> SwapPlan {
     ));
     for (t, p) in rec.preserved() {
         before.extend(capture::drop_triggers_sql(t, p));
+    }
+    if let Some(w) = whole {
+        before.push(w.recheck_sql());
     }
     let on_target = |k: &(String, String)| {
         rec.tables
@@ -124,6 +132,9 @@ pub fn plan(rec: &Record) -> SwapPlan {
     // a pgflip killed right after the commit leaves nothing behind. Not CASCADE: anything left
     // in one fails the swap, changing nothing, rather than being dropped unseen.
     for m in &rec.schemas {
+        if whole.is_some_and(|w| w.shadow == m.shadow) {
+            continue;
+        }
         after.push(format!("DROP SCHEMA {}", quote_ident(&m.shadow)));
     }
     // What the rollback needs to undo the schema step goes with the generation.
@@ -144,8 +155,9 @@ pub fn plan(rec: &Record) -> SwapPlan {
     }
 }
 
-fn hooked(opts: &FlipOptions, sp: &SwapPlan) -> Result<FlipOptions> {
+fn hooked(opts: &FlipOptions, sp: &SwapPlan, whole: Option<&SchemaSwap>) -> Result<FlipOptions> {
     let mut fo = opts.clone();
+    fo.schema_swap = whole.map(SchemaSwap::pair);
     fo.allow_column_changes = true;
     fo.in_flip_before = sp.before.clone();
     fo.in_flip_after = sp.after.clone();
@@ -239,8 +251,9 @@ pub async fn swap(
     let client = Arc::new(target.connect().await?);
     if opts.dry_run {
         let rec = record::load_one(&client).await?;
-        let sp = plan(&rec);
-        let fo = hooked(&opts.flip, &sp)?;
+        let whole = schemaswap::choose(&client, &rec, &plan(&rec, None)).await?;
+        let sp = plan(&rec, whole.as_ref());
+        let fo = hooked(&opts.flip, &sp, whole.as_ref())?;
         let fp = flip::plan_flip(&client, &sp.pairs, FlipKind::Migrate, &fo).await?;
         return Ok(SwapOutcome {
             id: rec.id,
@@ -249,6 +262,7 @@ pub async fn swap(
                 fp.plan
                     .to_script(&[format!("pgflip migrate swap (migration {})", rec.id)]),
             ),
+            whole_schema: whole.map(|w| w.live),
             warnings: fp.warnings,
         });
     }
@@ -276,7 +290,7 @@ async fn swap_locked(
         ));
     }
     crate::failpoint::hit("migrate.swap.checked").await?;
-    let sp = plan(&rec);
+    let sp = plan(&rec, None);
     if sp.pairs.is_empty() && sp.bring_in.is_empty() && sp.retire.is_empty() {
         return Err(Error::Refused(
             format!(
@@ -287,7 +301,13 @@ async fn swap_locked(
         ));
     }
     check_lock_budget(client, &sp).await?;
-    let fo = hooked(&opts.flip, &sp)?;
+    // One rename per schema instead of two moves per table, when a schema allows it.
+    let whole = schemaswap::choose(client, &rec, &sp).await?;
+    if let Some(w) = &whole {
+        w.dress_shadow(client).await?;
+    }
+    let sp = plan(&rec, whole.as_ref());
+    let fo = hooked(&opts.flip, &sp, whole.as_ref())?;
     let outcome = flip::flip(client, &sp.pairs, FlipKind::Migrate, &fo, events).await?;
     crate::failpoint::hit("migrate.swap.flipped").await?;
     let mut warnings = Vec::new();
@@ -308,6 +328,7 @@ async fn swap_locked(
         id: rec.id,
         flip: Some(outcome),
         script: None,
+        whole_schema: whole.map(|w| w.live),
         warnings,
     })
 }
