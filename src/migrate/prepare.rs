@@ -784,22 +784,64 @@ async fn build(
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.copied").await?;
 
-    // 5. Keys and indexes of the other tables, one family (a table and its partitions) per task.
+    // 5. Keys and indexes of the other tables, largest table first (the longest builds start
+    // first, as with pg_restore -j). A table alone has each plain index built as a task of its
+    // own (CREATE INDEX takes SHARE: several on one table build side by side), then its key
+    // constraints and ANALYZE (ALTER TABLE waits for those builds by its lock); a partitioned
+    // table and its partitions (whose indexes attach to the parent's) stay one task, as does a
+    // table whose replica identity names an index.
     events.emit(Event::PhaseStarted {
         phase: "building indexes".into(),
     });
-    let mut families: BTreeMap<String, String> = BTreeMap::new();
+    #[derive(Default)]
+    struct Family {
+        bytes: i64,
+        indexes: Vec<String>,
+        rest: String,
+    }
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut members: BTreeMap<String, usize> = BTreeMap::new();
+    for st in &p.tables {
+        *members.entry(root_of(p, &st.shadow)).or_default() += 1;
+    }
     for (st, e) in p.tables.iter().zip(&rec.tables) {
         let root = root_of(p, &st.shadow);
+        let alone = members.get(&root) == Some(&1)
+            && st.shadow.kind != TableKind::Partitioned
+            && crate::ddl::replica_identity(&st.shadow).is_empty();
         let entry = families.entry(root).or_default();
+        entry.bytes += e.bytes.unwrap_or(0);
         if e.preserved.is_none() {
-            entry.push_str(&st.keys_sql());
+            if alone {
+                for c in &st.shadow.constraints {
+                    if c.kind != crate::catalog::ConstraintKind::ForeignKey {
+                        entry
+                            .rest
+                            .push_str(&crate::ddl::create_constraint(&st.shadow, c));
+                    }
+                }
+                for i in &st.shadow.indexes {
+                    entry.indexes.push(crate::ddl::create_index(i));
+                }
+            } else {
+                entry.rest.push_str(&st.keys_sql());
+            }
         }
         if st.shadow.kind != TableKind::Partitioned {
-            entry.push_str(&format!("ANALYZE {};\n", st.shadow.sql_name()));
+            entry
+                .rest
+                .push_str(&format!("ANALYZE {};\n", st.shadow.sql_name()));
         }
     }
-    let tasks: VecDeque<(String, String)> = families.into_iter().collect();
+    let mut ordered: Vec<(String, Family)> = families.into_iter().collect();
+    ordered.sort_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
+    let mut tasks: VecDeque<(String, String)> = VecDeque::new();
+    for (root, f) in ordered {
+        for (n, sql) in f.indexes.into_iter().enumerate() {
+            tasks.push_back((format!("{root} (index {})", n + 1), sql));
+        }
+        tasks.push_back((root, f.rest));
+    }
     run_sql_tasks(target, tasks, workers(opts), "building indexes").await?;
     rec.phase = Phase::Validating;
     rec.save(tgt).await?;
