@@ -254,12 +254,13 @@ impl SchemaSwap {
             .ctx("giving the shadow schema the live schema's owner and privileges")
     }
 
-    /// The check under the locks, by OID: nothing appeared in either schema since [`choose`].
-    pub fn recheck_sql(&self) -> String {
+    /// The check under the locks, by OID: nothing appeared in either schema since [`choose`]
+    /// (PL/pgSQL, for the swap's one `DO` block of checks).
+    pub fn recheck_plpgsql(&self) -> String {
         format!(
-            "DO $pgflip$ BEGIN IF (SELECT ({c}) IS DISTINCT FROM ({a}::bigint, {b}::bigint)) THEN \
+            "IF (SELECT ({c}) IS DISTINCT FROM ({a}::bigint, {b}::bigint)) THEN \
              RAISE EXCEPTION 'pgflip: objects were created in schema % or % while the swap was prepared; run the swap again', \
-             {l}, {s}; END IF; END $pgflip$",
+             {l}, {s}; END IF;",
             c = counts_sql(self.live_oid, self.shadow_oid),
             a = self.counts.0,
             b = self.counts.1,

@@ -65,18 +65,17 @@ pub fn plan(rec: &Record, whole: Option<&SchemaSwap>) -> SwapPlan {
     let mut bring_in = Vec::new();
     let mut before = Vec::new();
     let mut after = Vec::new();
+    // The checks under the locks, in one block (each DO costs a round of PL/pgSQL setup).
     before.push(format!(
         "DO $pgflip$ BEGIN IF EXISTS (SELECT 1 FROM {}) THEN \
          RAISE EXCEPTION 'pgflip: writes rejected by the new version since the last check; see {}'; \
-         END IF; END $pgflip$",
+         END IF; {} END $pgflip$",
         rec.rejected_sql(),
-        quote_literal(&rec.rejected_sql()).trim_matches('\'')
+        quote_literal(&rec.rejected_sql()).trim_matches('\''),
+        whole.map(SchemaSwap::recheck_plpgsql).unwrap_or_default()
     ));
     for (t, p) in rec.preserved() {
         before.extend(capture::drop_triggers_sql(t, p));
-    }
-    if let Some(w) = whole {
-        before.push(w.recheck_sql());
     }
     let on_target = |k: &(String, String)| {
         rec.tables

@@ -126,6 +126,12 @@ fn has_tombstones(snap: &Snapshot) -> bool {
 }
 
 /// The plan that turns `target`'s schema into `source`'s.
+/// Drops the dependencies a diff never follows: those with an end that is not one of the
+/// snapshot's objects (migrate's schema step keeps a snapshot without tables).
+pub fn prune_dependencies(snap: &mut Snapshot) {
+    order::prune_dependencies(snap)
+}
+
 pub fn diff(source: &Snapshot, target: &Snapshot, opts: &DiffOptions) -> Plan {
     compare_snapshots(source, target, opts).plan
 }

@@ -246,6 +246,14 @@ impl<'a> Graph<'a> {
     }
 }
 
+/// Drops the dependencies no ordering ever follows: those with an end that is not one of the
+/// snapshot's objects (ordering looks both ends up, here and in `ddl::order`).
+pub(super) fn prune_dependencies(snap: &mut Snapshot) {
+    let refs = ref_keys(snap);
+    snap.dependencies
+        .retain(|d| refs.contains_key(&d.from) && refs.contains_key(&d.to));
+}
+
 /// Which item key each catalog row of the snapshot belongs to.
 fn ref_keys(snap: &Snapshot) -> HashMap<ObjRef, Key> {
     use ObjClass as C;
