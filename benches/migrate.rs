@@ -46,14 +46,34 @@ fn sh(cmd: &str) -> Duration {
 
 /// Runs the pgflip binary; returns its time, peak memory (kB) and stdout.
 fn pgflip(args: &[&str]) -> (Duration, u64, String) {
+    let (t, peak, out, _) = pgflip_with(args, &[]);
+    (t, peak, out)
+}
+
+/// [`pgflip`] with environment variables, also returning each line of stderr (its events) with
+/// the time it arrived.
+fn pgflip_with(
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> (Duration, u64, String, Vec<(Duration, String)>) {
+    use std::io::BufRead;
     let t = Instant::now();
-    let child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
         .args(args)
         .env("NO_COLOR", "1")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("run pgflip");
+    let stderr = child.stderr.take().expect("stderr");
+    let lines = std::thread::spawn(move || {
+        std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(|l| l.ok())
+            .map(|l| (t.elapsed(), l))
+            .collect::<Vec<_>>()
+    });
     let status_file = format!("/proc/{}/status", child.id());
     let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let (p2, f2) = (peak.clone(), status_file.clone());
@@ -75,16 +95,56 @@ fn pgflip(args: &[&str]) -> (Duration, u64, String) {
     let out = child.wait_with_output().expect("wait");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = poller.join();
+    let lines = lines.join().expect("stderr reader");
     assert!(
         out.status.success(),
         "pgflip {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+        lines
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     (
         t.elapsed(),
         peak.load(std::sync::atomic::Ordering::Relaxed),
         String::from_utf8_lossy(&out.stdout).to_string(),
+        lines,
     )
+}
+
+/// When the phase whose event line contains `phase` started, from `lines` of [`pgflip_with`].
+fn phase_at(lines: &[(Duration, String)], phase: &str) -> Option<Duration> {
+    lines
+        .iter()
+        .find(|(_, l)| l.contains("phase_started") && l.contains(phase))
+        .map(|(t, _)| *t)
+}
+
+/// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
+/// `log` from byte `from` on (`log_statement_stats` lines, then the statement; as in the
+/// flip_stall bench): what the locked transaction costs the server, whatever the load.
+fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
+    let mut usage: Option<(f64, f64)> = None;
+    let mut found = None;
+    for line in text.lines() {
+        if line.contains("QUERY STATISTICS") {
+            usage = None;
+        } else if usage.is_none() && line.contains(" s user, ") && line.contains(" s elapsed") {
+            let nums: Vec<f64> = line
+                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if nums.len() >= 3 {
+                usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
+            }
+        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
+            found = usage.or(found);
+        }
+    }
+    found
 }
 
 fn table_sql(name: &str, rows: u64) -> String {
@@ -139,9 +199,20 @@ fn main() {
     let j = jobs.to_string();
     let tdb = tgt.create_database("bench_mig_tgt").unwrap();
     let t_url = tgt.url(&tdb);
-    let (prep, peak_kb, _) = pgflip(&[
-        "migrate", "prepare", "--source", &s_url, "--target", &t_url, "--jobs", &j,
-    ]);
+    let (prep, peak_kb, _, events) = pgflip_with(
+        &[
+            "migrate", "prepare", "--source", &s_url, "--target", &t_url, "--jobs", &j, "--json",
+        ],
+        &[],
+    );
+    // pgflip's own copy phase (rows only: from "copying rows" to "building indexes").
+    let copy_phase = match (
+        phase_at(&events, "copying rows"),
+        phase_at(&events, "building indexes"),
+    ) {
+        (Some(a), Some(b)) => b.saturating_sub(a),
+        _ => Duration::ZERO,
+    };
     let rdb = tgt.create_database("bench_mig_restore").unwrap();
     let dump_file = std::env::temp_dir().join(format!("pgflip-bench-{}.dump", std::process::id()));
     let dump = sh(&format!(
@@ -226,8 +297,13 @@ fn main() {
         seed.as_secs_f64() / prep.as_secs_f64()
     );
     println!(
-        "  ratio (pgflip / copy floor): {:.2}x  (goal <= 1.15)",
+        "  ratio (pgflip / copy floor): {:.2}x  (goal <= 1.15; pgflip also builds 3 indexes per table, the floor none)",
         prep.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  pgflip's copy phase alone {:.2} s: ratio to the copy floor {:.2}x",
+        copy_phase.as_secs_f64(),
+        copy_phase.as_secs_f64() / floor.as_secs_f64()
     );
 
     // ---- 2. the swap's locked time, then the stall of a steady load during a swap.
@@ -256,7 +332,24 @@ fn main() {
                 "migrate", "prepare", "--source", &s_url, "--target", &t_url, "--jobs", &j,
             ]);
             if !loaded {
+                // The server's own time for the locked transaction (log_statement_stats).
+                let data_dir = tgt.psql(&tdb, "SHOW data_directory").unwrap();
+                let log = std::path::Path::new(data_dir.trim())
+                    .parent()
+                    .expect("server dir")
+                    .join("server.log");
+                // Every session of this database (only pgflip's swap) logs its statistics.
+                psql(
+                    &tgt,
+                    &tdb,
+                    &format!(
+                        "ALTER DATABASE {tdb} SET log_statement_stats = on; \
+                         ALTER DATABASE {tdb} SET log_min_error_statement = log"
+                    ),
+                );
+                let from = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
                 let (total, _, out) = pgflip(&["migrate", "swap", "--target", &t_url, "--json"]);
+                let cpu = locked_cpu(&log, from);
                 let v: serde_json::Value = serde_json::from_str(&out).expect("swap JSON");
                 println!(
                     "swap of {n} tables: locks held {:.1} ms (goal {}; whole command {:.2} s, {} attempt(s){})",
@@ -268,6 +361,13 @@ fn main() {
                         .as_str()
                         .map(|s| format!(", schema {s} swapped whole"))
                         .unwrap_or_default()
+                );
+                println!(
+                    "  the server's own time for it: {}",
+                    cpu.map(|(c, e)| format!(
+                        "{c:.1} ms CPU, {e:.1} ms elapsed (load-independent: CPU)"
+                    ))
+                    .unwrap_or_else(|| "no statistics in the server log".into())
                 );
                 continue;
             }
