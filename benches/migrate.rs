@@ -305,6 +305,24 @@ fn main() {
         copy_phase.as_secs_f64(),
         copy_phase.as_secs_f64() / floor.as_secs_f64()
     );
+    // Where prepare's time went: each phase from its start to the next one's.
+    let starts: Vec<(Duration, String)> = events
+        .iter()
+        .filter(|(_, l)| l.contains("phase_started"))
+        .map(|(t, l)| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap_or_default();
+            (*t, v["phase"].as_str().unwrap_or("?").to_string())
+        })
+        .collect();
+    let mut breakdown = Vec::new();
+    for (i, (t, name)) in starts.iter().enumerate() {
+        let end = starts.get(i + 1).map(|(n, _)| *n).unwrap_or(prep);
+        breakdown.push(format!(
+            "{name} {:.2} s",
+            end.saturating_sub(*t).as_secs_f64()
+        ));
+    }
+    println!("  pgflip's phases: {}", breakdown.join(", "));
 
     // ---- 2. the swap's locked time, then the stall of a steady load during a swap.
     let rt = tokio::runtime::Runtime::new().expect("runtime");
