@@ -461,10 +461,20 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
         flip: pgflip::flip::FlipOptions::default(),
         dry_run: false,
     };
+    // On a runtime of its own, on a blocking thread: pgflip's planning is CPU work that would
+    // otherwise hold up the load's tasks on this runtime's workers (a stall of the bench's
+    // client, not of the server).
     let started = Instant::now();
-    let outcome = migrate::swap(&target, &opts, &NullSink)
-        .await
-        .expect("swap");
+    let outcome = tokio::task::spawn_blocking(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(migrate::swap(&target, &opts, &NullSink))
+    })
+    .await
+    .expect("swap thread")
+    .expect("swap");
     let ended = Instant::now();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
