@@ -485,8 +485,10 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
     let lock_from = f.locked_at.expect("locked_at");
     let lock_to = lock_from + Duration::from_secs_f64(f.locked_ms / 1000.0);
     println!(
-        "swap of {tables} tables under load ({READERS} readers + {WRITERS} writers looping): locks held {:.1} ms, whole swap {:.2} s{}",
+        "swap of {tables} tables under load ({READERS} readers + {WRITERS} writers looping): locks held {:.1} ms ({} attempt(s); locked transaction sent {:.0} ms after the swap began), whole swap {:.2} s{}",
         f.locked_ms,
+        f.attempts,
+        lock_from.saturating_duration_since(started).as_secs_f64() * 1000.0,
         (ended - started).as_secs_f64(),
         outcome
             .whole_schema
@@ -511,9 +513,22 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
                 .unwrap_or_default()
         };
         let (locked, whole) = (worst_in(lock_from, lock_to), worst_in(started, ended));
+        // Where the worst statement of the whole swap began, from the swap's start.
+        let at = s
+            .iter()
+            .filter(|x| x.start <= ended && x.start + x.latency >= started)
+            .max_by_key(|x| x.latency)
+            .map(|x| {
+                if x.start >= started {
+                    (x.start - started).as_secs_f64() * 1000.0
+                } else {
+                    -((started - x.start).as_secs_f64() * 1000.0)
+                }
+            })
+            .unwrap_or_default();
         let normal = pct(&before, 0.5);
         println!(
-            "  {name}: normal p50 {:.2} ms, p99 {:.2} ms; worst overlapping the locked transaction {:.1} ms: added stall {:.1} ms (goal {}); worst during the whole swap {:.1} ms",
+            "  {name}: normal p50 {:.2} ms, p99 {:.2} ms; worst overlapping the locked transaction {:.1} ms: added stall {:.1} ms (goal {}); worst during the whole swap {:.1} ms (began {at:.0} ms after the swap began)",
             ms(normal),
             ms(pct(&before, 0.99)),
             ms(locked),
