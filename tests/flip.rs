@@ -553,7 +553,8 @@ async fn a_lock_holder_makes_the_flip_retry_and_give_up_while_readers_barely_wai
     assert!(matches!(err, pgflip::Error::LockTimeout { .. }), "{msg}");
     assert!(msg.contains(&format!("pid {blocker_pid}")), "{msg}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        // The blocker never ends by itself: anything short of a long wait is the deadline's.
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
         "{took:?}"
     );
     assert!(reads > 50, "the reader ran {reads} queries");
@@ -853,7 +854,8 @@ async fn guardrails_refuse_an_unfinished_green_and_wait_out_old_transactions_wit
     )
     .await
     .unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    // The old transaction stays open until the test ends it: well under that is the deadline.
+    assert!(t0.elapsed() < Duration::from_secs(15));
     match &err {
         pgflip::Error::LockTimeout {
             attempts, blockers, ..
@@ -1141,8 +1143,8 @@ async fn a_prepared_transaction_holding_a_lock_is_refused_by_name() {
         .await
         .unwrap();
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "refused at once, not after max-wait"
+        t0.elapsed() < Duration::from_secs(15),
+        "refused at once, not after max-wait (30 s)"
     );
     assert!(matches!(err, pgflip::Error::Refused(_)), "{err}");
     assert!(err.to_string().contains(&gid), "{err}");
@@ -1661,4 +1663,67 @@ async fn what_concerns_only_green_is_set_on_it_before_the_live_table_is_locked()
         "13",
         "the owner bypasses row-level security; the rows are green's plus the insert"
     );
+}
+
+/// A role may be called `"PUBLIC"` (only lower-case `public` is reserved): its grants must
+/// follow the live table as that role's, never become grants to everyone, and grants to
+/// everyone must stay grants to everyone.
+#[tokio::test]
+async fn a_role_called_public_in_capitals_is_not_everyone() {
+    let db = fresh_db("flip_role_public");
+    db.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'PUBLIC') THEN CREATE ROLE \"PUBLIC\"; END IF; END $$; \
+         DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flip_nobody') THEN CREATE ROLE flip_nobody; END IF; END $$; \
+         CREATE TABLE t (id serial PRIMARY KEY, v int, w int); INSERT INTO t VALUES (1, 1, 1); \
+         CREATE TABLE t_staging (id serial PRIMARY KEY, v int, w int); INSERT INTO t_staging VALUES (2, 2, 2); \
+         GRANT SELECT ON t TO \"PUBLIC\"; GRANT UPDATE (v) ON t TO \"PUBLIC\"; GRANT INSERT ON t TO PUBLIC; \
+         CREATE VIEW v AS SELECT * FROM t; GRANT SELECT ON v TO \"PUBLIC\"; \
+         GRANT USAGE ON SEQUENCE t_id_seq TO \"PUBLIC\";",
+    );
+    let c = db.client().await;
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let privileges = "SELECT has_table_privilege('flip_nobody', 'public.t', 'SELECT') || '/' \
+         || has_column_privilege('flip_nobody', 'public.t', 'v', 'UPDATE') || '/' \
+         || has_table_privilege('flip_nobody', 'public.t', 'INSERT') || '/' \
+         || has_table_privilege('PUBLIC', 'public.t', 'SELECT') || '/' \
+         || has_column_privilege('PUBLIC', 'public.t', 'v', 'UPDATE') || '/' \
+         || has_column_privilege('PUBLIC', 'public.t', 'w', 'UPDATE') || '/' \
+         || has_table_privilege('flip_nobody', 'public.v', 'SELECT') || '/' \
+         || has_table_privilege('PUBLIC', 'public.v', 'SELECT') || '/' \
+         || has_sequence_privilege('flip_nobody', 'public.t_id_seq', 'USAGE') || '/' \
+         || has_sequence_privilege('PUBLIC', 'public.t_id_seq', 'USAGE')";
+    let before = text(&c, privileges).await;
+    assert_eq!(
+        before,
+        "false/false/true/true/true/false/false/true/false/true"
+    );
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, "SELECT string_agg(id::text, ',') FROM t").await,
+        "2"
+    );
+    assert_eq!(text(&c, privileges).await, before, "after the flip");
+    // Everyone (grantee 0) has INSERT only; the role called PUBLIC has SELECT.
+    let acl = "SELECT string_agg(CASE WHEN a.grantee = 0 THEN '(everyone)' ELSE pg_get_userbyid(a.grantee) END \
+         || ':' || a.privilege_type, ',' ORDER BY 1) FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.oid = 'public.t'::regclass AND a.grantee <> c.relowner";
+    assert_eq!(text(&c, acl).await, "(everyone):INSERT,PUBLIC:SELECT");
+    // And back: the rollback gives the old table the same privileges.
+    ok(&pgflip(&["rollback", "--target", &db.url(), "--latest"]));
+    assert_eq!(
+        text(&c, "SELECT string_agg(id::text, ',') FROM t").await,
+        "1"
+    );
+    assert_eq!(text(&c, privileges).await, before, "after the rollback");
 }

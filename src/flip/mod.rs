@@ -81,7 +81,6 @@ pub mod statistics;
 mod views;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -90,38 +89,12 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
-use crate::ident::{qualified, quote_ident};
+use crate::ident::quote_ident;
 use crate::plan::{Plan, Step};
 
+pub use crate::ident::QualifiedName;
 pub use generation::Generation;
 pub use pairs::{rollback_one_sided, rollback_pairs, staging_pairs};
-
-/// A schema-qualified relation name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct QualifiedName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl QualifiedName {
-    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> QualifiedName {
-        QualifiedName {
-            schema: schema.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The quoted SQL form.
-    pub fn sql(&self) -> String {
-        qualified(&self.schema, &self.name)
-    }
-}
-
-impl fmt::Display for QualifiedName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.sql())
-    }
-}
 
 /// One relation to switch: `green` takes `live`'s name, `live` is retired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
