@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use pgflip::conn::Endpoint;
-use pgflip::flip::{self, generation, FlipKind, FlipOptions};
+use pgflip::flip::{self, generation, FlipOptions};
 use pgflip::state;
 
 use super::{exit, Global, Output, TargetArgs};
@@ -331,51 +331,30 @@ pub async fn list(args: ListArgs, g: &Global, out: &Output) -> anyhow::Result<u8
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (ep, client) = connect(g, &args.target).await?;
     let events = out.events();
-    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
-    let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
-    let mut opts = args.lock.flip_options();
-    (opts.retire_only, opts.bring_in_only) = flip::rollback_one_sided(&gen, &args.keep_tables);
-    opts.rollback_of = Some(gen.id);
-    // Rolling back means the tables' columns may differ (migrations); dependents are checked.
-    opts.allow_column_changes = true;
-    // A migration's schema step (functions, views, ...) is undone in the same transaction.
-    if let Some(step) = pgflip::migrate::reverse::reverse(
+    let rb = pgflip::generations::plan_rollback(
         &client,
-        gen.id,
-        &pairs,
-        &opts.retire_only,
-        &opts.bring_in_only,
+        args.timestamp.as_deref(),
+        &args.keep_tables,
+        args.lock.flip_options(),
+        &events,
     )
-    .await?
-    {
-        opts.in_flip_before.extend(step.before);
-        opts.in_flip_after.extend(step.after);
-        opts.job_views = step.job_views;
-        for w in step.warnings {
-            pgflip::events::EventSink::emit(&events, pgflip::events::Event::Warning { message: w });
-        }
-    }
+    .await?;
     if g.dry_run {
-        opts.checksums = false;
-        let fp = flip::plan_flip(&client, &pairs, FlipKind::Rollback, &opts).await?;
+        let fp = pgflip::generations::preview_rollback(&client, &rb).await?;
         print_plan(out, &fp)?;
         return Ok(exit::OK);
     }
+    let gen = &rb.generation;
     super::confirm::confirm(
         &ep,
         &format!(
             "roll back generation {} ({})",
             gen.label,
-            relation_summary(&gen)
+            relation_summary(gen)
         ),
         args.yes,
     )?;
-    let client = Arc::new(client);
-    let command = format!("rollback {}", gen.label);
-    let outcome = state::with_target_lock(client.clone(), &command, |c| async move {
-        flip::flip(&c, &pairs, FlipKind::Rollback, &opts, &events).await
-    })
-    .await?;
+    let outcome = pgflip::generations::rollback(client, &rb, &events).await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
             "rolled_back": gen.label,
