@@ -196,7 +196,7 @@ pub async fn plan_rollback(
 /// would scan the tables).
 pub async fn preview_rollback(client: &Client, rollback: &Rollback) -> Result<flip::FlipPlan> {
     let mut opts = rollback.options.clone();
-    opts.checksums = false;
+    opts.checksums = opts.checksums.without_green();
     flip::plan_flip(client, &rollback.pairs, FlipKind::Rollback, &opts).await
 }
 

@@ -1727,3 +1727,125 @@ async fn a_role_called_public_in_capitals_is_not_everyone() {
     );
     assert_eq!(text(&c, privileges).await, before, "after the rollback");
 }
+
+/// `--checksums` chooses what a flip reads to record counts and checksums: `both` (the
+/// default: green before, the retired side after the commit), `retired` (only after the
+/// commit: the switch waits for no read of green), `none` (nothing read; `verify` checks only
+/// presence, and says so). A migration's swap takes `retired` unless told otherwise.
+#[test]
+fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
+    let (src, tgt) = server_pair("flip_checksums_choice");
+    src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'new' FROM generate_series(1, 40) g;");
+    tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'old' FROM generate_series(1, 30) g;");
+    let (s, t) = (src.url(), tgt.url());
+    let swap = |which: &str| {
+        ok(&pgflip(&[
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "t",
+            "--staging-table",
+            "--swap",
+            "--checksums",
+            which,
+        ]))
+    };
+    let latest = || -> serde_json::Value {
+        let o = ok(&pgflip(&["--json", "list", "--target", &t]));
+        let v: serde_json::Value = serde_json::from_str(o.trim()).expect("JSON");
+        v.as_array()
+            .or(v["generations"].as_array())
+            .expect("generations")[0]
+            .clone()
+    };
+    let verify = |label: &str| pgflip(&["verify", "--target", &t, "--timestamp", label]);
+
+    // Without --swap the flag means nothing: refused.
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--checksums",
+        "none",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--staging-table",
+        "--swap",
+        "--checksums",
+        "some",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("both, retired or none"),
+        "{}",
+        stderr(&o)
+    );
+
+    // none: nothing recorded; verify passes, saying that it checked presence only.
+    swap("none");
+    let g = latest();
+    let label = g["label"].as_str().unwrap().to_string();
+    assert_eq!(g["checksums"], "none", "{g:#}");
+    assert!(g["relations"][0]["live_checksum"].is_null(), "{g:#}");
+    assert!(g["relations"][0]["retired_checksum"].is_null(), "{g:#}");
+    let o = verify(&label);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("took no checksums"), "{}", stdout(&o));
+    // verify --record takes them now; from then on a change is caught.
+    ok(&pgflip(&[
+        "verify",
+        "--target",
+        &t,
+        "--timestamp",
+        &label,
+        "--record",
+    ]));
+    let schema = g["backup_schema"].as_str().unwrap().to_string();
+    tgt.psql(&format!("UPDATE {schema}.t SET v = 'changed' WHERE id = 1"));
+    assert_eq!(verify(&label).status.code(), Some(1));
+    ok(&pgflip(&["rollback", "--target", &t, "--latest"]));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) || '/' || min(v) FROM t"),
+        "30/changed"
+    );
+
+    // retired: green is not read before the switch; the retired side is, after it.
+    swap("retired");
+    let g = latest();
+    assert_eq!(g["checksums"], "retired", "{g:#}");
+    assert!(g["relations"][0]["live_checksum"].is_null(), "{g:#}");
+    assert_eq!(g["relations"][0]["retired_rows"], 30, "{g:#}");
+    let label = g["label"].as_str().unwrap().to_string();
+    let o = verify(&label);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("checksum matches"), "{}", stdout(&o));
+
+    // The default is both.
+    ok(&pgflip(&["rollback", "--target", &t, "--latest"]));
+    ok(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--staging-table",
+        "--swap",
+    ]));
+    let g = latest();
+    assert_eq!(g["checksums"], "both", "{g:#}");
+    assert_eq!(g["relations"][0]["live_rows"], 40, "{g:#}");
+    assert!(!g["relations"][0]["live_checksum"].is_null(), "{g:#}");
+}

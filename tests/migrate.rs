@@ -680,6 +680,15 @@ fn swap_switches_every_table_keeps_preserved_rows_and_rollback_brings_the_old_ve
     );
     assert_eq!(q(&tgt, "SELECT DISTINCT plan FROM users"), "free");
     assert_eq!(leftovers(&tgt), "");
+    // The swap read no table before switching (`--checksums retired` is migrate's default):
+    // the generation has the retired side's counts only, and `verify` checks them.
+    assert_eq!(
+        q(&tgt, "SELECT g.details ->> 'checksums' || '/' || count(gr.live_checksum) || '/' || count(gr.retired_checksum) \
+                 FROM pgflip.generations g JOIN pgflip.generation_relations gr ON gr.generation_id = g.id \
+                 WHERE g.kind = 'migrate' AND gr.retired_name <> '' GROUP BY g.id"),
+        format!("retired/0/{}", q(&tgt, "SELECT count(*) FROM pgflip.generation_relations gr JOIN pgflip.generations g ON g.id = gr.generation_id WHERE g.kind = 'migrate' AND gr.retired_name <> ''"))
+    );
+    ok(&pgflip(&["verify", "--target", &tgt.url(), "--latest"]));
     // The application's role still works, and inserts do not collide with copied keys.
     tgt.psql(
         "SET ROLE mig_app; INSERT INTO orders (product_id) VALUES (3); \
