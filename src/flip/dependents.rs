@@ -241,14 +241,23 @@ impl Inventory {
 }
 
 /// SQL that hashes the catalog rows a flip depends on (dependency rows, the relations' and
-/// columns' catalog rows, comments). `{oids}` is replaced by an `oid[]` expression.
-pub const FINGERPRINT_SQL: &str = "SELECT md5(coalesce(string_agg(x, ',' ORDER BY x), '')) FROM (\
-  SELECT format('d%s.%s.%s.%s.%s.%s', classid, objid, objsubid, refobjid, refobjsubid, deptype) AS x \
-    FROM pg_catalog.pg_depend WHERE {mine}refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = ANY({oids}) \
-  UNION ALL SELECT format('c%s.%s', oid, xmin) FROM pg_catalog.pg_class WHERE oid = ANY({oids}) \
-  UNION ALL SELECT format('a%s.%s.%s', attrelid, attnum, xmin) FROM pg_catalog.pg_attribute WHERE attrelid = ANY({oids}) \
-  UNION ALL SELECT format('m%s.%s.%s', objoid, objsubid, md5(description)) FROM pg_catalog.pg_description \
-    WHERE classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND objoid = ANY({oids})) s";
+/// their columns' catalog rows, comments). `{oids}` is replaced by an `oid[]` expression.
+///
+/// It runs under the flip's locks, so it is made cheap: per catalog, the count and the sum of
+/// a 64-bit hash of each row's identity (and `xmin`, which changes when the row does), summed
+/// in any order, instead of formatting, sorting and hashing text (about half the time at 50
+/// tables). System columns never change and are left out.
+pub const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws(',', \
+  (SELECT count(*) || ':' || coalesce(sum(pg_catalog.hashint8extended((classid::int8 << 32) | objid::int8, \
+       (refobjid::int8 << 24) + (objsubid::int8 << 12) + (refobjsubid::int8 << 4) + pg_catalog.ascii(deptype::text))), 0) \
+     FROM pg_catalog.pg_depend WHERE {mine}refclassid = 'pg_catalog.pg_class'::pg_catalog.regclass AND refobjid = ANY({oids})), \
+  (SELECT count(*) || ':' || coalesce(sum(pg_catalog.hashint8extended(oid::int8, xmin::text::int8)), 0) \
+     FROM pg_catalog.pg_class WHERE oid = ANY({oids})), \
+  (SELECT count(*) || ':' || coalesce(sum(pg_catalog.hashint8extended((attrelid::int8 << 16) | attnum, xmin::text::int8)), 0) \
+     FROM pg_catalog.pg_attribute WHERE attrelid = ANY({oids}) AND attnum > 0), \
+  (SELECT count(*) || ':' || coalesce(sum(pg_catalog.hashtext(objoid || '.' || objsubid || '.' || description)), 0) \
+     FROM pg_catalog.pg_description \
+     WHERE classoid = 'pg_catalog.pg_class'::pg_catalog.regclass AND objoid = ANY({oids}))))";
 
 /// [`FINGERPRINT_SQL`] for `oids`. With `skip_own_rows`, dependency rows written by the
 /// running transaction are left out: the flip's own work on green (a trigger that calls a
