@@ -647,8 +647,33 @@ fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
         "{run}"
     );
 
+    // These small tables share one transaction (one job), each unit behind a savepoint; the
+    // unit p + ch comes last. With a_bad fixed, --fail-fast fails at ch after a_bad, b and c
+    // were loaded in that transaction: they roll back with it, nothing is half done.
+    src.psql("UPDATE a_bad SET v = 'new'");
+    reset();
+    let plan = stdout(&sync(&src, &tgt, &["--jobs", "1", "--dry-run"]));
+    assert_eq!(plan.matches("BEGIN;").count(), 1, "{plan}");
+    assert_eq!(
+        plan.matches("\nSAVEPOINT pgflip_unit;").count(),
+        4,
+        "{plan}"
+    );
+    let at = |s: &str| plan.find(s).unwrap_or_else(|| panic!("{s} in {plan}"));
+    assert!(at("COPY public.c ") < at("COPY public.ch "), "{plan}");
+    let o = sync(&src, &tgt, &["--jobs", "1", "--fail-fast"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("ch_v_check"), "{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+    // Without it the failing unit alone rolls back to its savepoint; the others commit.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stdout(&o).contains("✘ p, ch - "), "{}", stdout(&o));
+    assert_eq!(state(), "a_bad=new,b=new,c=new,ch=old,p=old");
+
     // Once the source is fixed every table goes through and the run exits 0.
-    src.psql("UPDATE a_bad SET v = 'new'; UPDATE ch SET v = 'new'");
+    src.psql("UPDATE ch SET v = 'new'");
     reset();
     ok(&sync(&src, &tgt, &["--fail-fast"]));
     assert_eq!(state(), "a_bad=new,b=new,c=new,ch=new,p=new");
