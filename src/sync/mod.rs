@@ -22,6 +22,12 @@
 //!   is taken under a short `lock_timeout` and the unit retried with backoff, so pgflip never
 //!   queues in front of the application behind a long query. Use `--staging-table` when readers
 //!   must never wait: the live table is then not touched at all.
+//! - Small tables (at most [`DELETE_AT_MOST`] on both sides) are emptied with DELETE instead,
+//!   after `LOCK … IN SHARE ROW EXCLUSIVE MODE`: readers do not wait and see the old rows until
+//!   COMMIT, the application's writers wait until then. TRUNCATE's file work was most of the
+//!   time of a sync of many small tables. Such units also share transactions (each behind a
+//!   savepoint, so one failing unit rolls back alone): see `batch_units` and
+//!   `Prepared::run_batch`.
 //! - A table referenced from a table outside the sync cannot be truncated. Its rows are merged
 //!   instead: the source rows are copied into a temporary table, pgflip checks that no
 //!   referencing row would lose its parent (failing, naming the referencing table, if one
@@ -155,7 +161,7 @@ pub const DEFAULT_SPLIT_LARGER_THAN: u64 = 256 * 1024 * 1024;
 const MAX_RANGES: u64 = 1024;
 
 /// Tables whose heap is at most this on both sides are emptied with DELETE instead of TRUNCATE
-/// (under a SHARE ROW EXCLUSIVE lock: see [`small_tables`]). TRUNCATE makes a new file for the
+/// (under a SHARE ROW EXCLUSIVE lock: see `small_tables`). TRUNCATE makes a new file for the
 /// table and each index, and unlinks the old ones at commit: about 7 ms a table on the
 /// benchmark machine whatever its size, where DELETE of 10 rows took 0.6 ms and of 1 000 rows
 /// (10 pages) 4.6 ms; at 10 000 rows (94 pages) TRUNCATE was cheaper again (27 against 35 ms).
@@ -2268,7 +2274,6 @@ impl Prepared {
                 Err(e) => Ok(vec![(*u, Err(Arc::new(e)))]),
             };
         }
-        let t0 = Instant::now();
         let mut outcomes = Vec::new();
         let mut alone = Vec::new();
         let mut done = Vec::new();
@@ -2283,6 +2288,7 @@ impl Prepared {
             .ctx("starting the target transaction")?;
             for &u in batch {
                 let unit = &self.units[u];
+                let started = Instant::now();
                 let progress = self.progress(unit);
                 let mut stats = BTreeMap::new();
                 src.batch_execute(SAVEPOINT)
@@ -2302,7 +2308,7 @@ impl Prepared {
                         src.batch_execute(RELEASE)
                             .await
                             .ctx("ending a unit on the source")?;
-                        done.push((u, stats));
+                        done.push((u, stats, started));
                     }
                     Err(e) => {
                         tgt.batch_execute(ROLLBACK_TO)
@@ -2327,9 +2333,10 @@ impl Prepared {
                 .ctx("committing on the target")?;
             self.idle.lock().expect("not poisoned").push((src, tgt));
         }
-        for (u, stats) in done {
+        // Each table's time runs from its unit's start to the shared COMMIT.
+        for (u, stats, started) in done {
             let unit = &self.units[u];
-            outcomes.push((u, Ok(self.in_place_reports(unit, &stats, t0, events))));
+            outcomes.push((u, Ok(self.in_place_reports(unit, &stats, started, events))));
         }
         for u in alone {
             match self
