@@ -990,3 +990,82 @@ fn in_batches_resumes_after_a_kill_and_loses_or_repeats_no_row() {
     );
     usage_error(&run(&["--staging-table"], &[]), "--staging-table");
 }
+
+/// `--in-batches`: a batch whose locks are not granted in time (here a row the application
+/// holds) is rolled back and tried again with backoff, instead of failing the run; once the
+/// row is free the run completes and every row is there once.
+#[tokio::test]
+async fn in_batches_retries_a_batch_whose_lock_is_not_granted() {
+    let (src, tgt) = server_pair("batches_lock");
+    src.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, v text); \
+         INSERT INTO events SELECT g, 'e' || g FROM generate_series(1, 300) g",
+    );
+    tgt.psql("CREATE TABLE events (id bigint PRIMARY KEY, v text); INSERT INTO events VALUES (150, 'old')");
+    let app = tgt.client().await;
+    app.batch_execute("BEGIN; SELECT FROM events WHERE id = 150 FOR UPDATE")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, t) = (src.url(), tgt.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "events",
+            "--in-batches",
+            "--batch-size",
+            "100",
+            "--max-wait",
+            "60s",
+        ])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The second batch (ids 101 to 200) waits for row 150; its lock_timeout rolls it back,
+    // after which nobody waits on the row until the next attempt.
+    let waiting = || {
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+        ) != "0"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for want in [true, false] {
+        while waiting() != want {
+            assert!(std::time::Instant::now() < deadline, "never {want}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    // Only the first batch is in meanwhile.
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM events WHERE v <> 'old'"),
+        "100"
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("lock not granted (attempt 1), retrying"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        q(&tgt, "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM events"),
+        q(&src, "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM events"),
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pgflip.operations WHERE kind = 'sync_batches'"
+        ),
+        "0",
+        "the finished run leaves no progress record"
+    );
+}
