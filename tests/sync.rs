@@ -271,11 +271,20 @@ fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
                CREATE INDEX t_clustered ON t (a); CLUSTER t USING t_clustered";
     src.psql(ddl);
     tgt.psql(ddl);
+    // Key constraints are dropped and added again too, unless something depends on them (here
+    // a view grouping by the primary key, on the target only).
+    tgt.psql(
+        "ALTER TABLE t ADD CONSTRAINT t_u UNIQUE (a) DEFERRABLE; \
+         COMMENT ON INDEX t_pkey IS 'the key'; \
+         CREATE VIEW by_key AS SELECT id, a FROM t GROUP BY id",
+    );
     // Above DELETE_AT_MOST on the source: truncated, so the indexes can be rebuilt (small
     // tables are emptied with DELETE and keep theirs).
     src.psql("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 5000) g");
     let shape = || {
-        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass")
+        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass") + " | " +
+        &q(&tgt, "SELECT string_agg(conname || ':' || contype::text || ':' || pg_get_constraintdef(oid) || condeferrable || condeferred, ' / ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass") + " | " +
+        &q(&tgt, "SELECT string_agg(attname || attnotnull, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0")
     };
     let before = shape();
     let out = ok(&sync(
@@ -291,8 +300,33 @@ fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
         !out.contains("DROP INDEX public.t_clustered"),
         "the clustering index is kept: {out}"
     );
+    assert!(
+        out.contains("ALTER TABLE public.t DROP CONSTRAINT t_u")
+            && out.contains("ALTER TABLE public.t ADD CONSTRAINT t_u UNIQUE (a) DEFERRABLE")
+            && !out.contains("DROP CONSTRAINT t_pkey"),
+        "the view depends on the primary key: it stays: {out}"
+    );
     ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
     assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE b > 0"), "5000");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM by_key"), "5000");
+    assert_eq!(shape(), before);
+    // Without the view the primary key is dropped for the load too, and comes back as it was
+    // (its index's comment included).
+    tgt.psql("DROP VIEW by_key");
+    let before = shape();
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["t", "--rebuild-indexes-above", "0", "--dry-run"],
+    ));
+    assert!(
+        out.contains("ALTER TABLE public.t DROP CONSTRAINT t_pkey")
+            && out.contains("ALTER TABLE public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id)"),
+        "{out}"
+    );
+    src.psql("UPDATE t SET a = a || '!' WHERE id % 2 = 0");
+    ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
+    assert_eq!(digest(&tgt, "t"), digest(&src, "t"));
     assert_eq!(shape(), before);
     // A unique index that the new rows violate: the whole replacement rolls back.
     src.psql("DROP INDEX t_b; UPDATE t SET b = 1 WHERE id = 2");
