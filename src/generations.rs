@@ -1,5 +1,6 @@
-//! What a target holds and what pgflip keeps there: the orchestration behind `pgflip status`
-//! and `pgflip cleanup`. Reads and plans here; the binary only renders the results.
+//! What a target holds and what pgflip keeps there: the orchestration behind `pgflip status`,
+//! `pgflip rollback` and `pgflip cleanup`. Reads, plans and runs here; the binary only asks
+//! for confirmation and renders the results.
 //!
 //! In-flight work is read from the typed operation records (`pgflip.operations`), written in
 //! the same transaction as the work they describe, never guessed from relation names: a user's
@@ -11,8 +12,9 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Problem, Refusal};
-use crate::events::EventSink;
+use crate::events::{Event, EventSink};
 use crate::flip::generation::{self, CleanupSelect, Generation};
+use crate::flip::{self, FlipKind, FlipOptions, FlipOutcome, FlipPair};
 use crate::plan::{ExecOptions, Plan};
 use crate::state::{self, Operation, OperationKind, Phase, Run};
 use crate::{Error, Result};
@@ -136,4 +138,84 @@ pub async fn run_locked(
 /// Whether an operation is a staging table that is loaded and waiting for its swap.
 pub fn is_staged(op: &Operation) -> bool {
     op.kind == OperationKind::Sync && op.phase == Phase::Staged
+}
+
+/// A rollback ready to run: the generation it undoes, the pairs it switches back and the
+/// flip's options (one-sided moves, and a migration's reverse schema step in the flip's
+/// transaction).
+#[derive(Debug, Clone)]
+pub struct Rollback {
+    pub generation: Generation,
+    pub pairs: Vec<FlipPair>,
+    pub options: FlipOptions,
+}
+
+/// Prepares the rollback of the generation made at `timestamp` (the latest without one),
+/// leaving the tables `keep_tables` as they are. `base` carries the caller's lock settings.
+/// A migration's reverse schema step is computed here (it reads the target's catalog); its
+/// warnings (what the rollback keeps) are emitted. Reads only.
+pub async fn plan_rollback(
+    client: &Client,
+    timestamp: Option<&str>,
+    keep_tables: &[String],
+    base: FlipOptions,
+    events: &dyn EventSink,
+) -> Result<Rollback> {
+    let gen = generation::find(client, timestamp).await?;
+    let pairs = flip::rollback_pairs(&gen, keep_tables)?;
+    let mut opts = base;
+    (opts.retire_only, opts.bring_in_only) = flip::rollback_one_sided(&gen, keep_tables);
+    opts.rollback_of = Some(gen.id);
+    // Rolling back means the tables' columns may differ (migrations); dependents are checked.
+    opts.allow_column_changes = true;
+    // A migration's schema step (functions, views, ...) is undone in the same transaction.
+    if let Some(step) = crate::migrate::reverse::reverse(
+        client,
+        gen.id,
+        &pairs,
+        &opts.retire_only,
+        &opts.bring_in_only,
+    )
+    .await?
+    {
+        opts.in_flip_before.extend(step.before);
+        opts.in_flip_after.extend(step.after);
+        opts.job_views = step.job_views;
+        for w in step.warnings {
+            events.emit(Event::Warning { message: w });
+        }
+    }
+    Ok(Rollback {
+        generation: gen,
+        pairs,
+        options: opts,
+    })
+}
+
+/// The rollback's flip as it would run, for `--dry-run` (checksums are not planned: they
+/// would scan the tables).
+pub async fn preview_rollback(client: &Client, rollback: &Rollback) -> Result<flip::FlipPlan> {
+    let mut opts = rollback.options.clone();
+    opts.checksums = opts.checksums.without_green();
+    flip::plan_flip(client, &rollback.pairs, FlipKind::Rollback, &opts).await
+}
+
+/// Runs a rollback under pgflip's target lock, recorded in `pgflip.runs`.
+pub async fn rollback(
+    client: Client,
+    rollback: &Rollback,
+    events: &dyn EventSink,
+) -> Result<FlipOutcome> {
+    let command = format!("rollback {}", rollback.generation.label);
+    state::with_target_lock(Arc::new(client), &command, |c| async move {
+        flip::flip(
+            &c,
+            &rollback.pairs,
+            FlipKind::Rollback,
+            &rollback.options,
+            events,
+        )
+        .await
+    })
+    .await
 }

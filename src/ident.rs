@@ -7,7 +7,38 @@
 //! the same object. When a name would be too long it is shortened on a UTF-8 character boundary
 //! and a short hash of the full name is appended, so distinct inputs keep distinct outputs.
 
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// A schema-qualified name, its parts unquoted as the catalog holds them; quoted only when
+/// rendered ([`QualifiedName::sql`], `Display`), so no caller ever quotes it twice or not at all.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QualifiedName {
+    pub schema: String,
+    pub name: String,
+}
+
+impl QualifiedName {
+    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> QualifiedName {
+        QualifiedName {
+            schema: schema.into(),
+            name: name.into(),
+        }
+    }
+
+    /// The quoted SQL form: `schema.name`.
+    pub fn sql(&self) -> String {
+        qualified(&self.schema, &self.name)
+    }
+}
+
+impl fmt::Display for QualifiedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.sql())
+    }
+}
 
 /// PostgreSQL's identifier length limit in bytes (NAMEDATALEN - 1).
 pub const MAX_IDENT_BYTES: usize = 63;

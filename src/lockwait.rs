@@ -242,6 +242,7 @@ where
 {
     let mut state = Retry::new(max_wait);
     loop {
+        crate::conn::cancel::check()?;
         state.requesting();
         match op().await {
             Err(e) if is_lock_failure(&e) => {

@@ -287,6 +287,7 @@ impl Plan {
         let total = self.steps.len();
         let mut index = 0;
         for unit in self.units() {
+            crate::conn::cancel::check()?;
             run_unit_with_retry(client, unit, index, total, opts, events).await?;
             if let Some(point) = opts.after_unit {
                 crate::failpoint::hit(point).await?;

@@ -553,7 +553,8 @@ async fn a_lock_holder_makes_the_flip_retry_and_give_up_while_readers_barely_wai
     assert!(matches!(err, pgflip::Error::LockTimeout { .. }), "{msg}");
     assert!(msg.contains(&format!("pid {blocker_pid}")), "{msg}");
     assert!(
-        took >= Duration::from_secs(2) && took < Duration::from_secs(4),
+        // The blocker never ends by itself: anything short of a long wait is the deadline's.
+        took >= Duration::from_secs(2) && took < Duration::from_secs(15),
         "{took:?}"
     );
     assert!(reads > 50, "the reader ran {reads} queries");
@@ -853,7 +854,8 @@ async fn guardrails_refuse_an_unfinished_green_and_wait_out_old_transactions_wit
     )
     .await
     .unwrap_err();
-    assert!(t0.elapsed() < Duration::from_secs(3));
+    // The old transaction stays open until the test ends it: well under that is the deadline.
+    assert!(t0.elapsed() < Duration::from_secs(15));
     match &err {
         pgflip::Error::LockTimeout {
             attempts, blockers, ..
@@ -1141,8 +1143,8 @@ async fn a_prepared_transaction_holding_a_lock_is_refused_by_name() {
         .await
         .unwrap();
     assert!(
-        t0.elapsed() < Duration::from_secs(5),
-        "refused at once, not after max-wait"
+        t0.elapsed() < Duration::from_secs(15),
+        "refused at once, not after max-wait (30 s)"
     );
     assert!(matches!(err, pgflip::Error::Refused(_)), "{err}");
     assert!(err.to_string().contains(&gid), "{err}");
@@ -1661,4 +1663,189 @@ async fn what_concerns_only_green_is_set_on_it_before_the_live_table_is_locked()
         "13",
         "the owner bypasses row-level security; the rows are green's plus the insert"
     );
+}
+
+/// A role may be called `"PUBLIC"` (only lower-case `public` is reserved): its grants must
+/// follow the live table as that role's, never become grants to everyone, and grants to
+/// everyone must stay grants to everyone.
+#[tokio::test]
+async fn a_role_called_public_in_capitals_is_not_everyone() {
+    let db = fresh_db("flip_role_public");
+    db.psql(
+        "DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'PUBLIC') THEN CREATE ROLE \"PUBLIC\"; END IF; END $$; \
+         DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'flip_nobody') THEN CREATE ROLE flip_nobody; END IF; END $$; \
+         CREATE TABLE t (id serial PRIMARY KEY, v int, w int); INSERT INTO t VALUES (1, 1, 1); \
+         CREATE TABLE t_staging (id serial PRIMARY KEY, v int, w int); INSERT INTO t_staging VALUES (2, 2, 2); \
+         GRANT SELECT ON t TO \"PUBLIC\"; GRANT UPDATE (v) ON t TO \"PUBLIC\"; GRANT INSERT ON t TO PUBLIC; \
+         CREATE VIEW v AS SELECT * FROM t; GRANT SELECT ON v TO \"PUBLIC\"; \
+         GRANT USAGE ON SEQUENCE t_id_seq TO \"PUBLIC\";",
+    );
+    let c = db.client().await;
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+    let privileges = "SELECT has_table_privilege('flip_nobody', 'public.t', 'SELECT') || '/' \
+         || has_column_privilege('flip_nobody', 'public.t', 'v', 'UPDATE') || '/' \
+         || has_table_privilege('flip_nobody', 'public.t', 'INSERT') || '/' \
+         || has_table_privilege('PUBLIC', 'public.t', 'SELECT') || '/' \
+         || has_column_privilege('PUBLIC', 'public.t', 'v', 'UPDATE') || '/' \
+         || has_column_privilege('PUBLIC', 'public.t', 'w', 'UPDATE') || '/' \
+         || has_table_privilege('flip_nobody', 'public.v', 'SELECT') || '/' \
+         || has_table_privilege('PUBLIC', 'public.v', 'SELECT') || '/' \
+         || has_sequence_privilege('flip_nobody', 'public.t_id_seq', 'USAGE') || '/' \
+         || has_sequence_privilege('PUBLIC', 'public.t_id_seq', 'USAGE')";
+    let before = text(&c, privileges).await;
+    assert_eq!(
+        before,
+        "false/false/true/true/true/false/false/true/false/true"
+    );
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        text(&c, "SELECT string_agg(id::text, ',') FROM t").await,
+        "2"
+    );
+    assert_eq!(text(&c, privileges).await, before, "after the flip");
+    // Everyone (grantee 0) has INSERT only; the role called PUBLIC has SELECT.
+    let acl = "SELECT string_agg(CASE WHEN a.grantee = 0 THEN '(everyone)' ELSE pg_get_userbyid(a.grantee) END \
+         || ':' || a.privilege_type, ',' ORDER BY 1) FROM pg_class c, aclexplode(c.relacl) a \
+         WHERE c.oid = 'public.t'::regclass AND a.grantee <> c.relowner";
+    assert_eq!(text(&c, acl).await, "(everyone):INSERT,PUBLIC:SELECT");
+    // And back: the rollback gives the old table the same privileges.
+    ok(&pgflip(&["rollback", "--target", &db.url(), "--latest"]));
+    assert_eq!(
+        text(&c, "SELECT string_agg(id::text, ',') FROM t").await,
+        "1"
+    );
+    assert_eq!(text(&c, privileges).await, before, "after the rollback");
+}
+
+/// `--checksums` chooses what a flip reads to record counts and checksums: `both` (the
+/// default: green before, the retired side after the commit), `retired` (only after the
+/// commit: the switch waits for no read of green), `none` (nothing read; `verify` checks only
+/// presence, and says so). A migration's swap takes `retired` unless told otherwise.
+#[test]
+fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
+    let (src, tgt) = server_pair("flip_checksums_choice");
+    src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'new' FROM generate_series(1, 40) g;");
+    tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'old' FROM generate_series(1, 30) g;");
+    let (s, t) = (src.url(), tgt.url());
+    let swap = |which: &str| {
+        ok(&pgflip(&[
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "t",
+            "--staging-table",
+            "--swap",
+            "--checksums",
+            which,
+        ]))
+    };
+    let latest = || -> serde_json::Value {
+        let o = ok(&pgflip(&["--json", "list", "--target", &t]));
+        let v: serde_json::Value = serde_json::from_str(o.trim()).expect("JSON");
+        v.as_array()
+            .or(v["generations"].as_array())
+            .expect("generations")[0]
+            .clone()
+    };
+    let verify = |label: &str| pgflip(&["verify", "--target", &t, "--timestamp", label]);
+
+    // Without --swap the flag means nothing: refused.
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--checksums",
+        "none",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let o = pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--staging-table",
+        "--swap",
+        "--checksums",
+        "some",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("both, retired or none"),
+        "{}",
+        stderr(&o)
+    );
+
+    // none: nothing recorded; verify passes, saying that it checked presence only.
+    swap("none");
+    let g = latest();
+    let label = g["label"].as_str().unwrap().to_string();
+    assert_eq!(g["checksums"], "none", "{g:#}");
+    assert!(g["relations"][0]["live_checksum"].is_null(), "{g:#}");
+    assert!(g["relations"][0]["retired_checksum"].is_null(), "{g:#}");
+    let o = verify(&label);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("took no checksums"), "{}", stdout(&o));
+    // verify --record takes them now; from then on a change is caught.
+    ok(&pgflip(&[
+        "verify",
+        "--target",
+        &t,
+        "--timestamp",
+        &label,
+        "--record",
+    ]));
+    let schema = g["backup_schema"].as_str().unwrap().to_string();
+    tgt.psql(&format!("UPDATE {schema}.t SET v = 'changed' WHERE id = 1"));
+    assert_eq!(verify(&label).status.code(), Some(1));
+    ok(&pgflip(&["rollback", "--target", &t, "--latest"]));
+    assert_eq!(
+        q(&tgt, "SELECT count(*) || '/' || min(v) FROM t"),
+        "30/changed"
+    );
+
+    // retired: green is not read before the switch; the retired side is, after it.
+    swap("retired");
+    let g = latest();
+    assert_eq!(g["checksums"], "retired", "{g:#}");
+    assert!(g["relations"][0]["live_checksum"].is_null(), "{g:#}");
+    assert_eq!(g["relations"][0]["retired_rows"], 30, "{g:#}");
+    let label = g["label"].as_str().unwrap().to_string();
+    let o = verify(&label);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("checksum matches"), "{}", stdout(&o));
+
+    // The default is both.
+    ok(&pgflip(&["rollback", "--target", &t, "--latest"]));
+    ok(&pgflip(&[
+        "sync",
+        "--source",
+        &s,
+        "--target",
+        &t,
+        "t",
+        "--staging-table",
+        "--swap",
+    ]));
+    let g = latest();
+    assert_eq!(g["checksums"], "both", "{g:#}");
+    assert_eq!(g["relations"][0]["live_rows"], 40, "{g:#}");
+    assert!(!g["relations"][0]["live_checksum"].is_null(), "{g:#}");
 }

@@ -73,7 +73,7 @@ async fn statements_run_inside_the_flip_before_and_after_the_moves() {
         &[pair(("public", "t"), ("public", "hook_log"))],
         FlipKind::Migrate,
         &FlipOptions {
-            checksums: false,
+            checksums: pgflip::flip::Checksums::Retired,
             allow_column_changes: true,
             ..opts.clone()
         },
@@ -429,7 +429,7 @@ async fn a_materialized_view_flips_with_its_indexes_grants_and_dependents() {
         )],
         FlipKind::Rollback,
         &FlipOptions {
-            checksums: false,
+            checksums: pgflip::flip::Checksums::Retired,
             ..FlipOptions::default()
         },
     )

@@ -386,6 +386,63 @@ fn an_interrupt_cancels_the_statements_on_the_server() {
     }
 }
 
+/// After an interrupt no table that had not begun begins: with one job, the tables queued
+/// behind the one being merged stay as they were, though pgflip drives the merge until the
+/// server has cancelled it.
+#[test]
+fn an_interrupt_begins_no_further_table() {
+    let (src, tgt) = server_pair("interrupt_queue");
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text); CREATE TABLE u1 (id int PRIMARY KEY, v text); \
+               CREATE TABLE u2 (id int PRIMARY KEY, v text)";
+    src.psql(ddl);
+    tgt.psql(ddl);
+    src.psql(
+        "INSERT INTO t SELECT g, 'new' FROM generate_series(1, 20000) g; \
+         INSERT INTO u1 VALUES (1, 'new'); INSERT INTO u2 VALUES (1, 'new');",
+    );
+    tgt.psql(
+        "INSERT INTO u1 VALUES (1, 'old'); INSERT INTO u2 VALUES (1, 'old'); \
+         CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN PERFORM pg_sleep(0.001); RETURN NEW; END$$; \
+         CREATE TRIGGER slow BEFORE INSERT OR UPDATE ON t FOR EACH ROW EXECUTE FUNCTION slow()",
+    );
+    let (s, t) = (src.url(), tgt.url());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "t,u1,u2",
+            "--overwrite",
+            "--jobs",
+            "1",
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while q(&tgt, "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'pgflip' AND state = 'active' AND query LIKE '%ON CONFLICT%'") == "0" {
+        assert!(Instant::now() < deadline, "the merge never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let queued = "SELECT (SELECT v FROM u1) || '/' || (SELECT v FROM u2)";
+    // (The test means something only if the small tables come after t.)
+    assert_eq!(q(&tgt, queued), "old/old", "u1 and u2 were synced before t");
+    std::thread::sleep(Duration::from_millis(300));
+    let k = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(k.success());
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert_eq!(q(&tgt, queued), "old/old", "{}", stderr(&o));
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "0");
+}
+
 /// Item 6: pgflip killed (-9) right after the flip committed, before the retired side's counts
 /// were recorded: `status` says the flip committed, and `verify --record` completes the record.
 #[test]

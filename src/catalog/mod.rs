@@ -110,7 +110,7 @@ struct RawRelation {
     replica_identity_index: Option<String>,
     partition_key: Option<String>,
     partition_bound: Option<String>,
-    parents: Vec<QualName>,
+    parents: Vec<QualifiedName>,
     definition: Option<String>,
 }
 
@@ -169,7 +169,7 @@ fn column_rows(rows: &[Row]) -> std::result::Result<Vec<Rel<Column>>, tokio_post
                     None => None,
                 },
                 identity_sequence: r
-                    .try_get::<_, Option<Json<QualName>>>("identity_sequence")?
+                    .try_get::<_, Option<Json<QualifiedName>>>("identity_sequence")?
                     .map(|j| j.0),
                 identity_options: None,
                 generated: r.try_get("generated")?,

@@ -41,8 +41,8 @@ pub(super) fn acl(acl: &str, kind: char, owner: &str) -> String {
     )
 }
 
-/// JSON array of the privileges in an ACL, in ACL order.
-fn acl_items(acl: &str) -> String {
+/// JSON array of the privileges in an ACL, in ACL order: [`AclItem`](super::AclItem)s.
+pub(crate) fn acl_items(acl: &str) -> String {
     format!(
         "(SELECT COALESCE(pg_catalog.json_agg(pg_catalog.json_build_object(\
          'grantee', CASE WHEN a.grantee = 0 THEN NULL ELSE pg_catalog.pg_get_userbyid(a.grantee) END, \

@@ -12,22 +12,12 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A schema-qualified name (unquoted parts).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct QualName {
-    pub schema: String,
-    pub name: String,
-}
+pub use crate::ident::QualifiedName;
 
-impl QualName {
-    /// The name quoted for SQL: `schema.name`.
-    pub fn sql(&self) -> String {
-        crate::ident::qualified(&self.schema, &self.name)
-    }
-}
-
-/// One privilege of an ACL, as `aclexplode` reports it. `grantee` is `None` for PUBLIC.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One privilege of an ACL, as `aclexplode` reports it. `grantee` is `None` for PUBLIC: a
+/// role may be called `"PUBLIC"` (only lower-case `public` is reserved), so PUBLIC is never
+/// spelled as a role name.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct AclItem {
     pub grantee: Option<String>,
     pub grantor: String,
@@ -89,8 +79,8 @@ pub struct TypeDef {
 }
 
 impl TypeDef {
-    pub fn qualname(&self) -> QualName {
-        QualName {
+    pub fn qualname(&self) -> QualifiedName {
+        QualifiedName {
             schema: self.schema.clone(),
             name: self.name.clone(),
         }
@@ -163,8 +153,8 @@ pub struct Sequence {
 }
 
 impl Sequence {
-    pub fn qualname(&self) -> QualName {
-        QualName {
+    pub fn qualname(&self) -> QualifiedName {
+        QualifiedName {
             schema: self.schema.clone(),
             name: self.name.clone(),
         }
@@ -218,7 +208,7 @@ pub struct Table {
     /// `FOR VALUES …` / `DEFAULT`, for a partition.
     pub partition_bound: Option<String>,
     /// Inheritance parents in order; for a partition, its one parent.
-    pub parents: Vec<QualName>,
+    pub parents: Vec<QualifiedName>,
     pub columns: Vec<Column>,
     /// Primary-key columns in key order.
     pub primary_key: Option<Vec<String>>,
@@ -229,8 +219,8 @@ pub struct Table {
 }
 
 impl Table {
-    pub fn qualname(&self) -> QualName {
-        QualName {
+    pub fn qualname(&self) -> QualifiedName {
+        QualifiedName {
             schema: self.schema.clone(),
             name: self.name.clone(),
         }
@@ -289,7 +279,7 @@ pub struct Column {
     pub not_null_name: Option<String>,
     pub identity: Option<Identity>,
     /// Qualified name of the identity column's sequence.
-    pub identity_sequence: Option<QualName>,
+    pub identity_sequence: Option<QualifiedName>,
     /// That sequence's options (filled in from the snapshot's sequences).
     #[serde(default)]
     pub identity_options: Option<SequenceOptions>,
@@ -364,7 +354,7 @@ pub struct Index {
     /// The constraint this index enforces, if any (not created on its own).
     pub constraint: Option<String>,
     /// The partitioned index this one is attached to.
-    pub parent_index: Option<QualName>,
+    pub parent_index: Option<QualifiedName>,
     /// Key columns; `None` for an expression.
     #[serde(default)]
     pub columns: Vec<Option<String>>,
@@ -420,8 +410,8 @@ pub struct View {
 }
 
 impl View {
-    pub fn qualname(&self) -> QualName {
-        QualName {
+    pub fn qualname(&self) -> QualifiedName {
+        QualifiedName {
             schema: self.schema.clone(),
             name: self.name.clone(),
         }

@@ -8,7 +8,7 @@ use clap::Args;
 use serde_json::json;
 
 use pgflip::conn::Endpoint;
-use pgflip::flip::{self, generation, FlipKind, FlipOptions};
+use pgflip::flip::{self, generation, Checksums, FlipOptions};
 use pgflip::state;
 
 use super::{exit, Global, Output, TargetArgs};
@@ -49,14 +49,30 @@ pub struct LockArgs {
     /// statement_timeout inside the flip transaction.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub statement_timeout: Duration,
+    /// Row counts and checksums the flip records, each a full read of a relation outside any
+    /// lock: `both` (green's before the switch, the retired side's after it), `retired` (only
+    /// after the switch: it waits for no read), `none` (`verify` then checks only that the
+    /// retired relations are there). Default: both; retired for `migrate swap` and `migrate start`.
+    #[arg(long, value_name = "WHICH", value_parser = parse_checksums)]
+    pub checksums: Option<Checksums>,
+}
+
+pub fn parse_checksums(s: &str) -> Result<Checksums, String> {
+    s.parse()
 }
 
 impl LockArgs {
     pub fn flip_options(&self) -> FlipOptions {
+        self.flip_options_or(Checksums::default())
+    }
+
+    /// [`LockArgs::flip_options`] for a job whose checksums default to `checksums`.
+    pub fn flip_options_or(&self, checksums: Checksums) -> FlipOptions {
         FlipOptions {
             lock_timeout: self.lock_timeout,
             max_wait: self.max_wait,
             statement_timeout: self.statement_timeout,
+            checksums: self.checksums.unwrap_or(checksums),
             ..FlipOptions::default()
         }
     }
@@ -331,51 +347,30 @@ pub async fn list(args: ListArgs, g: &Global, out: &Output) -> anyhow::Result<u8
 pub async fn rollback(args: RollbackArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let (ep, client) = connect(g, &args.target).await?;
     let events = out.events();
-    let gen = generation::find(&client, args.timestamp.as_deref()).await?;
-    let pairs = flip::rollback_pairs(&gen, &args.keep_tables)?;
-    let mut opts = args.lock.flip_options();
-    (opts.retire_only, opts.bring_in_only) = flip::rollback_one_sided(&gen, &args.keep_tables);
-    opts.rollback_of = Some(gen.id);
-    // Rolling back means the tables' columns may differ (migrations); dependents are checked.
-    opts.allow_column_changes = true;
-    // A migration's schema step (functions, views, ...) is undone in the same transaction.
-    if let Some(step) = pgflip::migrate::reverse::reverse(
+    let rb = pgflip::generations::plan_rollback(
         &client,
-        gen.id,
-        &pairs,
-        &opts.retire_only,
-        &opts.bring_in_only,
+        args.timestamp.as_deref(),
+        &args.keep_tables,
+        args.lock.flip_options(),
+        &events,
     )
-    .await?
-    {
-        opts.in_flip_before.extend(step.before);
-        opts.in_flip_after.extend(step.after);
-        opts.job_views = step.job_views;
-        for w in step.warnings {
-            pgflip::events::EventSink::emit(&events, pgflip::events::Event::Warning { message: w });
-        }
-    }
+    .await?;
     if g.dry_run {
-        opts.checksums = false;
-        let fp = flip::plan_flip(&client, &pairs, FlipKind::Rollback, &opts).await?;
+        let fp = pgflip::generations::preview_rollback(&client, &rb).await?;
         print_plan(out, &fp)?;
         return Ok(exit::OK);
     }
+    let gen = &rb.generation;
     super::confirm::confirm(
         &ep,
         &format!(
             "roll back generation {} ({})",
             gen.label,
-            relation_summary(&gen)
+            relation_summary(gen)
         ),
         args.yes,
     )?;
-    let client = Arc::new(client);
-    let command = format!("rollback {}", gen.label);
-    let outcome = state::with_target_lock(client.clone(), &command, |c| async move {
-        flip::flip(&c, &pairs, FlipKind::Rollback, &opts, &events).await
-    })
-    .await?;
+    let outcome = pgflip::generations::rollback(client, &rb, &events).await?;
     if out.json {
         out.println(&serde_json::to_string_pretty(&json!({
             "rolled_back": gen.label,
@@ -514,11 +509,19 @@ async fn print_verify(
     } else if report.ok {
         let mut s = format!("generation {} verified:\n", gen.label);
         for r in &report.relations {
-            s.push_str(&format!(
-                "  ✔ {} — {} rows, checksum matches\n",
-                r.retired,
-                r.rows.unwrap_or_default()
-            ));
+            if r.compared {
+                s.push_str(&format!(
+                    "  ✔ {} — {} rows, checksum matches\n",
+                    r.retired,
+                    r.rows.unwrap_or_default()
+                ));
+            } else {
+                s.push_str(&format!(
+                    "  ✔ {} — present, {} rows (the flip took no checksums: whether it changed since cannot be told; `--record` takes them now)\n",
+                    r.retired,
+                    r.rows.unwrap_or_default()
+                ));
+            }
         }
         out.write_stdout(s.as_bytes());
     } else {

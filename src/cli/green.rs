@@ -359,7 +359,7 @@ async fn promote(a: PromoteArgs, g: &Global, out: &Output) -> anyhow::Result<u8>
     let rel = if a.all { None } else { a.rel.clone() };
     if g.dry_run {
         let mut o = opts.clone();
-        o.flip.checksums = false;
+        o.flip.checksums = o.flip.checksums.without_green();
         let fp = green::promote::plan(&client, rel.as_deref(), &o).await?;
         print_plan(out, &fp)?;
         return Ok(exit::OK);

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::flip::{self, Checksums, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::state::{self, TargetLock};
 use pgflip::sync::{
     self,
@@ -110,6 +110,12 @@ pub struct SyncArgs {
     /// Give up retrying locks after this long, naming the sessions in the way.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = super::generations::parse_duration)]
     pub max_wait: Duration,
+    /// Row counts and checksums the flip records, each a full read of a relation outside any
+    /// lock: `both` (green's before the switch, the retired side's after it), `retired` (only
+    /// after the switch: it waits for no read), `none` (`verify` then checks only that the
+    /// retired relations are there). Default: both (with --swap).
+    #[arg(long, value_name = "WHICH", value_parser = super::generations::parse_checksums, requires = "swap")]
+    pub checksums: Option<Checksums>,
     /// With --staging-table: tables whose data on the source is larger than SIZE (`256MB`,
     /// `1GB`) are split into ranges of blocks (at least one per job, about SIZE each), copied
     /// in parallel on connections of their own under the same snapshot; `0` or `off`: never.
@@ -348,6 +354,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
             let opts = FlipOptions {
                 lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
                 max_wait: args.max_wait,
+                checksums: args.checksums.unwrap_or_default(),
                 ..FlipOptions::default()
             };
             Some(sync::plan_swap_after_load(&lock_client, &prepared.staging_pairs(), &opts).await?)
@@ -858,10 +865,11 @@ async fn swap_and_report(
     let mut opts = FlipOptions {
         lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
         max_wait: args.max_wait,
+        checksums: args.checksums.unwrap_or_default(),
         ..FlipOptions::default()
     };
     if global.dry_run {
-        opts.checksums = false;
+        opts.checksums = opts.checksums.without_green();
         let fp = flip::plan_flip(&client, &pairs, FlipKind::Sync, &opts).await?;
         if out.json {
             out.println(&serde_json::to_string_pretty(&fp)?);

@@ -7,7 +7,7 @@
 //! open, then waits, bounded, for their connections to close.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -21,6 +21,22 @@ pub(super) enum Via {
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the process was interrupted: work not yet begun must not begin (a new connection,
+/// a retry, the next table), even while the command is driven to see its statements end.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// [`crate::Error::Interrupted`] once the process was interrupted.
+pub fn check() -> crate::Result<()> {
+    if interrupted() {
+        Err(crate::Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}
 static OPEN: Mutex<BTreeMap<u64, (CancelToken, Via)>> = Mutex::new(BTreeMap::new());
 
 /// Registers an open connection; the returned id is passed to [`closed`] when its connection
@@ -78,32 +94,32 @@ pub async fn wait_closed(wait: Duration) -> usize {
 
 /// Stops the work `fut` was doing on the servers: cancels every running statement and keeps
 /// driving `fut` until it has seen its statements end (it then unwinds through its own error
-/// paths: transactions rolled back, nothing left active), for at most `wait`.
+/// paths: transactions rolled back, nothing left active), for at most `wait`; then drops it.
+/// Meanwhile no new work begins: [`check`] fails, so new connections, lock retries, plan
+/// steps and sync units are refused. Once `fut` is dropped, work may begin again (a prepare
+/// interrupted by Ctrl-C removes what it built).
 ///
 /// Dropping `fut` first and cancelling afterwards is not enough: a dropped client's backend
 /// may still be running its cancelled statement when pgflip exits, holding its locks for the
 /// moment it takes the server to act on the cancel. Cancels are sent again every quarter
-/// second, because `fut` may start a statement after the first request (a cancel that reaches
-/// an idle backend is ignored by the server). Returns `fut`'s output if it ended in time.
+/// second, because `fut` may have started a statement after the first request (a cancel that
+/// reaches an idle backend is ignored by the server). Returns `fut`'s output if it ended in
+/// time.
 pub async fn interrupt<F: std::future::Future>(fut: F, wait: Duration) -> Option<F::Output> {
+    INTERRUPTED.store(true, Ordering::SeqCst);
     let deadline = tokio::time::Instant::now() + wait;
     let mut fut = Box::pin(fut);
-    loop {
+    let out = loop {
         send_cancels(wait).await;
         let round = (tokio::time::Instant::now() + Duration::from_millis(250)).min(deadline);
         if let Ok(out) = tokio::time::timeout_at(round, &mut fut).await {
-            return Some(out);
+            break Some(out);
         }
         if tokio::time::Instant::now() >= deadline {
-            return None;
+            break None;
         }
-    }
-}
-
-/// Cancels the statement running on every open connection, then waits up to `wait` for the
-/// connections to close (their clients must have been dropped). Returns how many were still
-/// open at the end.
-pub async fn cancel_all(wait: Duration) -> usize {
-    send_cancels(wait).await;
-    wait_closed(wait).await
+    };
+    drop(fut);
+    INTERRUPTED.store(false, Ordering::SeqCst);
+    out
 }

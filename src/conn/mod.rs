@@ -260,6 +260,7 @@ impl Endpoint {
     /// connect timeout: a refused connection (a server restarting) and "the database system is
     /// starting up". Authentication and configuration errors fail at once.
     pub async fn connect(&self) -> Result<Client> {
+        cancel::check()?;
         let tls_config =
             tls::client_config(&self.tls).map_err(|reason| self.connect_error(reason, None))?;
         // A socket connection never uses TLS (as in libpq), and rustls cannot even be set up

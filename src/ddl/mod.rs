@@ -130,7 +130,8 @@ pub fn owner_to_existing(kind: &str, name: &str, owner: &str, existing_roles: &[
     }
 }
 
-fn grantee_sql(g: &Option<String>) -> String {
+/// A grantee as GRANT and REVOKE take it: `PUBLIC` for `None`, a quoted role otherwise.
+pub fn grantee_sql(g: &Option<String>) -> String {
     match g {
         Some(r) => quote_ident(r),
         None => "PUBLIC".to_string(),

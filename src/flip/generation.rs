@@ -209,6 +209,8 @@ pub struct Generation {
     pub status: String,
     pub rollback_of: Option<i64>,
     pub rolled_back_by: Option<i64>,
+    /// Which row counts and checksums the flip took (chosen with `--checksums`).
+    pub checksums: super::Checksums,
     pub relations: Vec<GenerationRelation>,
 }
 
@@ -225,7 +227,8 @@ pub async fn list(client: &Client) -> Result<Vec<Generation>> {
     }
     let gens = client
         .query(
-            "SELECT id, label, created_at, kind, backup_schema, status, rollback_of, rolled_back_by \
+            "SELECT id, label, created_at, kind, backup_schema, status, rollback_of, rolled_back_by, \
+                    details ->> 'checksums' \
              FROM pgflip.generations ORDER BY created_at DESC, id DESC",
             &[],
         )
@@ -255,6 +258,7 @@ pub async fn list(client: &Client) -> Result<Vec<Generation>> {
             status: r.get(5),
             rollback_of: r.get(6),
             rolled_back_by: r.get(7),
+            checksums: super::Checksums::recorded(r.get(8)),
             relations: Vec::new(),
         })
         .collect();
@@ -318,6 +322,9 @@ pub struct VerifiedRelation {
     pub rows: Option<i64>,
     pub recorded_checksum: Option<String>,
     pub checksum: Option<String>,
+    /// Whether the relation was compared with a checksum recorded at the flip (not when the
+    /// flip was told to take none: then only its presence is checked).
+    pub compared: bool,
 }
 
 /// Checks that a generation's retired relations are all there with the rows and checksums
@@ -352,6 +359,7 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
             rows: None,
             recorded_checksum: r.retired_checksum.clone(),
             checksum: None,
+            compared: false,
         };
         if !present {
             report
@@ -359,7 +367,11 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
                 .push(format!("{name} is missing (retired from {})", r.live()));
         } else {
             let (rows, sum) = checksum(client, &name, r.checksum_method).await?;
-            if r.retired_rows.is_none() || r.retired_checksum.is_none() {
+            let unrecorded = r.retired_rows.is_none() || r.retired_checksum.is_none();
+            v.compared = !unrecorded;
+            if unrecorded && gen.checksums == super::Checksums::None {
+                // Taken by choice: nothing to compare with, and nothing missing.
+            } else if unrecorded {
                 report.problems.push(format!(
                     "{name}: no row count / checksum was recorded at the flip (interrupted before it was taken)"
                 ));

@@ -81,7 +81,6 @@ pub mod statistics;
 mod views;
 
 use std::collections::BTreeSet;
-use std::fmt;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -90,38 +89,12 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
-use crate::ident::{qualified, quote_ident};
+use crate::ident::quote_ident;
 use crate::plan::{Plan, Step};
 
+pub use crate::ident::QualifiedName;
 pub use generation::Generation;
 pub use pairs::{rollback_one_sided, rollback_pairs, staging_pairs};
-
-/// A schema-qualified relation name.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-pub struct QualifiedName {
-    pub schema: String,
-    pub name: String,
-}
-
-impl QualifiedName {
-    pub fn new(schema: impl Into<String>, name: impl Into<String>) -> QualifiedName {
-        QualifiedName {
-            schema: schema.into(),
-            name: name.into(),
-        }
-    }
-
-    /// The quoted SQL form.
-    pub fn sql(&self) -> String {
-        qualified(&self.schema, &self.name)
-    }
-}
-
-impl fmt::Display for QualifiedName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.sql())
-    }
-}
 
 /// One relation to switch: `green` takes `live`'s name, `live` is retired.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -151,6 +124,66 @@ impl FlipKind {
     }
 }
 
+/// Which row counts and checksums a flip records. Each is a full read of a relation, outside
+/// any lock, but a read of a large database's tables takes long: a migration's swap should not
+/// wait hours for it before it switches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Checksums {
+    /// Green's before the locks (its rows as they are switched in) and the retired side's after
+    /// the commit.
+    #[default]
+    Both,
+    /// The retired side's only, after the commit: the switch waits for no read of green, and
+    /// `verify` can still tell whether a retired relation changed since the flip.
+    Retired,
+    /// None: nothing is read. `verify` can then tell only that the retired relations are there
+    /// (and count their rows when asked), not that they are unchanged.
+    None,
+}
+
+impl Checksums {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Checksums::Both => "both",
+            Checksums::Retired => "retired",
+            Checksums::None => "none",
+        }
+    }
+
+    /// The policy a flip recorded (`both` when it recorded none: every flip before this
+    /// option took both).
+    pub fn recorded(s: Option<&str>) -> Checksums {
+        s.and_then(|s| s.parse().ok()).unwrap_or_default()
+    }
+
+    /// Whether green is read before the locks.
+    pub fn reads_green(self) -> bool {
+        self == Checksums::Both
+    }
+
+    /// The same policy without the read of green: for plans that are only shown, or made
+    /// before green holds its rows.
+    pub fn without_green(self) -> Checksums {
+        match self {
+            Checksums::Both => Checksums::Retired,
+            other => other,
+        }
+    }
+}
+
+impl std::str::FromStr for Checksums {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Checksums, String> {
+        match s {
+            "both" => Ok(Checksums::Both),
+            "retired" => Ok(Checksums::Retired),
+            "none" => Ok(Checksums::None),
+            _ => Err(format!("invalid checksums '{s}' (both, retired or none)")),
+        }
+    }
+}
+
 /// How a flip behaves.
 #[derive(Debug, Clone)]
 pub struct FlipOptions {
@@ -170,8 +203,8 @@ pub struct FlipOptions {
     pub allow_column_changes: bool,
     /// The generation being rolled back (rollback only).
     pub rollback_of: Option<i64>,
-    /// Compute green's row count and checksum before the flip (a full read of green).
-    pub checksums: bool,
+    /// Which row counts and checksums the generation records ([`Checksums`]).
+    pub checksums: Checksums,
     /// SQL run inside the flip transaction right after the locks are taken (and the catalog
     /// check), before any relation moves: a job's last checks and the removal of what it
     /// installed on the live relations (migrate's capture triggers). An error aborts the flip.
@@ -203,7 +236,7 @@ impl Default for FlipOptions {
             old_transaction: Duration::from_secs(3),
             allow_column_changes: false,
             rollback_of: None,
-            checksums: true,
+            checksums: Checksums::Both,
             in_flip_before: Vec::new(),
             in_flip_after: Vec::new(),
             retire_only: Vec::new(),
@@ -297,7 +330,7 @@ pub async fn plan_flip_before_load(
     opts: &FlipOptions,
 ) -> Result<FlipPlan> {
     let opts = FlipOptions {
-        checksums: false,
+        checksums: opts.checksums.without_green(),
         ..opts.clone()
     };
     plan(client, pairs, kind, &opts, false).await
@@ -416,7 +449,7 @@ async fn plan(
     if row_checks {
         refuse_orphans(client, &relations, &one).await?;
     }
-    if opts.checksums {
+    if opts.checksums.reads_green() {
         for r in relations.iter_mut() {
             let (rows, sum) =
                 generation::checksum(client, &r.green.sql(), r.checksum_method).await?;

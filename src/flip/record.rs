@@ -24,6 +24,8 @@ pub fn push(
     let details = serde_json::json!({
         "warnings": warnings,
         "lock_timeout_ms": opts.lock_timeout.as_millis() as u64,
+        // Which checksums were taken by choice: `verify` says what it can check.
+        "checksums": opts.checksums.as_str(),
         // What must be validated after the commit: `verify` checks that it was.
         "validate_after": validate_later
             .iter()
@@ -148,6 +150,9 @@ pub fn push(
             .hazard(Hazard::Validates)
             .outside_transaction(),
         );
+    }
+    if opts.checksums == super::Checksums::None {
+        return;
     }
     for (i, r) in relations.iter().enumerate() {
         plan.push(

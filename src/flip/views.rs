@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 
-use super::acl::{acl_sql, role_sql};
+use super::acl::{acl_sql, column_acl_sql};
 use super::check::job_view;
 use super::dependents::{self, Inventory};
 use super::render::{mode_of, Ctx};
@@ -145,13 +145,14 @@ pub fn push_re_creates(c: &Ctx, plan: &mut Plan) {
         for s in acl_sql("TABLE", &q, &v.rel.owner, &None, &v.rel.acl) {
             sql.push_str(&format!("; {s}"));
         }
+        let mut column_acl: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
         for (col, a) in &v.column_acl {
-            sql.push_str(&format!(
-                "; GRANT {} ({}) ON TABLE {q} TO {}",
-                a.privilege,
-                quote_ident(col),
-                role_sql(&a.grantee)
-            ));
+            column_acl.entry(col).or_default().push(a.clone());
+        }
+        for (col, acl) in column_acl {
+            for s in column_acl_sql(&q, col, &[], &acl) {
+                sql.push_str(&format!("; {s}"));
+            }
         }
         if let Some(c) = &v.rel.comment {
             sql.push_str(&format!("; COMMENT ON {kw} {q} IS {}", quote_literal(c)));

@@ -20,6 +20,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crate::catalog::{Acl, AclItem, Column, Extra, Policy, Snapshot};
+use crate::ddl::grantee_sql;
 use crate::ident::quote_ident;
 
 /// What was kept or left out because of roles, for the script's header.
@@ -66,12 +67,6 @@ struct Ctx<'a> {
     notes: RoleNotes,
 }
 
-fn role_sql(r: &Option<String>) -> String {
-    r.as_deref()
-        .map(quote_ident)
-        .unwrap_or_else(|| "PUBLIC".into())
-}
-
 /// `(grantee) -> privileges` of a set of items, for one line per grantee.
 fn by_grantee(items: &[&AclItem]) -> BTreeMap<String, Vec<String>> {
     let mut m: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -81,7 +76,7 @@ fn by_grantee(items: &[&AclItem]) -> BTreeMap<String, Vec<String>> {
         } else {
             i.privilege.clone()
         };
-        m.entry(role_sql(&i.grantee)).or_default().push(p);
+        m.entry(grantee_sql(&i.grantee)).or_default().push(p);
     }
     m
 }
@@ -293,7 +288,7 @@ impl Ctx<'_> {
                 self.notes.kept.push(format!(
                     "{what} TO {}",
                     kept.iter()
-                        .map(|r| role_sql(r))
+                        .map(|r| grantee_sql(r))
                         .collect::<Vec<_>>()
                         .join(", ")
                 ));

@@ -6,7 +6,7 @@
 use std::collections::BTreeSet;
 
 use crate::catalog::*;
-use crate::ddl::{Item, Relation};
+use crate::ddl::{grantee_sql, Item, Relation};
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Step};
 
@@ -143,13 +143,6 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
             format!("DROP PUBLICATION IF EXISTS {};", quote_ident(&p.name)),
         ),
     })
-}
-
-fn grantee_sql(g: &Option<String>) -> String {
-    match g {
-        Some(r) => quote_ident(r),
-        None => "PUBLIC".into(),
-    }
 }
 
 type Priv = (Option<String>, String, bool);

@@ -2586,6 +2586,8 @@ impl Prepared {
         // against the same max_connections).
         {
             let _slot = slots.acquire().await.expect("never closed");
+            // Interrupted while this unit waited for its slot: it must not begin.
+            crate::conn::cancel::check()?;
             // Staging units open more connections for their ranges and index builds while
             // this pair would sit idle: only in-place units (one transaction, nothing after it)
             // keep theirs for the next unit.
