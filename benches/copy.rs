@@ -2,8 +2,8 @@
 //!
 //! Two throwaway servers (source and target). Methods, each into the target's table:
 //!   1. `pgflip sync T` (the binary; default mode: one transaction: TRUNCATE, drop the plain
-//!      indexes, binary COPY, rebuild them), with its peak memory (VmHWM); and the same with the
-//!      indexes maintained row by row during the COPY;
+//!      indexes and the key constraints nothing depends on, binary COPY, rebuild them), with its
+//!      peak memory (VmHWM); and the same with the indexes maintained row by row during the COPY;
 //!   2. `pgflip sync T --staging-table` (loads `T_staging`: the blue-green path), as one copy
 //!      and split into block ranges copied in parallel; then `--staging-table --swap` (load
 //!      beside, then the flip puts it under the live name);
@@ -15,7 +15,8 @@
 //!
 //! Then many small tables (the case: per-table overhead): `PGFLIP_BENCH_TABLES` (default
 //! 2 000) tables of 10 rows each, `pgflip sync` of every table against `pg_dump -a | psql` of
-//! the same data into the same (emptied) tables.
+//! the same data into the same (emptied) tables. Such tables are small: pgflip empties them with
+//! DELETE under SHARE ROW EXCLUSIVE, up to 60 in one transaction.
 //!
 //! `PGFLIP_BENCH_PART=tables` runs only that part. `PGFLIP_BENCH_ROWS` (default 5 000 000) sets
 //! the size; `PGFLIP_BENCH_QUICK=1` leaves out the

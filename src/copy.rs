@@ -105,14 +105,16 @@ pub async fn stream(
     progress: &Progress,
     events: &dyn EventSink,
 ) -> Result<CopyStats> {
-    let sink = target
-        .copy_in::<_, Bytes>(copy_in)
-        .await
-        .ctx(format!("starting COPY into {what} on the target"))?;
-    let out = source
-        .copy_out(copy_out)
-        .await
-        .ctx(format!("starting COPY of {what} on the source"))?;
+    // Both started at once: one round trip instead of two, which counted for many small tables.
+    // (Whichever fails, the other is dropped: an unfinished COPY FROM is aborted, an unread
+    // COPY TO is drained by the driver.)
+    let (sink, out) = futures_util::future::join(
+        target.copy_in::<_, Bytes>(copy_in),
+        source.copy_out(copy_out),
+    )
+    .await;
+    let sink = sink.ctx(format!("starting COPY into {what} on the target"))?;
+    let out = out.ctx(format!("starting COPY of {what} on the source"))?;
     futures_util::pin_mut!(sink);
     futures_util::pin_mut!(out);
     let text = copy_in.ends_with("(FORMAT text)");

@@ -271,9 +271,20 @@ fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
                CREATE INDEX t_clustered ON t (a); CLUSTER t USING t_clustered";
     src.psql(ddl);
     tgt.psql(ddl);
-    src.psql("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 1000) g");
+    // Key constraints are dropped and added again too, unless something depends on them (here
+    // a view grouping by the primary key, on the target only).
+    tgt.psql(
+        "ALTER TABLE t ADD CONSTRAINT t_u UNIQUE (a) DEFERRABLE; \
+         COMMENT ON INDEX t_pkey IS 'the key'; \
+         CREATE VIEW by_key AS SELECT id, a FROM t GROUP BY id",
+    );
+    // Above DELETE_AT_MOST on the source: truncated, so the indexes can be rebuilt (small
+    // tables are emptied with DELETE and keep theirs).
+    src.psql("INSERT INTO t SELECT g, 'v' || g, g FROM generate_series(1, 5000) g");
     let shape = || {
-        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass")
+        q(&tgt, "SELECT string_agg(pg_get_indexdef(indexrelid) || indisclustered || coalesce(obj_description(indexrelid, 'pg_class'), ''), ' / ' ORDER BY indexrelid::regclass::text) FROM pg_index WHERE indrelid = 't'::regclass") + " | " +
+        &q(&tgt, "SELECT string_agg(conname || ':' || contype::text || ':' || pg_get_constraintdef(oid) || condeferrable || condeferred, ' / ' ORDER BY conname) FROM pg_constraint WHERE conrelid = 't'::regclass") + " | " +
+        &q(&tgt, "SELECT string_agg(attname || attnotnull, ',' ORDER BY attnum) FROM pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0")
     };
     let before = shape();
     let out = ok(&sync(
@@ -289,8 +300,33 @@ fn indexes_rebuilt_after_a_large_load_are_the_same_indexes() {
         !out.contains("DROP INDEX public.t_clustered"),
         "the clustering index is kept: {out}"
     );
+    assert!(
+        out.contains("ALTER TABLE public.t DROP CONSTRAINT t_u")
+            && out.contains("ALTER TABLE public.t ADD CONSTRAINT t_u UNIQUE (a) DEFERRABLE")
+            && !out.contains("DROP CONSTRAINT t_pkey"),
+        "the view depends on the primary key: it stays: {out}"
+    );
     ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
-    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE b > 0"), "1000");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM t WHERE b > 0"), "5000");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM by_key"), "5000");
+    assert_eq!(shape(), before);
+    // Without the view the primary key is dropped for the load too, and comes back as it was
+    // (its index's comment included).
+    tgt.psql("DROP VIEW by_key");
+    let before = shape();
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["t", "--rebuild-indexes-above", "0", "--dry-run"],
+    ));
+    assert!(
+        out.contains("ALTER TABLE public.t DROP CONSTRAINT t_pkey")
+            && out.contains("ALTER TABLE public.t ADD CONSTRAINT t_pkey PRIMARY KEY (id)"),
+        "{out}"
+    );
+    src.psql("UPDATE t SET a = a || '!' WHERE id % 2 = 0");
+    ok(&sync(&src, &tgt, &["t", "--rebuild-indexes-above", "0"]));
+    assert_eq!(digest(&tgt, "t"), digest(&src, "t"));
     assert_eq!(shape(), before);
     // A unique index that the new rows violate: the whole replacement rolls back.
     src.psql("DROP INDEX t_b; UPDATE t SET b = 1 WHERE id = 2");
@@ -343,13 +379,68 @@ fn dry_run_changes_neither_database() {
         assert!(out.contains("BEGIN;") && out.contains("COPY"), "{out}");
         assert!(out.contains("-- lock: "), "locks are listed: {out}");
     }
+    // A small table is emptied with DELETE under SHARE ROW EXCLUSIVE (writers wait, readers
+    // go on); each step says its lock.
     let out = ok(&sync(&src, &tgt, &["items", "--dry-run"]));
     assert!(
-        out.contains("TRUNCATE ONLY public.items") && out.contains("ACCESS EXCLUSIVE"),
+        out.contains(
+            "-- lock: SHARE ROW EXCLUSIVE on public.items\n\
+             LOCK TABLE ONLY public.items IN SHARE ROW EXCLUSIVE MODE;"
+        ) && out.contains(
+            "-- lock: ROW EXCLUSIVE on public.items\n\
+             -- hazards: replaces the rows of a table\n\
+             DELETE FROM ONLY public.items;"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.find("LOCK TABLE") < out.find("DELETE FROM") && !out.contains("TRUNCATE"),
         "{out}"
     );
     assert_eq!(src.dump(), sb);
     assert_eq!(tgt.dump(), tb);
+
+    // A table larger than the threshold on either side is truncated (ACCESS EXCLUSIVE: readers
+    // wait, then see the new rows).
+    let big = "CREATE TABLE big (id int PRIMARY KEY, v text); \
+               INSERT INTO big SELECT g, md5(g::text) FROM generate_series(1, 5000) g";
+    src.psql(big);
+    tgt.psql("CREATE TABLE big (id int PRIMARY KEY, v text)");
+    let out = ok(&sync(&src, &tgt, &["big", "--dry-run"]));
+    assert!(
+        out.contains("-- lock: ACCESS EXCLUSIVE on public.big\n")
+            && out.contains("TRUNCATE ONLY public.big;")
+            && !out.contains("DELETE FROM")
+            && !out.contains("SHARE ROW EXCLUSIVE"),
+        "{out}"
+    );
+    // Small tables share transactions, each behind a savepoint, spread over --jobs
+    // transactions; a large one has its own.
+    let few = "CREATE TABLE few (id int PRIMARY KEY)";
+    src.psql(few);
+    tgt.psql(few);
+    let (sb, tb) = (src.dump(), tgt.dump());
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["items", "few", "big", "--dry-run", "--jobs", "1"],
+    ));
+    assert_eq!(out.matches("BEGIN;").count(), 2, "{out}");
+    assert_eq!(out.matches("\nSAVEPOINT pgflip_unit;").count(), 2, "{out}");
+    assert_eq!(
+        out.matches("RELEASE SAVEPOINT pgflip_unit;").count(),
+        2,
+        "{out}"
+    );
+    let out = ok(&sync(
+        &src,
+        &tgt,
+        &["items", "few", "--dry-run", "--jobs", "2"],
+    ));
+    assert_eq!(out.matches("BEGIN;").count(), 2, "{out}");
+    assert!(!out.contains("SAVEPOINT"), "{out}");
+    assert_eq!(src.dump(), sb);
+    assert_eq!(tgt.dump(), tb, "dry runs write nothing");
 }
 
 #[test]
@@ -549,16 +640,23 @@ fn foreign_keys_from_other_tables() {
     assert_eq!(q(&tgt, "SELECT count(*) FROM cascading"), "1", "no cascade");
     assert_eq!(fks(&tgt), fk_before, "foreign keys restored");
 
-    // Syncing parent and child together: one transaction, truncated together (no CASCADE).
+    // Syncing parent and child together: one transaction, locked together, emptied children
+    // first (small tables: DELETE, no CASCADE), loaded parents first.
     src.psql("INSERT INTO child VALUES (11, 3); DELETE FROM parent WHERE id = 2");
     tgt.psql("DELETE FROM cascading");
     let o = sync(&src, &tgt, &["parent", "child", "cascading", "--dry-run"]);
+    let plan = stdout(&o);
     assert!(
-        stdout(&o).contains("TRUNCATE ONLY public.parent, ONLY public.c")
-            && !stdout(&o).contains("CASCADE"),
-        "{}",
-        stdout(&o)
+        plan.contains("LOCK TABLE ONLY public.parent, ONLY public.c")
+            && plan.contains("IN SHARE ROW EXCLUSIVE MODE")
+            && !plan.contains("CASCADE")
+            && !plan.contains("TRUNCATE"),
+        "{plan}"
     );
+    let at = |s: &str| plan.find(s).unwrap_or_else(|| panic!("{s} in {plan}"));
+    assert!(at("DELETE FROM ONLY public.child") < at("DELETE FROM ONLY public.parent"));
+    assert!(at("COPY public.parent") < at("COPY public.child"), "{plan}");
+    assert_eq!(plan.matches("BEGIN;").count(), 1, "{plan}");
     ok(&sync(&src, &tgt, &["parent", "child", "cascading"]));
     assert_eq!(
         q(
@@ -1052,11 +1150,12 @@ async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
     let c = std::sync::Arc::new(tgt.client().await);
     pgflip::state::ensure(&c).await.unwrap();
 
-    // The first run waits on a lock held on the live table (its TRUNCATE retries under
-    // lock_timeout), holding pgflip's target lock all the while.
+    // The first run waits on a writer's lock held on the live table (a small table: its LOCK
+    // … SHARE ROW EXCLUSIVE retries under lock_timeout; readers would not hold it up), holding
+    // pgflip's target lock all the while.
     let blocker = tgt.client().await;
     blocker
-        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS SHARE MODE")
+        .batch_execute("BEGIN; LOCK TABLE t IN ROW EXCLUSIVE MODE")
         .await
         .unwrap();
     let (s, t) = (src.url(), tgt.url());
@@ -1106,4 +1205,140 @@ async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
     // The lock is gone with the run.
     let l = pgflip::state::TargetLock::acquire(c.clone()).await.unwrap();
     l.release().await.unwrap();
+}
+
+/// Small tables are emptied with DELETE under SHARE ROW EXCLUSIVE, several units in one
+/// transaction: while it is open readers read the old rows without waiting, writers wait, and
+/// every table changes at COMMIT. A failure before COMMIT (or a kill) leaves every old row; a
+/// table whose lock is not granted in time is rolled back to its savepoint and loaded alone
+/// afterwards, while the others commit.
+#[tokio::test]
+async fn small_tables_share_a_transaction_that_holds_writers_and_not_readers() {
+    let (src, tgt) = server_pair("small_tx");
+    let ddl = "CREATE TABLE s1 (id int PRIMARY KEY, v text); \
+               CREATE TABLE s2 (id int PRIMARY KEY, v text); \
+               CREATE TABLE s3 (id int PRIMARY KEY, v text)";
+    src.psql(&format!(
+        "{ddl}; INSERT INTO s1 SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO s2 SELECT g, 'new' FROM generate_series(1, 5) g; \
+         INSERT INTO s3 SELECT g, 'new' FROM generate_series(1, 5) g"
+    ));
+    tgt.psql(ddl);
+    let reset = || {
+        tgt.psql(
+            "DELETE FROM s1; DELETE FROM s2; DELETE FROM s3; \
+             INSERT INTO s1 SELECT g, 'old' FROM generate_series(1, 3) g; \
+             INSERT INTO s2 SELECT g, 'old' FROM generate_series(1, 3) g; \
+             INSERT INTO s3 SELECT g, 'old' FROM generate_series(1, 3) g",
+        )
+    };
+    let state = || {
+        q(
+            &tgt,
+            "SELECT (SELECT count(*) || min(v) || max(v) FROM s1) || ',' || \
+                    (SELECT count(*) || min(v) || max(v) FROM s2) || ',' || \
+                    (SELECT count(*) || min(v) || max(v) FROM s3)",
+        )
+    };
+    const OLD: &str = "3oldold,3oldold,3oldold";
+    const NEW: &str = "5newnew,5newnew,5newnew";
+    let (s, t) = (src.url(), tgt.url());
+    let args = [
+        "sync", "--source", &s, "--target", &t, "s1", "s2", "s3", "--jobs", "1",
+    ];
+    let spawn = |points: &str, dir: &std::path::Path, extra: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_pgflip"))
+            .args(args)
+            .args(extra)
+            .env("PGFLIP_FAILPOINTS", points)
+            .env("PGFLIP_FAILPOINT_DIR", dir)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let plan = ok(&pgflip(&[&args[..], &["--dry-run"]].concat()));
+    assert_eq!(plan.matches("BEGIN;").count(), 1, "one transaction: {plan}");
+    assert_eq!(
+        plan.matches("IN SHARE ROW EXCLUSIVE MODE;").count(),
+        3,
+        "{plan}"
+    );
+
+    // Paused before COMMIT: every table loaded, nothing committed.
+    reset();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = spawn("sync.before_commit=pause", dir.path(), &[]);
+    let paused = dir.path().join("sync.before_commit.paused");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !paused.exists() {
+        assert!(Instant::now() < deadline, "never paused");
+        if let Some(st) = child.try_wait().unwrap() {
+            panic!("sync ended ({st}) before its commit");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let c = tgt.client().await;
+    // Readers do not wait, and see the old rows (never an empty table).
+    c.batch_execute("SET statement_timeout = '10s'")
+        .await
+        .unwrap();
+    assert_eq!(state(), OLD);
+    // Writers wait until COMMIT (and locking reads, on the rows the DELETE took).
+    c.batch_execute("SET lock_timeout = '200ms'").await.unwrap();
+    for w in [
+        "INSERT INTO s2 VALUES (100, 'app')",
+        "SELECT FROM s3 WHERE id = 1 FOR SHARE",
+    ] {
+        let e = c
+            .batch_execute(w)
+            .await
+            .expect_err("waits for the sync's COMMIT");
+        assert_eq!(e.code().map(|c| c.code()), Some("55P03"), "{w}: {e}");
+    }
+    // What pgflip holds: SHARE ROW EXCLUSIVE (and DELETE's ROW EXCLUSIVE) on each table, all in
+    // one backend; never ACCESS EXCLUSIVE.
+    let held = q(
+        &tgt,
+        "SELECT count(DISTINCT pid) || ':' || string_agg(DISTINCT mode, ',' ORDER BY mode) || ':' || \
+                count(DISTINCT relation) FROM pg_locks \
+         WHERE relation IN ('s1'::regclass, 's2'::regclass, 's3'::regclass) AND granted",
+    );
+    assert_eq!(held, "1:RowExclusiveLock,ShareRowExclusiveLock:3");
+    std::fs::remove_file(&paused).unwrap();
+    ok(&child.wait_with_output().unwrap());
+    assert_eq!(state(), NEW);
+    c.batch_execute("INSERT INTO s2 VALUES (100, 'app')")
+        .await
+        .expect("writers go on after COMMIT");
+
+    // A failure before COMMIT, or a kill: every table keeps its old rows.
+    for point in ["sync.before_commit=error", "sync.before_commit=exit"] {
+        reset();
+        let out = spawn(point, dir.path(), &[]).wait_with_output().unwrap();
+        assert!(!out.status.success(), "{point}");
+        assert_eq!(state(), OLD, "{point}");
+    }
+
+    // A table held by a writer: the others commit without it, it is loaded alone once free.
+    reset();
+    let writer = tgt.client().await;
+    writer
+        .batch_execute("BEGIN; LOCK TABLE s2 IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let child = spawn("", dir.path(), &["--max-wait", "60s"]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while state() != "5newnew,3oldold,5newnew" {
+        assert!(
+            Instant::now() < deadline,
+            "s1 and s3 never committed: {}",
+            state()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.batch_execute("ROLLBACK").await.unwrap();
+    let out = ok(&child.wait_with_output().unwrap());
+    assert!(out.contains("✔ s2 - "), "{out}");
+    assert_eq!(state(), NEW);
 }

@@ -647,8 +647,33 @@ fn a_failing_table_is_listed_and_the_others_go_on_unless_fail_fast() {
         "{run}"
     );
 
+    // These small tables share one transaction (one job), each unit behind a savepoint; the
+    // unit p + ch comes last. With a_bad fixed, --fail-fast fails at ch after a_bad, b and c
+    // were loaded in that transaction: they roll back with it, nothing is half done.
+    src.psql("UPDATE a_bad SET v = 'new'");
+    reset();
+    let plan = stdout(&sync(&src, &tgt, &["--jobs", "1", "--dry-run"]));
+    assert_eq!(plan.matches("BEGIN;").count(), 1, "{plan}");
+    assert_eq!(
+        plan.matches("\nSAVEPOINT pgflip_unit;").count(),
+        4,
+        "{plan}"
+    );
+    let at = |s: &str| plan.find(s).unwrap_or_else(|| panic!("{s} in {plan}"));
+    assert!(at("COPY public.c ") < at("COPY public.ch "), "{plan}");
+    let o = sync(&src, &tgt, &["--jobs", "1", "--fail-fast"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stderr(&o).contains("ch_v_check"), "{}", stderr(&o));
+    assert_eq!(state(), "a_bad=old,b=old,c=old,ch=old,p=old");
+    // Without it the failing unit alone rolls back to its savepoint; the others commit.
+    reset();
+    let o = sync(&src, &tgt, &["--jobs", "1"]);
+    assert_eq!(o.status.code(), Some(4), "stderr:\n{}", stderr(&o));
+    assert!(stdout(&o).contains("✘ p, ch - "), "{}", stdout(&o));
+    assert_eq!(state(), "a_bad=new,b=new,c=new,ch=old,p=old");
+
     // Once the source is fixed every table goes through and the run exits 0.
-    src.psql("UPDATE a_bad SET v = 'new'; UPDATE ch SET v = 'new'");
+    src.psql("UPDATE ch SET v = 'new'");
     reset();
     ok(&sync(&src, &tgt, &["--fail-fast"]));
     assert_eq!(state(), "a_bad=new,b=new,c=new,ch=new,p=new");
@@ -964,4 +989,83 @@ fn in_batches_resumes_after_a_kill_and_loses_or_repeats_no_row() {
         "one table at a time",
     );
     usage_error(&run(&["--staging-table"], &[]), "--staging-table");
+}
+
+/// `--in-batches`: a batch whose locks are not granted in time (here a row the application
+/// holds) is rolled back and tried again with backoff, instead of failing the run; once the
+/// row is free the run completes and every row is there once.
+#[tokio::test]
+async fn in_batches_retries_a_batch_whose_lock_is_not_granted() {
+    let (src, tgt) = server_pair("batches_lock");
+    src.psql(
+        "CREATE TABLE events (id bigint PRIMARY KEY, v text); \
+         INSERT INTO events SELECT g, 'e' || g FROM generate_series(1, 300) g",
+    );
+    tgt.psql("CREATE TABLE events (id bigint PRIMARY KEY, v text); INSERT INTO events VALUES (150, 'old')");
+    let app = tgt.client().await;
+    app.batch_execute("BEGIN; SELECT FROM events WHERE id = 150 FOR UPDATE")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (s, t) = (src.url(), tgt.url());
+    let child = Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "sync",
+            "--source",
+            &s,
+            "--target",
+            &t,
+            "events",
+            "--in-batches",
+            "--batch-size",
+            "100",
+            "--max-wait",
+            "60s",
+        ])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The second batch (ids 101 to 200) waits for row 150; its lock_timeout rolls it back,
+    // after which nobody waits on the row until the next attempt.
+    let waiting = || {
+        q(
+            &tgt,
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND locktype = 'transactionid'",
+        ) != "0"
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    for want in [true, false] {
+        while waiting() != want {
+            assert!(std::time::Instant::now() < deadline, "never {want}");
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+    // Only the first batch is in meanwhile.
+    assert_eq!(
+        q(&tgt, "SELECT count(*) FROM events WHERE v <> 'old'"),
+        "100"
+    );
+    app.batch_execute("ROLLBACK").await.unwrap();
+    let out = child.wait_with_output().unwrap();
+    ok(&out);
+    assert!(
+        stderr(&out).contains("lock not granted (attempt 1), retrying"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        q(&tgt, "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM events"),
+        q(&src, "SELECT count(*) || ':' || count(DISTINCT id) || ':' || md5(string_agg(id || v, ',' ORDER BY id)) FROM events"),
+    );
+    assert_eq!(
+        q(
+            &tgt,
+            "SELECT count(*) FROM pgflip.operations WHERE kind = 'sync_batches'"
+        ),
+        "0",
+        "the finished run leaves no progress record"
+    );
 }

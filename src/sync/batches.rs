@@ -16,6 +16,8 @@
 //! row), pgflip walks the whole source, so rows changed or missing below the target's largest
 //! key are synced too; rows the target has and the source lacks stay (as `--overwrite`). With
 //! `--sleep`, the run pauses between batches to leave the target's I/O to the application.
+//! A batch that waits longer than `--lock-timeout` for a lock (a row the application holds)
+//! is rolled back and retried with backoff until `--max-wait` ([`crate::lockwait::retry`]).
 //!
 //! Key values go into the source query as quoted literals cast to the key's type: COPY takes
 //! no parameters, and the values are the source's own, read back as text.
@@ -312,6 +314,7 @@ pub(super) async fn execute(
         });
     }
     let progress = copy::Progress::new(p.display.clone());
+    let names = [p.into.as_str()];
     let tmp = quote_ident("pgflip_batch");
     let cols = p.column_list();
     let (mut rows, mut bytes, mut n) = (0u64, 0u64, 0u64);
@@ -349,13 +352,22 @@ pub(super) async fn execute(
                 .ctx(format!("committing {what}"))?;
             Ok::<_, Error>(s)
         };
-        let s = match attempt().await {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = tgt.batch_execute("ROLLBACK").await;
-                return Err(e);
-            }
-        };
+        // A batch whose locks (the table's, or a row the application holds) are not granted
+        // within lock_timeout is rolled back and tried again with backoff, until --max-wait;
+        // nothing of it was committed, so the retry copies it whole again.
+        let s = crate::lockwait::retry(
+            prepared.opts.max_wait,
+            events,
+            || async {
+                let r = attempt().await;
+                if r.is_err() {
+                    let _ = tgt.batch_execute("ROLLBACK").await;
+                }
+                r
+            },
+            || crate::lockwait::blockers_by_name(&tgt, &names),
+        )
+        .await?;
         rows += s.rows;
         bytes += s.bytes;
         events.emit(Event::Info {
