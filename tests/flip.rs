@@ -1741,8 +1741,9 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
     src.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'new' FROM generate_series(1, 40) g;");
     tgt.psql("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t SELECT g, 'old' FROM generate_series(1, 30) g;");
     let (s, t) = (src.url(), tgt.url());
-    let swap = |which: &str| {
-        ok(&pgflip(&[
+    // A staging load swapped in, with `extra` flags.
+    let swap = |extra: &[&str]| {
+        let mut args = vec![
             "sync",
             "--source",
             &s,
@@ -1751,9 +1752,9 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
             "t",
             "--staging-table",
             "--swap",
-            "--checksums",
-            which,
-        ]))
+        ];
+        args.extend_from_slice(extra);
+        ok(&pgflip(&args))
     };
     let latest = || -> serde_json::Value {
         let o = ok(&pgflip(&["--json", "list", "--target", &t]));
@@ -1797,7 +1798,7 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
     );
 
     // none: nothing recorded; verify passes, saying that it checked presence only.
-    swap("none");
+    swap(&["--checksums", "none"]);
     let g = latest();
     let label = g["label"].as_str().unwrap().to_string();
     assert_eq!(g["checksums"], "none", "{g:#}");
@@ -1825,7 +1826,7 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
     );
 
     // retired: green is not read before the switch; the retired side is, after it.
-    swap("retired");
+    swap(&["--checksums", "retired"]);
     let g = latest();
     assert_eq!(g["checksums"], "retired", "{g:#}");
     assert!(g["relations"][0]["live_checksum"].is_null(), "{g:#}");
@@ -1837,16 +1838,7 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
 
     // The default is both.
     ok(&pgflip(&["rollback", "--target", &t, "--latest"]));
-    ok(&pgflip(&[
-        "sync",
-        "--source",
-        &s,
-        "--target",
-        &t,
-        "t",
-        "--staging-table",
-        "--swap",
-    ]));
+    swap(&[]);
     let g = latest();
     assert_eq!(g["checksums"], "both", "{g:#}");
     assert_eq!(g["relations"][0]["live_rows"], 40, "{g:#}");

@@ -244,17 +244,7 @@ fn batch_select(p: &TablePlan, after: Option<&Key>, upto: Option<&Key>) -> Strin
 /// The upsert of the batch's rows from the temporary table (only rows that differ are updated).
 fn upsert_sql(p: &TablePlan, tmp: &str) -> String {
     let cols = p.column_list();
-    let pk: Vec<String> = p
-        .target
-        .primary_key
-        .iter()
-        .map(|k| quote_ident(k))
-        .collect();
-    let non_key: Vec<&(String, String, bool)> = p
-        .columns
-        .iter()
-        .filter(|(c, _, _)| !p.target.primary_key.contains(c))
-        .collect();
+    let (pk, non_key) = p.key_and_other_columns();
     let conflict = super::on_conflict_update(&non_key);
     format!(
         "INSERT INTO {} AS t ({cols}){} SELECT {cols} FROM {tmp} ON CONFLICT ({}) {conflict}",

@@ -384,6 +384,23 @@ fn block_ranges(blocks: u64, pieces: u64) -> Vec<BlockRange> {
 }
 
 impl TablePlan {
+    /// The primary key's columns, quoted, and the other columns: what an upsert matches on and
+    /// what it sets.
+    fn key_and_other_columns(&self) -> (Vec<String>, Vec<&(String, String, bool)>) {
+        let key = self
+            .target
+            .primary_key
+            .iter()
+            .map(|k| quote_ident(k))
+            .collect();
+        let others = self
+            .columns
+            .iter()
+            .filter(|(c, _, _)| !self.target.primary_key.contains(c))
+            .collect();
+        (key, others)
+    }
+
     fn column_list(&self) -> String {
         self.columns
             .iter()
@@ -1940,17 +1957,7 @@ fn unit_actions(
                     copy_out,
                     copy_in,
                 });
-                let pk: Vec<String> = p
-                    .target
-                    .primary_key
-                    .iter()
-                    .map(|k| quote_ident(k))
-                    .collect();
-                let non_key: Vec<&(String, String, bool)> = p
-                    .columns
-                    .iter()
-                    .filter(|(c, _, _)| !p.target.primary_key.contains(c))
-                    .collect();
+                let (pk, non_key) = p.key_and_other_columns();
                 let conflict = if *update {
                     on_conflict_update(&non_key)
                 } else {
