@@ -2,9 +2,10 @@
 //!
 //! Dropping a client does not stop its backend: a backend busy with a statement reads the
 //! client's goodbye only when the statement ends, so an interrupted `INSERT … ON CONFLICT` went
-//! on for seconds, holding its locks against the application. [`cancel_all`] sends a cancel
+//! on for seconds, holding its locks against the application. [`interrupt`] sends a cancel
 //! request (a separate connection, as `pg_cancel_backend` would) for every connection still
-//! open, then waits, bounded, for their connections to close.
+//! open while the interrupted command unwinds, and [`wait_closed`] waits, bounded, for the
+//! connections to close.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,6 +22,7 @@ pub(super) enum Via {
 }
 
 static NEXT: AtomicU64 = AtomicU64::new(0);
+static OPEN: Mutex<BTreeMap<u64, (CancelToken, Via)>> = Mutex::new(BTreeMap::new());
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// Whether the process was interrupted: work not yet begun must not begin (a new connection,
@@ -37,7 +39,6 @@ pub fn check() -> crate::Result<()> {
         Ok(())
     }
 }
-static OPEN: Mutex<BTreeMap<u64, (CancelToken, Via)>> = Mutex::new(BTreeMap::new());
 
 /// Registers an open connection; the returned id is passed to [`closed`] when its connection
 /// task ends.
