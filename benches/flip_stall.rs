@@ -25,22 +25,11 @@ use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
 use pgflip::localpg::{LocalServer, ServerOptions};
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::{locked_cpu, pct, Sample};
+
 const READERS: usize = 4;
 const WRITERS: usize = 2;
-
-#[derive(Clone, Copy)]
-struct Sample {
-    start: Instant,
-    latency: Duration,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.2}", d.as_secs_f64() * 1000.0)
@@ -120,32 +109,6 @@ async fn print_statements(client: &tokio_postgres::Client, flip: usize, locked_m
     for (k, (calls, t)) in v.iter().take(25) {
         println!("  {t:>9.2} ms  {calls:>6} x  {k}");
     }
-}
-
-/// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
-/// `log` from byte `from` on: `log_statement_stats` lines, then the statement.
-fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
-    let text = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
-    let mut usage: Option<(f64, f64)> = None;
-    let mut found = None;
-    for line in text.lines() {
-        if line.contains("QUERY STATISTICS") {
-            usage = None;
-        } else if usage.is_none() && line.contains(" s user, ") && line.contains(" s elapsed") {
-            // `!	0.012345 s user, 0.001234 s system, 0.020000 s elapsed`
-            let nums: Vec<f64> = line
-                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if nums.len() >= 3 {
-                usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
-            }
-        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
-            found = usage.or(found);
-        }
-    }
-    found
 }
 
 async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {

@@ -20,21 +20,11 @@ use pgflip::green;
 use pgflip::localpg::LocalServer;
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::{pct, Sample};
+
 const READERS: usize = 4;
 const WRITERS: usize = 2;
-
-#[derive(Clone, Copy)]
-struct Sample {
-    start: Instant,
-    latency: Duration,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
 
 fn ms(d: Duration) -> String {
     format!("{:.1}", d.as_secs_f64() * 1000.0)

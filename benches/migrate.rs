@@ -30,6 +30,9 @@ use pgflip::migrate;
 use pgflip::Side;
 use rand::{Rng, SeedableRng};
 
+mod common;
+use common::{locked_cpu, pct, Sample};
+
 fn psql(srv: &LocalServer, db: &str, sql: &str) {
     srv.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
 }
@@ -119,32 +122,6 @@ fn phase_at(lines: &[(Duration, String)], phase: &str) -> Option<Duration> {
         .iter()
         .find(|(_, l)| l.contains("phase_started") && l.contains(phase))
         .map(|(t, _)| *t)
-}
-
-/// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
-/// `log` from byte `from` on (`log_statement_stats` lines, then the statement; as in the
-/// flip_stall bench): what the locked transaction costs the server, whatever the load.
-fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
-    let text = std::fs::read(log).ok()?;
-    let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
-    let mut usage: Option<(f64, f64)> = None;
-    let mut found = None;
-    for line in text.lines() {
-        if line.contains("QUERY STATISTICS") {
-            usage = None;
-        } else if usage.is_none() && line.contains(" s user, ") && line.contains(" s elapsed") {
-            let nums: Vec<f64> = line
-                .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-                .filter_map(|x| x.parse().ok())
-                .collect();
-            if nums.len() >= 3 {
-                usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
-            }
-        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
-            found = usage.or(found);
-        }
-    }
-    found
 }
 
 fn table_sql(name: &str, rows: u64) -> String {
@@ -392,19 +369,6 @@ fn main() {
             rt.block_on(swap_under_load(&tgt, &tdb, n, &t_url));
         }
     }
-}
-
-#[derive(Clone, Copy)]
-struct Sample {
-    start: Instant,
-    latency: Duration,
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn ms(d: Duration) -> f64 {
