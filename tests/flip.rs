@@ -1844,3 +1844,115 @@ fn checksums_are_a_choice_and_verify_says_what_it_can_check() {
     assert_eq!(g["relations"][0]["live_rows"], 40, "{g:#}");
     assert!(!g["relations"][0]["live_checksum"].is_null(), "{g:#}");
 }
+
+/// pg_stat_statements records nothing of the flip's own statements under the locks (each a new
+/// entry, its text written to a file while the application waits), unless the job asks for it;
+/// a role that may not turn the tracking off flips as before, tracked.
+#[tokio::test]
+async fn the_flip_keeps_pg_stat_statements_out_of_its_locked_transaction() {
+    if !has_extension(
+        &fresh_db("flip_pgss_probe"),
+        "pg_stat_statements",
+        "the_flip_keeps_pg_stat_statements_out_of_its_locked_transaction",
+    ) {
+        return;
+    }
+    let srv = pgflip::localpg::LocalServer::start_with(pgflip::localpg::ServerOptions {
+        settings: vec![(
+            "shared_preload_libraries".into(),
+            "pg_stat_statements".into(),
+        )],
+    })
+    .expect("start a server with pg_stat_statements");
+    let db = srv.create_database("flip_pgss").unwrap();
+    let psql = |sql: &str| srv.psql(&db, sql).unwrap_or_else(|e| panic!("{e}"));
+    // The owner of the database and of the tables, not a superuser.
+    psql(&format!(
+        "CREATE EXTENSION pg_stat_statements; CREATE ROLE pgss_app; ALTER DATABASE {db} OWNER TO pgss_app; \
+         SET ROLE pgss_app; \
+         CREATE TABLE t (id int PRIMARY KEY, v int); CREATE VIEW t_v AS SELECT id, v FROM t; \
+         CREATE TABLE t_staging (LIKE t INCLUDING ALL); INSERT INTO t_staging VALUES (1, 1);"
+    ));
+    let c = srv.connect(&db).await.unwrap();
+    let tracked = |pattern: &'static str| {
+        let c = &c;
+        async move {
+            let n: i64 = c
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_statements WHERE query LIKE $1",
+                    &[&pattern],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            n
+        }
+    };
+    let pairs = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_staging"),
+    }];
+
+    // A superuser, by default: the flip happens, its statements are not recorded.
+    c.batch_execute("SELECT pg_stat_statements_reset()")
+        .await
+        .unwrap();
+    let out = flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(psql("SELECT v FROM t_v").trim(), "1");
+    assert_eq!(tracked("ALTER TABLE public.t SET SCHEMA%").await, 0);
+    assert_eq!(tracked("CREATE OR REPLACE VIEW public.t_v%").await, 0);
+
+    // Asked to: recorded (the rollback, same engine).
+    let gen = flip::generation::find(&c, Some(&out.generation.label))
+        .await
+        .unwrap();
+    let back = FlipOptions {
+        rollback_of: Some(gen.id),
+        allow_column_changes: true,
+        track_statements: true,
+        ..FlipOptions::default()
+    };
+    let pairs_back = flip::rollback_pairs(&gen, &[]).unwrap();
+    flip::flip(&c, &pairs_back, FlipKind::Rollback, &back, &NullSink)
+        .await
+        .unwrap();
+    assert_eq!(psql("SELECT count(*) FROM t_v").trim(), "0");
+    assert_eq!(tracked("ALTER TABLE public.t SET SCHEMA%").await, 1);
+    assert_eq!(tracked("CREATE OR REPLACE VIEW public.t_v%").await, 1);
+
+    // A role that may not turn the tracking off flips as before, and is recorded.
+    psql(
+        "GRANT USAGE ON SCHEMA pgflip TO pgss_app; \
+         GRANT ALL ON ALL TABLES IN SCHEMA pgflip TO pgss_app; \
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA pgflip TO pgss_app; \
+         SET ROLE pgss_app; CREATE TABLE t_next (LIKE t INCLUDING ALL); INSERT INTO t_next VALUES (2, 2)",
+    );
+    c.batch_execute("SELECT pg_stat_statements_reset(); SET SESSION AUTHORIZATION pgss_app")
+        .await
+        .unwrap();
+    let next = [FlipPair {
+        live: QualifiedName::new("public", "t"),
+        green: QualifiedName::new("public", "t_next"),
+    }];
+    flip::flip(
+        &c,
+        &next,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    assert_eq!(psql("SELECT v FROM t_v").trim(), "2");
+    assert_eq!(tracked("ALTER TABLE public.t SET SCHEMA%").await, 1);
+    drop(c);
+    srv.stop().unwrap();
+}

@@ -147,8 +147,13 @@ pub async fn run_locked(
     events: &dyn EventSink,
 ) -> Result<LockStats> {
     let Batches { prep, locks, rest } = parts;
+    let untracked = if !opts.track_statements && may_untrack(client).await? {
+        " SET LOCAL pg_stat_statements.track_utility = off;"
+    } else {
+        ""
+    };
     let begin = format!(
-        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = ''; SET LOCAL jit = off;\n",
+        "BEGIN; SET LOCAL lock_timeout = {}; SET LOCAL statement_timeout = {}; SET LOCAL search_path = ''; SET LOCAL jit = off;{untracked}\n",
         opts.lock_timeout.as_millis().max(1),
         opts.statement_timeout.as_millis().max(1),
     );
@@ -213,4 +218,27 @@ pub async fn run_locked(
             }
         }
     }
+}
+
+/// Whether the flip's transaction can keep `pg_stat_statements` from recording its statements
+/// ([`FlipOptions::track_statements`]): the extension is loaded and tracks utility statements,
+/// and the role may change that (`track_utility` is superuser-only; from 15 on, a role can be
+/// granted SET on it).
+async fn may_untrack(client: &Client) -> Result<bool> {
+    let privilege = if crate::pgversion::server_version_num(client).await? >= 150000 {
+        "pg_catalog.has_parameter_privilege('pg_stat_statements.track_utility', 'SET')"
+    } else {
+        "(SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user)"
+    };
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT CASE WHEN pg_catalog.current_setting('pg_stat_statements.track_utility', true) = 'on' \
+                 THEN coalesce({privilege}, false) ELSE false END"
+            ),
+            &[],
+        )
+        .await
+        .ctx("looking for pg_stat_statements")?;
+    Ok(row.get(0))
 }

@@ -36,12 +36,16 @@ fn catalog_check(sql: &str, expected: &str) -> String {
     )
 }
 
-/// Pushes the locks and checks onto `plan`: green's lock, check and `carried` (what is set on
-/// green before the live relations are locked) first, when there is any; then the rest.
-pub fn push(c: &Ctx, plan: &mut Plan, carried: Vec<Step>) -> Locks {
+/// Pushes the locks and checks onto `plan`: `first` (what needs no lock of the flip's
+/// relations), then green's lock, check and `carried` (what is set on green before the live
+/// relations are locked), when there is any; then the rest.
+pub fn push(c: &Ctx, plan: &mut Plan, first: Vec<Step>, carried: Vec<Step>) -> Locks {
     let (inv, one, live_set, green_set, flipped) =
         (c.inv, c.one, &c.live_set, &c.green_set, &c.flipped);
     let name_of = |oid: u32| c.name_of(oid);
+    for s in first {
+        plan.push(s);
+    }
     // ---- Before the live relations are locked (same transaction): lock green, check that it
     // is as planned, and set on it what concerns only itself. The application does not use
     // green, so none of this makes it wait.

@@ -9,15 +9,14 @@ use super::generation;
 use super::render::Ctx;
 use super::QualifiedName;
 
-/// Pushes the generation record (inside the transaction) and the after-commit steps. `warnings`
-/// and `validate_later` ((table, constraint)) go into the record.
-pub fn push(
+/// The generation record, a step of the flip's transaction. `warnings` and `validate_later`
+/// ((table, constraint)) go into it.
+pub fn step(
     c: &Ctx,
-    plan: &mut Plan,
     created_at: chrono::DateTime<chrono::Utc>,
     warnings: &[String],
     validate_later: &[(String, String)],
-) {
+) -> Step {
     let (one, opts, kind, relations) = (c.one, c.opts, c.kind, c.relations);
     let (label, backup_schema) = (c.label, c.backup_schema.to_string());
     // ---- The generation record, in the same transaction.
@@ -134,12 +133,17 @@ pub fn push(
             quote_literal(label)
         ));
     }
-    plan.push(Step::new(
-        format!("record generation {label} in pgflip.generations"),
+    Step::new(
+        format!("record generation {label} in pgflip.generations (visible once the flip commits)"),
         rec,
-    ));
+    )
+}
 
-    // ---- After the commit.
+/// Pushes the steps after the commit: validating what was added `NOT VALID` (`validate_later`),
+/// then the retired side's row counts and checksums.
+pub fn push_after_commit(c: &Ctx, plan: &mut Plan, validate_later: &[(String, String)]) {
+    let (one, opts, relations) = (c.one, c.opts, c.relations);
+    let (label, backup_schema) = (c.label, c.backup_schema.to_string());
     for (t, c) in validate_later {
         plan.push(
             Step::new(

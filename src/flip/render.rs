@@ -1,12 +1,16 @@
 //! Renders a checked flip as a [`Plan`], section by section, in the order it runs:
-//! 1. green locked, checked and prepared, when there is work to do on it ([`locks`]);
-//! 2. the live relations' locks and the catalog check ([`locks`]);
-//! 3. the job's statements, the generation's schema, the views to re-create dropped
-//!    ([`views`]) and the inbound foreign keys detached;
-//! 4. per pair, the moves and what follows the table ([`carry`]);
-//! 5. relations retired or brought in alone ([`super::onesided`]), the views re-pointed or
+//! 1. the generation's schema, which needs no lock of the flip's relations;
+//! 2. green locked, checked and prepared, when there is work to do on it ([`locks`]);
+//! 3. the live relations' locks and the catalog check ([`locks`]);
+//! 4. the job's statements (and a schema swap), the views to re-create dropped ([`views`]) and
+//!    the inbound foreign keys detached;
+//! 5. per pair, the moves and what follows the table ([`carry`]);
+//! 6. relations retired or brought in alone ([`super::onesided`]), the views re-pointed or
 //!    re-created ([`views`]), the inbound foreign keys re-attached, the job's statements;
-//! 6. the generation record, then the steps after the commit ([`record`]).
+//! 7. the generation record, then the steps after the commit ([`record`]).
+//!
+//! Steps 1 and 2 run in the flip's transaction before the live relations are locked: the
+//! application waits only for 3 to 7.
 
 use std::collections::BTreeSet;
 
@@ -121,24 +125,41 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
         warnings.extend(p.warnings);
     }
 
-    let locks = locks::push(c, &mut plan, carried);
+    // A table retired alone keeps its keys: it and what it references leave together.
+    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
+    let inbound: Vec<&dependents::Constraint> = inv
+        .inbound_fks(&c.live_set)
+        .filter(|k| !retired_alone.contains(&k.rel))
+        .collect();
+    for k in inbound.iter().filter(|k| k.validated) {
+        validate_later.push((c.name_of(k.rel), k.name.clone()));
+    }
+
+    // ---- Before the live relations are locked, in the same transaction: the generation's
+    // schema, new and empty until the moves. (Not the generation record: its id comes from a
+    // sequence, which a flip that does not get its locks must leave as it was.)
+    let comment = quote_literal(&format!(
+        "pgflip generation {label}: relations retired by a {} flip",
+        kind.as_str()
+    ));
+    let mut first = Vec::new();
+    if opts.schema_swap.is_none() {
+        first.push(Step::new(
+            format!("create the generation's schema {backup_schema} (before the live relations are locked: it is empty until the moves)"),
+            format!("CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {comment}"),
+        ));
+    }
+
+    let locks = locks::push(c, &mut plan, first, carried);
     for sql in &opts.in_flip_before {
         plan.push(Step::new(
             "the job's statement before the moves (under the flip's locks)",
             sql.clone(),
         ));
     }
-    let comment = quote_literal(&format!(
-        "pgflip generation {label}: relations retired by a {} flip",
-        kind.as_str()
-    ));
-    match &opts.schema_swap {
-        None => plan.push(Step::new(
-            format!("create the generation's schema {backup_schema}"),
-            format!("CREATE SCHEMA {bk}; COMMENT ON SCHEMA {bk} IS {comment}"),
-        )),
-        // One rename per schema retires every live relation and brings every green one in.
-        Some((live, green)) => plan.push(Step::new(
+    // One rename per schema retires every live relation and brings every green one in.
+    if let Some((live, green)) = &opts.schema_swap {
+        plan.push(Step::new(
             format!(
                 "swap whole schemas: {} becomes the generation's schema {backup_schema}, {} takes its name (catalog only)",
                 quote_ident(live),
@@ -149,17 +170,11 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
                 l = quote_ident(live),
                 g = quote_ident(green)
             ),
-        )),
+        ));
     }
 
     // ---- Drop what is re-created: dependent views (deepest first) and inbound FKs.
     views::push_drops(c, &mut plan);
-    // A table retired alone keeps its keys: it and what it references leave together.
-    let retired_alone: BTreeSet<u32> = one.retire.iter().map(|(_, o)| *o).collect();
-    let inbound: Vec<&dependents::Constraint> = inv
-        .inbound_fks(&c.live_set)
-        .filter(|k| !retired_alone.contains(&k.rel))
-        .collect();
     for k in &inbound {
         let t = c.name_of(k.rel);
         plan.push(
@@ -202,9 +217,6 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
             )
             .lock(LockMode::AccessExclusive, t.clone()),
         );
-        if k.validated {
-            validate_later.push((t, k.name.clone()));
-        }
     }
 
     for sql in &opts.in_flip_after {
@@ -214,7 +226,8 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
         ));
     }
 
-    record::push(c, &mut plan, created_at, &warnings, &validate_later);
+    plan.push(record::step(c, created_at, &warnings, &validate_later));
+    record::push_after_commit(c, &mut plan, &validate_later);
 
     let mut watched = locks.tables;
     watched.extend(inv.views.iter().map(|v| v.rel.oid));
