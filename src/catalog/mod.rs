@@ -21,6 +21,7 @@ pub mod extras;
 pub mod extras_sql;
 #[doc(hidden)]
 pub mod queries;
+pub mod scoped;
 pub mod types;
 
 use std::collections::HashMap;
