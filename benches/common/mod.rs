@@ -20,7 +20,9 @@ pub fn pct(sorted: &[Duration], p: f64) -> Duration {
 }
 
 /// The server's CPU and elapsed time (ms) for the last locked flip transaction logged in
-/// `log` from byte `from` on: `log_statement_stats` lines, then the statement.
+/// `log` from byte `from` on: `log_statement_stats` lines, then the statement. The part that
+/// holds the live locks is the last round trip that begins the transaction or takes the locks
+/// (what needs no lock of the live relations goes first, in a round trip of its own).
 pub fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
     let text = std::fs::read(log).ok()?;
     let text = String::from_utf8_lossy(&text[(from as usize).min(text.len())..]).into_owned();
@@ -38,7 +40,9 @@ pub fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
             if nums.len() >= 3 {
                 usage = Some(((nums[0] + nums[1]) * 1000.0, nums[2] * 1000.0));
             }
-        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout") {
+        } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout")
+            || line.contains("STATEMENT:  LOCK TABLE ")
+        {
             found = usage.or(found);
         }
     }
