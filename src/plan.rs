@@ -16,6 +16,7 @@ use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
 use crate::events::{Event, EventSink};
+use crate::ident::QuotedName;
 
 /// Table-level lock modes, weakest first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -59,23 +60,20 @@ impl LockMode {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Lock {
     pub mode: LockMode,
-    /// The relation (qualified, quoted) or object the lock is on; empty for `LockMode::None`.
-    pub on: String,
+    /// The relation(s) or object the lock is on, quoted; empty for `LockMode::None`.
+    pub on: QuotedName,
 }
 
 impl Lock {
     pub fn none() -> Lock {
         Lock {
             mode: LockMode::None,
-            on: String::new(),
+            on: QuotedName::default(),
         }
     }
 
-    pub fn new(mode: LockMode, on: impl Into<String>) -> Lock {
-        Lock {
-            mode,
-            on: on.into(),
-        }
+    pub fn new(mode: LockMode, on: QuotedName) -> Lock {
+        Lock { mode, on }
     }
 }
 
@@ -135,7 +133,7 @@ impl Step {
         }
     }
 
-    pub fn lock(mut self, mode: LockMode, on: impl Into<String>) -> Step {
+    pub fn lock(mut self, mode: LockMode, on: QuotedName) -> Step {
         self.lock = Lock::new(mode, on);
         if mode == LockMode::AccessExclusive && !self.hazards.contains(&Hazard::AccessExclusive) {
             self.hazards.push(Hazard::AccessExclusive);

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use pgflip::events::NullSink;
 use pgflip::flip::{self, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::ident::QuotedName;
 
 use crate::util::*;
 
@@ -1441,7 +1442,7 @@ async fn checksums_pick_their_method_and_verify_catches_a_changed_row() {
             text(
                 &c,
                 &pgflip::flip::generation::checksum_sql(
-                    &format!("public.{table}"),
+                    &QuotedName::qualified("public", table),
                     r.checksum_method
                 )
                 .replacen("count(*)::bigint, ", "", 1)

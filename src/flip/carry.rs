@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ident::{qualified, quote_ident};
+use crate::ident::{qualified, quote_ident, QuotedName};
 use crate::plan::{LockMode, Step};
 
 use super::acl::{acl_sql, column_acl_sql, literal_or_null};
@@ -44,7 +44,7 @@ pub struct Pair<'a> {
     before: RefCell<Vec<Step>>,
     /// Green's index matched with each of live's (live index OID -> green index name).
     matched_idx: RefCell<BTreeMap<u32, String>>,
-    validate_later: RefCell<Vec<(String, String)>>,
+    validate_later: RefCell<Vec<(QuotedName, String)>>,
     warnings: RefCell<Vec<String>>,
 }
 
@@ -55,7 +55,7 @@ pub struct PairSteps {
     /// On green, before the live relations are locked.
     pub before: Vec<Step>,
     /// Constraints added `NOT VALID`, to validate after the commit: (table, constraint).
-    pub validate_later: Vec<(String, String)>,
+    pub validate_later: Vec<(QuotedName, String)>,
     pub warnings: Vec<String>,
 }
 
@@ -112,20 +112,20 @@ impl<'a> Pair<'a> {
     fn push(&self, d: String, sql: String) {
         self.steps
             .borrow_mut()
-            .push(Step::new(d, sql).lock(LockMode::AccessExclusive, self.live_q.clone()));
+            .push(Step::new(d, sql).lock(LockMode::AccessExclusive, self.r.live.quoted()));
     }
 
     /// A step that concerns only green: before the live relations are locked when the job
     /// allows it, else like [`Pair::push`].
     fn carry(&self, d: String, sql: String) {
-        let target = if self.early {
-            &self.before
+        let (target, target_name) = if self.early {
+            (&self.before, self.r.green.quoted())
         } else {
-            &self.steps
+            (&self.steps, self.r.live.quoted())
         };
         target
             .borrow_mut()
-            .push(Step::new(d, sql).lock(LockMode::AccessExclusive, self.cq.clone()));
+            .push(Step::new(d, sql).lock(LockMode::AccessExclusive, target_name));
     }
 
     /// Retires live (with its partitions, into the generation's schema), drops the retired
@@ -440,7 +440,7 @@ impl<'a> Pair<'a> {
                     if lc.validated {
                         self.validate_later
                             .borrow_mut()
-                            .push((live_q.clone(), lc.name.clone()));
+                            .push((r.live.quoted(), lc.name.clone()));
                     }
                 }
             }
@@ -460,7 +460,7 @@ impl<'a> Pair<'a> {
             if gc.validated {
                 self.validate_later
                     .borrow_mut()
-                    .push((live_q.clone(), gc.name.clone()));
+                    .push((r.live.quoted(), gc.name.clone()));
             }
         }
     }

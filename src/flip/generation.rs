@@ -22,6 +22,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Error, Result};
+use crate::ident::QuotedName;
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{LockMode, Plan, Step};
 
@@ -53,9 +54,9 @@ impl ChecksumMethod {
     }
 }
 
-/// SQL for `(count, checksum)` of the relation `rel` (already quoted). `sum(bigint)` adds in
-/// 128-bit integers and returns `numeric`: no overflow, no numeric arithmetic per row.
-pub fn checksum_sql(rel: &str, method: ChecksumMethod) -> String {
+/// SQL for `(count, checksum)` of the relation `rel`. `sum(bigint)` adds in 128-bit integers and
+/// returns `numeric`: no overflow, no numeric arithmetic per row.
+pub fn checksum_sql(rel: &QuotedName, method: ChecksumMethod) -> String {
     let hash = match method {
         ChecksumMethod::Md5 => "('x' || left(md5(t::text), 16))::bit(64)::bigint",
         ChecksumMethod::Hash => "pg_catalog.hash_record_extended(t, 0)",
@@ -64,7 +65,11 @@ pub fn checksum_sql(rel: &str, method: ChecksumMethod) -> String {
 }
 
 /// Computes `(rows, checksum)` of a relation.
-pub async fn checksum(client: &Client, rel: &str, method: ChecksumMethod) -> Result<(i64, String)> {
+pub async fn checksum(
+    client: &Client,
+    rel: &QuotedName,
+    method: ChecksumMethod,
+) -> Result<(i64, String)> {
     let row = client
         .query_one(&checksum_sql(rel, method), &[])
         .await
@@ -192,7 +197,10 @@ impl GenerationRelation {
         qualified(&self.live_schema, &self.live_name)
     }
     pub fn retired(&self) -> String {
-        qualified(&self.retired_schema, &self.retired_name)
+        self.retired_quoted().to_string()
+    }
+    pub fn retired_quoted(&self) -> QuotedName {
+        QuotedName::qualified(&self.retired_schema, &self.retired_name)
     }
 }
 
@@ -366,7 +374,7 @@ pub async fn verify(client: &Client, gen: &Generation) -> Result<VerifyReport> {
                 .problems
                 .push(format!("{name} is missing (retired from {})", r.live()));
         } else {
-            let (rows, sum) = checksum(client, &name, r.checksum_method).await?;
+            let (rows, sum) = checksum(client, &r.retired_quoted(), r.checksum_method).await?;
             let unrecorded = r.retired_rows.is_none() || r.retired_checksum.is_none();
             v.compared = !unrecorded;
             if unrecorded && gen.checksums == super::Checksums::None {
@@ -469,7 +477,7 @@ pub async fn complete_record(client: &Client, gen: &Generation) -> Result<()> {
         if r.retired_bytes.is_none() || (r.retired_rows.is_some() && r.retired_checksum.is_some()) {
             continue;
         }
-        let (rows, sum) = checksum(client, &r.retired(), r.checksum_method).await?;
+        let (rows, sum) = checksum(client, &r.retired_quoted(), r.checksum_method).await?;
         client
             .execute(
                 "UPDATE pgflip.generation_relations SET retired_rows = $3, retired_checksum = $4::text::numeric \
@@ -597,7 +605,10 @@ pub fn cleanup_plan(gens: &[Generation], schema_exists: &dyn Fn(&str) -> bool) -
                     ),
                     format!("DROP SCHEMA {} CASCADE", quote_ident(&g.backup_schema)),
                 )
-                .lock(LockMode::AccessExclusive, g.backup_schema.clone())
+                .lock(
+                    LockMode::AccessExclusive,
+                    QuotedName::ident(&g.backup_schema),
+                )
                 .hazard(crate::plan::Hazard::DeletesData)
                 .in_transaction(group),
             );

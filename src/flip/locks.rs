@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ident::{qualified, quote_literal};
+use crate::ident::{quote_literal, QuotedName};
 use crate::plan::{LockMode, Plan, Step};
 
 use super::dependents;
@@ -99,10 +99,10 @@ pub fn push(c: &Ctx, plan: &mut Plan, first: Vec<Step>, carried: Vec<Step>) -> L
     // (relation, mode, why), in lock order: consecutive ones of one mode are taken by one
     // statement (it locks them in the order named), which costs the locked transaction less
     // than one statement each.
-    let mut locks: Vec<(String, LockMode, String)> = Vec::new();
+    let mut locks: Vec<(QuotedName, LockMode, String)> = Vec::new();
     for v in views_desc.iter().filter(|v| v.rel.relkind == "v") {
         locks.push((
-            qualified(&v.rel.schema, &v.rel.name),
+            QuotedName::qualified(&v.rel.schema, &v.rel.name),
             LockMode::AccessExclusive,
             format!(
                 "{}: it reads a flipped table and is {}",
@@ -153,7 +153,7 @@ pub fn push(c: &Ctx, plan: &mut Plan, first: Vec<Step>, carried: Vec<Step>) -> L
     }
     for run in locks.chunk_by(|a, b| a.1 == b.1) {
         let mode = run[0].1;
-        let names: Vec<&str> = run.iter().map(|l| l.0.as_str()).collect();
+        let names = QuotedName::list(run.iter().map(|l| &l.0));
         let description = match run {
             [(q, _, why)] => format!("lock {q} ({why})"),
             _ => format!(
@@ -169,9 +169,9 @@ pub fn push(c: &Ctx, plan: &mut Plan, first: Vec<Step>, carried: Vec<Step>) -> L
         plan.push(
             Step::new(
                 description,
-                format!("LOCK TABLE {} IN {} MODE", names.join(", "), mode.as_sql()),
+                format!("LOCK TABLE {names} IN {} MODE", mode.as_sql()),
             )
-            .lock(mode, names.join(", ")),
+            .lock(mode, names),
         );
     }
 

@@ -467,7 +467,7 @@ async fn plan(
     if opts.checksums.reads_green() {
         for r in relations.iter_mut() {
             let (rows, sum) =
-                generation::checksum(client, &r.green.sql(), r.checksum_method).await?;
+                generation::checksum(client, &r.green.quoted(), r.checksum_method).await?;
             r.green_rows = Some(rows);
             r.green_checksum = Some(sum);
         }

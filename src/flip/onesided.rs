@@ -18,6 +18,7 @@ use std::collections::BTreeSet;
 use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Error, Result};
+use crate::ident::QuotedName;
 use crate::ident::{qualified, quote_ident};
 
 use super::{dependents, FlipPair, QualifiedName};
@@ -47,16 +48,16 @@ impl OneSided {
     }
 
     /// The name of a one-sided table (where it is before the flip).
-    pub fn name_of(&self, oid: u32) -> Option<String> {
+    pub fn name_of(&self, oid: u32) -> Option<QuotedName> {
         self.retire
             .iter()
             .find(|(_, o)| *o == oid)
-            .map(|(q, _)| q.sql())
+            .map(|(q, _)| q.quoted())
             .or_else(|| {
                 self.bring_in
                     .iter()
                     .find(|(_, o)| *o == oid)
-                    .map(|(p, _)| p.green.sql())
+                    .map(|(p, _)| p.green.quoted())
             })
     }
 

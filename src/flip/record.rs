@@ -2,7 +2,7 @@
 //! commit (validating the constraints added `NOT VALID`, the retired side's row count and
 //! checksum).
 
-use crate::ident::{quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal, QuotedName};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 
 use super::generation;
@@ -15,7 +15,7 @@ pub fn step(
     c: &Ctx,
     created_at: chrono::DateTime<chrono::Utc>,
     warnings: &[String],
-    validate_later: &[(String, String)],
+    validate_later: &[(QuotedName, String)],
 ) -> Step {
     let (one, opts, kind, relations) = (c.one, c.opts, c.kind, c.relations);
     let (label, backup_schema) = (c.label, c.backup_schema.to_string());
@@ -28,7 +28,7 @@ pub fn step(
         // What must be validated after the commit: `verify` checks that it was.
         "validate_after": validate_later
             .iter()
-            .map(|(t, c)| serde_json::json!({"table": t, "constraint": c}))
+            .map(|(t, c)| serde_json::json!({"table": t.as_str(), "constraint": c}))
             .collect::<Vec<_>>(),
     });
     let mut rec = format!(
@@ -141,7 +141,7 @@ pub fn step(
 
 /// Pushes the steps after the commit: validating what was added `NOT VALID` (`validate_later`),
 /// then the retired side's row counts and checksums.
-pub fn push_after_commit(c: &Ctx, plan: &mut Plan, validate_later: &[(String, String)]) {
+pub fn push_after_commit(c: &Ctx, plan: &mut Plan, validate_later: &[(QuotedName, String)]) {
     let (one, opts, relations) = (c.one, c.opts, c.relations);
     let (label, backup_schema) = (c.label, c.backup_schema.to_string());
     for (t, c) in validate_later {
@@ -166,11 +166,11 @@ pub fn push_after_commit(c: &Ctx, plan: &mut Plan, validate_later: &[(String, St
                     "UPDATE pgflip.generation_relations gr SET retired_rows = s.n, retired_checksum = s.h::numeric \
                      FROM ({}) AS s(n, h) \
                      WHERE gr.position = {i} AND gr.generation_id = (SELECT id FROM pgflip.generations WHERE label = {})",
-                    generation::checksum_sql(&r.retired.sql(), r.checksum_method),
+                    generation::checksum_sql(&r.retired.quoted(), r.checksum_method),
                     quote_literal(label)
                 ),
             )
-            .lock(LockMode::AccessShare, r.retired.sql())
+            .lock(LockMode::AccessShare, r.retired.quoted())
             .outside_transaction(),
         );
     }
@@ -184,12 +184,12 @@ pub fn push_after_commit(c: &Ctx, plan: &mut Plan, validate_later: &[(String, St
                     "UPDATE pgflip.generation_relations gr SET retired_rows = s.n, retired_checksum = s.h::numeric \
                      FROM ({}) AS s(n, h) \
                      WHERE gr.position = {} AND gr.generation_id = (SELECT id FROM pgflip.generations WHERE label = {})",
-                    generation::checksum_sql(&retired.sql(), generation::ChecksumMethod::Md5),
+                    generation::checksum_sql(&retired.quoted(), generation::ChecksumMethod::Md5),
                     relations.len() + i,
                     quote_literal(label)
                 ),
             )
-            .lock(LockMode::AccessShare, retired.sql())
+            .lock(LockMode::AccessShare, retired.quoted())
             .outside_transaction(),
         );
     }

@@ -16,7 +16,7 @@ use std::collections::BTreeSet;
 
 use chrono::{DateTime, Utc};
 
-use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal, QuotedName};
 use crate::plan::{LockMode, Plan, Step};
 
 use super::carry::Pair;
@@ -74,13 +74,13 @@ impl<'a> Ctx<'a> {
     }
 
     /// The quoted name of a relation of the flip.
-    pub fn name_of(&self, oid: u32) -> String {
+    pub fn name_of(&self, oid: u32) -> QuotedName {
         self.inv
             .rels
             .get(&oid)
-            .map(|r| qualified(&r.schema, &r.name))
+            .map(|r| QuotedName::qualified(&r.schema, &r.name))
             .or_else(|| self.one.name_of(oid))
-            .unwrap_or_else(|| format!("relation {oid}"))
+            .unwrap_or_else(|| QuotedName::ident(&format!("relation {oid}")))
     }
 }
 
@@ -114,7 +114,7 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
     ));
 
     // Per pair, first: what is set on green before the locks must be known to lock green first.
-    let mut validate_later: Vec<(String, String)> = Vec::new();
+    let mut validate_later: Vec<(QuotedName, String)> = Vec::new();
     let mut pair_steps: Vec<Step> = Vec::new();
     let mut carried: Vec<Step> = Vec::new();
     for r in c.relations {

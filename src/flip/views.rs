@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::ident::{qualified, quote_ident, quote_literal};
+use crate::ident::{quote_ident, quote_literal, QuotedName};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 
 use super::acl::{acl_sql, column_acl_sql};
@@ -81,7 +81,7 @@ pub fn push_drops(c: &Ctx, plan: &mut Plan) {
         .iter()
         .filter(|v| action(v) == ViewAction::Recreate)
     {
-        let q = qualified(&v.rel.schema, &v.rel.name);
+        let q = QuotedName::qualified(&v.rel.schema, &v.rel.name);
         plan.push(
             Step::new(
                 format!(
@@ -107,7 +107,7 @@ pub fn push_re_creates(c: &Ctx, plan: &mut Plan) {
         .iter()
         .filter(|v| !job_view(inv, c.opts, v.rel.oid))
     {
-        let q = qualified(&v.rel.schema, &v.rel.name);
+        let q = QuotedName::qualified(&v.rel.schema, &v.rel.name);
         let kw = mode_of(&v.rel);
         // (The options go with the definition: CREATE OR REPLACE sets exactly the ones given.)
         let with = if v.rel.reloptions.is_empty() {
@@ -142,7 +142,7 @@ pub fn push_re_creates(c: &Ctx, plan: &mut Plan) {
             "; ALTER {kw} {q} OWNER TO {}",
             quote_ident(&v.rel.owner)
         ));
-        for s in acl_sql("TABLE", &q, &v.rel.owner, &None, &v.rel.acl) {
+        for s in acl_sql("TABLE", q.as_str(), &v.rel.owner, &None, &v.rel.acl) {
             sql.push_str(&format!("; {s}"));
         }
         let mut column_acl: std::collections::BTreeMap<&str, Vec<_>> = Default::default();
@@ -150,7 +150,7 @@ pub fn push_re_creates(c: &Ctx, plan: &mut Plan) {
             column_acl.entry(col).or_default().push(a.clone());
         }
         for (col, acl) in column_acl {
-            for s in column_acl_sql(&q, col, &[], &acl) {
+            for s in column_acl_sql(q.as_str(), col, &[], &acl) {
                 sql.push_str(&format!("; {s}"));
             }
         }

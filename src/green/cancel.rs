@@ -9,6 +9,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Error, Result};
+use crate::ident::QuotedName;
 use crate::ident::{quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 
@@ -68,7 +69,7 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
                     ),
                     format!("DROP SCHEMA {} CASCADE", quote_ident(schema)),
                 )
-                .lock(LockMode::AccessExclusive, schema.clone())
+                .lock(LockMode::AccessExclusive, QuotedName::ident(schema))
                 .hazard(Hazard::DeletesData)
                 .in_transaction(i as u32),
             );
@@ -95,7 +96,10 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
                 format!("remove the change trigger from {table}"),
                 super::watch::drop_sql(table),
             )
-            .lock(LockMode::AccessExclusive, table.clone())
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(table.clone()),
+            )
             .in_transaction(unit),
         );
         unit += 1;

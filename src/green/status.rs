@@ -141,8 +141,8 @@ pub async fn pipeline_status(
                     .map(|r| r.get(0))
                     .collect();
                 let method = generation::checksum_method(client, &oids).await?;
-                let (lr, lh) = generation::checksum(client, &live, method).await?;
-                let (gr, gh) = generation::checksum(client, &green, method).await?;
+                let (lr, lh) = generation::checksum(client, &g.live.quoted(), method).await?;
+                let (gr, gh) = generation::checksum(client, &g.green.quoted(), method).await?;
                 (lr, gr, Some(lr == gr && lh == gh))
             } else {
                 let count = |rel: String| async move {

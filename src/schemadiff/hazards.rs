@@ -164,6 +164,7 @@ pub fn refused(plan: &Plan, allowed: &Allowed) -> Vec<Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ident::QuotedName;
 
     #[test]
     fn online_safe_kinds_are_allowed_by_default_and_drop_allows_deletion() {
@@ -181,7 +182,7 @@ mod tests {
     #[test]
     fn an_index_built_under_access_exclusive_is_a_long_lock() {
         let s = Step::new("x", "CREATE INDEX i ON t (a);")
-            .lock(LockMode::AccessExclusive, "t")
+            .lock(LockMode::AccessExclusive, QuotedName::already_quoted("t"))
             .hazard(Hazard::BuildsIndex);
         assert_eq!(
             step_kinds(&s),
@@ -192,7 +193,10 @@ mod tests {
             ]
         );
         let c = Step::new("x", "CREATE INDEX CONCURRENTLY i ON t (a);")
-            .lock(LockMode::ShareUpdateExclusive, "t")
+            .lock(
+                LockMode::ShareUpdateExclusive,
+                QuotedName::already_quoted("t"),
+            )
             .hazard(Hazard::BuildsIndex);
         assert_eq!(step_kinds(&c), vec![HazardKind::BuildsIndex]);
     }

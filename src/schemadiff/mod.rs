@@ -188,7 +188,7 @@ pub async fn apply(client: &Client, plan: &Plan, events: &dyn EventSink) -> Resu
                          WHERE i.indrelid = pg_catalog.to_regclass({table}) AND c.relname = {name} \
                          AND NOT i.indisvalid; \
                          IF r IS NOT NULL THEN EXECUTE pg_catalog.format('DROP INDEX %s', r); END IF; END$$;",
-                        table = crate::ident::quote_literal(&step.lock.on),
+                        table = crate::ident::quote_literal(step.lock.on.as_str()),
                         name = crate::ident::quote_literal(&name)
                     ))
                     .await;

@@ -7,6 +7,7 @@ use std::collections::BTreeSet;
 
 use crate::catalog::*;
 use crate::ddl::{grantee_sql, Item, Relation};
+use crate::ident::QuotedName;
 use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Step};
 
@@ -59,12 +60,15 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
             format!("Drop sequence {}", s.qualname().sql()),
             format!("DROP SEQUENCE IF EXISTS {};", s.qualname().sql()),
         )
-        .lock(LockMode::AccessExclusive, s.qualname().sql()),
+        .lock(LockMode::AccessExclusive, s.qualname().quoted()),
         Item::Table(t) => Step::new(
             format!("Drop table {}", t.sql_name()),
             format!("DROP TABLE IF EXISTS {};", t.sql_name()),
         )
-        .lock(LockMode::AccessExclusive, t.sql_name())
+        .lock(
+            LockMode::AccessExclusive,
+            QuotedName::already_quoted(t.sql_name()),
+        )
         .hazard(Hazard::DeletesData),
         Item::View(v) => {
             let kind = if v.materialized {
@@ -76,14 +80,20 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 format!("Drop {} {}", kind.to_lowercase(), v.sql_name()),
                 format!("DROP {kind} IF EXISTS {};", v.sql_name()),
             )
-            .lock(LockMode::AccessExclusive, v.sql_name())
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(v.sql_name()),
+            )
         }
         Item::SequenceOwnedBy(_) | Item::ReplicaIdentity(_) => return None,
         Item::Extra(e) => {
             let sql = e.drop.as_deref().filter(|d| !d.trim().is_empty())?;
             let mut s = Step::new(format!("Drop {}", e.describe()), sql);
             if let Some(on) = &e.on {
-                s = s.lock(LockMode::AccessExclusive, qualified(&on.schema, &on.name));
+                s = s.lock(
+                    LockMode::AccessExclusive,
+                    QuotedName::qualified(&on.schema, &on.name),
+                );
             }
             s
         }
@@ -103,7 +113,10 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                     quote_ident(&c.name)
                 ),
             )
-            .lock(LockMode::AccessExclusive, t.sql_name())
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(t.sql_name()),
+            )
         }
         Item::Index(r, i) => {
             if i.constraint.is_some() || i.parent_index.is_some() {
@@ -113,7 +126,10 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 format!("Drop index {}", qualified(&i.schema, &i.name)),
                 format!("DROP INDEX IF EXISTS {};", qualified(&i.schema, &i.name)),
             )
-            .lock(LockMode::AccessExclusive, rel_sql(r))
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(rel_sql(r)),
+            )
         }
         Item::Trigger(r, t) => {
             if t.from_parent {
@@ -127,7 +143,10 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                     rel_sql(r)
                 ),
             )
-            .lock(LockMode::AccessExclusive, rel_sql(r))
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(rel_sql(r)),
+            )
         }
         Item::Policy(t, p) => Step::new(
             format!("Drop policy {} on {}", quote_ident(&p.name), t.sql_name()),
@@ -137,7 +156,10 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 t.sql_name()
             ),
         )
-        .lock(LockMode::AccessExclusive, t.sql_name()),
+        .lock(
+            LockMode::AccessExclusive,
+            QuotedName::already_quoted(t.sql_name()),
+        ),
         Item::Publication(p) => Step::new(
             format!("Drop publication {}", quote_ident(&p.name)),
             format!("DROP PUBLICATION IF EXISTS {};", quote_ident(&p.name)),
@@ -239,7 +261,7 @@ pub(crate) fn meta_steps(m: Meta, roles: &[String], lock_on: Option<&str>) -> Ve
             ),
         );
         if let Some(l) = lock_on {
-            s = s.lock(LockMode::AccessExclusive, l);
+            s = s.lock(LockMode::AccessExclusive, QuotedName::already_quoted(l));
         }
         out.push(s);
     }

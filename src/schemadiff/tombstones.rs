@@ -8,6 +8,7 @@ use serde::Serialize;
 use tokio_postgres::Client;
 
 use crate::error::DbResultExt;
+use crate::ident::QuotedName;
 use crate::ident::{is_tombstone, qualified, quote_ident};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::Result;
@@ -100,7 +101,7 @@ pub async fn drop_before(client: &Client, before: DateTime<Utc>) -> Result<Plan>
             ),
         };
         plan.push(
-            step.lock(LockMode::AccessExclusive, table)
+            step.lock(LockMode::AccessExclusive, QuotedName::already_quoted(table))
                 .hazard(Hazard::DeletesData),
         );
     }

@@ -87,6 +87,7 @@ use crate::conn::Endpoint;
 use crate::copy::{self, Format};
 use crate::error::{DbResultExt, Error, Result};
 use crate::events::{Event, EventSink};
+use crate::ident::QuotedName;
 use crate::ident::{derived_name, qualified, quote_ident, quote_literal, staging_name};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::rowdiff::{self, DiffSummary, RowSource};
@@ -740,7 +741,7 @@ pub async fn prepare(
                     "INSERT … ON CONFLICT DO UPDATE"
                 ),
             )
-            .lock(LockMode::RowExclusive, plans[0].into.clone())
+            .lock(LockMode::RowExclusive, QuotedName::already_quoted(plans[0].into.clone()))
             .outside_transaction(),
         );
         return Ok(Prepared {
@@ -1595,7 +1596,10 @@ fn unit_actions(
                     qualified_constraint(fk)
                 ),
             )
-            .lock(LockMode::AccessExclusive, fk.from.clone()),
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(fk.from.clone()),
+            ),
         ));
     }
 
@@ -1619,7 +1623,10 @@ fn unit_actions(
             format!("TRUNCATE {}", entries.join(", ")),
         )
         .hazard(Hazard::ReplacesData);
-        step = step.lock(LockMode::AccessExclusive, names.join(", "));
+        step = step.lock(
+            LockMode::AccessExclusive,
+            QuotedName::already_quoted(names.join(", ")),
+        );
         actions.push(Action::Sql(step));
     }
     if small {
@@ -1640,7 +1647,10 @@ fn unit_actions(
                     entries.join(", ")
                 ),
             )
-            .lock(LockMode::ShareRowExclusive, names.join(", ")),
+            .lock(
+                LockMode::ShareRowExclusive,
+                QuotedName::already_quoted(names.join(", ")),
+            ),
         ));
     }
     for &i in order.iter().rev() {
@@ -1659,7 +1669,10 @@ fn unit_actions(
                     ),
                     format!("DELETE FROM {}", only(&p.target.kind, &p.into)),
                 )
-                .lock(LockMode::RowExclusive, p.into.clone())
+                .lock(
+                    LockMode::RowExclusive,
+                    QuotedName::already_quoted(p.into.clone()),
+                )
                 .hazard(Hazard::ReplacesData),
             ));
         }
@@ -1755,7 +1768,10 @@ fn unit_actions(
                 ),
                 sql,
             )
-            .lock(LockMode::AccessExclusive, staging.clone());
+            .lock(
+                LockMode::AccessExclusive,
+                QuotedName::already_quoted(staging.clone()),
+            );
             if p.replaces_staging {
                 step = step.hazard(Hazard::DeletesData);
             }
@@ -1795,7 +1811,10 @@ fn unit_actions(
                         )
                     ),
                 )
-                .lock(LockMode::AccessExclusive, loading.clone()),
+                .lock(
+                    LockMode::AccessExclusive,
+                    QuotedName::already_quoted(loading.clone()),
+                ),
             );
             finish_steps.extend(fin);
         }
@@ -1838,7 +1857,10 @@ fn unit_actions(
                     ),
                     format!("ALTER TABLE {} DROP CONSTRAINT {con}", p.into),
                 )
-                .lock(LockMode::AccessExclusive, p.into.clone()),
+                .lock(
+                    LockMode::AccessExclusive,
+                    QuotedName::already_quoted(p.into.clone()),
+                ),
             ));
             let mut sql = format!("ALTER TABLE {} ADD CONSTRAINT {con} {def}", p.into);
             if let Some(c) = &idx.comment {
@@ -1849,7 +1871,10 @@ fn unit_actions(
             }
             rebuild.push(Action::Sql(
                 Step::new(format!("add constraint {con} of {} again", p.into), sql)
-                    .lock(LockMode::AccessExclusive, p.into.clone())
+                    .lock(
+                        LockMode::AccessExclusive,
+                        QuotedName::already_quoted(p.into.clone()),
+                    )
                     .hazard(Hazard::BuildsIndex),
             ));
         }
@@ -1865,7 +1890,10 @@ fn unit_actions(
                     format!("drop index {name} for the load (rebuilt after it)"),
                     format!("DROP INDEX {name}"),
                 )
-                .lock(LockMode::AccessExclusive, p.into.clone()),
+                .lock(
+                    LockMode::AccessExclusive,
+                    QuotedName::already_quoted(p.into.clone()),
+                ),
             ));
             let mut sql = idx.definition.clone();
             if let Some(c) = &idx.comment {
@@ -1876,7 +1904,10 @@ fn unit_actions(
             }
             rebuild.push(Action::Sql(
                 Step::new(format!("rebuild index {name}"), sql)
-                    .lock(LockMode::AccessExclusive, p.into.clone())
+                    .lock(
+                        LockMode::AccessExclusive,
+                        QuotedName::already_quoted(p.into.clone()),
+                    )
                     .hazard(Hazard::BuildsIndex),
             ));
         }
@@ -1909,7 +1940,10 @@ fn unit_actions(
                             ),
                             format!("{copy_in}  -- rows from the source: {copy_out}"),
                         )
-                        .lock(LockMode::RowExclusive, p.load_into.clone())
+                        .lock(
+                            LockMode::RowExclusive,
+                            QuotedName::already_quoted(p.load_into.clone()),
+                        )
                         .outside_transaction(),
                         copy_out,
                         copy_in: copy_in.clone(),
@@ -1932,7 +1966,10 @@ fn unit_actions(
                         ),
                         format!("{copy_in}  -- rows from the source: {copy_out}"),
                     )
-                    .lock(LockMode::RowExclusive, p.load_into.clone()),
+                    .lock(
+                        LockMode::RowExclusive,
+                        QuotedName::already_quoted(p.load_into.clone()),
+                    ),
                     copy_out,
                     copy_in,
                 });
@@ -1977,7 +2014,7 @@ fn unit_actions(
                             pk.join(", ")
                         ),
                     )
-                    .lock(LockMode::RowExclusive, p.into.clone()),
+                    .lock(LockMode::RowExclusive, QuotedName::already_quoted(p.into.clone())),
                 ));
             }
         }
@@ -2054,7 +2091,10 @@ fn unit_actions(
                     only(&p.target.kind, &p.into)
                 ),
             )
-            .lock(LockMode::RowExclusive, p.into.clone())
+            .lock(
+                LockMode::RowExclusive,
+                QuotedName::already_quoted(p.into.clone()),
+            )
             .hazard(Hazard::DeletesData),
         ));
     }
@@ -2149,7 +2189,10 @@ fn staging_index_builds(
                     quote_ident(&name)
                 ),
             )
-            .lock(LockMode::Share, loading.to_string())
+            .lock(
+                LockMode::Share,
+                QuotedName::already_quoted(loading.to_string()),
+            )
             .hazard(Hazard::BuildsIndex)
             .outside_transaction(),
         );

@@ -14,6 +14,7 @@ use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Result};
 use crate::ident::quote_ident;
+use crate::ident::QuotedName;
 use crate::plan::{LockMode, Step};
 
 use super::{Action, TablePlan, Unit};
@@ -77,7 +78,10 @@ pub(super) async fn wrap_units(
                     format!("disable the user triggers of {lock_on} for this transaction"),
                     off.join("; "),
                 )
-                .lock(LockMode::ShareRowExclusive, lock_on.clone()),
+                .lock(
+                    LockMode::ShareRowExclusive,
+                    QuotedName::already_quoted(lock_on.clone()),
+                ),
             ),
         );
         unit.actions.push(Action::Sql(
@@ -85,7 +89,10 @@ pub(super) async fn wrap_units(
                 format!("enable the user triggers of {lock_on} again, as they were"),
                 on.join("; "),
             )
-            .lock(LockMode::ShareRowExclusive, lock_on),
+            .lock(
+                LockMode::ShareRowExclusive,
+                QuotedName::already_quoted(lock_on),
+            ),
         ));
     }
     Ok(())

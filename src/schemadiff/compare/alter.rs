@@ -2,6 +2,7 @@
 //! can change in place for views, functions, sequences, indexes, constraints and the rest.
 
 use super::*;
+use crate::ident::QuotedName;
 
 impl<'a> Builder<'a> {
     #[allow(clippy::collapsible_match)] // one arm per kind reads better than guards
@@ -110,7 +111,10 @@ impl<'a> Builder<'a> {
                             format!("Change the options of sequence {name}"),
                             format!("ALTER SEQUENCE {name} {};", changes.join(" ")),
                         )
-                        .lock(LockMode::AccessExclusive, name.clone()),
+                        .lock(
+                            LockMode::AccessExclusive,
+                            QuotedName::already_quoted(name.clone()),
+                        ),
                     );
                 }
                 if s.owned_by.is_none() && t.owned_by.is_some() {
@@ -213,7 +217,10 @@ impl<'a> Builder<'a> {
                             format!("Validate constraint {cn} on {name}"),
                             format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                         )
-                        .lock(LockMode::ShareUpdateExclusive, name.clone())
+                        .lock(
+                            LockMode::ShareUpdateExclusive,
+                            QuotedName::already_quoted(name.clone()),
+                        )
                         .hazard(Hazard::Validates),
                     );
                 }
@@ -282,7 +289,10 @@ impl<'a> Builder<'a> {
                             format!("Set trigger {tn} on {rel}: {}", state.to_lowercase()),
                             format!("ALTER TABLE {rel} {state} {tn};"),
                         )
-                        .lock(LockMode::ShareRowExclusive, rel.clone()),
+                        .lock(
+                            LockMode::ShareRowExclusive,
+                            QuotedName::already_quoted(rel.clone()),
+                        ),
                     );
                 }
                 if s.comment != t.comment {

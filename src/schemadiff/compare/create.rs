@@ -2,6 +2,7 @@
 //! and hazards, and whether an index still needs building.
 
 use super::*;
+use crate::ident::QuotedName;
 
 impl<'a> Builder<'a> {
     pub(super) fn create(&mut self, item: Item<'a>, key: &Key, recreated: bool) {
@@ -125,7 +126,10 @@ impl<'a> Builder<'a> {
                             ),
                             format!("{def};"),
                         )
-                        .lock(LockMode::ShareUpdateExclusive, r.sql_name())
+                        .lock(
+                            LockMode::ShareUpdateExclusive,
+                            QuotedName::already_quoted(r.sql_name()),
+                        )
                         .hazard(Hazard::BuildsIndex)
                         .outside_transaction(),
                     );
@@ -144,7 +148,7 @@ impl<'a> Builder<'a> {
                     };
                     self.main.push(
                         Step::new(format!("{verb} {what}"), sql)
-                            .lock(lock, r.sql_name())
+                            .lock(lock, QuotedName::already_quoted(r.sql_name()))
                             .hazard(Hazard::BuildsIndex),
                     );
                 }
@@ -186,14 +190,17 @@ impl<'a> Builder<'a> {
                     };
                     self.main.push(
                         Step::new(format!("{verb} {what} without checking existing rows"), sql)
-                            .lock(lock, name.clone()),
+                            .lock(lock, QuotedName::already_quoted(name.clone())),
                     );
                     self.validate.push(
                         Step::new(
                             format!("Validate constraint {cn} on {name}"),
                             format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                         )
-                        .lock(LockMode::ShareUpdateExclusive, name)
+                        .lock(
+                            LockMode::ShareUpdateExclusive,
+                            QuotedName::already_quoted(name),
+                        )
                         .hazard(Hazard::Validates),
                     );
                 } else {
@@ -202,7 +209,8 @@ impl<'a> Builder<'a> {
                     } else {
                         LockMode::None
                     };
-                    let mut s = Step::new(format!("{verb} {what}"), sql).lock(lock, t.sql_name());
+                    let mut s = Step::new(format!("{verb} {what}"), sql)
+                        .lock(lock, QuotedName::already_quoted(t.sql_name()));
                     if self.existing(&tk) {
                         s = s.hazard(Hazard::Validates);
                     }
@@ -237,7 +245,7 @@ impl<'a> Builder<'a> {
         if let Some(o) = owner_key(&item) {
             if self.existing(&o) {
                 if let Some(r) = o.schema_and_name() {
-                    step = step.lock(LockMode::AccessExclusive, qualified(r.0, r.1));
+                    step = step.lock(LockMode::AccessExclusive, QuotedName::qualified(r.0, r.1));
                 }
             }
         }

@@ -18,6 +18,7 @@ use std::collections::{HashMap, HashSet};
 
 use crate::catalog::*;
 use crate::ddl::{self, Item, Relation};
+use crate::ident::QuotedName;
 use crate::ident::{qualified, quote_ident, quote_literal, tombstone_name};
 use crate::plan::{Hazard, LockMode, Step};
 
@@ -145,7 +146,7 @@ pub(super) fn table_lock(t: &Table) -> (LockMode, String) {
 
 pub(super) fn alter(t: &Table, desc: impl Into<String>, sql: impl Into<String>) -> Step {
     let (m, on) = table_lock(t);
-    Step::new(desc, sql).lock(m, on)
+    Step::new(desc, sql).lock(m, QuotedName::already_quoted(on))
 }
 
 pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Diff {

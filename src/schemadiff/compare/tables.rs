@@ -3,6 +3,7 @@
 //! in place (columns, types, defaults, identity, partitions, storage, RLS).
 
 use super::*;
+use crate::ident::QuotedName;
 
 impl<'a> Builder<'a> {
     pub(super) fn drop_table(&mut self, t: &'a Table) {
@@ -469,7 +470,10 @@ impl<'a> Builder<'a> {
                                 format!("Validate that {name}.{col} has no NULL"),
                                 format!("ALTER TABLE {name} VALIDATE CONSTRAINT {ck};"),
                             )
-                            .lock(LockMode::ShareUpdateExclusive, name.clone())
+                            .lock(
+                                LockMode::ShareUpdateExclusive,
+                                QuotedName::already_quoted(name.clone()),
+                            )
                             .hazard(Hazard::Validates),
                         );
                         self.post.push(alter(
@@ -606,7 +610,10 @@ impl<'a> Builder<'a> {
                         format!("Validate constraint {cn} on {name}"),
                         format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                     )
-                    .lock(LockMode::ShareUpdateExclusive, name.clone())
+                    .lock(
+                        LockMode::ShareUpdateExclusive,
+                        QuotedName::already_quoted(name.clone()),
+                    )
                     .hazard(Hazard::Validates),
                 );
             } else {
