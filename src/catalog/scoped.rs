@@ -9,6 +9,8 @@
 //! that schema diff and sync read. What the flip makes of these (dependents, what it cannot
 //! carry over, its fingerprint) is in [`crate::flip::dependents`].
 
+pub mod deps;
+
 use std::collections::BTreeMap;
 
 use tokio_postgres::types::Json;
