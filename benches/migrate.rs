@@ -6,8 +6,10 @@
 //!      each; about 1 GB at scale 1) into an empty target database with `--jobs N`, against
 //!      `pg_dump -Fc` of the source then `pg_restore -j N` into another empty database (the
 //!      seed's method), with pgflip's peak memory (VmHWM);
-//!      And the copy floor: the same rows streamed with nothing else (`COPY … TO STDOUT | COPY
-//!      … FROM STDIN`, one stream per table, N at a time, into tables without indexes);
+//!      And two floors: the copy floor, the same rows streamed with nothing else (`COPY … TO
+//!      STDOUT | COPY … FROM STDIN`, one stream per table, N at a time, into tables without
+//!      indexes); and the floor of the same result, each table's rows streamed (binary), then
+//!      its key and indexes built side by side, N tables at a time, largest first;
 //!   2. swap: N tables (50 and 500, 100 rows each) that the target has too: `migrate prepare`,
 //!      then `migrate swap --json`, whose `locked_ms` is the time the flip held its locks; then
 //!      the same again on a second target under a steady load (4 readers and 2 writers, each
@@ -257,6 +259,65 @@ fn main() {
         w.join().expect("copy stream");
     }
     let floor = t.elapsed();
+    // The floor of the same result: each table's rows streamed once (binary), then its key and
+    // indexes built, `jobs` tables at a time, largest first: the least work that leaves the
+    // target with the same tables and indexes (no catalogs read, no ANALYZE, no foreign keys;
+    // the sync bench's floor is the same for one table).
+    let idb = tgt.create_database("bench_mig_floor_idx").unwrap();
+    psql(&tgt, &idb, &bare);
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            format!(
+                "{} | {} && {}",
+                one(
+                    src.port(),
+                    &sdb,
+                    &format!("COPY t{i:02} TO STDOUT (FORMAT binary)")
+                ),
+                one(
+                    tgt.port(),
+                    &idb,
+                    &format!("COPY t{i:02} FROM STDIN (FORMAT binary)")
+                ),
+                // The three builds side by side (the key's index built as a plain unique one,
+                // then attached), as pgflip builds a table's indexes.
+                format!(
+                    "({} & {} & {} & wait) && {}",
+                    one(
+                        tgt.port(),
+                        &idb,
+                        &format!("CREATE UNIQUE INDEX t{i:02}_pkey ON t{i:02} (id)")
+                    ),
+                    one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (a)")),
+                    one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (c)")),
+                    one(
+                        tgt.port(),
+                        &idb,
+                        &format!(
+                            "ALTER TABLE t{i:02} ADD CONSTRAINT t{i:02}_pkey PRIMARY KEY USING INDEX t{i:02}_pkey"
+                        )
+                    )
+                )
+            )
+        })
+        .collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lines = Arc::new(lines);
+    let t = Instant::now();
+    let workers: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, lines) = (next.clone(), lines.clone());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(line) = lines.get(i) else { break };
+                sh(line);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("copy and index stream");
+    }
+    let floor_idx = t.elapsed();
     println!(
         "prepare of {:.0} MB (20 tables, {big} rows in the largest), {jobs} jobs:",
         size as f64 / 1e6
@@ -277,12 +338,20 @@ fn main() {
         floor.as_secs_f64()
     );
     println!(
+        "  floor of the same result (binary COPY, then each table's key and indexes side by side, {jobs} tables at a time) {:>8.2} s",
+        floor_idx.as_secs_f64()
+    );
+    println!(
         "  ratio (pg_dump+pg_restore / pgflip): {:.2}x  (goal >= 2)",
         seed.as_secs_f64() / prep.as_secs_f64()
     );
     println!(
         "  ratio (pgflip / copy floor): {:.2}x  (goal <= 1.15; pgflip also builds 3 indexes per table, the floor none)",
         prep.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  ratio (pgflip / floor of the same result): {:.2}x  (goal <= 1.15 if the floor must build the same indexes)",
+        prep.as_secs_f64() / floor_idx.as_secs_f64()
     );
     println!(
         "  pgflip's copy phase alone {:.2} s: ratio to the copy floor {:.2}x",
