@@ -267,8 +267,8 @@ fn main() {
     psql(&tgt, &idb, &bare);
     let lines: Vec<String> = (0..20)
         .map(|i| {
-            format!(
-                "{} | {} && {}",
+            let copy = format!(
+                "{} | {}",
                 one(
                     src.port(),
                     &sdb,
@@ -278,27 +278,25 @@ fn main() {
                     tgt.port(),
                     &idb,
                     &format!("COPY t{i:02} FROM STDIN (FORMAT binary)")
-                ),
-                // The three builds side by side (the key's index built as a plain unique one,
-                // then attached), as pgflip builds a table's indexes.
-                format!(
-                    "({} & {} & {} & wait) && {}",
-                    one(
-                        tgt.port(),
-                        &idb,
-                        &format!("CREATE UNIQUE INDEX t{i:02}_pkey ON t{i:02} (id)")
-                    ),
-                    one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (a)")),
-                    one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (c)")),
-                    one(
-                        tgt.port(),
-                        &idb,
-                        &format!(
-                            "ALTER TABLE t{i:02} ADD CONSTRAINT t{i:02}_pkey PRIMARY KEY USING INDEX t{i:02}_pkey"
-                        )
-                    )
                 )
-            )
+            );
+            // The three builds side by side (the key's index built as a plain unique one,
+            // then attached), as pgflip builds a table's indexes.
+            let key = one(
+                tgt.port(),
+                &idb,
+                &format!("CREATE UNIQUE INDEX t{i:02}_pkey ON t{i:02} (id)"),
+            );
+            let a = one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (a)"));
+            let c = one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (c)"));
+            let attach = one(
+                tgt.port(),
+                &idb,
+                &format!(
+                    "ALTER TABLE t{i:02} ADD CONSTRAINT t{i:02}_pkey PRIMARY KEY USING INDEX t{i:02}_pkey"
+                ),
+            );
+            format!("{copy} && ({key} & {a} & {c} & wait) && {attach}")
         })
         .collect();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
