@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement, ToStatement};
 
 use crate::error::{DbResultExt, Result};
 use crate::events::{Event, EventSink};
@@ -105,6 +105,54 @@ pub async fn stream(
     progress: &Progress,
     events: &dyn EventSink,
 ) -> Result<CopyStats> {
+    let format = if copy_in.ends_with(Format::Text.options()) {
+        Format::Text
+    } else {
+        Format::Binary
+    };
+    pump(
+        source, copy_out, target, copy_in, format, what, progress, events,
+    )
+    .await
+}
+
+/// [`stream`] with both statements prepared beforehand (on `source` and `target`): the driver
+/// parses a statement given as text in a round trip of its own before running it, which
+/// counted for many small tables. Prepared statements also let the caller send the copy right
+/// behind other statements without waiting for them (the client pipelines what is issued
+/// concurrently).
+#[allow(clippy::too_many_arguments)]
+pub async fn stream_prepared(
+    source: &Client,
+    copy_out: &Statement,
+    target: &Client,
+    copy_in: &Statement,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<CopyStats> {
+    pump(
+        source, copy_out, target, copy_in, format, what, progress, events,
+    )
+    .await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn pump<O, I>(
+    source: &Client,
+    copy_out: &O,
+    target: &Client,
+    copy_in: &I,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<CopyStats>
+where
+    O: ?Sized + ToStatement,
+    I: ?Sized + ToStatement,
+{
     // Both started at once: one round trip instead of two, which counted for many small tables.
     // (Whichever fails, the other is dropped: an unfinished COPY FROM is aborted, an unread
     // COPY TO is drained by the driver.)
@@ -117,7 +165,7 @@ pub async fn stream(
     let out = out.ctx(format!("starting COPY of {what} on the source"))?;
     futures_util::pin_mut!(sink);
     futures_util::pin_mut!(out);
-    let text = copy_in.ends_with("(FORMAT text)");
+    let text = format == Format::Text;
     let mut stats = CopyStats::default();
     // The source sends one message per row; forwarding them in batches of BATCH bytes makes one
     // CopyData message (and one progress update) of many rows, instead of the driver's 4 kB.
