@@ -258,6 +258,15 @@ pub struct UnitFailure {
 /// (shared by every unit of a transaction that failed as a whole).
 type UnitOutcome = (usize, std::result::Result<Vec<TableReport>, Arc<Error>>);
 
+/// Rows and bytes moved per table (index into `Prepared::tables`).
+type Stats = BTreeMap<usize, (u64, u64)>;
+
+fn add(stats: &mut Stats, table: usize, c: copy::CopyStats) {
+    let e = stats.entry(table).or_default();
+    e.0 += c.rows;
+    e.1 += c.bytes;
+}
+
 /// How one table's rows get into the target.
 #[derive(Debug, Clone, PartialEq)]
 enum Strategy {
@@ -598,7 +607,6 @@ pub async fn prepare(
     });
     let coordinator = source.connect().await?;
     let tgt = target.connect().await?;
-    tracing::debug!("PHASE connected {:?}", started.elapsed());
     crate::conn::refuse_same_database(&coordinator, &tgt).await?;
     coordinator
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -609,8 +617,6 @@ pub async fn prepare(
         .await
         .ctx("exporting the source snapshot")?
         .get(0);
-
-    tracing::debug!("PHASE snapshot {:?}", started.elapsed());
     // Resolve names on the source; every table must exist on the target too.
     let (src_list, tgt_list) =
         futures_util::try_join!(tables::list_tables(&coordinator), tables::list_tables(&tgt))?;
@@ -619,7 +625,6 @@ pub async fn prepare(
         .iter()
         .map(|(oid, s, n)| ((s.as_str(), n.as_str()), *oid))
         .collect();
-    tracing::debug!("PHASE listed {:?}", started.elapsed());
     let mut filters: BTreeMap<u32, Option<String>> = BTreeMap::new();
     selection::warn_unmatched(&opts, &src_list, events);
     if opts.requests.is_empty() {
@@ -690,8 +695,8 @@ pub async fn prepare(
         tables::load(&coordinator, &src_oids, false),
         tables::load(&tgt, &tgt_oids, true)
     )?;
-    tracing::debug!("PHASE src_cat {:?}", started.elapsed());
-    tracing::debug!("PHASE tgt_cat {:?}", started.elapsed());
+    // Where the time goes, planning and copying apart: `PGFLIP_LOG=pgflip::sync=debug`.
+    tracing::debug!(elapsed = ?started.elapsed(), "sync: catalogs read");
 
     let rules = &opts.rules;
     let mut plans: Vec<TablePlan> = Vec::new();
@@ -728,9 +733,7 @@ pub async fn prepare(
     }
 
     staging::check_and_reserve(&tgt, &mut plans).await?;
-    tracing::debug!("PHASE planned+staging {:?}", started.elapsed());
     check_privileges(&coordinator, &tgt, &plans, &opts).await?;
-    tracing::debug!("PHASE privileges {:?}", started.elapsed());
     if opts.disable_integrity {
         let sup: bool = tgt
             .query_one(
@@ -788,9 +791,7 @@ pub async fn prepare(
 
     if opts.mode == Mode::Replace && !opts.staging {
         small_tables(&coordinator, &tgt, &mut plans, &opts, events).await?;
-        tracing::debug!("PHASE small {:?}", started.elapsed());
         droppable_constraints(&tgt, &mut plans, &opts).await?;
-        tracing::debug!("PHASE droppable {:?}", started.elapsed());
     }
 
     // The definitions of the indexes a rebuild drops and builds again (large tables replaced in
@@ -813,7 +814,6 @@ pub async fn prepare(
             .collect();
     }
     let mut units = build_units(&mut plans, &tgt_cat.foreign_keys, &opts)?;
-    tracing::debug!("PHASE units {:?}", started.elapsed());
     if opts.disable_user_triggers && !opts.staging {
         triggers::wrap_units(&tgt, &plans, &mut units).await?;
     }
@@ -856,7 +856,7 @@ pub async fn prepare(
     }
 
     let batches = batch_units(&units, opts.jobs);
-    tracing::debug!("PHASE batches {:?}", started.elapsed());
+    tracing::debug!(elapsed = ?started.elapsed(), "sync: planned");
     let mut plan = Plan::new("pgflip sync");
     for (n, batch) in batches.iter().enumerate() {
         let tx = 2 * n as u32;
@@ -2366,7 +2366,7 @@ impl Prepared {
                 }),
             }
         }
-        tracing::debug!("PHASE executed {:?}", self.started.elapsed());
+        tracing::debug!(elapsed = ?self.started.elapsed(), "sync: executed");
         let mut tables: Vec<TableReport> = results.into_iter().flatten().collect();
         tables.sort_by(|a, b| a.table.cmp(&b.table));
         failed.sort_by(|a, b| a.tables.cmp(&b.tables));
@@ -2434,15 +2434,21 @@ impl Prepared {
             let (src, tgt) = self.take_pair().await?;
             let (statements, prepared_on_src) = self.prepare_copies(batch, &src, &tgt).await?;
             // Round trips were most of the time of a 10-row table: each unit's savepoint, lock
-            // and deletes go to the target in one message (with the previous unit's release),
-            // its savepoint goes to the source at the same time, and its first COPY starts on
-            // both sides right behind them, without waiting for them (the server runs them in
-            // order: a lock not granted fails the COPY too, which then writes nothing).
+            // and deletes go to the target in one message, behind the end of the previous
+            // unit's COPY when that was its last action (the server runs them in order: a COPY
+            // that fails at its end leaves the statements behind it nothing to do, and their
+            // unit starts again once the failed one is rolled back). Meanwhile the source runs
+            // the unit's savepoint and starts its first COPY. The target's COPY starts once its
+            // statements succeeded (see `copy::send_into`).
             let mut pending = format!(
                 "BEGIN; SET LOCAL lock_timeout = {}",
                 self.opts.lock_timeout.as_millis().max(1)
             );
-            for (k, &u) in batch.iter().enumerate() {
+            // The previous unit, its COPY sent and not finished: (unit, table, copy, stats, start).
+            let mut sent: Option<(usize, usize, copy::Sent, Stats, Instant)> = None;
+            let mut k = 0;
+            while k < batch.len() {
+                let u = batch[k];
                 let unit = &self.units[u];
                 let prepared = &statements[k];
                 let started = Instant::now();
@@ -2456,6 +2462,7 @@ impl Prepared {
                 let mut sql = vec![std::mem::replace(&mut pending, RELEASE.into())];
                 sql.push(SAVEPOINT.into());
                 sql.extend(unit.actions[..lead].iter().map(|a| a.step().sql.clone()));
+                let sql = sql.join("; ");
                 let what: Vec<&str> = unit.actions[..lead]
                     .iter()
                     .map(|a| a.step().description.as_str())
@@ -2473,42 +2480,78 @@ impl Prepared {
                     }
                     _ => None,
                 };
-                let first_copy = async {
-                    let (table, what, out, inn) = first?;
-                    let format = self.tables[table].format;
-                    let s = copy::stream_prepared(
-                        &src,
-                        out,
-                        &tgt,
-                        inn,
-                        format,
-                        what,
-                        &progress[&table],
-                        events,
-                    )
-                    .await;
-                    Some((table, s))
+                let finishing = async {
+                    let (pu, table, copy, stats, started) = sent.take()?;
+                    Some((pu, table, copy.finish().await, stats, started))
                 };
-                let sql = sql.join("; ");
-                let (on_src, on_tgt, copied) = futures_util::join!(
-                    src.batch_execute(&src_sql),
+                let (finished, on_tgt, (on_src, out)) = futures_util::join!(
+                    finishing,
                     tgt.batch_execute(&sql),
-                    first_copy
+                    futures_util::future::join(src.batch_execute(&src_sql), async {
+                        let (_, what, out, _) = first?;
+                        Some(copy::start_out(&src, out, what).await)
+                    })
                 );
                 on_src.ctx("starting a unit on the source")?;
-                let rest = lead + usize::from(copied.is_some());
-                let outcome = match on_tgt.ctx(what.join("; ")) {
-                    // The unit's own statements failed (its lock not granted, say): that is
-                    // the error, not the COPY's that followed them into the aborted transaction.
-                    Err(e) => Err(e),
-                    Ok(()) => match copied {
-                        Some((_, Err(e))) => Err(e),
-                        Some((table, Ok(c))) => {
-                            stats.insert(table, (c.rows, c.bytes));
+                if let Some((pu, table, finished, mut pstats, pstarted)) = finished {
+                    match finished {
+                        Ok(c) => {
+                            add(&mut pstats, table, c);
+                            done.push((pu, pstats, pstarted));
+                        }
+                        Err(e) => {
+                            // This unit's statements found the transaction aborted: nothing of
+                            // it ran. Roll the previous unit back, then start this one again.
+                            drop(out);
+                            self.unit_failed(pu, e, &src, &tgt, &mut alone, &mut outcomes)
+                                .await?;
+                            continue;
+                        }
+                    }
+                }
+                let copied = match (&on_tgt, first, out) {
+                    (Ok(()), Some((table, what, _, inn)), Some(out)) => {
+                        let sent = match out {
+                            Ok(out) => {
+                                let format = self.tables[table].format;
+                                copy::send_into(
+                                    out,
+                                    &tgt,
+                                    inn,
+                                    format,
+                                    what,
+                                    &progress[&table],
+                                    events,
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        Some((table, sent))
+                    }
+                    // The statements failed (their error is the unit's): the source's COPY is
+                    // dropped, and the client drains it.
+                    _ => None,
+                };
+                let rest = lead + usize::from(first.is_some());
+                let outcome = match (on_tgt.ctx(what.join("; ")), copied) {
+                    // The unit's statements failed (its lock not granted, say), or its COPY.
+                    (Err(e), _) | (Ok(()), Some((_, Err(e)))) => Err(e),
+                    (Ok(()), Some((table, Ok(copy))))
+                        if rest == unit.actions.len() && k + 1 < batch.len() =>
+                    {
+                        sent = Some((u, table, copy, stats, started));
+                        k += 1;
+                        continue;
+                    }
+                    (Ok(()), Some((table, Ok(copy)))) => match copy.finish().await {
+                        Ok(c) => {
+                            add(&mut stats, table, c);
                             Ok(())
                         }
-                        None => Ok(()),
+                        Err(e) => Err(e),
                     },
+                    (Ok(()), None) => Ok(()),
                 };
                 let outcome = match outcome {
                     Ok(()) => {
@@ -2528,22 +2571,11 @@ impl Prepared {
                 match outcome {
                     Ok(()) => done.push((u, stats, started)),
                     Err(e) => {
-                        // The savepoint stays after ROLLBACK TO: the next unit releases it.
-                        tgt.batch_execute(ROLLBACK_TO)
-                            .await
-                            .ctx("rolling a failed unit back on the target")?;
-                        src.batch_execute(ROLLBACK_TO)
-                            .await
-                            .ctx("rolling a failed unit back on the source")?;
-                        if crate::lockwait::is_lock_failure(&e) {
-                            alone.push(u);
-                        } else if self.opts.fail_fast {
-                            return Err(e);
-                        } else {
-                            outcomes.push((u, Err(Arc::new(e))));
-                        }
+                        self.unit_failed(u, e, &src, &tgt, &mut alone, &mut outcomes)
+                            .await?
                     }
                 }
+                k += 1;
             }
             crate::failpoint::hit("sync.before_commit").await?;
             // The source keeps its transaction (the snapshot) for the next user of the pair.
@@ -2572,6 +2604,35 @@ impl Prepared {
             }
         }
         Ok(outcomes)
+    }
+
+    /// Rolls a failed unit of a shared transaction back to its savepoint on both sides (the
+    /// savepoint stays: the next unit releases it). A unit whose lock was not granted is run
+    /// again alone afterwards (`alone`); another failure is returned with `fail_fast`, and
+    /// listed otherwise.
+    async fn unit_failed(
+        &self,
+        u: usize,
+        e: Error,
+        src: &Client,
+        tgt: &Client,
+        alone: &mut Vec<usize>,
+        outcomes: &mut Vec<UnitOutcome>,
+    ) -> Result<()> {
+        tgt.batch_execute(ROLLBACK_TO)
+            .await
+            .ctx("rolling a failed unit back on the target")?;
+        src.batch_execute(ROLLBACK_TO)
+            .await
+            .ctx("rolling a failed unit back on the source")?;
+        if crate::lockwait::is_lock_failure(&e) {
+            alone.push(u);
+        } else if self.opts.fail_fast {
+            return Err(e);
+        } else {
+            outcomes.push((u, Err(Arc::new(e))));
+        }
+        Ok(())
     }
 
     /// A connection pair for an in-place transaction: an idle one, or two new connections (the
