@@ -6,16 +6,25 @@
 //!      each; about 1 GB at scale 1) into an empty target database with `--jobs N`, against
 //!      `pg_dump -Fc` of the source then `pg_restore -j N` into another empty database (the
 //!      seed's method), with pgflip's peak memory (VmHWM);
-//!      And the copy floor: the same rows streamed with nothing else (`COPY … TO STDOUT | COPY
-//!      … FROM STDIN`, one stream per table, N at a time, into tables without indexes);
+//!      And two floors: the copy floor, the same rows streamed with nothing else (`COPY … TO
+//!      STDOUT | COPY … FROM STDIN`, one stream per table, N at a time, into tables without
+//!      indexes); and the floor of the same result, each table's rows streamed (binary), then
+//!      its key and indexes built side by side, N tables at a time, largest first;
 //!   2. swap: N tables (50 and 500, 100 rows each) that the target has too: `migrate prepare`,
 //!      then `migrate swap --json`, whose `locked_ms` is the time the flip held its locks; then
-//!      the same again on a second target under a steady load (4 readers and 2 writers looping
-//!      over the tables, every latency recorded): the worst added stall is the worst latency of
-//!      a statement that ran during the swap command minus the load's normal p50.
+//!      the same again on a second target under a steady load (4 readers and 2 writers, each
+//!      sending a statement to a random table every 5 ms, every latency recorded): the worst
+//!      added stall is the worst latency of a statement that overlapped the locked transaction
+//!      minus the load's normal p50; the worst of the whole swap command is printed too.
 //!
 //! `PGFLIP_BENCH_SCALE` (default 1.0) scales the rows of part 1; `PGFLIP_BENCH_JOBS` (default 4)
-//! the job count of both methods; `PGFLIP_BENCH_SWAP_TABLES` (default `50,500`) part 2.
+//! the job count of both methods; `PGFLIP_BENCH_SWAP_TABLES` (default `50,500`) part 2;
+//! `PGFLIP_BENCH_LOAD_INTERVAL_MS` (default 5) the load's pace (0: as fast as it can, which
+//! saturates a small machine: see `swap_under_load`); `PGFLIP_BENCH_TRACE=1` prints, for every
+//! load statement over 40 ms during the swap, what the server saw of it every 5 ms
+//! (`pg_stat_activity`: state, wait event, blockers) and the CPU and run-queue time
+//! (`/proc/…/schedstat`) of every backend and of this process's threads meanwhile, with the
+//! server's log of lock waits (`log_lock_waits`, `deadlock_timeout` 20 ms) and slow statements.
 //! Run: `cargo bench --bench migrate`.
 
 use std::process::{Command, Stdio};
@@ -250,6 +259,63 @@ fn main() {
         w.join().expect("copy stream");
     }
     let floor = t.elapsed();
+    // The floor of the same result: each table's rows streamed once (binary), then its key and
+    // indexes built, `jobs` tables at a time, largest first: the least work that leaves the
+    // target with the same tables and indexes (no catalogs read, no ANALYZE, no foreign keys;
+    // the sync bench's floor is the same for one table).
+    let idb = tgt.create_database("bench_mig_floor_idx").unwrap();
+    psql(&tgt, &idb, &bare);
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            let copy = format!(
+                "{} | {}",
+                one(
+                    src.port(),
+                    &sdb,
+                    &format!("COPY t{i:02} TO STDOUT (FORMAT binary)")
+                ),
+                one(
+                    tgt.port(),
+                    &idb,
+                    &format!("COPY t{i:02} FROM STDIN (FORMAT binary)")
+                )
+            );
+            // The three builds side by side (the key's index built as a plain unique one,
+            // then attached), as pgflip builds a table's indexes.
+            let key = one(
+                tgt.port(),
+                &idb,
+                &format!("CREATE UNIQUE INDEX t{i:02}_pkey ON t{i:02} (id)"),
+            );
+            let a = one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (a)"));
+            let c = one(tgt.port(), &idb, &format!("CREATE INDEX ON t{i:02} (c)"));
+            let attach = one(
+                tgt.port(),
+                &idb,
+                &format!(
+                    "ALTER TABLE t{i:02} ADD CONSTRAINT t{i:02}_pkey PRIMARY KEY USING INDEX t{i:02}_pkey"
+                ),
+            );
+            format!("{copy} && ({key} & {a} & {c} & wait) && {attach}")
+        })
+        .collect();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lines = Arc::new(lines);
+    let t = Instant::now();
+    let workers: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, lines) = (next.clone(), lines.clone());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(line) = lines.get(i) else { break };
+                sh(line);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("copy and index stream");
+    }
+    let floor_idx = t.elapsed();
     println!(
         "prepare of {:.0} MB (20 tables, {big} rows in the largest), {jobs} jobs:",
         size as f64 / 1e6
@@ -270,12 +336,20 @@ fn main() {
         floor.as_secs_f64()
     );
     println!(
+        "  floor of the same result (binary COPY, then each table's key and indexes side by side, {jobs} tables at a time) {:>8.2} s",
+        floor_idx.as_secs_f64()
+    );
+    println!(
         "  ratio (pg_dump+pg_restore / pgflip): {:.2}x  (goal >= 2)",
         seed.as_secs_f64() / prep.as_secs_f64()
     );
     println!(
         "  ratio (pgflip / copy floor): {:.2}x  (goal <= 1.15; pgflip also builds 3 indexes per table, the floor none)",
         prep.as_secs_f64() / floor.as_secs_f64()
+    );
+    println!(
+        "  ratio (pgflip / floor of the same result): {:.2}x  (goal <= 1.15 if the floor must build the same indexes)",
+        prep.as_secs_f64() / floor_idx.as_secs_f64()
     );
     println!(
         "  pgflip's copy phase alone {:.2} s: ratio to the copy floor {:.2}x",
@@ -371,26 +445,142 @@ fn main() {
     }
 }
 
+/// The machine's CPU pressure (PSI): µs during which some runnable task waited for a core.
+fn cpu_pressure_us() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = s.lines().find(|l| l.starts_with("some"))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// Per thread or backend: (CPU ns, run-queue wait ns) from `/proc/…/schedstat`.
+type SchedSnap = (Instant, Vec<(String, (u64, u64))>);
+
+fn schedstat(path: &str) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(path).ok()?;
+    let mut it = s.split_whitespace().map(|x| x.parse::<u64>().ok());
+    Some((it.next()??, it.next()??))
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// A steady load (readers selecting, writers updating a random row of a random table, in
 /// loops) while `migrate swap` runs; prints the worst added stall of each.
+#[allow(clippy::type_complexity)]
 async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str) {
     const READERS: usize = 4;
     const WRITERS: usize = 2;
+    // Each client sends a statement every `interval` (PGFLIP_BENCH_LOAD_INTERVAL_MS, default
+    // 5 ms: 1,200 statements a second in all); 0 is the old saturating loop.
+    let interval = Duration::from_micros(
+        (std::env::var("PGFLIP_BENCH_LOAD_INTERVAL_MS")
+            .ok()
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(5.0)
+            * 1000.0)
+            .max(1.0) as u64,
+    );
     let stop = Arc::new(AtomicBool::new(false));
-    let samples: [Arc<Mutex<Vec<Sample>>>; 2] = [Arc::default(), Arc::default()];
+    // Each statement of the load, with its backend's pid.
+    let samples: [Arc<Mutex<Vec<(Sample, i32)>>>; 2] = [Arc::default(), Arc::default()];
     let mut handles = Vec::new();
+    let mut load_pids = Vec::new();
+    // Diagnosis (PGFLIP_BENCH_TRACE=1): what the server saw of every session of this database
+    // every few ms (state, wait event, blockers), to tell a wait in the server from a wait in
+    // this process; and the server's own log of lock waits and slow statements.
+    let trace = std::env::var("PGFLIP_BENCH_TRACE").is_ok_and(|v| v == "1");
+    let log_path = {
+        let d = tgt.psql(db, "SHOW data_directory").unwrap();
+        std::path::Path::new(d.trim())
+            .parent()
+            .expect("server dir")
+            .join("server.log")
+    };
+    if trace {
+        psql(
+            tgt,
+            db,
+            &format!(
+                "ALTER DATABASE {db} SET log_lock_waits = on; ALTER DATABASE {db} SET deadlock_timeout = '20ms'; \
+                 ALTER DATABASE {db} SET log_min_duration_statement = 40"
+            ),
+        );
+    }
+    let log_from = std::fs::metadata(&log_path).map(|m| m.len()).unwrap_or(0);
+    let activity: Arc<Mutex<Vec<(Instant, i32, String)>>> = Arc::default();
+    let sched: Arc<Mutex<Vec<SchedSnap>>> = Arc::default();
+    let sampler = trace.then(|| {
+        let (stop, activity, cfg, sched) = (stop.clone(), activity.clone(), tgt.config(db), sched.clone());
+        std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(async move {
+                    let (c, conn) = cfg.connect(tokio_postgres::NoTls).await.expect("connect");
+                    tokio::spawn(conn);
+                    while !stop.load(Ordering::Relaxed) {
+                        let rows = c
+                            .query(
+                                "SELECT pid, concat_ws(' ', state, wait_event_type, wait_event, \
+                                   CASE WHEN wait_event_type = 'Lock' THEN 'blocked by ' || pg_blocking_pids(pid)::text END, \
+                                   round(extract(epoch FROM clock_timestamp() - query_start) * 1000) || ' ms:', \
+                                   left(regexp_replace(query, '\\s+', ' ', 'g'), 90)) \
+                                 FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+                                &[],
+                            )
+                            .await
+                            .expect("pg_stat_activity");
+                        let now = Instant::now();
+                        let mut a = Vec::new();
+                        let mut snap = Vec::new();
+                        for r in rows {
+                            let pid: i32 = r.get(0);
+                            if let Some(x) = schedstat(&format!("/proc/{pid}/schedstat")) {
+                                snap.push((format!("backend {pid}"), x));
+                            }
+                            a.push((now, pid, r.get::<_, Option<String>>(1).unwrap_or_default()));
+                        }
+                        activity.lock().unwrap().extend(a);
+                        // This process's threads (the load's runtime workers, pgflip's thread).
+                        for t in std::fs::read_dir("/proc/self/task").into_iter().flatten().flatten() {
+                            let d = t.path();
+                            let comm = std::fs::read_to_string(d.join("comm")).unwrap_or_default();
+                            if let Some(x) = schedstat(&d.join("schedstat").to_string_lossy()) {
+                                snap.push((format!("thread {}-{}", comm.trim(), t.file_name().to_string_lossy()), x));
+                            }
+                        }
+                        sched.lock().unwrap().push((now, snap));
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+        })
+    });
     for w in 0..READERS + WRITERS {
         let is_writer = w >= READERS;
         let client = tgt.connect(db).await.expect("connect");
+        let pid: i32 = client
+            .query_one("SELECT pg_backend_pid()", &[])
+            .await
+            .expect("pid")
+            .get(0);
+        load_pids.push((pid, is_writer));
         let (stop, out) = (stop.clone(), samples[is_writer as usize].clone());
         handles.push(tokio::spawn(async move {
             let mut local = Vec::new();
             let mut rng = rand::rngs::StdRng::from_entropy();
+            // A steady rate, not as fast as possible: a closed loop with no pause keeps both
+            // cores of a small machine saturated, and then single backends wait for a core
+            // for hundreds of ms (the scheduler's run queue, not a lock), before, during and
+            // after a swap alike; that measured the machine, not the swap.
+            let mut tick = tokio::time::interval(interval);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             while !stop.load(Ordering::Relaxed) {
+                tick.tick().await;
                 let t = rng.gen_range(0..tables);
                 let id: i32 = rng.gen_range(1..=100);
                 // Names resolved at each statement (no cached plan across the swap).
@@ -405,7 +595,7 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
                 if let Err(e) = r {
                     panic!("load statement failed: {e}");
                 }
-                local.push(Sample { start, latency });
+                local.push((Sample { start, latency }, pid));
             }
             out.lock().unwrap().extend(local);
         }));
@@ -428,6 +618,7 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
     // On a runtime of its own, on a blocking thread: pgflip's planning is CPU work that would
     // otherwise hold up the load's tasks on this runtime's workers (a stall of the bench's
     // client, not of the server).
+    let psi0 = cpu_pressure_us();
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
         tokio::runtime::Builder::new_current_thread()
@@ -440,16 +631,21 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
     .expect("swap thread")
     .expect("swap");
     let ended = Instant::now();
+    let psi1 = cpu_pressure_us();
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
         h.await.expect("load task");
     }
+    if let Some(s) = sampler {
+        s.join().expect("sampler");
+    }
     let f = outcome.flip.expect("flip outcome");
     let lock_from = f.locked_at.expect("locked_at");
     let lock_to = lock_from + Duration::from_secs_f64(f.locked_ms / 1000.0);
     println!(
-        "swap of {tables} tables under load ({READERS} readers + {WRITERS} writers looping): locks held {:.1} ms ({} attempt(s); locked transaction sent {:.0} ms after the swap began), whole swap {:.2} s{}",
+        "swap of {tables} tables under load ({READERS} readers + {WRITERS} writers, a statement every {:.1} ms each): locks held {:.1} ms ({} attempt(s); locked transaction sent {:.0} ms after the swap began), whole swap {:.2} s{}; some task waited for a core {} of the swap",
+        ms(interval),
         f.locked_ms,
         f.attempts,
         lock_from.saturating_duration_since(started).as_secs_f64() * 1000.0,
@@ -458,10 +654,24 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
             .whole_schema
             .as_deref()
             .map(|s| format!(" (schema {s} swapped whole)"))
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        match (psi0, psi1) {
+            (Some(a), Some(b)) => format!(
+                "{:.0}%",
+                (b - a) as f64 / 1e4 / (ended - started).as_secs_f64()
+            ),
+            _ => "(no /proc/pressure/cpu)".into(),
+        }
     );
+    let off = |t: Instant| {
+        if t >= started {
+            (t - started).as_secs_f64() * 1000.0
+        } else {
+            -((started - t).as_secs_f64() * 1000.0)
+        }
+    };
     for (name, s) in ["readers", "writers"].iter().zip(&samples) {
-        let s = s.lock().unwrap();
+        let s: Vec<Sample> = s.lock().unwrap().iter().map(|x| x.0).collect();
         let mut before: Vec<Duration> = s
             .iter()
             .filter(|x| x.start + x.latency < started)
@@ -482,13 +692,7 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
             .iter()
             .filter(|x| x.start <= ended && x.start + x.latency >= started)
             .max_by_key(|x| x.latency)
-            .map(|x| {
-                if x.start >= started {
-                    (x.start - started).as_secs_f64() * 1000.0
-                } else {
-                    -((started - x.start).as_secs_f64() * 1000.0)
-                }
-            })
+            .map(|x| off(x.start))
             .unwrap_or_default();
         let normal = pct(&before, 0.5);
         println!(
@@ -500,5 +704,91 @@ async fn swap_under_load(tgt: &LocalServer, db: &str, tables: usize, t_url: &str
             if tables <= 50 { "<= 20 ms" } else { "<= 80 ms" },
             ms(whole),
         );
+    }
+    if !trace {
+        return;
+    }
+    // Every slow statement of the load during the swap, with what the server saw meanwhile.
+    println!(
+        "  trace: swap {:.0}..{:.0} ms, locked {:.1}..{:.1} ms",
+        0.0,
+        off(ended),
+        off(lock_from),
+        off(lock_to)
+    );
+    let activity = activity.lock().unwrap();
+    for (is_writer, s) in samples.iter().enumerate() {
+        for (x, pid) in s.lock().unwrap().iter() {
+            let end = x.start + x.latency;
+            if x.latency < Duration::from_millis(40) || end < started || x.start > ended {
+                continue;
+            }
+            println!(
+                "  slow {} pid {pid}: {:.0}..{:.0} ms ({:.1} ms)",
+                if is_writer == 1 { "writer" } else { "reader" },
+                off(x.start),
+                off(end),
+                ms(x.latency)
+            );
+            // CPU time and run-queue wait (runnable, no core) of every thread and backend
+            // over the statement: a wait in the scheduler shows as run-queue time, a wait on
+            // a lock or a socket as neither.
+            {
+                let sched = sched.lock().unwrap();
+                let a = sched.iter().rev().find(|(t, _)| *t <= x.start);
+                let b = sched.iter().find(|(t, _)| *t >= end);
+                if let (Some((ta, a)), Some((tb, b))) = (a, b) {
+                    let mut parts = Vec::new();
+                    for (k, (run, wait)) in b {
+                        if let Some((_, (run0, wait0))) = a.iter().find(|(k0, _)| k0 == k) {
+                            let (r, w) = ((run - run0) as f64 / 1e6, (wait - wait0) as f64 / 1e6);
+                            if r >= 5.0 || w >= 5.0 || *k == format!("backend {pid}") {
+                                parts.push(format!("{k}: cpu {r:.0} runq {w:.0}"));
+                            }
+                        }
+                    }
+                    println!(
+                        "    sched over {:.0}..{:.0} ms (ms): {}",
+                        off(*ta),
+                        off(*tb),
+                        parts.join("; ")
+                    );
+                }
+            }
+            let mut last: std::collections::HashMap<i32, String> = Default::default();
+            for (t, p, what) in activity
+                .iter()
+                .filter(|(t, _, _)| *t >= x.start && *t <= end)
+            {
+                let mine = p == pid;
+                let other = !load_pids.iter().any(|(lp, _)| lp == p);
+                if !(mine || other) {
+                    continue;
+                }
+                // Only changes of state (ignoring the running-time figure).
+                let key = match what.split_once(" ms:") {
+                    Some((head, q)) => {
+                        format!("{}{q}", head.rsplit_once(' ').map(|h| h.0).unwrap_or(""))
+                    }
+                    None => what.clone(),
+                };
+                if last.get(p) == Some(&key) {
+                    continue;
+                }
+                last.insert(*p, key);
+                println!(
+                    "    {:>7.1} ms {} {p}: {what}",
+                    off(*t),
+                    if mine { "this" } else { "other" }
+                );
+            }
+        }
+    }
+    let log = std::fs::read(&log_path).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log[(log_from as usize).min(log.len())..]).into_owned();
+    for l in log.lines().filter(|l| {
+        l.contains("still waiting") || l.contains("acquired") || l.contains("duration:")
+    }) {
+        println!("  server log: {}", l.chars().take(300).collect::<String>());
     }
 }

@@ -9,13 +9,14 @@
 //! business: this module only moves bytes. Several copies may feed one table at once (block
 //! ranges of a large table): they share one [`Progress`], so the table's progress is their sum.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
-use tokio_postgres::Client;
+use tokio_postgres::{Client, CopyInSink, CopyOutStream, Statement, ToStatement};
 
 use crate::error::{DbResultExt, Result};
 use crate::events::{Event, EventSink};
@@ -105,6 +106,111 @@ pub async fn stream(
     progress: &Progress,
     events: &dyn EventSink,
 ) -> Result<CopyStats> {
+    let format = if copy_in.ends_with(Format::Text.options()) {
+        Format::Text
+    } else {
+        Format::Binary
+    };
+    send(
+        source, copy_out, target, copy_in, format, what, progress, events,
+    )
+    .await?
+    .finish()
+    .await
+}
+
+/// [`stream`] with both statements prepared beforehand (on `source` and `target`): the driver
+/// parses a statement given as text in a round trip of its own before running it, which
+/// counted for many small tables.
+#[allow(clippy::too_many_arguments)]
+pub async fn stream_prepared(
+    source: &Client,
+    copy_out: &Statement,
+    target: &Client,
+    copy_in: &Statement,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<CopyStats> {
+    send(
+        source, copy_out, target, copy_in, format, what, progress, events,
+    )
+    .await?
+    .finish()
+    .await
+}
+
+/// A copy whose rows have all been read from the source and handed to the target's connection;
+/// the target's answer (the rows it took, or its error) is not read yet. The caller may send more behind it
+/// before [`Sent::finish`]: the client sends requests in the order they are issued, so what is
+/// issued after this copy reaches the server after its end. Dropped unfinished, the copy is
+/// aborted.
+pub struct Sent {
+    sink: Pin<Box<CopyInSink<Bytes>>>,
+    stats: CopyStats,
+    what: String,
+}
+
+impl Sent {
+    /// Ends the copy and reads the target's answer: what this copy moved.
+    pub async fn finish(mut self) -> Result<CopyStats> {
+        self.stats.rows = self
+            .sink
+            .as_mut()
+            .finish()
+            .await
+            .ctx(format!("finishing COPY into {} on the target", self.what))?;
+        Ok(self.stats)
+    }
+}
+
+/// Starts `copy_out` (prepared) on the source; [`send_into`] forwards its rows. The caller may
+/// issue it right behind other statements on the source without waiting for them.
+pub async fn start_out(source: &Client, copy_out: &Statement, what: &str) -> Result<CopyOutStream> {
+    source
+        .copy_out(copy_out)
+        .await
+        .ctx(format!("starting COPY of {what} on the source"))
+}
+
+/// Starts `copy_in` (prepared) on the target and forwards the rows of `out` into it, up to their
+/// end: the caller finishes it ([`Sent::finish`]), possibly together with what comes next (one
+/// round trip less per copy, which counted for many small tables). The target's COPY must not
+/// be issued behind a statement that may fail: the driver's COPY FROM would then leave an
+/// answer behind that the next request takes for its own (rust-postgres issue 789).
+#[allow(clippy::too_many_arguments)]
+pub async fn send_into(
+    out: CopyOutStream,
+    target: &Client,
+    copy_in: &Statement,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<Sent> {
+    let sink = target
+        .copy_in::<_, Bytes>(copy_in)
+        .await
+        .ctx(format!("starting COPY into {what} on the target"))?;
+    forward(out, Box::pin(sink), format, what, progress, events).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn send<O, I>(
+    source: &Client,
+    copy_out: &O,
+    target: &Client,
+    copy_in: &I,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<Sent>
+where
+    O: ?Sized + ToStatement,
+    I: ?Sized + ToStatement,
+{
     // Both started at once: one round trip instead of two, which counted for many small tables.
     // (Whichever fails, the other is dropped: an unfinished COPY FROM is aborted, an unread
     // COPY TO is drained by the driver.)
@@ -113,11 +219,22 @@ pub async fn stream(
         source.copy_out(copy_out),
     )
     .await;
-    let sink = sink.ctx(format!("starting COPY into {what} on the target"))?;
+    let sink = Box::pin(sink.ctx(format!("starting COPY into {what} on the target"))?);
     let out = out.ctx(format!("starting COPY of {what} on the source"))?;
-    futures_util::pin_mut!(sink);
+    forward(out, sink, format, what, progress, events).await
+}
+
+/// Forwards the rows of `out` into `sink`, up to their end.
+async fn forward(
+    out: CopyOutStream,
+    mut sink: Pin<Box<CopyInSink<Bytes>>>,
+    format: Format,
+    what: &str,
+    progress: &Progress,
+    events: &dyn EventSink,
+) -> Result<Sent> {
     futures_util::pin_mut!(out);
-    let text = copy_in.ends_with("(FORMAT text)");
+    let text = format == Format::Text;
     let mut stats = CopyStats::default();
     // The source sends one message per row; forwarding them in batches of BATCH bytes makes one
     // CopyData message (and one progress update) of many rows, instead of the driver's 4 kB.
@@ -151,10 +268,9 @@ pub async fn stream(
             break;
         }
     }
-    stats.rows = sink
-        .as_mut()
-        .finish()
-        .await
-        .ctx(format!("finishing COPY into {what} on the target"))?;
-    Ok(stats)
+    Ok(Sent {
+        sink,
+        stats,
+        what: what.to_string(),
+    })
 }

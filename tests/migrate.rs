@@ -1339,3 +1339,67 @@ fn a_schema_holding_only_migrated_tables_is_swapped_whole_and_rolls_back() {
     assert_eq!(out["whole_schema"], serde_json::Value::Null, "{out:#}");
     assert_eq!(digest(&tgt2, "a"), digest(&src2, "a"));
 }
+
+/// The issue's connection budget: prepare never holds more than `--jobs` sessions on the
+/// target, so the application's budget is known in advance. A server-side sampler (its own
+/// database, so it is not counted) reads `pg_stat_activity` every 2 ms for as long as pgflip
+/// runs; superusers ignore connection limits, hence sampling rather than a limit.
+#[test]
+fn prepare_never_holds_more_target_sessions_than_jobs() {
+    let (src, tgt) = pair("mig_budget");
+    let mut ddl = String::new();
+    for i in 0..12 {
+        ddl.push_str(&format!(
+            "CREATE TABLE t{i} (id bigint PRIMARY KEY, a int, b text, c timestamptz DEFAULT now());
+             CREATE INDEX ON t{i} (a); CREATE INDEX ON t{i} (b); CREATE INDEX ON t{i} (c, a);
+             INSERT INTO t{i} (id, a, b) SELECT g, g % 997, md5(g::text) FROM generate_series(1, 40000) g;\n"
+        ));
+    }
+    src.psql(&ddl);
+    tgt.psql(
+        "CREATE TABLE t0 (id bigint PRIMARY KEY, a int, b text, c timestamptz DEFAULT now());",
+    );
+    let mon = fresh_db("mig_budget_mon");
+    mon.psql(
+        "CREATE FUNCTION peak_sessions(db text) RETURNS int LANGUAGE plpgsql AS $$
+         DECLARE n int; mx int := 0; seen bool := false; t0 timestamptz := clock_timestamp();
+         BEGIN
+           LOOP
+             PERFORM pg_stat_clear_snapshot();
+             SELECT count(*) INTO n FROM pg_stat_activity
+              WHERE datname = db AND application_name LIKE 'pgflip%';
+             mx := greatest(mx, n);
+             seen := seen OR n > 0;
+             EXIT WHEN (seen AND n = 0) OR clock_timestamp() > t0 + interval '180 s';
+             PERFORM pg_sleep(0.002);
+           END LOOP;
+           RETURN mx;
+         END $$;",
+    );
+    let sampler = {
+        let mon_name = mon.name.clone();
+        let tgt_name = tgt.name.clone();
+        let srv = mon.srv;
+        std::thread::spawn(move || {
+            srv.psql(&mon_name, &format!("SELECT peak_sessions('{tgt_name}')"))
+                .expect("sampler")
+        })
+    };
+    // The sampler starts counting at pgflip's first session; give it time to begin its loop.
+    std::thread::sleep(Duration::from_millis(300));
+    ok(&prepare(&src, &tgt, &["--jobs", "2"]));
+    let peak: i32 = sampler
+        .join()
+        .expect("sampler thread")
+        .trim()
+        .parse()
+        .expect("peak count");
+    assert!(
+        (1..=2).contains(&peak),
+        "prepare --jobs 2 held {peak} sessions on the target at once"
+    );
+    let st = status_json(&tgt);
+    assert_eq!(st["migrations"][0]["record"]["phase"], "prepared", "{st:#}");
+    ok(&migrate(&tgt, "abort", &[]));
+    assert_eq!(leftovers(&tgt), "", "abort left something behind");
+}

@@ -11,11 +11,12 @@
 //!    the preserved tables' from the live tables ([`super::capture::copy_live_rows`]); then
 //!    the shadow sequences take the source's positions, read in the same snapshot.
 //! 5. `indexed`: key constraints and indexes of the other tables, built after the data, in
-//!    parallel; `ANALYZE`.
+//!    parallel; `ANALYZE`. A table's builds start as soon as its own rows are in, while other
+//!    tables are still being copied ([`copy_and_index`]), so some are done before `copied`.
 //! 6. `validated`: foreign keys added `NOT VALID`, then validated, so the swap checks nothing.
 //!
 //! Work on the target never uses more than `jobs` connections (one of them the coordinating
-//! one, which holds pgflip's target lock). A failure removes what was built (the same code as
+//! one, which holds pgflip's target lock and copies and builds too). A failure removes what was built (the same code as
 //! `abort`) unless `keep_on_failure`.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -778,71 +779,11 @@ async fn build(
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.captured").await?;
 
-    // 4. Rows.
-    copy_rows(src, source, target, p, rec, opts, events).await?;
-    rec.phase = Phase::Indexing;
-    rec.save(tgt).await?;
-    failpoint::hit("migrate.prepare.copied").await?;
-
-    // 5. Keys and indexes of the other tables, largest table first (the longest builds start
-    // first, as with pg_restore -j). A table alone has each plain index built as a task of its
-    // own (CREATE INDEX takes SHARE: several on one table build side by side), then its key
-    // constraints and ANALYZE (ALTER TABLE waits for those builds by its lock); a partitioned
-    // table and its partitions (whose indexes attach to the parent's) stay one task, as does a
-    // table whose replica identity names an index.
-    events.emit(Event::PhaseStarted {
-        phase: "building indexes".into(),
-    });
-    #[derive(Default)]
-    struct Family {
-        bytes: i64,
-        indexes: Vec<String>,
-        rest: String,
-    }
-    let mut families: BTreeMap<String, Family> = BTreeMap::new();
-    let mut members: BTreeMap<String, usize> = BTreeMap::new();
-    for st in &p.tables {
-        *members.entry(root_of(p, &st.shadow)).or_default() += 1;
-    }
-    for (st, e) in p.tables.iter().zip(&rec.tables) {
-        let root = root_of(p, &st.shadow);
-        let alone = members.get(&root) == Some(&1)
-            && st.shadow.kind != TableKind::Partitioned
-            && crate::ddl::replica_identity(&st.shadow).is_empty();
-        let entry = families.entry(root).or_default();
-        entry.bytes += e.bytes.unwrap_or(0);
-        if e.preserved.is_none() {
-            if alone {
-                for c in &st.shadow.constraints {
-                    if c.kind != crate::catalog::ConstraintKind::ForeignKey {
-                        entry
-                            .rest
-                            .push_str(&crate::ddl::create_constraint(&st.shadow, c));
-                    }
-                }
-                for i in &st.shadow.indexes {
-                    entry.indexes.push(crate::ddl::create_index(i));
-                }
-            } else {
-                entry.rest.push_str(&st.keys_sql());
-            }
-        }
-        if st.shadow.kind != TableKind::Partitioned {
-            entry
-                .rest
-                .push_str(&format!("ANALYZE {};\n", st.shadow.sql_name()));
-        }
-    }
-    let mut ordered: Vec<(String, Family)> = families.into_iter().collect();
-    ordered.sort_by_key(|(_, f)| std::cmp::Reverse(f.bytes));
-    let mut tasks: VecDeque<(String, String)> = VecDeque::new();
-    for (root, f) in ordered {
-        for (n, sql) in f.indexes.into_iter().enumerate() {
-            tasks.push_back((format!("{root} (index {})", n + 1), sql));
-        }
-        tasks.push_back((root, f.rest));
-    }
-    run_sql_tasks(target, tasks, workers(opts), "building indexes").await?;
+    // 4 and 5. Rows, then keys and indexes: one pool of `jobs` workers (the coordinating
+    // connection is one of them). A table's indexes start as soon as its rows are in, while
+    // other tables are still being copied (as pg_restore -j does); the `copied` boundary is
+    // when the last table's rows are in.
+    copy_and_index(src, source, target, tgt, p, rec, opts, events).await?;
     rec.phase = Phase::Validating;
     rec.save(tgt).await?;
     failpoint::hit("migrate.prepare.indexed").await?;
@@ -929,40 +870,19 @@ fn root_of(p: &Planned, t: &Table) -> String {
     cur.sql_name()
 }
 
-fn workers(opts: &PrepareOptions) -> usize {
-    // One connection is the coordinating one.
-    opts.jobs.saturating_sub(1).max(1)
-}
-
-/// Runs `(label, sql)` tasks on `workers` connections of their own.
-async fn run_sql_tasks(
-    target: &Endpoint,
-    tasks: VecDeque<(String, String)>,
-    workers: usize,
-    what: &str,
-) -> Result<()> {
-    let queue = Mutex::new(tasks);
-    let n = workers
-        .min(queue.lock().map(|q| q.len()).unwrap_or(1))
-        .max(1);
-    let mut futs = Vec::new();
-    for _ in 0..n {
-        futs.push(async {
-            let c = target.connect().await?;
-            loop {
-                let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
-                let Some((label, sql)) = next else { break };
-                c.batch_execute(&sql)
-                    .await
-                    .ctx(format!("{what}: {label}"))?;
-            }
-            Ok::<(), Error>(())
-        });
-    }
-    for r in futures_util::future::join_all(futs).await {
-        r?;
-    }
-    Ok(())
+/// The size of each relation named in `names` (quoted, qualified), its partitions included;
+/// 0 for what cannot be read.
+async fn table_sizes(c: &Client, names: &[String]) -> Vec<i64> {
+    let rows = c
+        .query(
+            "SELECT pg_catalog.coalesce((SELECT pg_catalog.sum(pg_catalog.pg_table_size(t.relid)) \
+               FROM pg_catalog.pg_partition_tree(pg_catalog.to_regclass(x.n)) t), 0)::bigint \
+             FROM unnest($1::text[]) WITH ORDINALITY AS x(n, o) ORDER BY x.o",
+            &[&names],
+        )
+        .await;
+    rows.map(|r| r.iter().map(|r| r.get::<_, i64>(0)).collect())
+        .unwrap_or_default()
 }
 
 enum CopyTask {
@@ -972,10 +892,72 @@ enum CopyTask {
     Live(usize),
 }
 
-async fn copy_rows(
+/// The work of a table family after its rows: one task per plain index, then the rest.
+#[derive(Default)]
+struct Family {
+    indexes: Vec<String>,
+    rest: String,
+    /// Copies of this family not finished yet.
+    copies: usize,
+}
+
+/// What the workers of [`copy_and_index`] share.
+struct Work {
+    copies: VecDeque<(CopyTask, String)>,
+    /// Index tasks of families whose rows are in: `(label, sql)`.
+    ready: VecDeque<(String, String)>,
+    families: BTreeMap<String, Family>,
+    /// Copies not finished (queued or running).
+    copies_left: usize,
+    /// Copy results by table entry: `(rows, bytes)`.
+    results: BTreeMap<usize, (i64, i64)>,
+    /// A worker failed: the others stop taking work.
+    failed: bool,
+}
+
+impl Work {
+    /// A family's index tasks, queued once all its copies are done.
+    fn release(&mut self, root: &str) {
+        if let Some(f) = self.families.get_mut(root) {
+            if f.copies == 0 {
+                let f = self.families.remove(root).expect("family");
+                for (n, sql) in f.indexes.into_iter().enumerate() {
+                    self.ready
+                        .push_back((format!("{root} (index {})", n + 1), sql));
+                }
+                self.ready.push_back((root.to_string(), f.rest));
+            }
+        }
+    }
+}
+
+enum Next {
+    Copy(CopyTask, String),
+    Sql(String, String),
+    /// Nothing ready now; copies are still running elsewhere.
+    Wait,
+    Done,
+}
+
+/// Copies the rows (the source's under one exported snapshot) and builds the keys and indexes
+/// of every table, on `jobs` target connections, the coordinating one (`tgt`) among them.
+///
+/// A table family's index tasks are queued once its rows are in, and workers take copies first,
+/// then ready index tasks: the builds of tables already copied overlap the copy of the others.
+/// A plain (unpartitioned) table gets one task per plain index (CREATE INDEX takes SHARE:
+/// several build side by side), then its key constraints and `ANALYZE` (ALTER TABLE waits for
+/// those builds by its lock); a partitioned table and its partitions (whose indexes attach to
+/// the parent's) stay one task, as does a table whose replica identity names an index.
+///
+/// When the last copy is done, the coordinating worker (between two of its tasks) reads the
+/// source's sequence positions in the snapshot, ends it, sets the shadow sequences, records the
+/// `indexing` phase and hits `migrate.prepare.copied`; the other workers go on building.
+#[allow(clippy::too_many_arguments)]
+async fn copy_and_index(
     src: &Client,
     source: &Endpoint,
     target: &Endpoint,
+    tgt: &Client,
     p: &Planned,
     rec: &mut Record,
     opts: &PrepareOptions,
@@ -984,6 +966,79 @@ async fn copy_rows(
     events.emit(Event::PhaseStarted {
         phase: "copying rows".into(),
     });
+    // The families' work after the copy.
+    let mut families: BTreeMap<String, Family> = BTreeMap::new();
+    let mut members: BTreeMap<String, usize> = BTreeMap::new();
+    for st in &p.tables {
+        *members.entry(root_of(p, &st.shadow)).or_default() += 1;
+    }
+    for (st, e) in p.tables.iter().zip(&rec.tables) {
+        let root = root_of(p, &st.shadow);
+        let alone = members.get(&root) == Some(&1)
+            && st.shadow.kind != TableKind::Partitioned
+            && crate::ddl::replica_identity(&st.shadow).is_empty();
+        let entry = families.entry(root).or_default();
+        if e.preserved.is_none() {
+            if alone {
+                for c in &st.shadow.constraints {
+                    if c.kind != crate::catalog::ConstraintKind::ForeignKey {
+                        entry
+                            .rest
+                            .push_str(&crate::ddl::create_constraint(&st.shadow, c));
+                    }
+                }
+                for i in &st.shadow.indexes {
+                    entry.indexes.push(crate::ddl::create_index(i));
+                }
+            } else {
+                entry.rest.push_str(&st.keys_sql());
+            }
+        }
+        if st.shadow.kind != TableKind::Partitioned {
+            entry
+                .rest
+                .push_str(&format!("ANALYZE {};\n", st.shadow.sql_name()));
+        }
+    }
+    // The copies, largest source table first (the longest copy starts first, as with
+    // pg_restore -j); preserved tables' live rows by the live table's size.
+    let mut copies = Vec::new();
+    for (i, e) in rec.tables.iter().enumerate() {
+        let root = root_of(p, &p.tables[i].shadow);
+        if e.preserved.is_some() {
+            copies.push((CopyTask::Live(i), root, e.live_sql(), false));
+        } else if !e.partition {
+            copies.push((
+                CopyTask::Source(i),
+                root,
+                p.tables[i].source.sql_name(),
+                true,
+            ));
+        }
+    }
+    let on_source: Vec<String> = copies.iter().filter(|c| c.3).map(|c| c.2.clone()).collect();
+    let on_target: Vec<String> = copies
+        .iter()
+        .filter(|c| !c.3)
+        .map(|c| c.2.clone())
+        .collect();
+    let (mut src_sizes, mut tgt_sizes) = (
+        table_sizes(src, &on_source).await.into_iter(),
+        table_sizes(tgt, &on_target).await.into_iter(),
+    );
+    let mut sized: Vec<(i64, CopyTask, String)> = copies
+        .into_iter()
+        .map(|(task, root, _, from_source)| {
+            let size = if from_source {
+                src_sizes.next()
+            } else {
+                tgt_sizes.next()
+            };
+            (size.unwrap_or(0), task, root)
+        })
+        .collect();
+    sized.sort_by_key(|(size, _, _)| std::cmp::Reverse(*size));
+    // (Sizes are read before the snapshot's transaction: an error there would end it.)
     src.batch_execute("SET row_security = off; BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .await
         .ctx("starting the source snapshot")?;
@@ -992,146 +1047,270 @@ async fn copy_rows(
         .await
         .ctx("exporting the source snapshot")?
         .get(0);
-    let mut tasks = VecDeque::new();
-    for (i, e) in rec.tables.iter().enumerate() {
-        if e.preserved.is_some() {
-            tasks.push_back(CopyTask::Live(i));
-        } else if !e.partition {
-            tasks.push_back(CopyTask::Source(i));
+    let snapshot = &snapshot;
+    for (_, _, root) in &sized {
+        if let Some(f) = families.get_mut(root) {
+            f.copies += 1;
         }
     }
-    let queue = Mutex::new(tasks);
-    let results: Mutex<BTreeMap<usize, (i64, i64)>> = Mutex::new(BTreeMap::new());
-    let n = workers(opts);
-    let recr = &*rec;
-    let mut futs = Vec::new();
-    for _ in 0..n {
-        futs.push(async {
-            let mut tc: Option<Client> = None;
-            let mut sc: Option<Client> = None;
-            loop {
-                let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
-                let Some(task) = next else { break };
-                if tc.is_none() {
-                    tc = Some(target.connect().await?);
+    let mut work = Work {
+        copies_left: sized.len(),
+        copies: sized.into_iter().map(|(_, t, r)| (t, r)).collect(),
+        ready: VecDeque::new(),
+        families,
+        results: BTreeMap::new(),
+        failed: false,
+    };
+    // Families without a copy of their own (nothing to wait for) are released with the
+    // last copy, as before.
+    let work = Mutex::new({
+        if work.copies_left == 0 {
+            let roots: Vec<String> = work.families.keys().cloned().collect();
+            for r in roots {
+                work.release(&r);
+            }
+        }
+        work
+    });
+    let next = || -> Next {
+        let Ok(mut w) = work.lock() else {
+            return Next::Done;
+        };
+        if w.failed {
+            return Next::Done;
+        }
+        if let Some((t, r)) = w.copies.pop_front() {
+            return Next::Copy(t, r);
+        }
+        if let Some((l, sql)) = w.ready.pop_front() {
+            return Next::Sql(l, sql);
+        }
+        if w.copies_left > 0 {
+            Next::Wait
+        } else {
+            Next::Done
+        }
+    };
+    let copy_done = |root: &str, i: usize, rows: i64, bytes: i64| {
+        if let Ok(mut w) = work.lock() {
+            w.results.insert(i, (rows, bytes));
+            w.copies_left -= 1;
+            if let Some(f) = w.families.get_mut(root) {
+                f.copies -= 1;
+            }
+            w.release(root);
+            if w.copies_left == 0 {
+                let rest: Vec<String> = w.families.keys().cloned().collect();
+                for r in rest {
+                    w.release(&r);
                 }
-                let t = tc.as_ref().expect("connected");
-                match task {
-                    CopyTask::Live(i) => {
-                        let e = &recr.tables[i];
-                        let pr = e.preserved.as_ref().expect("preserved");
-                        let k = (e.schema.clone(), e.name.clone());
-                        let started = Instant::now();
-                        let rows =
-                            capture::copy_live_rows(t, e, &pr.key, &p.key_types[&k], &p.maps[&k])
-                                .await?;
-                        events.emit(Event::TableDone {
-                            table: e.live_sql(),
-                            rows: rows as u64,
-                            bytes: 0,
-                            elapsed: started.elapsed(),
-                        });
-                        if let Ok(mut r) = results.lock() {
-                            r.insert(i, (rows, 0));
+            }
+        }
+    };
+    let copies_left = || work.lock().map(|w| w.copies_left).unwrap_or(0);
+    let failed = || work.lock().map(|w| w.failed).unwrap_or(true);
+    // The boundary: all rows in. Run by the coordinating worker, on its own connection.
+    let boundary = rec.clone();
+    let boundary = Mutex::new(Some(boundary));
+    let finish_copy = || async {
+        let Some(mut r) = boundary.lock().ok().and_then(|mut b| b.take()) else {
+            return Ok::<Option<Record>, Error>(None);
+        };
+        // Sequence positions, read in the same snapshot.
+        let mut setvals = String::new();
+        for (from, to) in &p.sequences {
+            let row = src
+                .query_one(&format!("SELECT last_value, is_called FROM {from}"), &[])
+                .await
+                .ctx(format!("reading sequence {from} on the source"))?;
+            let v: i64 = row.get(0);
+            let called: bool = row.get(1);
+            setvals.push_str(&format!(
+                "SELECT pg_catalog.setval({}, {v}, {called});\n",
+                quote_literal(to)
+            ));
+        }
+        src.batch_execute("COMMIT")
+            .await
+            .ctx("ending the source snapshot")?;
+        let results = work.lock().map(|w| w.results.clone()).unwrap_or_default();
+        for (i, (rows, bytes)) in results {
+            let e = &mut r.tables[i];
+            e.rows = Some(rows);
+            e.bytes = Some(bytes);
+            if let Some(pr) = e.preserved.as_mut() {
+                pr.copied_rows = Some(rows);
+            }
+        }
+        if !setvals.is_empty() {
+            tgt.batch_execute(&setvals)
+                .await
+                .ctx("setting the shadow sequences to the source's positions")?;
+        }
+        r.phase = Phase::Indexing;
+        r.save(tgt).await?;
+        failpoint::hit("migrate.prepare.copied").await?;
+        events.emit(Event::PhaseStarted {
+            phase: "building indexes".into(),
+        });
+        Ok(Some(r))
+    };
+    let recr = &*rec;
+    let worker = |coordinating: bool| {
+        let (next, copy_done, copies_left, finish_copy, work, failed) = (
+            &next,
+            &copy_done,
+            &copies_left,
+            &finish_copy,
+            &work,
+            &failed,
+        );
+        async move {
+            let mut own: Option<Client> = None;
+            let mut sc: Option<Client> = None;
+            let mut finished: Option<Record> = None;
+            let res: Result<()> = async {
+                loop {
+                    if coordinating && finished.is_none() && copies_left() == 0 && !failed() {
+                        finished = finish_copy().await?;
+                    }
+                    let task = next();
+                    let t: &Client = match (&task, coordinating) {
+                        (Next::Wait | Next::Done, _) => tgt,
+                        (_, true) => tgt,
+                        (_, false) => {
+                            if own.is_none() {
+                                own = Some(target.connect().await?);
+                            }
+                            own.as_ref().expect("connected")
+                        }
+                    };
+                    match task {
+                        Next::Done => break,
+                        Next::Wait => tokio::time::sleep(Duration::from_millis(10)).await,
+                        Next::Sql(label, sql) => {
+                            t.batch_execute(&sql)
+                                .await
+                                .ctx(format!("building indexes: {label}"))?;
+                        }
+                        Next::Copy(CopyTask::Live(i), root) => {
+                            let e = &recr.tables[i];
+                            let pr = e.preserved.as_ref().expect("preserved");
+                            let k = (e.schema.clone(), e.name.clone());
+                            let started = Instant::now();
+                            let rows = capture::copy_live_rows(
+                                t,
+                                e,
+                                &pr.key,
+                                &p.key_types[&k],
+                                &p.maps[&k],
+                            )
+                            .await?;
+                            events.emit(Event::TableDone {
+                                table: e.live_sql(),
+                                rows: rows as u64,
+                                bytes: 0,
+                                elapsed: started.elapsed(),
+                            });
+                            copy_done(&root, i, rows, 0);
+                        }
+                        Next::Copy(CopyTask::Source(i), root) => {
+                            if sc.is_none() {
+                                let c = source.connect().await?;
+                                // row_security off: a policy must never hide source rows from
+                                // the copy; a role it would hide rows from gets an error instead.
+                                c.batch_execute(&format!(
+                                    "SET row_security = off; \
+                                     BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
+                                     SET TRANSACTION SNAPSHOT {}",
+                                    quote_literal(snapshot)
+                                ))
+                                .await
+                                .ctx("importing the source snapshot")?;
+                                sc = Some(c);
+                            }
+                            let s = sc.as_ref().expect("connected");
+                            let st = &p.tables[i];
+                            let cols = st.data_columns();
+                            let names = cols
+                                .iter()
+                                .map(|c| quote_ident(&c.name))
+                                .collect::<Vec<_>>()
+                                .join(", ");
+                            let format = if cols.iter().all(|c| c.type_oid < 16384) {
+                                Format::Binary
+                            } else {
+                                Format::Text
+                            };
+                            let only = if st.source.kind == TableKind::Partitioned {
+                                ""
+                            } else {
+                                "ONLY "
+                            };
+                            let out = copy::copy_out_sql(
+                                &format!("SELECT {names} FROM {only}{}", st.source.sql_name()),
+                                format,
+                            );
+                            let inn = copy::copy_in_sql(&st.shadow.sql_name(), &names, format);
+                            let label = st.source.sql_name();
+                            let progress = copy::Progress::new(label.clone());
+                            let started = Instant::now();
+                            let stats =
+                                copy::stream(s, &out, t, &inn, &label, &progress, events).await?;
+                            events.emit(Event::TableDone {
+                                table: label,
+                                rows: stats.rows,
+                                bytes: stats.bytes,
+                                elapsed: started.elapsed(),
+                            });
+                            copy_done(&root, i, stats.rows as i64, stats.bytes as i64);
+                            // This worker's copies are over when none is queued: its source
+                            // transaction ends now rather than with the last build.
+                            if work.lock().map(|w| w.copies.is_empty()).unwrap_or(true) {
+                                if let Some(s) = sc.take() {
+                                    let _ = s.batch_execute("COMMIT").await;
+                                }
+                            }
                         }
                     }
-                    CopyTask::Source(i) => {
-                        if sc.is_none() {
-                            let c = source.connect().await?;
-                            // row_security off: a policy must never hide source rows from
-                            // the copy; a role it would hide rows from gets an error instead.
-                            c.batch_execute(&format!(
-                                "SET row_security = off; \
-                                 BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; \
-                                 SET TRANSACTION SNAPSHOT {}",
-                                quote_literal(&snapshot)
-                            ))
-                            .await
-                            .ctx("importing the source snapshot")?;
-                            sc = Some(c);
-                        }
-                        let s = sc.as_ref().expect("connected");
-                        let st = &p.tables[i];
-                        let cols = st.data_columns();
-                        let names = cols
-                            .iter()
-                            .map(|c| quote_ident(&c.name))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        let format = if cols.iter().all(|c| c.type_oid < 16384) {
-                            Format::Binary
-                        } else {
-                            Format::Text
-                        };
-                        let only = if st.source.kind == TableKind::Partitioned {
-                            ""
-                        } else {
-                            "ONLY "
-                        };
-                        let out = copy::copy_out_sql(
-                            &format!("SELECT {names} FROM {only}{}", st.source.sql_name()),
-                            format,
-                        );
-                        let inn = copy::copy_in_sql(&st.shadow.sql_name(), &names, format);
-                        let label = st.source.sql_name();
-                        let progress = copy::Progress::new(label.clone());
-                        let started = Instant::now();
-                        let stats =
-                            copy::stream(s, &out, t, &inn, &label, &progress, events).await?;
-                        events.emit(Event::TableDone {
-                            table: label,
-                            rows: stats.rows,
-                            bytes: stats.bytes,
-                            elapsed: started.elapsed(),
-                        });
-                        if let Ok(mut r) = results.lock() {
-                            r.insert(i, (stats.rows as i64, stats.bytes as i64));
-                        }
-                    }
+                }
+                if coordinating && finished.is_none() && !failed() {
+                    finished = finish_copy().await?;
+                }
+                Ok(())
+            }
+            .await;
+            if res.is_err() {
+                if let Ok(mut w) = work.lock() {
+                    w.failed = true;
                 }
             }
             if let Some(s) = sc {
                 let _ = s.batch_execute("COMMIT").await;
             }
-            Ok::<(), Error>(())
-        });
+            res.map(|()| finished)
+        }
+    };
+    let n = opts.jobs.max(1);
+    let mut futs = Vec::new();
+    for k in 0..n {
+        futs.push(worker(k == 0));
     }
-    let outcome: Vec<Result<()>> = futures_util::future::join_all(futs).await;
-    for r in outcome {
-        r?;
-    }
-    // Sequence positions, read in the same snapshot.
-    let mut setvals = String::new();
-    for (from, to) in &p.sequences {
-        let row = src
-            .query_one(&format!("SELECT last_value, is_called FROM {from}"), &[])
-            .await
-            .ctx(format!("reading sequence {from} on the source"))?;
-        let v: i64 = row.get(0);
-        let called: bool = row.get(1);
-        setvals.push_str(&format!(
-            "SELECT pg_catalog.setval({}, {v}, {called});\n",
-            quote_literal(to)
-        ));
-    }
-    src.batch_execute("COMMIT")
-        .await
-        .ctx("ending the source snapshot")?;
-    let results = results.into_inner().unwrap_or_default();
-    for (i, (rows, bytes)) in results {
-        let e = &mut rec.tables[i];
-        e.rows = Some(rows);
-        e.bytes = Some(bytes);
-        if let Some(pr) = e.preserved.as_mut() {
-            pr.copied_rows = Some(rows);
+    let mut finished = None;
+    let mut first_err = None;
+    for r in futures_util::future::join_all(futs).await {
+        match r {
+            Ok(Some(rr)) => finished = Some(rr),
+            Ok(None) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
         }
     }
-    if !setvals.is_empty() {
-        let c = target.connect().await?;
-        c.batch_execute(&setvals)
-            .await
-            .ctx("setting the shadow sequences to the source's positions")?;
+    if let Some(e) = first_err {
+        return Err(e);
     }
+    *rec = finished.expect("the coordinating worker records the end of the copy");
     Ok(())
 }
 

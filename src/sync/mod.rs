@@ -75,13 +75,13 @@ mod staging;
 pub mod tables;
 mod triggers;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::Semaphore;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, Statement};
 
 use crate::conn::Endpoint;
 use crate::copy::{self, Format};
@@ -259,6 +259,15 @@ pub struct UnitFailure {
 /// (shared by every unit of a transaction that failed as a whole).
 type UnitOutcome = (usize, std::result::Result<Vec<TableReport>, Arc<Error>>);
 
+/// Rows and bytes moved per table (index into `Prepared::tables`).
+type Stats = BTreeMap<usize, (u64, u64)>;
+
+fn add(stats: &mut Stats, table: usize, c: copy::CopyStats) {
+    let e = stats.entry(table).or_default();
+    e.0 += c.rows;
+    e.1 += c.bytes;
+}
+
 /// How one table's rows get into the target.
 #[derive(Debug, Clone, PartialEq)]
 enum Strategy {
@@ -385,6 +394,14 @@ fn block_ranges(blocks: u64, pieces: u64) -> Vec<BlockRange> {
 }
 
 impl TablePlan {
+    /// Large enough that, when TRUNCATE empties it, its indexes are dropped for the load and
+    /// built again after it (sorted builds instead of millions of random inserts).
+    fn large(&self, opts: &SyncOptions) -> bool {
+        self.target.kind == "r"
+            && self.source.estimated_rows.max(self.target.estimated_rows)
+                >= opts.rebuild_indexes_above
+    }
+
     /// The primary key's columns, quoted, and the other columns: what an upsert matches on and
     /// what it sets.
     fn key_and_other_columns(&self) -> (Vec<String>, Vec<&(String, String, bool)>) {
@@ -601,15 +618,19 @@ pub async fn prepare(
         .await
         .ctx("exporting the source snapshot")?
         .get(0);
-
     // Resolve names on the source; every table must exist on the target too.
-    let src_list = tables::list_tables(&coordinator).await?;
-    let tgt_list = tables::list_tables(&tgt).await?;
+    let (src_list, tgt_list) =
+        futures_util::try_join!(tables::list_tables(&coordinator), tables::list_tables(&tgt))?;
+    // Looked up once per source table: a scan of the list each time was quadratic.
+    let tgt_names: HashMap<(&str, &str), u32> = tgt_list
+        .iter()
+        .map(|(oid, s, n)| ((s.as_str(), n.as_str()), *oid))
+        .collect();
     let mut filters: BTreeMap<u32, Option<String>> = BTreeMap::new();
     selection::warn_unmatched(&opts, &src_list, events);
     if opts.requests.is_empty() {
         for (oid, s, n) in tables::resolve(&[], &opts.exclude, &opts.scope, &src_list)? {
-            if tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
+            if tgt_names.contains_key(&(s.as_str(), n.as_str())) {
                 filters.insert(oid, opts.filter.clone());
             }
         }
@@ -631,7 +652,7 @@ pub async fn prepare(
                 };
             for (oid, s, n) in found {
                 // A pattern takes the tables both sides have; a name must exist on both.
-                if !exact && !tgt_list.iter().any(|(_, ts, tn)| ts == &s && tn == &n) {
+                if !exact && !tgt_names.contains_key(&(s.as_str(), n.as_str())) {
                     events.emit(Event::Warning {
                         message: format!(
                             "{} matches {:?} but is not on the target; skipped",
@@ -654,8 +675,8 @@ pub async fn prepare(
     let mut tgt_oids = Vec::new();
     for (oid, s, n) in &src_list {
         if filters.contains_key(oid) {
-            match tgt_list.iter().find(|(_, ts, tn)| ts == s && tn == n) {
-                Some((t, _, _)) => tgt_oids.push(*t),
+            match tgt_names.get(&(s.as_str(), n.as_str())) {
+                Some(t) => tgt_oids.push(*t),
                 None => missing.push(qualified(s, n)),
             }
         }
@@ -670,16 +691,26 @@ pub async fn prepare(
         )));
     }
     let src_oids: Vec<u32> = filters.keys().copied().collect();
-    let src_cat = tables::load(&coordinator, &src_oids).await?;
-    let tgt_cat = tables::load(&tgt, &tgt_oids).await?;
+    // Both sides at once; a sync never looks at the source's indexes.
+    let (src_cat, tgt_cat) = futures_util::try_join!(
+        tables::load(&coordinator, &src_oids, false),
+        tables::load(&tgt, &tgt_oids, true)
+    )?;
+    // Where the time goes, planning and copying apart: `PGFLIP_LOG=pgflip::sync=debug`.
+    tracing::debug!(elapsed = ?started.elapsed(), "sync: catalogs read");
 
     let rules = &opts.rules;
     let mut plans: Vec<TablePlan> = Vec::new();
+    let tgt_tables: HashMap<(&str, &str), &tables::Table> = tgt_cat
+        .tables
+        .iter()
+        .map(|t| ((t.schema.as_str(), t.name.as_str()), t))
+        .collect();
     for st in &src_cat.tables {
-        let tt = tgt_cat
-            .find(&st.schema, &st.name)
-            .expect("target table resolved above")
-            .clone();
+        let tt = (*tgt_tables
+            .get(&(st.schema.as_str(), st.name.as_str()))
+            .expect("target table resolved above"))
+        .clone();
         match plan_table(st.clone(), tt, filters[&st.oid].clone(), &opts, rules)? {
             Some(p) => plans.push(p),
             // pgsync's "No fields to copy": said, and the other tables go on.
@@ -764,6 +795,15 @@ pub async fn prepare(
         droppable_constraints(&tgt, &mut plans, &opts).await?;
     }
 
+    // The definitions of the indexes a rebuild drops and builds again (large tables replaced in
+    // place) or a staging table gets.
+    let mut rebuilt: Vec<&mut tables::Table> = plans
+        .iter_mut()
+        .filter(|p| p.strategy == Strategy::Staging || p.large(&opts))
+        .map(|p| &mut p.target)
+        .collect();
+    tables::index_definitions(&tgt, &mut rebuilt).await?;
+
     // Foreign keys between synced tables make units; from outside, they change strategies.
     let synced: BTreeSet<u32> = plans.iter().map(|p| p.target.oid).collect();
     for p in plans.iter_mut() {
@@ -817,6 +857,7 @@ pub async fn prepare(
     }
 
     let batches = batch_units(&units, opts.jobs);
+    tracing::debug!(elapsed = ?started.elapsed(), "sync: planned");
     let mut plan = Plan::new("pgflip sync");
     for (n, batch) in batches.iter().enumerate() {
         let tx = 2 * n as u32;
@@ -871,6 +912,9 @@ pub async fn prepare(
 }
 
 const SAVEPOINT: &str = "SAVEPOINT pgflip_unit";
+/// Around the parsing of a shared transaction's copies on the source, whose transaction holds
+/// the snapshot: a statement that does not parse (a data rule's SQL) must not abort it.
+const PREPARING: &str = "SAVEPOINT pgflip_prepare";
 const RELEASE: &str = "RELEASE SAVEPOINT pgflip_unit";
 const ROLLBACK_TO: &str = "ROLLBACK TO SAVEPOINT pgflip_unit";
 
@@ -1099,20 +1143,15 @@ async fn check_privileges(
     opts: &SyncOptions,
 ) -> Result<()> {
     let src_oids: Vec<u32> = plans.iter().map(|p| p.source.oid).collect();
-    let rows = src
-        .query(
+    let on_src = async {
+        src.query(
             "SELECT c.oid::regclass::text FROM unnest($1::oid[]) o JOIN pg_class c ON c.oid = o \
              WHERE NOT has_table_privilege(c.oid, 'SELECT')",
             &[&src_oids],
         )
         .await
-        .ctx("checking privileges on the source")?;
-    if let Some(r) = rows.first() {
-        return Err(Error::InvalidInput(format!(
-            "permission denied: the source user may not SELECT from {}",
-            r.get::<_, String>(0)
-        )));
-    }
+        .ctx("checking privileges on the source")
+    };
     let tgt_oids: Vec<u32> = plans.iter().map(|p| p.target.oid).collect();
     let (privs, what) = if opts.staging {
         ("SELECT", "SELECT (staging tables are built LIKE it)")
@@ -1127,15 +1166,23 @@ async fn check_privileges(
         }
     };
     // has_table_privilege with a list is true when ANY is held: check each one.
-    let rows = tgt
-        .query(
+    let on_tgt = async {
+        tgt.query(
             "SELECT c.oid::regclass::text FROM unnest($1::oid[]) o JOIN pg_class c ON c.oid = o \
              WHERE NOT (SELECT bool_and(has_table_privilege(c.oid, trim(p))) \
                         FROM unnest(string_to_array($2, ',')) p)",
             &[&tgt_oids, &privs],
         )
         .await
-        .ctx("checking privileges on the target")?;
+        .ctx("checking privileges on the target")
+    };
+    let (src_rows, rows) = futures_util::try_join!(on_src, on_tgt)?;
+    if let Some(r) = src_rows.first() {
+        return Err(Error::InvalidInput(format!(
+            "permission denied: the source user may not SELECT from {}",
+            r.get::<_, String>(0)
+        )));
+    }
     if let Some(r) = rows.first() {
         return Err(Error::InvalidInput(format!(
             "permission denied: the target user needs {what} on {}",
@@ -1245,16 +1292,14 @@ async fn small_tables(
         return Ok(());
     }
     let src_oids: Vec<u32> = candidates.iter().map(|&i| plans[i].source.oid).collect();
-    let small_src: BTreeSet<u32> = src
-        .query(
+    let on_src = async {
+        src.query(
             "SELECT o FROM unnest($1::oid[]) o WHERE pg_relation_size(o) <= $2",
             &[&src_oids, &(DELETE_AT_MOST as i64)],
         )
         .await
-        .ctx("reading table sizes on the source")?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .ctx("reading table sizes on the source")
+    };
     let tgt_oids: Vec<u32> = candidates.iter().map(|&i| plans[i].target.oid).collect();
     let names: Vec<&str> = candidates.iter().map(|&i| plans[i].into.as_str()).collect();
     // pg_relation_size takes (and at once releases) ACCESS SHARE on each table: a table locked
@@ -1263,7 +1308,7 @@ async fn small_tables(
         "BEGIN; SET LOCAL lock_timeout = {}",
         opts.lock_timeout.as_millis().max(1)
     );
-    let rows = crate::lockwait::retry(
+    let on_tgt = crate::lockwait::retry(
         opts.max_wait,
         events,
         || async {
@@ -1289,9 +1334,10 @@ async fn small_tables(
             r
         },
         || crate::lockwait::blockers_by_name(tgt, &names),
-    )
-    .await?;
-    let small_tgt: BTreeSet<u32> = rows.iter().map(|r| r.get(0)).collect();
+    );
+    let (src_rows, tgt_rows) = futures_util::try_join!(on_src, on_tgt)?;
+    let small_src: BTreeSet<u32> = src_rows.iter().map(|r| r.get(0)).collect();
+    let small_tgt: BTreeSet<u32> = tgt_rows.iter().map(|r| r.get(0)).collect();
     for i in candidates {
         let p = &mut plans[i];
         p.small = small_src.contains(&p.source.oid) && small_tgt.contains(&p.target.oid);
@@ -1315,13 +1361,7 @@ async fn droppable_constraints(
 ) -> Result<()> {
     let large: Vec<u32> = plans
         .iter()
-        .filter(|p| {
-            p.strategy == Strategy::Truncate
-                && !p.small
-                && p.target.kind == "r"
-                && p.source.estimated_rows.max(p.target.estimated_rows)
-                    >= opts.rebuild_indexes_above
-        })
+        .filter(|p| p.strategy == Strategy::Truncate && !p.small && p.large(opts))
         .map(|p| p.target.oid)
         .collect();
     if large.is_empty() {
@@ -1827,10 +1867,7 @@ fn unit_actions(
     let mut rebuild = Vec::new();
     for &i in &order {
         let p = &plans[i];
-        if p.strategy != Strategy::Truncate
-            || p.target.kind != "r"
-            || p.source.estimated_rows.max(p.target.estimated_rows) < opts.rebuild_indexes_above
-        {
+        if p.strategy != Strategy::Truncate || !p.large(opts) {
             continue;
         }
         // Key constraints that nothing depends on first: the table has its key back as early
@@ -1884,6 +1921,11 @@ fn unit_actions(
             .iter()
             .filter(|x| x.constraint.is_none() && x.plain)
         {
+            // Read for every large table (`index_definitions`); an index dropped since is not
+            // rebuilt.
+            let Some(mut sql) = idx.definition.clone() else {
+                continue;
+            };
             let name = qualified(&p.target.schema, &idx.name);
             actions.push(Action::Sql(
                 Step::new(
@@ -1895,7 +1937,6 @@ fn unit_actions(
                     QuotedName::already_quoted(p.into.clone()),
                 ),
             ));
-            let mut sql = idx.definition.clone();
             if let Some(c) = &idx.comment {
                 sql.push_str(&format!(
                     "; COMMENT ON INDEX {name} IS {}",
@@ -2177,9 +2218,10 @@ fn staging_index_builds(
             );
             continue;
         }
-        let at = idx.definition.find(&marker)?;
-        let rest = &idx.definition[at + marker.len()..];
-        let unique = idx.definition.starts_with("CREATE UNIQUE INDEX ");
+        let definition = idx.definition.as_deref()?;
+        let at = definition.find(&marker)?;
+        let rest = &definition[at + marker.len()..];
+        let unique = definition.starts_with("CREATE UNIQUE INDEX ");
         builds.push(
             Step::new(
                 format!("build index {} on {loading}", quote_ident(&name)),
@@ -2367,6 +2409,7 @@ impl Prepared {
                 }),
             }
         }
+        tracing::debug!(elapsed = ?self.started.elapsed(), "sync: executed");
         let mut tables: Vec<TableReport> = results.into_iter().flatten().collect();
         tables.sort_by(|a, b| a.table.cmp(&b.table));
         failed.sort_by(|a, b| a.tables.cmp(&b.tables));
@@ -2432,15 +2475,25 @@ impl Prepared {
         {
             let _slot = slots.acquire().await.expect("never closed");
             let (src, tgt) = self.take_pair().await?;
+            let (statements, prepared_on_src) = self.prepare_copies(batch, &src, &tgt).await?;
             // Round trips were most of the time of a 10-row table: each unit's savepoint, lock
-            // and deletes go to the target in one message (with the previous unit's release),
-            // and its savepoint goes to the source at the same time.
+            // and deletes go to the target in one message, behind the end of the previous
+            // unit's COPY when that was its last action (the server runs them in order: a COPY
+            // that fails at its end leaves the statements behind it nothing to do, and their
+            // unit starts again once the failed one is rolled back). Meanwhile the source runs
+            // the unit's savepoint and starts its first COPY. The target's COPY starts once its
+            // statements succeeded (see `copy::send_into`).
             let mut pending = format!(
                 "BEGIN; SET LOCAL lock_timeout = {}",
                 self.opts.lock_timeout.as_millis().max(1)
             );
-            for (k, &u) in batch.iter().enumerate() {
+            // The previous unit, its COPY sent and not finished: (unit, table, copy, stats, start).
+            let mut sent: Option<(usize, usize, copy::Sent, Stats, Instant)> = None;
+            let mut k = 0;
+            while k < batch.len() {
+                let u = batch[k];
                 let unit = &self.units[u];
+                let prepared = &statements[k];
                 let started = Instant::now();
                 let progress = self.progress(unit);
                 let mut stats = BTreeMap::new();
@@ -2452,25 +2505,102 @@ impl Prepared {
                 let mut sql = vec![std::mem::replace(&mut pending, RELEASE.into())];
                 sql.push(SAVEPOINT.into());
                 sql.extend(unit.actions[..lead].iter().map(|a| a.step().sql.clone()));
+                let sql = sql.join("; ");
                 let what: Vec<&str> = unit.actions[..lead]
                     .iter()
                     .map(|a| a.step().description.as_str())
                     .collect();
-                let src_sql = if k == 0 {
-                    SAVEPOINT.to_string()
-                } else {
-                    format!("{RELEASE}; {SAVEPOINT}")
+                let src_sql = match (k, prepared_on_src) {
+                    (0, true) => format!("RELEASE {PREPARING}; {SAVEPOINT}"),
+                    (0, false) => {
+                        format!("ROLLBACK TO {PREPARING}; RELEASE {PREPARING}; {SAVEPOINT}")
+                    }
+                    _ => format!("{RELEASE}; {SAVEPOINT}"),
                 };
-                let (on_src, on_tgt) = futures_util::future::join(
-                    src.batch_execute(&src_sql),
-                    tgt.batch_execute(&sql.join("; ")),
-                )
-                .await;
+                let first = match (&unit.actions.get(lead), prepared.get(lead)) {
+                    (Some(Action::Copy { table, what, .. }), Some(Some((out, inn)))) => {
+                        Some((*table, what.as_str(), out, inn))
+                    }
+                    _ => None,
+                };
+                let finishing = async {
+                    let (pu, table, copy, stats, started) = sent.take()?;
+                    Some((pu, table, copy.finish().await, stats, started))
+                };
+                let (finished, on_tgt, (on_src, out)) = futures_util::join!(
+                    finishing,
+                    tgt.batch_execute(&sql),
+                    futures_util::future::join(src.batch_execute(&src_sql), async {
+                        let (_, what, out, _) = first?;
+                        Some(copy::start_out(&src, out, what).await)
+                    })
+                );
                 on_src.ctx("starting a unit on the source")?;
-                let outcome = match on_tgt.ctx(what.join("; ")) {
+                if let Some((pu, table, finished, mut pstats, pstarted)) = finished {
+                    match finished {
+                        Ok(c) => {
+                            add(&mut pstats, table, c);
+                            done.push((pu, pstats, pstarted));
+                        }
+                        Err(e) => {
+                            // This unit's statements found the transaction aborted: nothing of
+                            // it ran. Roll the previous unit back, then start this one again.
+                            drop(out);
+                            self.unit_failed(pu, e, &src, &tgt, &mut alone, &mut outcomes)
+                                .await?;
+                            continue;
+                        }
+                    }
+                }
+                let copied = match (&on_tgt, first, out) {
+                    (Ok(()), Some((table, what, _, inn)), Some(out)) => {
+                        let sent = match out {
+                            Ok(out) => {
+                                let format = self.tables[table].format;
+                                copy::send_into(
+                                    out,
+                                    &tgt,
+                                    inn,
+                                    format,
+                                    what,
+                                    &progress[&table],
+                                    events,
+                                )
+                                .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        Some((table, sent))
+                    }
+                    // The statements failed (their error is the unit's): the source's COPY is
+                    // dropped, and the client drains it.
+                    _ => None,
+                };
+                let rest = lead + usize::from(first.is_some());
+                let outcome = match (on_tgt.ctx(what.join("; ")), copied) {
+                    // The unit's statements failed (its lock not granted, say), or its COPY.
+                    (Err(e), _) | (Ok(()), Some((_, Err(e)))) => Err(e),
+                    (Ok(()), Some((table, Ok(copy))))
+                        if rest == unit.actions.len() && k + 1 < batch.len() =>
+                    {
+                        sent = Some((u, table, copy, stats, started));
+                        k += 1;
+                        continue;
+                    }
+                    (Ok(()), Some((table, Ok(copy)))) => match copy.finish().await {
+                        Ok(c) => {
+                            add(&mut stats, table, c);
+                            Ok(())
+                        }
+                        Err(e) => Err(e),
+                    },
+                    (Ok(()), None) => Ok(()),
+                };
+                let outcome = match outcome {
                     Ok(()) => {
                         self.run_actions(
-                            &unit.actions[lead..],
+                            &unit.actions[rest..],
+                            prepared.get(rest..).unwrap_or_default(),
                             &src,
                             &tgt,
                             &progress,
@@ -2484,22 +2614,11 @@ impl Prepared {
                 match outcome {
                     Ok(()) => done.push((u, stats, started)),
                     Err(e) => {
-                        // The savepoint stays after ROLLBACK TO: the next unit releases it.
-                        tgt.batch_execute(ROLLBACK_TO)
-                            .await
-                            .ctx("rolling a failed unit back on the target")?;
-                        src.batch_execute(ROLLBACK_TO)
-                            .await
-                            .ctx("rolling a failed unit back on the source")?;
-                        if crate::lockwait::is_lock_failure(&e) {
-                            alone.push(u);
-                        } else if self.opts.fail_fast {
-                            return Err(e);
-                        } else {
-                            outcomes.push((u, Err(Arc::new(e))));
-                        }
+                        self.unit_failed(u, e, &src, &tgt, &mut alone, &mut outcomes)
+                            .await?
                     }
                 }
+                k += 1;
             }
             crate::failpoint::hit("sync.before_commit").await?;
             // The source keeps its transaction (the snapshot) for the next user of the pair.
@@ -2530,6 +2649,35 @@ impl Prepared {
         Ok(outcomes)
     }
 
+    /// Rolls a failed unit of a shared transaction back to its savepoint on both sides (the
+    /// savepoint stays: the next unit releases it). A unit whose lock was not granted is run
+    /// again alone afterwards (`alone`); another failure is returned with `fail_fast`, and
+    /// listed otherwise.
+    async fn unit_failed(
+        &self,
+        u: usize,
+        e: Error,
+        src: &Client,
+        tgt: &Client,
+        alone: &mut Vec<usize>,
+        outcomes: &mut Vec<UnitOutcome>,
+    ) -> Result<()> {
+        tgt.batch_execute(ROLLBACK_TO)
+            .await
+            .ctx("rolling a failed unit back on the target")?;
+        src.batch_execute(ROLLBACK_TO)
+            .await
+            .ctx("rolling a failed unit back on the source")?;
+        if crate::lockwait::is_lock_failure(&e) {
+            alone.push(u);
+        } else if self.opts.fail_fast {
+            return Err(e);
+        } else {
+            outcomes.push((u, Err(Arc::new(e))));
+        }
+        Ok(())
+    }
+
     /// A connection pair for an in-place transaction: an idle one, or two new connections (the
     /// source one inside the snapshot).
     async fn take_pair(&self) -> Result<(Client, Client)> {
@@ -2550,17 +2698,80 @@ impl Prepared {
             .collect()
     }
 
-    /// A unit's statements and copies, in the transaction already open on `tgt`.
+    /// Parses every COPY of a shared transaction on both connections before it begins, all at
+    /// once (the client pipelines them), so that each copy then starts in one round trip and
+    /// right behind its unit's statements. Parsing a COPY takes no lock. On the source, whose
+    /// transaction holds the snapshot, they are parsed behind [`PREPARING`] (the first unit
+    /// releases it, or rolls back to it when one failed: `false`, and none is used); a copy
+    /// that did not parse runs from its text, and fails alone as before.
+    async fn prepare_copies(
+        &self,
+        batch: &[usize],
+        src: &Client,
+        tgt: &Client,
+    ) -> Result<(Vec<Vec<Option<(Statement, Statement)>>>, bool)> {
+        let copies: Vec<Vec<Option<(&str, &str)>>> = batch
+            .iter()
+            .map(|&u| {
+                self.units[u]
+                    .actions
+                    .iter()
+                    .map(|a| match a {
+                        Action::Copy {
+                            copy_out, copy_in, ..
+                        } => Some((copy_out.as_str(), copy_in.as_str())),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect();
+        let on_src = futures_util::future::join_all(
+            copies
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|(out, _)| src.prepare(out)),
+        );
+        let on_tgt = futures_util::future::join_all(
+            copies
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|(_, inn)| tgt.prepare(inn)),
+        );
+        let (begun, outs, ins) = futures_util::join!(src.batch_execute(PREPARING), on_src, on_tgt);
+        begun.ctx("starting a unit on the source")?;
+        let parsed = outs.iter().all(|r| r.is_ok());
+        let mut pairs = outs.into_iter().zip(ins).map(|(o, i)| match (o, i) {
+            (Ok(o), Ok(i)) if parsed => Some((o, i)),
+            _ => None,
+        });
+        let statements = copies
+            .iter()
+            .map(|actions| {
+                actions
+                    .iter()
+                    .map(|c| c.and_then(|_| pairs.next().flatten()))
+                    .collect()
+            })
+            .collect();
+        Ok((statements, parsed))
+    }
+
+    /// A unit's statements and copies, in the transaction already open on `tgt`; `prepared`
+    /// holds the copies' statements parsed beforehand (aligned with `actions`, or empty).
+    #[allow(clippy::too_many_arguments)]
     async fn run_actions(
         &self,
         actions: &[Action],
+        prepared: &[Option<(Statement, Statement)>],
         src: &Client,
         tgt: &Client,
         progress: &BTreeMap<usize, copy::Progress>,
         stats: &mut BTreeMap<usize, (u64, u64)>,
         events: &dyn EventSink,
     ) -> Result<()> {
-        for a in actions {
+        for (k, a) in actions.iter().enumerate() {
             match a {
                 Action::Sql(step) => {
                     tgt.batch_execute(&step.sql)
@@ -2574,9 +2785,34 @@ impl Prepared {
                     copy_in,
                     ..
                 } => {
-                    let s =
-                        copy::stream(src, copy_out, tgt, copy_in, what, &progress[table], events)
-                            .await?;
+                    let s = match prepared.get(k) {
+                        Some(Some((out, inn))) => {
+                            let format = self.tables[*table].format;
+                            copy::stream_prepared(
+                                src,
+                                out,
+                                tgt,
+                                inn,
+                                format,
+                                what,
+                                &progress[table],
+                                events,
+                            )
+                            .await?
+                        }
+                        _ => {
+                            copy::stream(
+                                src,
+                                copy_out,
+                                tgt,
+                                copy_in,
+                                what,
+                                &progress[table],
+                                events,
+                            )
+                            .await?
+                        }
+                    };
                     let e = stats.entry(*table).or_default();
                     e.0 += s.rows;
                     e.1 += s.bytes;
@@ -2656,8 +2892,16 @@ impl Prepared {
             ))
             .await
             .ctx("starting the target transaction")?;
-            self.run_actions(&unit.actions, &src, &tgt, &progress, &mut stats, events)
-                .await?;
+            self.run_actions(
+                &unit.actions,
+                &[],
+                &src,
+                &tgt,
+                &progress,
+                &mut stats,
+                events,
+            )
+            .await?;
             crate::failpoint::hit("sync.before_commit").await?;
             tgt.batch_execute("COMMIT")
                 .await

@@ -56,11 +56,13 @@ pub struct OwnedSequence {
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Index {
     pub name: String,
-    /// `pg_get_indexdef`.
-    pub definition: String,
+    /// `pg_get_indexdef`; `None` until [`index_definitions`] read it (only for the tables whose
+    /// indexes a sync rebuilds: deparsing every index was most of the planning of 2 000 small
+    /// tables).
+    pub definition: Option<String>,
     /// Name and kind (`p`, `u`, `x`) of the constraint the index implements.
     pub constraint: Option<(String, String)>,
-    /// `pg_get_constraintdef` of that constraint.
+    /// `pg_get_constraintdef` of that constraint, read with `definition`.
     pub constraint_definition: Option<String>,
     /// Neither the replica identity, the clustering index, nor an index a foreign key uses
     /// (dropping it would lose that or fail).
@@ -142,110 +144,127 @@ pub async fn list_tables(client: &Client) -> Result<Vec<(u32, String, String)>> 
         .collect())
 }
 
-/// Loads columns, primary keys, owned sequences, indexes and the foreign keys touching `oids`,
-/// in six queries whatever the number of tables.
-pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
+/// Loads columns, primary keys, owned sequences, the foreign keys touching `oids` and (with
+/// `indexes`) their indexes without their definitions, in five or six queries whatever the
+/// number of tables, sent at once (the client pipelines them).
+pub async fn load(client: &Client, oids: &[u32], indexes: bool) -> Result<SideCatalog> {
     let oid_list: Vec<u32> = oids.to_vec();
-    let rels = client
-        .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
-                    greatest(c.reltuples, 0)::float8 \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE c.oid = ANY($1::oid[])",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading tables")?;
-    let cols = client
-        .query(
-            "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), \
-                    a.atttypid, a.attnotnull, a.attgenerated <> '', a.attidentity::text, \
-                    pg_get_expr(d.adbin, d.adrelid) \
-             FROM pg_attribute a \
-             LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
-             WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY a.attrelid, a.attnum",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading columns")?;
-    let pks = client
-        .query(
-            "SELECT con.conrelid, a.attname::text \
-             FROM pg_constraint con \
-             CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord) \
-             JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum \
-             WHERE con.contype = 'p' AND con.conrelid = ANY($1::oid[]) \
-             ORDER BY con.conrelid, k.ord",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading primary keys")?;
-    let seqs = client
-        .query(
-            "SELECT d.refobjid, a.attname::text, n.nspname::text, s.relname::text \
-             FROM pg_depend d \
-             JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
-             JOIN pg_namespace n ON n.oid = s.relnamespace \
-             JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
-             WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
-               AND d.deptype IN ('a', 'i') AND d.refobjid = ANY($1::oid[])",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading owned sequences")?;
-    let fks = client
-        .query(
-            "SELECT con.conname::text, con.conrelid, fn.nspname::text, fc.relname::text, \
-                    ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o) \
-                          JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n \
-                          ORDER BY k.o), \
-                    con.confrelid, tn.nspname::text, tc.relname::text, \
-                    ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o) \
-                          JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n \
-                          ORDER BY k.o), \
-                    con.condeferrable, con.condeferred, con.confdeltype::text \
-             FROM pg_constraint con \
-             JOIN pg_class fc ON fc.oid = con.conrelid \
-             JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
-             JOIN pg_class tc ON tc.oid = con.confrelid \
-             JOIN pg_namespace tn ON tn.oid = tc.relnamespace \
-             WHERE con.contype = 'f' AND con.conparentid = 0 \
-               AND (con.conrelid = ANY($1::oid[]) OR con.confrelid = ANY($1::oid[])) \
-             ORDER BY 1, 2",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading foreign keys")?;
-
-    let idx = client
-        .query(
-            "SELECT i.indrelid, c.relname::text, pg_get_indexdef(i.indexrelid), \
-                    con.conname::text, con.contype::text, pg_get_constraintdef(con.oid), \
-                    NOT i.indisreplident AND NOT i.indisclustered AND NOT EXISTS \
-                        (SELECT 1 FROM pg_constraint f WHERE f.conindid = i.indexrelid \
-                         AND f.contype = 'f'), \
-                    obj_description(i.indexrelid, 'pg_class'), c.relpages::bigint \
-             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
-             LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
-                  AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
-             WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, c.relname",
-            &[&oid_list],
-        )
-        .await
-        .ctx("reading indexes")?;
+    let rels = async {
+        client
+            .query(
+                "SELECT c.oid, n.nspname::text, c.relname::text, c.relkind::text, \
+                        greatest(c.reltuples, 0)::float8 \
+                 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE c.oid = ANY($1::oid[])",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading tables")
+    };
+    let cols = async {
+        client
+            .query(
+                "SELECT a.attrelid, a.attname::text, format_type(a.atttypid, a.atttypmod), \
+                        a.atttypid, a.attnotnull, a.attgenerated <> '', a.attidentity::text, \
+                        pg_get_expr(d.adbin, d.adrelid) \
+                 FROM pg_attribute a \
+                 LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
+                 WHERE a.attrelid = ANY($1::oid[]) AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attrelid, a.attnum",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading columns")
+    };
+    let pks = async {
+        client
+            .query(
+                "SELECT con.conrelid, a.attname::text \
+                 FROM pg_constraint con \
+                 CROSS JOIN LATERAL unnest(con.conkey) WITH ORDINALITY k(attnum, ord) \
+                 JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.attnum \
+                 WHERE con.contype = 'p' AND con.conrelid = ANY($1::oid[]) \
+                 ORDER BY con.conrelid, k.ord",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading primary keys")
+    };
+    let seqs = async {
+        client
+            .query(
+                "SELECT d.refobjid, a.attname::text, n.nspname::text, s.relname::text \
+                 FROM pg_depend d \
+                 JOIN pg_class s ON s.oid = d.objid AND s.relkind = 'S' \
+                 JOIN pg_namespace n ON n.oid = s.relnamespace \
+                 JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid \
+                 WHERE d.classid = 'pg_class'::regclass AND d.refclassid = 'pg_class'::regclass \
+                   AND d.deptype IN ('a', 'i') AND d.refobjid = ANY($1::oid[])",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading owned sequences")
+    };
+    let fks = async {
+        client
+            .query(
+                "SELECT con.conname::text, con.conrelid, fn.nspname::text, fc.relname::text, \
+                        ARRAY(SELECT a.attname::text FROM unnest(con.conkey) WITH ORDINALITY k(n, o) \
+                              JOIN pg_attribute a ON a.attrelid = con.conrelid AND a.attnum = k.n \
+                              ORDER BY k.o), \
+                        con.confrelid, tn.nspname::text, tc.relname::text, \
+                        ARRAY(SELECT a.attname::text FROM unnest(con.confkey) WITH ORDINALITY k(n, o) \
+                              JOIN pg_attribute a ON a.attrelid = con.confrelid AND a.attnum = k.n \
+                              ORDER BY k.o), \
+                        con.condeferrable, con.condeferred, con.confdeltype::text \
+                 FROM pg_constraint con \
+                 JOIN pg_class fc ON fc.oid = con.conrelid \
+                 JOIN pg_namespace fn ON fn.oid = fc.relnamespace \
+                 JOIN pg_class tc ON tc.oid = con.confrelid \
+                 JOIN pg_namespace tn ON tn.oid = tc.relnamespace \
+                 WHERE con.contype = 'f' AND con.conparentid = 0 \
+                   AND (con.conrelid = ANY($1::oid[]) OR con.confrelid = ANY($1::oid[])) \
+                 ORDER BY 1, 2",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading foreign keys")
+    };
+    let idx = async {
+        if !indexes {
+            return Ok(Vec::new());
+        }
+        client
+            .query(
+                // NOT IN, not a correlated NOT EXISTS: hashed once rather than costed per index,
+                // which pushed 2 000 indexes over jit_above_cost (20 ms of JIT compilation).
+                "SELECT i.indrelid, c.relname::text, con.conname::text, con.contype::text, \
+                        NOT i.indisreplident AND NOT i.indisclustered AND i.indexrelid NOT IN \
+                            (SELECT f.conindid FROM pg_constraint f WHERE f.contype = 'f'), \
+                        obj_description(i.indexrelid, 'pg_class'), c.relpages::bigint \
+                 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
+                      AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
+                 WHERE i.indrelid = ANY($1::oid[]) ORDER BY i.indrelid, c.relname",
+                &[&oid_list],
+            )
+            .await
+            .ctx("reading indexes")
+    };
+    let (rels, cols, pks, seqs, fks, idx) =
+        futures_util::try_join!(rels, cols, pks, seqs, fks, idx)?;
     let mut indexes: BTreeMap<u32, Vec<Index>> = BTreeMap::new();
     for r in &idx {
-        let conname: Option<String> = r.get(3);
-        let contype: Option<String> = r.get(4);
+        let conname: Option<String> = r.get(2);
+        let contype: Option<String> = r.get(3);
         indexes.entry(r.get(0)).or_default().push(Index {
             name: r.get(1),
-            definition: r.get(2),
+            definition: None,
             constraint: conname.zip(contype),
-            constraint_definition: r.get(5),
-            plain: r.get(6),
-            comment: r.get(7),
-            pages: r.get(8),
+            constraint_definition: None,
+            plain: r.get(4),
+            comment: r.get(5),
+            pages: r.get(6),
         });
     }
     let mut columns: BTreeMap<u32, Vec<Column>> = BTreeMap::new();
@@ -308,6 +327,40 @@ pub async fn load(client: &Client, oids: &[u32]) -> Result<SideCatalog> {
         tables,
         foreign_keys,
     })
+}
+
+/// Reads the definitions of the indexes of `tables` (and of the constraints they back), in one
+/// query whatever the number of tables.
+pub async fn index_definitions(client: &Client, tables: &mut [&mut Table]) -> Result<()> {
+    if tables.is_empty() {
+        return Ok(());
+    }
+    let oids: Vec<u32> = tables.iter().map(|t| t.oid).collect();
+    let rows = client
+        .query(
+            "SELECT i.indrelid, c.relname::text, pg_get_indexdef(i.indexrelid), \
+                    pg_get_constraintdef(con.oid) \
+             FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+             LEFT JOIN pg_constraint con ON con.conindid = i.indexrelid \
+                  AND con.conrelid = i.indrelid AND con.contype IN ('p', 'u', 'x') \
+             WHERE i.indrelid = ANY($1::oid[])",
+            &[&oids],
+        )
+        .await
+        .ctx("reading index definitions")?;
+    let mut defs: BTreeMap<(u32, String), (String, Option<String>)> = rows
+        .iter()
+        .map(|r| ((r.get(0), r.get(1)), (r.get(2), r.get(3))))
+        .collect();
+    for t in tables.iter_mut() {
+        for i in &mut t.indexes {
+            if let Some((def, con)) = defs.remove(&(t.oid, i.name.clone())) {
+                i.definition = Some(def);
+                i.constraint_definition = con;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Which schemas unqualified names and "every table" refer to.
