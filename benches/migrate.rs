@@ -46,6 +46,28 @@ fn psql(srv: &LocalServer, db: &str, sql: &str) {
     srv.psql(db, sql).unwrap_or_else(|e| panic!("{e}"));
 }
 
+/// Runs shell `lines` `jobs` at a time, in order (the largest table first), and returns the
+/// wall time of them all.
+fn run_shell_lines(lines: Vec<String>, jobs: usize) -> Duration {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let lines = Arc::new(lines);
+    let t = Instant::now();
+    let workers: Vec<_> = (0..jobs)
+        .map(|_| {
+            let (next, lines) = (next.clone(), lines.clone());
+            std::thread::spawn(move || loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(line) = lines.get(i) else { break };
+                sh(line);
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("a shell stream of the floor");
+    }
+    t.elapsed()
+}
+
 fn sh(cmd: &str) -> Duration {
     let t = Instant::now();
     let st = Command::new("bash")
@@ -242,23 +264,7 @@ fn main() {
         })
         .collect();
     // `jobs` streams at a time, the largest table first (as pgflip orders its work).
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let lines = Arc::new(lines);
-    let t = Instant::now();
-    let workers: Vec<_> = (0..jobs)
-        .map(|_| {
-            let (next, lines) = (next.clone(), lines.clone());
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(line) = lines.get(i) else { break };
-                sh(line);
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("copy stream");
-    }
-    let floor = t.elapsed();
+    let floor = run_shell_lines(lines, jobs);
     // The floor of the same result: each table's rows streamed once (binary), then its key and
     // indexes built, `jobs` tables at a time, largest first: the least work that leaves the
     // target with the same tables and indexes (no catalogs read, no ANALYZE, no foreign keys;
@@ -299,23 +305,7 @@ fn main() {
             format!("{copy} && ({key} & {a} & {c} & wait) && {attach}")
         })
         .collect();
-    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let lines = Arc::new(lines);
-    let t = Instant::now();
-    let workers: Vec<_> = (0..jobs)
-        .map(|_| {
-            let (next, lines) = (next.clone(), lines.clone());
-            std::thread::spawn(move || loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(line) = lines.get(i) else { break };
-                sh(line);
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("copy and index stream");
-    }
-    let floor_idx = t.elapsed();
+    let floor_idx = run_shell_lines(lines, jobs);
     println!(
         "prepare of {:.0} MB (20 tables, {big} rows in the largest), {jobs} jobs:",
         size as f64 / 1e6
