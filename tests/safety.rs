@@ -801,24 +801,35 @@ fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
            EXECUTE format('INSERT INTO t%s SELECT g, ''s'' FROM generate_series(1, 10) g', i); END LOOP; END $$"
     ));
 
-    // A watcher counts pgflip's backends per database while it runs.
+    // A watcher counts pgflip's backends per database while it runs, and keeps what each of
+    // them was doing at the busiest moment, so that a failure says which connection was extra.
     let done = std::sync::atomic::AtomicBool::new(false);
     let (most, out) = std::thread::scope(|s| {
         let watcher = s.spawn(|| {
-            let mut most: std::collections::BTreeMap<String, usize> = Default::default();
+            let mut most: std::collections::BTreeMap<String, (usize, Vec<String>)> =
+                Default::default();
             while !done.load(std::sync::atomic::Ordering::Relaxed) {
                 let rows = srv
                     .psql(
                         "postgres",
-                        "SELECT datname || ' ' || count(*) FROM pg_stat_activity \
-                         WHERE application_name LIKE 'pgflip%' GROUP BY datname",
+                        "SELECT datname, pid, backend_start::time, xact_start::time, state, \
+                                coalesce(wait_event, ''), left(query, 70) \
+                         FROM pg_stat_activity WHERE application_name LIKE 'pgflip%' \
+                         ORDER BY datname, backend_start",
                     )
                     .unwrap_or_default();
+                let mut now: std::collections::BTreeMap<String, Vec<String>> = Default::default();
                 for l in rows.lines() {
-                    if let Some((db, n)) = l.trim().rsplit_once(' ') {
-                        let n: usize = n.parse().unwrap_or(0);
-                        let e = most.entry(db.to_string()).or_default();
-                        *e = (*e).max(n);
+                    if let Some((db, rest)) = l.split_once('|') {
+                        now.entry(db.to_string())
+                            .or_default()
+                            .push(rest.to_string());
+                    }
+                }
+                for (db, backends) in now {
+                    let e = most.entry(db).or_default();
+                    if backends.len() > e.0 {
+                        *e = (backends.len(), backends);
                     }
                 }
                 std::thread::sleep(Duration::from_millis(10));
@@ -839,15 +850,17 @@ fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
         text.contains("Successfully swapped t150_staging to t150"),
         "{text}"
     );
-    eprintln!("most pgflip backends seen per database: {most:?}");
+    eprintln!("most pgflip backends seen per database: {most:#?}");
     // pgflip holds at most --jobs + 2. A backend whose connection pgflip just closed is
     // still counted until it has exited, which on a loaded machine can overlap the slot's next
     // connection: so up to one exiting backend per slot. Without the bound this count follows
     // the number of tables (150), and max_connections = 14 fails the run.
-    for (db, n) in &most {
+    for (db, (n, backends)) in &most {
         assert!(
             *n <= 2 * JOBS + 2,
-            "{n} pgflip connections to {db} at once (bound: --jobs + 2, + one exiting per slot)"
+            "{n} pgflip connections to {db} at once (bound: --jobs + 2, + one exiting per slot): \
+             pid | backend_start | xact_start | state | wait | query\n{}",
+            backends.join("\n")
         );
     }
     assert_eq!(
