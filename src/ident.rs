@@ -72,13 +72,6 @@ impl QuotedName {
         QuotedName(parts.join(", "))
     }
 
-    /// Text quoted where it was made ([`quote_ident`], [`qualified`]) and kept as a `String`
-    /// since: sync's and schema diff's plans still carry their relations so. The promise rests
-    /// on each caller; new code uses the constructors above.
-    pub fn already_quoted(sql: impl Into<String>) -> QuotedName {
-        QuotedName(sql.into())
-    }
-
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -91,6 +84,40 @@ impl QuotedName {
 impl fmt::Display for QuotedName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+/// Read as SQL text anywhere a `&str` is taken: reading cannot unquote it, and only the
+/// constructors above make one.
+impl std::ops::Deref for QuotedName {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<QuotedName> for String {
+    fn from(q: QuotedName) -> String {
+        q.0
+    }
+}
+
+impl PartialEq<str> for QuotedName {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other
+    }
+}
+
+impl PartialEq<QuotedName> for &str {
+    fn eq(&self, other: &QuotedName) -> bool {
+        *self == other.0
+    }
+}
+
+impl PartialEq<QuotedName> for String {
+    fn eq(&self, other: &QuotedName) -> bool {
+        *self == other.0
     }
 }
 

@@ -5,7 +5,10 @@
 //! - **In one database** (staging beside live): a single `FULL JOIN` on the key with
 //!   `count(*) FILTER (…)` for each kind, one scan of each table, instead of three queries (new,
 //!   deleted, updated) that each scan both. "Updated" compares the shared columns as a row with
-//!   `IS DISTINCT FROM`, so NULL on both sides counts as equal.
+//!   `IS DISTINCT FROM`, so NULL on both sides counts as equal. A large table's key range is
+//!   split over idle connections (sync's spare `--jobs`), one part each, in one snapshot: the
+//!   `FULL JOIN` is a merge join the server does not parallelize, the three queries' anti
+//!   joins are.
 //! - **Across two servers** (source and target), without copying the table: each side hashes
 //!   its rows into buckets by a hash of the key and returns, per bucket, a row count and the XOR
 //!   of the rows' 64-bit hashes (order-independent, so no sort). Only buckets whose figures differ
@@ -38,6 +41,9 @@ pub struct DiffSummary {
     /// Bytes received from the servers by a cross-server diff.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes_moved: Option<u64>,
+    /// Key ranges a one-pass diff was split into, each diffed at once on its own connection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parts: Option<usize>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
@@ -145,25 +151,54 @@ fn row_pair(columns: &[(String, bool)]) -> (String, String) {
     (side("n"), side("o"))
 }
 
+/// Tables with fewer rows than this are diffed on one connection: below it, starting the other
+/// connections' transactions costs more than the scan they would share.
+pub const SPLIT_MIN_ROWS: f64 = 200_000.0;
+
+/// How many sampled key values [`in_database`] sorts to find where to split the key range.
+const SPLIT_SAMPLE_ROWS: f64 = 30_000.0;
+
 /// Diffs `new` against `old` inside one database in one pass; with `sample > 0`, also fetches
 /// up to `sample` example keys of each kind (ordered by key).
+///
+/// With `helpers` (idle connections to the same database), a large table's key range is split
+/// into one part per connection and the parts are diffed at once, each on its own connection
+/// in the snapshot `client` exports, and the counts summed: the one-pass `FULL JOIN` is a merge
+/// join that the server does not run in parallel before PostgreSQL 16, while the anti joins of
+/// the three-query way do go parallel. The split is on the first key column at quantiles of a
+/// sample of `old`, so every key falls in exactly one part and each part is an exact
+/// comparison; a first key column without an ordering, or a small table, is diffed on `client`
+/// alone. `key` is a primary key (its columns are never null). `client` must be inside a `REPEATABLE READ` transaction (the snapshot it exports is
+/// the one every part reads); the helpers' transactions are begun and ended here.
 pub async fn in_database(
     client: &Client,
+    helpers: &[&Client],
     new: &str,
     old: &str,
     key: &[String],
     columns: &[(String, bool)],
     sample: usize,
 ) -> Result<DiffSummary> {
-    let row = client
-        .query_one(&one_pass_sql(new, old, key, columns), &[])
-        .await
-        .ctx(format!("comparing {new} with {old}"))?;
+    let (counts, parts) = match split_parts(client, helpers, old, &key[0]).await? {
+        Some(parts) => {
+            let result = diff_parts(client, helpers, new, old, key, columns, &parts).await;
+            end_helpers(helpers).await;
+            (result?, Some(parts.len()))
+        }
+        None => {
+            let row = client
+                .query_one(&one_pass_sql(new, old, key, columns), &[])
+                .await
+                .ctx(format!("comparing {new} with {old}"))?;
+            ([row.get::<_, i64>(0), row.get(1), row.get(2)], None)
+        }
+    };
     let mut d = DiffSummary {
-        new: row.get::<_, i64>(0) as u64,
-        updated: row.get::<_, i64>(1) as u64,
-        deleted: row.get::<_, i64>(2) as u64,
+        new: counts[0] as u64,
+        updated: counts[1] as u64,
+        deleted: counts[2] as u64,
         method: "one_pass",
+        parts,
         ..Default::default()
     };
     if sample > 0 {
@@ -206,6 +241,128 @@ pub async fn in_database(
         });
     }
     Ok(d)
+}
+
+/// Where to split the key range of `old` for [`in_database`]: the conditions of the parts on
+/// the first key column, or `None` to diff on one connection. On success every helper is inside
+/// a transaction reading `client`'s snapshot.
+async fn split_parts(
+    client: &Client,
+    helpers: &[&Client],
+    old: &str,
+    first_key: &str,
+) -> Result<Option<Vec<String>>> {
+    if helpers.is_empty() {
+        return Ok(None);
+    }
+    let row = client
+        .query_one(
+            "SELECT pg_catalog.pg_export_snapshot(), c.reltuples::float8, \
+                    pg_catalog.format_type(a.atttypid, a.atttypmod) \
+             FROM pg_catalog.pg_class c \
+             JOIN pg_catalog.pg_attribute a ON a.attrelid = c.oid AND a.attname = $2 \
+             WHERE c.oid = $1::text::regclass",
+            &[&old, &first_key],
+        )
+        .await
+        .ctx(format!("planning the diff of {old}"))?;
+    let (snapshot, rows, key_type): (String, f64, String) = (row.get(0), row.get(1), row.get(2));
+    if rows < SPLIT_MIN_ROWS {
+        return Ok(None);
+    }
+    let share = format!(
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT {}",
+        crate::ident::quote_literal(&snapshot)
+    );
+    for h in helpers {
+        if let Err(e) = h.batch_execute(&share).await {
+            end_helpers(helpers).await;
+            return Err(e).ctx("sharing the diff's snapshot");
+        }
+    }
+    let parts = helpers.len() + 1;
+    let fractions: Vec<String> = (1..parts)
+        .map(|i| format!("{}", i as f64 / parts as f64))
+        .collect();
+    let k = quote_ident(first_key);
+    let percent = (100.0 * SPLIT_SAMPLE_ROWS / rows).min(100.0);
+    // On a helper: a key type without an ordering fails there, not in `client`'s transaction.
+    let bounds = helpers[0]
+        .query(
+            &format!(
+                "SELECT b::text FROM unnest((SELECT percentile_disc(ARRAY[{}]::float8[]) \
+                 WITHIN GROUP (ORDER BY {k}) FROM {old} TABLESAMPLE SYSTEM ({percent}))) \
+                 WITH ORDINALITY u(b, i) WHERE b IS NOT NULL ORDER BY i",
+                fractions.join(", ")
+            ),
+            &[],
+        )
+        .await;
+    // Ascending (the fractions are); a repeated bound would only make an empty part.
+    let mut bounds: Vec<String> = match bounds {
+        Ok(rows) => rows.iter().map(|r| r.get(0)).collect(),
+        Err(_) => Vec::new(),
+    };
+    bounds.dedup();
+    if bounds.is_empty() {
+        end_helpers(helpers).await;
+        return Ok(None);
+    }
+    let lit = |b: &String| format!("{}::{key_type}", crate::ident::quote_literal(b));
+    // Plain ranges, so that each part reads only its range of the key's index (an `OR k IS
+    // NULL` in the first made that part scan the whole index: no faster than one pass). The key
+    // is a primary key: never null.
+    let mut conds = vec![format!("{k} < {}", lit(&bounds[0]))];
+    for w in bounds.windows(2) {
+        conds.push(format!("{k} >= {} AND {k} < {}", lit(&w[0]), lit(&w[1])));
+    }
+    conds.push(format!("{k} >= {}", lit(&bounds[bounds.len() - 1])));
+    Ok(Some(conds))
+}
+
+/// Ends the helpers' transactions (read-only: ending them cannot lose anything; one that never
+/// began only gets a warning).
+async fn end_helpers(helpers: &[&Client]) {
+    for h in helpers {
+        let _ = h.batch_execute("ROLLBACK").await;
+    }
+}
+
+/// Runs the one-pass diff of each part (one per connection, `client` first) and sums the
+/// counts: new, updated, deleted.
+async fn diff_parts(
+    client: &Client,
+    helpers: &[&Client],
+    new: &str,
+    old: &str,
+    key: &[String],
+    columns: &[(String, bool)],
+    parts: &[String],
+) -> Result<[i64; 3]> {
+    let conns: Vec<&Client> = std::iter::once(client)
+        .chain(helpers.iter().copied())
+        .collect();
+    let rows = futures_util::future::try_join_all(parts.iter().zip(conns).map(|(cond, c)| {
+        let sql = one_pass_sql(
+            &format!("(SELECT * FROM {new} WHERE {cond})"),
+            &format!("(SELECT * FROM {old} WHERE {cond})"),
+            key,
+            columns,
+        );
+        async move {
+            c.query_one(&sql, &[])
+                .await
+                .ctx(format!("comparing {new} with {old}"))
+        }
+    }))
+    .await?;
+    let mut sum = [0i64; 3];
+    for r in rows {
+        for (i, s) in sum.iter_mut().enumerate() {
+            *s += r.get::<_, i64>(i);
+        }
+    }
+    Ok(sum)
 }
 
 /// Session settings that make a row's text form the same on any server.

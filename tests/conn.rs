@@ -1276,3 +1276,110 @@ fn the_binary_names_the_side_and_never_prints_the_password() {
     }
     eprintln!("binary connection-error checks run: {checked}");
 }
+
+/// The pool's backend pid of a connection.
+async fn backend_pid(c: &tokio_postgres::Client) -> i32 {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_pool_reuses_what_is_given_back_and_closes_what_is_not() {
+    let db = TestDb::new(server(), "pool");
+    let ep = resolve(Side::Target, &url(&db.url()), &env());
+    let pool = pgflip::conn::Pool::new(ep.clone());
+
+    // Given back clean: the next step gets the same backend.
+    let c = pool.get().await.unwrap();
+    let first = backend_pid(&c).await;
+    c.reuse();
+    assert_eq!(pool.idle(), 1);
+    let c = pool.get().await.unwrap();
+    assert_eq!(
+        backend_pid(&c).await,
+        first,
+        "the idle connection is reused"
+    );
+
+    // Dropped without `reuse` (an error path): closed, never handed to the next step.
+    drop(c);
+    assert_eq!(pool.idle(), 0);
+    let c = pool.get().await.unwrap();
+    let second = backend_pid(&c).await;
+    assert_ne!(second, first);
+    let gone = db.psql(&format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"
+    ));
+    // The server notices the closed socket a little later.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut left = gone;
+    while left.trim() != "0" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        left = db.psql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = {first}"
+        ));
+    }
+    assert_eq!(left.trim(), "0", "the dropped connection's backend exited");
+
+    // One the server ended while it waited is skipped once the client has seen it close (the
+    // driver reads the server's goodbye in the background), not handed out dead.
+    c.reuse();
+    db.psql(&format!("SELECT pg_terminate_backend({second})"));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = pool.get().await.unwrap();
+    let third = backend_pid_or_dead(&c)
+        .await
+        .expect("a live connection, not the terminated one");
+    assert_ne!(third, second);
+    assert_ne!(third, first);
+}
+
+/// `None` when the connection turns out dead (so the next `get` skips it).
+async fn backend_pid_or_dead(c: &tokio_postgres::Client) -> Option<i32> {
+    c.query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn a_pool_with_setup_runs_it_once_per_new_connection() {
+    let db = TestDb::new(server(), "pool_setup");
+    let ep = resolve(Side::Target, &url(&db.url()), &env());
+    let pool = pgflip::conn::Pool::with_setup(
+        ep,
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY".into(),
+        "opening the reader's transaction",
+    );
+    let c = pool.get().await.unwrap();
+    let xid: String = c
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let iso: String = c
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(iso, "repeatable read");
+    c.reuse();
+    // Reused as left: still inside the same transaction (same snapshot), not set up again.
+    let c = pool.get().await.unwrap();
+    let again: String = c
+        .query_one("SELECT pg_current_snapshot()::text", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(again, xid);
+    // A setup that fails is the pool's error, with its description.
+    let bad = pgflip::conn::Pool::with_setup(
+        resolve(Side::Target, &url(&db.url()), &env()),
+        "SELECT no_such_function()".into(),
+        "opening the reader's transaction",
+    );
+    let err = bad.get().await.err().expect("setup fails").to_string();
+    assert!(err.contains("opening the reader's transaction"), "{err}");
+}

@@ -1957,3 +1957,418 @@ async fn the_flip_keeps_pg_stat_statements_out_of_its_locked_transaction() {
     drop(c);
     srv.stop().unwrap();
 }
+
+/// One failed lock attempt a flip reported: when, which attempt, its backoff, the blockers.
+type FailedAttempt = (Instant, u32, Duration, Vec<String>);
+
+/// The failed lock attempts a flip reports.
+#[derive(Default)]
+struct FailedAttempts(std::sync::Mutex<Vec<FailedAttempt>>);
+
+impl pgflip::events::EventSink for FailedAttempts {
+    fn emit(&self, e: pgflip::events::Event) {
+        if let pgflip::events::Event::LockAttemptFailed {
+            attempt,
+            retry_in,
+            blockers,
+        } = e
+        {
+            self.0
+                .lock()
+                .unwrap()
+                .push((Instant::now(), attempt, retry_in, blockers));
+        }
+    }
+}
+
+/// `n` tables `t1`…`tn` (created in that order, so locked in that order) with their greens.
+fn numbered_pairs(db: &TestDb, n: usize) -> Vec<FlipPair> {
+    (1..=n)
+        .map(|i| {
+            db.psql(&format!(
+                "CREATE TABLE t{i} (id int PRIMARY KEY, v int); INSERT INTO t{i} VALUES (1, 1); \
+                 CREATE TABLE t{i}_staging (LIKE t{i} INCLUDING ALL); INSERT INTO t{i}_staging VALUES (1, 2);"
+            ));
+            FlipPair {
+                live: QualifiedName::new("public", format!("t{i}")),
+                green: QualifiedName::new("public", format!("t{i}_staging")),
+            }
+        })
+        .collect()
+}
+
+/// `lock_timeout` bounds each lock wait; the flip bounds its whole lock step by it too. Three
+/// readers hold the three live tables and end one after the other, each within the lock
+/// timeout of the one before: lock by lock, one attempt would wait for all three (three times
+/// the lock timeout, the application's queries on the tables already locked queued behind
+/// it). The step gives up when its lock timeout is spent, as a lock timeout (retried, the
+/// sessions in the way named), and a later attempt succeeds once they are gone.
+#[tokio::test]
+async fn the_lock_step_as_a_whole_is_bounded_by_the_lock_timeout() {
+    let db = fresh_db("flip_lock_step_bound");
+    let pairs = numbered_pairs(&db, 3);
+    let c = db.client().await;
+    let opts = FlipOptions {
+        lock_timeout: Duration::from_millis(1500),
+        max_wait: Duration::from_secs(60),
+        old_transaction: Duration::from_secs(60),
+        ..FlipOptions::default()
+    };
+    pgflip::state::ensure(&c).await.unwrap();
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
+        .await
+        .unwrap();
+    // Reader i holds t{i} for i seconds (on the server's clock, from one moment): each lock
+    // is released 1 s after the one before, 0.5 s within the lock timeout.
+    let mut holders = Vec::new();
+    let mut pids = Vec::new();
+    for _ in 1..=3 {
+        let h = db.client().await;
+        pids.push(text(&h, "SELECT pg_backend_pid()").await);
+        holders.push(h);
+    }
+    let scripts: Vec<String> = (1..=3)
+        .map(|n| format!("BEGIN; SELECT count(*) FROM t{n}; SELECT pg_sleep({n}); COMMIT"))
+        .collect();
+    let held = holders
+        .iter()
+        .zip(&scripts)
+        .map(|(h, s)| h.batch_execute(s))
+        .collect::<Vec<_>>();
+    let held = futures_util::future::join_all(held);
+    let events = FailedAttempts::default();
+    let flipping = async {
+        // Start once all three hold their table.
+        while text(
+            &c,
+            "SELECT count(*) FROM pg_locks WHERE granted AND mode = 'AccessShareLock' \
+             AND relation IN ('t1'::regclass, 't2'::regclass, 't3'::regclass)",
+        )
+        .await
+            != "3"
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        flip::execute(&c, &fp, &opts, &events).await
+    };
+    let (done, outcome) = tokio::join!(held, flipping);
+    for d in done {
+        d.unwrap();
+    }
+    let outcome = outcome.unwrap();
+    let failed = events.0.lock().unwrap().clone();
+    assert!(
+        outcome.attempts >= 2 && failed.len() as u32 == outcome.attempts - 1,
+        "one attempt waited for every lock in turn: {} attempt(s), {} ms locked, {failed:?}",
+        outcome.attempts,
+        outcome.locked_ms
+    );
+    // The first attempt got t1 and gave up while t2's reader still held it: the step's
+    // timeout, not t1's wait, ended it; the report names the sessions in the way.
+    assert!(
+        failed[0]
+            .3
+            .iter()
+            .any(|b| b.contains(&format!("pid {}", pids[1]))),
+        "{failed:?}"
+    );
+    for (_, _, _, blockers) in &failed {
+        assert!(
+            !blockers
+                .iter()
+                .any(|b| b.contains(&format!("pid {}", pids[0]))),
+            "{failed:?}"
+        );
+    }
+    // The attempt that succeeded did not wait for three locks either.
+    assert!(outcome.locked_ms < 2500.0, "{} ms", outcome.locked_ms);
+    assert_eq!(q(&db, "SELECT v FROM t1"), "2");
+    assert_eq!(q(&db, "SELECT v FROM t3"), "2");
+}
+
+/// A cancel that is not the lock step's own timeout (here an operator's
+/// `pg_cancel_backend`) ends the flip as the cancel it is: never retried as a lock timeout.
+#[tokio::test]
+async fn a_cancel_during_the_lock_step_is_not_retried() {
+    let db = fresh_db("flip_lock_step_cancel");
+    let pairs = numbered_pairs(&db, 2);
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM t2")
+        .await
+        .unwrap();
+    let c = db.client().await;
+    let pid = text(&c, "SELECT pg_backend_pid()").await;
+    let opts = FlipOptions {
+        lock_timeout: Duration::from_secs(20),
+        max_wait: Duration::from_secs(60),
+        old_transaction: Duration::from_secs(600),
+        ..FlipOptions::default()
+    };
+    let events = FailedAttempts::default();
+    let operator = db.client().await;
+    let cancelling = async {
+        // Once the flip waits for t2's lock (t1 taken), cancel it.
+        while text(
+            &operator,
+            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted AND relation = 't2'::regclass"),
+        ),
+        )
+        .await
+            != "1"
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let sent = Instant::now();
+        text(&operator, &format!("SELECT pg_cancel_backend({pid})")).await;
+        sent
+    };
+    let flipping = flip::flip(&c, &pairs, FlipKind::Sync, &opts, &events);
+    let (sent, r) = tokio::join!(cancelling, flipping);
+    let err = r.unwrap_err();
+    assert_eq!(err.sqlstate(), Some("57014"), "{err}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(
+        events.0.lock().unwrap().is_empty(),
+        "retried after a cancel"
+    );
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(q(&db, "SELECT v FROM t1"), "1");
+}
+
+/// Ctrl-C while the flip waits in its lock step ends the command as interrupted (exit 130),
+/// not as a lock timeout to retry: the cancel pgflip sends on an interrupt is not the step's
+/// own timeout.
+#[tokio::test]
+async fn ctrl_c_during_the_lock_step_interrupts_the_flip() {
+    let db = fresh_db("flip_lock_step_ctrl_c");
+    let pairs = numbered_pairs(&db, 1);
+    let c = db.client().await;
+    flip::flip(
+        &c,
+        &pairs,
+        FlipKind::Sync,
+        &FlipOptions::default(),
+        &NullSink,
+    )
+    .await
+    .unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; SELECT count(*) FROM t1")
+        .await
+        .unwrap();
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_pgflip"))
+        .args([
+            "rollback",
+            "--target",
+            &db.url(),
+            "--latest",
+            "--lock-timeout",
+            "20s",
+            "--max-wait",
+            "60s",
+        ])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Once pgflip's lock request waits behind the reader.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while text(
+        &c,
+        "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'pgflip' AND NOT l.granted AND l.relation = 't1'::regclass",
+    )
+    .await
+        != "1"
+    {
+        assert!(
+            Instant::now() < deadline,
+            "pgflip never waited for its lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent = Instant::now();
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(130), "{}", stderr(&o));
+    assert!(
+        sent.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(!stderr(&o).contains("retry"), "{}", stderr(&o));
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    // Still the first flip's green.
+    assert_eq!(q(&db, "SELECT v FROM t1"), "2");
+}
+
+/// A flip of many tables with a small lock timeout and nothing in its way gets its locks on
+/// the first attempt: the lock step's budget covers the server's own work of taking the locks
+/// (which grows with the number of relations), not only the waiting. With `lock_timeout` as
+/// the whole budget, taking the 1,000 locks below in a fresh session (~20–40 ms of server
+/// work) outlasted the 10 ms lock timeout on every attempt until `max_wait`.
+#[tokio::test]
+async fn many_tables_uncontended_get_their_locks_on_the_first_attempt() {
+    let db = fresh_db("flip_lock_step_many");
+    let n = 500;
+    // One round trip for all of them: a psql call a table would take longer than the test.
+    db.psql(&format!(
+        "DO $$ BEGIN FOR i IN 1..{n} LOOP EXECUTE format(\
+         'CREATE TABLE %I (id int PRIMARY KEY, v int); INSERT INTO %I VALUES (1, 1); \
+          CREATE TABLE %I (LIKE %I INCLUDING ALL); INSERT INTO %I VALUES (1, 2)', \
+         't' || i, 't' || i, 't' || i || '_staging', 't' || i, 't' || i || '_staging'); \
+         END LOOP; END $$"
+    ));
+    let pairs: Vec<FlipPair> = (1..=n)
+        .map(|i| FlipPair {
+            live: QualifiedName::new("public", format!("t{i}")),
+            green: QualifiedName::new("public", format!("t{i}_staging")),
+        })
+        .collect();
+    let opts = FlipOptions {
+        lock_timeout: Duration::from_millis(10),
+        max_wait: Duration::from_secs(20),
+        ..FlipOptions::default()
+    };
+    // A fresh session, as the CLI's: nothing looked up yet.
+    let c = db.client().await;
+    pgflip::state::ensure(&c).await.unwrap();
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
+        .await
+        .unwrap();
+    // The dry run says what the step is given: the lock timeout and the allowance.
+    let step = fp
+        .plan
+        .steps
+        .iter()
+        .find(|s| s.description.starts_with("lock 1000 relations"))
+        .expect("one step locks the 1,000 live and green tables");
+    assert!(
+        step.description
+            .contains("within 260 ms (lock_timeout 10 ms + 250 ms for taking 1000 lock(s), the first 2 ms trying for a moment none is held)"),
+        "{}",
+        step.description
+    );
+    let c = db.client().await;
+    let events = FailedAttempts::default();
+    let outcome = flip::execute(&c, &fp, &opts, &events).await;
+    let failed = events.0.lock().unwrap().clone();
+    let outcome =
+        outcome.unwrap_or_else(|e| panic!("{e} after {} failed attempt(s)", failed.len()));
+    assert_eq!(outcome.attempts, 1, "{failed:?}");
+    assert!(failed.is_empty(), "{failed:?}");
+    assert_eq!(q(&db, &format!("SELECT v FROM t{n}")), "2");
+}
+
+/// Before each attempt the flip looks its relations up by name (to warm the server's name
+/// cache outside the locks); that must never wait for a lock. A DDL holding ACCESS EXCLUSIVE
+/// on the live table: the flip's attempts time out and it gives up at `max_wait`, as without
+/// the look-up, instead of waiting for the holder.
+#[tokio::test]
+async fn looking_the_relations_up_before_an_attempt_never_waits_for_a_lock() {
+    let db = fresh_db("flip_warm_names");
+    let pairs = numbered_pairs(&db, 1);
+    let c = db.client().await;
+    let opts = FlipOptions {
+        lock_timeout: Duration::from_millis(50),
+        max_wait: Duration::from_secs(1),
+        old_transaction: Duration::from_secs(600),
+        ..FlipOptions::default()
+    };
+    pgflip::state::ensure(&c).await.unwrap();
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
+        .await
+        .unwrap();
+    let holder = db.client().await;
+    holder
+        .batch_execute("BEGIN; LOCK TABLE t1 IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let events = FailedAttempts::default();
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        flip::execute(&c, &fp, &opts, &events),
+    )
+    .await
+    .expect("the flip waited for the holder instead of timing out");
+    let err = r.unwrap_err();
+    assert!(
+        matches!(err, pgflip::error::Error::LockTimeout { .. }),
+        "{err}"
+    );
+    assert!(!events.0.lock().unwrap().is_empty());
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(q(&db, "SELECT v FROM t1"), "1");
+}
+
+/// Queries that name the flipped tables in the other order than the flip locks them (here
+/// t2 before t1; the flip locks by OID) do not starve it. While the flip queues for t1, a
+/// query that starts takes t2 and queues behind it for t1; the flip then waits for t2, and
+/// each waits for the other until the lock timeout. With such queries in a loop, every
+/// attempt used to end that way until `max_wait`; the lock step first tries for a moment
+/// neither is held, and gets through.
+#[tokio::test]
+async fn readers_locking_in_the_other_order_do_not_starve_the_flip() {
+    let db = fresh_db("flip_lock_order_readers");
+    let pairs = numbered_pairs(&db, 2);
+    let c = db.client().await;
+    let opts = FlipOptions {
+        lock_timeout: Duration::from_millis(100),
+        max_wait: Duration::from_secs(20),
+        ..FlipOptions::default()
+    };
+    pgflip::state::ensure(&c).await.unwrap();
+    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..4 {
+        let r = db.client().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut n, mut errors) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // Both locks are taken as the query is parsed, t2 first; the sleep holds
+                // them a little while, as a query that does some work does.
+                if let Err(e) = r
+                    .query_one(
+                        "SELECT (SELECT count(*) FROM public.t2), pg_catalog.pg_sleep(0.001), \
+                                (SELECT count(*) FROM public.t1)",
+                        &[],
+                    )
+                    .await
+                {
+                    errors.push(e.to_string());
+                }
+                n += 1;
+            }
+            (n, errors)
+        }));
+    }
+    // The readers are running.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let events = FailedAttempts::default();
+    let outcome = flip::execute(&c, &fp, &opts, &events).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut reads = 0;
+    for r in readers {
+        let (n, errors) = r.await.unwrap();
+        assert!(errors.is_empty(), "readers got errors: {errors:?}");
+        reads += n;
+    }
+    let failed = events.0.lock().unwrap().clone();
+    let outcome =
+        outcome.unwrap_or_else(|e| panic!("{e} after {} failed attempt(s)", failed.len()));
+    assert!(reads > 20, "readers barely ran ({reads})");
+    assert_eq!(q(&db, "SELECT v FROM t1"), "2");
+    assert_eq!(q(&db, "SELECT v FROM t2"), "2");
+    assert!(outcome.locked_ms < 1000.0, "{} ms", outcome.locked_ms);
+}

@@ -851,9 +851,11 @@ fn connections_per_server_stay_within_jobs_whatever_the_number_of_tables() {
         "{text}"
     );
     eprintln!("most pgflip backends seen per database: {most:#?}");
-    // pgflip holds at most --jobs + 2. A backend whose connection pgflip just closed is
-    // still counted until it has exited, which on a loaded machine can overlap the slot's next
-    // connection: so up to one exiting backend per slot. Without the bound this count follows
+    // pgflip holds at most --jobs + 2. Its connections are pooled for the whole copy, but a
+    // backend whose connection pgflip closed at the end of the copies is still counted until
+    // it has exited, which on a loaded machine can overlap the swap's: so up to one exiting
+    // backend per slot. (Before the pool, each staging step closed its own connection, and 7
+    // were seen at once on a loaded machine.) Without the bound this count follows
     // the number of tables (150), and max_connections = 14 fails the run.
     for (db, (n, backends)) in &most {
         assert!(

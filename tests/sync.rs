@@ -1176,9 +1176,17 @@ async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        // pg_locks shows every database of the server, and other tests share it: only
+        // pgflip's target lock on this database counts.
         let held = q(
             &tgt,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted",
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                 AND classid = {}::oid AND objid = {}::oid AND objsubid = 2",
+                pgflip::state::LOCK_CLASSID,
+                pgflip::state::LOCK_OBJID_TARGET
+            ),
         );
         if held != "0" {
             break;
@@ -1191,7 +1199,11 @@ async fn a_second_run_on_the_same_target_is_refused_and_runs_are_recorded() {
     }
     let second = sync(&src, &tgt, &["t"]);
     assert_eq!(second.status.code(), Some(5), "{}", stderr(&second));
-    assert!(stderr(&second).contains("pid"), "{}", stderr(&second));
+    assert!(
+        stderr(&second).contains("another pgflip run is acting on this target: pid"),
+        "{}",
+        stderr(&second)
+    );
     assert_eq!(q(&tgt, "SELECT count(*) FROM t"), "0");
 
     blocker.batch_execute("ROLLBACK").await.unwrap();
@@ -1297,12 +1309,18 @@ async fn small_tables_share_a_transaction_that_holds_writers_and_not_readers() {
         assert_eq!(e.code().map(|c| c.code()), Some("55P03"), "{w}: {e}");
     }
     // What pgflip holds: SHARE ROW EXCLUSIVE (and DELETE's ROW EXCLUSIVE) on each table, all in
-    // one backend; never ACCESS EXCLUSIVE.
+    // one backend; never ACCESS EXCLUSIVE. (The server reports a statement's error before it
+    // releases the statement's locks: the writer's own are left out, and asking its backend
+    // something first waits for that.)
+    let writer = text(&c, "SELECT pg_backend_pid()").await;
     let held = q(
         &tgt,
-        "SELECT count(DISTINCT pid) || ':' || string_agg(DISTINCT mode, ',' ORDER BY mode) || ':' || \
-                count(DISTINCT relation) FROM pg_locks \
-         WHERE relation IN ('s1'::regclass, 's2'::regclass, 's3'::regclass) AND granted",
+        &format!(
+            "SELECT count(DISTINCT pid) || ':' || string_agg(DISTINCT mode, ',' ORDER BY mode) || ':' || \
+                    count(DISTINCT relation) FROM pg_locks \
+             WHERE relation IN ('s1'::regclass, 's2'::regclass, 's3'::regclass) AND granted \
+             AND pid <> {writer}"
+        ),
     );
     assert_eq!(held, "1:RowExclusiveLock,ShareRowExclusiveLock:3");
     std::fs::remove_file(&paused).unwrap();
@@ -1341,4 +1359,219 @@ async fn small_tables_share_a_transaction_that_holds_writers_and_not_readers() {
     let out = ok(&child.wait_with_output().unwrap());
     assert!(out.contains("✔ s2 - "), "{out}");
     assert_eq!(state(), NEW);
+}
+
+/// Small tables sharing a transaction go to the target as `INSERT … VALUES` with literals, in
+/// one message (issue 13's many small tables). Every value must arrive exactly as a COPY would
+/// have brought it, whatever the target's DateStyle and IntervalStyle; a table with an INSERT
+/// rule on the target keeps its COPY (COPY ignores rules); and the path must really be taken.
+#[test]
+fn small_tables_sent_as_literals_arrive_exactly() {
+    let (src, tgt) = server_pair("inline");
+    let ddl = r#"CREATE TYPE mood AS ENUM ('sad', 'ok', 'it''s \ fine');
+        CREATE TABLE "Odd ""Values""" (id int GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+            f8 float8, f4 real, n numeric, ts timestamptz, t timestamp, d date, iv interval,
+            b bytea, s text, j jsonb, ia int[], ta text[], u uuid, ok bool, m mood, cash money);
+        CREATE TABLE plain (id int PRIMARY KEY, v text);
+        CREATE TABLE ruled (id int PRIMARY KEY, v text)"#;
+    src.psql(ddl);
+    tgt.psql(ddl);
+    tgt.psql("CREATE RULE quiet AS ON INSERT TO ruled DO INSTEAD NOTHING");
+    src.psql(
+        r#"INSERT INTO "Odd ""Values""" (f8, f4, n, ts, t, d, iv, b, s, j, ia, ta, u, ok, m, cash)
+           OVERRIDING SYSTEM VALUE VALUES
+           (0.1, 0.1, 12345678901234567890.000000000001, '2024-02-29 23:59:59.999999+05:30',
+            '1999-12-31 12:00', 'infinity', '-1 year +2 mons -3 days +04:05:06.7', '\x00275c0a'::bytea,
+            E'quote '' backslash \\ newline \n tab \t unicode é€', '{"a": [1, "x\"y"]}',
+            '{1,NULL,3}', '{"a,b","c\"d",NULL,"e\\f"}', 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11',
+            true, 'it''s \ fine', 12.34),
+           (1e-300, '-Infinity', 'NaN', '-infinity', '0001-01-01 BC', '2000-01-01',
+            '-00:00:00.000001', '', '', 'null', '{}', '{}', NULL, false, 'sad', -0.01),
+           (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+            NULL, NULL);
+           INSERT INTO plain SELECT g, 'new ' || g FROM generate_series(1, 5) g;
+           INSERT INTO ruled SELECT g, 'new ' || g FROM generate_series(1, 5) g"#,
+    );
+    tgt.psql(
+        r#"INSERT INTO plain VALUES (99, 'old'); INSERT INTO "Odd ""Values""" (s) VALUES ('old')"#,
+    );
+    // A reader of another DateStyle and IntervalStyle: ISO dates and postgres-style intervals
+    // still read back as the same values.
+    tgt.psql(&format!(
+        "ALTER DATABASE {} SET DateStyle = 'SQL, DMY'; ALTER DATABASE {0} SET IntervalStyle = 'sql_standard'",
+        tgt.name
+    ));
+    let (s, t) = (src.url(), tgt.url());
+    let run = |extra: &[&str]| {
+        let mut args = vec!["sync", "--source", &s, "--target", &t, "--jobs", "1"];
+        args.extend_from_slice(extra);
+        let o = pgflip_env(&args, &[("PGFLIP_LOG", "pgflip::sync=debug")]);
+        ok(&o);
+        stderr(&o)
+    };
+    let err = run(&["--exclude", "ruled"]);
+    let sent = err
+        .lines()
+        .find(|l| l.contains("sent inline"))
+        .unwrap_or_default();
+    assert!(
+        sent.contains("Values") && sent.contains("plain"),
+        "both tables in one message: {err}"
+    );
+    let rows = r#"(SELECT id, f8, f4, n, ts, t, d, iv, b, s, j, ia, ta, u, ok, m::text, cash::numeric
+                   FROM "Odd ""Values""")"#;
+    let as_iso = |db: &TestDb| {
+        q(
+            db,
+            &format!(
+                "SET DateStyle = ISO; SET IntervalStyle = postgres; SET TimeZone = UTC; \
+                 SELECT count(*) || ':' || md5(string_agg(x::text, ',' ORDER BY x::text)) FROM {rows} x"
+            ),
+        )
+    };
+    assert_eq!(as_iso(&src), as_iso(&tgt));
+    assert_eq!(digest(&src, "plain"), digest(&tgt, "plain"));
+    // COPY ignores rules: a table with an INSERT rule keeps its COPY, and its shared
+    // transaction too.
+    let err = run(&["ruled", "plain"]);
+    assert!(!err.contains("sent inline"), "{err}");
+    assert_eq!(q(&tgt, "SELECT count(*) FROM ruled"), "5");
+    assert_eq!(digest(&src, "plain"), digest(&tgt, "plain"));
+    // The identity continues after the copied rows.
+    assert_eq!(
+        q(
+            &tgt,
+            r#"INSERT INTO "Odd ""Values""" (s) VALUES ('next') RETURNING id"#
+        ),
+        "4"
+    );
+}
+
+/// A large in-database diff (staging beside live) is split by key range over spare
+/// connections, each part diffed at once in one shared snapshot: the counts are those of the
+/// single pass, with a text first key column (split at sampled text values, quotes in them)
+/// and with more connections than distinct first-key values (empty parts); rows written after
+/// the snapshot are not counted.
+#[tokio::test]
+async fn a_large_diff_split_over_connections_counts_what_one_pass_counts() {
+    let db = fresh_db("split_diff");
+    // 250,000 rows (over rowdiff::SPLIT_MIN_ROWS), key (region text, id int); 1% changed on
+    // each kind.
+    db.psql(
+        "CREATE TABLE live (region text, id int, v int, note text, PRIMARY KEY (region, id)); \
+         INSERT INTO live SELECT 'r''' || (g % 5), g, g, md5(g::text) FROM generate_series(1, 250000) g; \
+         CREATE TABLE staging (LIKE live INCLUDING ALL); INSERT INTO staging SELECT * FROM live; \
+         UPDATE staging SET v = -v WHERE id % 100 = 1; DELETE FROM staging WHERE id % 100 = 2; \
+         INSERT INTO staging SELECT 'new', g, 0, NULL FROM generate_series(1, 2500) g; \
+         ANALYZE live; ANALYZE staging",
+    );
+    let key = vec!["region".to_string(), "id".to_string()];
+    let cols: Vec<(String, bool)> = ["v", "note"]
+        .iter()
+        .map(|c| (c.to_string(), false))
+        .collect();
+    let c = db.client().await;
+    let mut helpers = Vec::new();
+    for _ in 0..7 {
+        helpers.push(db.client().await);
+    }
+    let writer = db.client().await;
+    let diff = |n: usize| {
+        let (c, helpers, key, cols, writer) = (&c, &helpers, &key, &cols, &writer);
+        async move {
+            c.batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await
+                .unwrap();
+            // The snapshot is taken by the transaction's first query, before this write.
+            c.query_one("SELECT 1", &[]).await.unwrap();
+            writer
+                .batch_execute("INSERT INTO staging VALUES ('late', 1, 1, NULL)")
+                .await
+                .unwrap();
+            let refs: Vec<&tokio_postgres::Client> = helpers.iter().take(n).collect();
+            let d = pgflip::rowdiff::in_database(c, &refs, "staging", "live", key, cols, 0)
+                .await
+                .unwrap();
+            c.batch_execute("COMMIT").await.unwrap();
+            writer
+                .batch_execute("DELETE FROM staging WHERE region = 'late'")
+                .await
+                .unwrap();
+            d
+        }
+    };
+    let one = diff(0).await;
+    assert_eq!((one.new, one.updated, one.deleted), (2500, 2500, 2500));
+    assert_eq!(one.parts, None);
+    let two = diff(1).await;
+    assert_eq!((two.new, two.updated, two.deleted), (2500, 2500, 2500));
+    assert_eq!(two.parts, Some(2));
+    // Six distinct regions for eight connections: repeated bounds make fewer parts.
+    let many = diff(7).await;
+    assert_eq!((many.new, many.updated, many.deleted), (2500, 2500, 2500));
+    let parts = many.parts.expect("split");
+    assert!((2..=7).contains(&parts), "{parts} parts");
+    // The helpers' transactions are over: they are idle, not idle in transaction.
+    assert_eq!(
+        text(
+            &c,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+             AND state = 'idle in transaction'"
+        )
+        .await,
+        "0"
+    );
+}
+
+/// Through `pgflip sync`: a large table's diff is split over the `--jobs` slots no other table
+/// is using (and gives the counts of the single pass); a small table's is not.
+#[test]
+fn sync_splits_a_large_tables_diff_over_spare_jobs_and_not_a_small_ones() {
+    let (src, tgt) = server_pair("split_diff_sync");
+    let ddl = "CREATE TABLE big (id int PRIMARY KEY, v int); \
+               CREATE TABLE small (id int PRIMARY KEY, v int)";
+    src.psql(&format!(
+        "{ddl}; INSERT INTO big SELECT g, g FROM generate_series(1, 250000) g; \
+         INSERT INTO small SELECT g, g FROM generate_series(1, 100) g; \
+         UPDATE big SET v = -v WHERE id % 1000 = 1; DELETE FROM big WHERE id % 1000 = 2; \
+         INSERT INTO big SELECT g, 0 FROM generate_series(300001, 300250) g"
+    ));
+    tgt.psql(&format!(
+        "{ddl}; INSERT INTO big SELECT g, g FROM generate_series(1, 250000) g; \
+         INSERT INTO small SELECT g, g FROM generate_series(1, 100) g; ANALYZE"
+    ));
+    let v: serde_json::Value = serde_json::from_str(&ok(&sync(
+        &src,
+        &tgt,
+        &[
+            "big",
+            "small",
+            "--staging-table",
+            "--show-diff",
+            "--jobs",
+            "3",
+            "--json",
+        ],
+    )))
+    .unwrap();
+    let diff = |t: &str| {
+        v["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["table"] == t)
+            .unwrap()["diff"]
+            .clone()
+    };
+    let big = diff("public.big");
+    assert_eq!(
+        (&big["new"], &big["updated"], &big["deleted"]),
+        (&250.into(), &250.into(), &250.into()),
+        "{big}"
+    );
+    let parts = big["parts"].as_u64().expect("split");
+    assert!((2..=3).contains(&parts), "{big}");
+    let small = diff("public.small");
+    assert_eq!(small["new"], 0, "{small}");
+    assert!(small.get("parts").is_none(), "{small}");
 }

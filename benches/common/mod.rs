@@ -42,6 +42,8 @@ pub fn locked_cpu(log: &std::path::Path, from: u64) -> Option<(f64, f64)> {
             }
         } else if line.contains("STATEMENT:  BEGIN; SET LOCAL lock_timeout")
             || line.contains("STATEMENT:  LOCK TABLE ")
+            // (The live locks' step, bounded by lock_timeout as a whole, after work on green.)
+            || line.contains("STATEMENT:  SET LOCAL statement_timeout")
         {
             found = usage.or(found);
         }

@@ -22,6 +22,7 @@ pub mod extras_sql;
 #[doc(hidden)]
 pub mod queries;
 pub mod scoped;
+pub mod sync_tables;
 pub mod types;
 
 use std::collections::HashMap;

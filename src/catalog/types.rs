@@ -13,6 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 pub use crate::ident::QualifiedName;
+use crate::ident::QuotedName;
 
 /// One privilege of an ACL, as `aclexplode` reports it. `grantee` is `None` for PUBLIC: a
 /// role may be called `"PUBLIC"` (only lower-case `public` is reserved), so PUBLIC is never
@@ -227,8 +228,8 @@ impl Table {
     }
 
     /// Quoted `schema.name`.
-    pub fn sql_name(&self) -> String {
-        crate::ident::qualified(&self.schema, &self.name)
+    pub fn sql_name(&self) -> QuotedName {
+        QuotedName::qualified(&self.schema, &self.name)
     }
 
     pub fn is_partition(&self) -> bool {
@@ -417,8 +418,8 @@ impl View {
         }
     }
 
-    pub fn sql_name(&self) -> String {
-        crate::ident::qualified(&self.schema, &self.name)
+    pub fn sql_name(&self) -> QuotedName {
+        QuotedName::qualified(&self.schema, &self.name)
     }
 }
 

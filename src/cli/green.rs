@@ -292,7 +292,7 @@ async fn status(a: StatusArgs, g: &Global, out: &Output) -> anyhow::Result<u8> {
     let leftover: Vec<String> = green::watch::unneeded(&client, &[])
         .await?
         .into_iter()
-        .map(|(_, t)| t)
+        .map(|(_, t)| t.into())
         .collect();
     if out.json {
         out.println(&serde_json::to_string_pretty(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use pgflip::flip::{self, Checksums, FlipKind, FlipOptions, FlipPair, QualifiedName};
+use pgflip::flip::{self, Checksums, FlipOptions, FlipPair, QualifiedName};
 use pgflip::state::{self, TargetLock};
 use pgflip::sync::{
     self,
@@ -249,8 +249,9 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         let scope = scope(&args);
         let patterns: Vec<String> = requests.iter().map(|r| r.pattern.clone()).collect();
         let client = Arc::new(target.connect().await?);
-        let tables = swap_tables(&client, &patterns, &exclude, &scope, None).await?;
-        return swap_and_report(client, &tables, None, &args, global, out, None).await;
+        let tables = swap_tables(&client, &patterns, &exclude, &scope).await?;
+        let pairs = flip::staging_pairs(&client, &tables).await?;
+        return swap_and_report(client, &pairs, &args, global, out, None).await;
     }
     let (source, target) = super::common::endpoints(global, &src_args, &tgt_args)?;
     if !out.json && !out.quiet {
@@ -303,9 +304,6 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         }),
     };
 
-    let swap_patterns: Vec<String> = opts.requests.iter().map(|r| r.pattern.clone()).collect();
-    let swap_exclude = opts.exclude.clone();
-    let swap_scope = opts.scope.clone();
     // The swap replaces the live rows: asked before any work (the staging load included).
     if args.swap && !global.dry_run {
         super::confirm::confirm(
@@ -346,6 +344,8 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         }
     }
     let prepared = sync::prepare(&source, &target, opts, &sink).await?;
+    // What --swap flips: the staging tables this run loads, as planned (never resolved again).
+    let swap_pairs = prepared.staging_pairs();
 
     if global.dry_run {
         let report = prepared.dry_run_report();
@@ -357,7 +357,7 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
                 checksums: args.checksums.unwrap_or_default(),
                 ..FlipOptions::default()
             };
-            Some(sync::plan_swap_after_load(&lock_client, &prepared.staging_pairs(), &opts).await?)
+            Some(sync::plan_swap_after_load(&lock_client, &swap_pairs, &opts).await?)
         } else {
             None
         };
@@ -454,20 +454,9 @@ pub async fn run(args: SyncArgs, global: &Global, out: &Output) -> anyhow::Resul
         return Ok(report_failures(&report, args.swap, out));
     }
     if args.swap {
-        let client = lock_client.clone();
-        let synced: Vec<String> = report.tables.iter().map(|t| t.table.clone()).collect();
-        let tables = swap_tables(
-            &client,
-            &swap_patterns,
-            &swap_exclude,
-            &swap_scope,
-            Some(&synced),
-        )
-        .await?;
         let code = swap_and_report(
-            client,
-            &tables,
-            args.staging_name.as_deref(),
+            lock_client.clone(),
+            &swap_pairs,
             &args,
             global,
             out,
@@ -746,7 +735,6 @@ async fn swap_tables(
     patterns: &[String],
     exclude: &[String],
     scope: &SchemaScope,
-    synced: Option<&[String]>,
 ) -> anyhow::Result<Vec<QualifiedName>> {
     let listing = sync::tables::list_tables(client).await?;
     let names: std::collections::BTreeSet<(String, String)> = listing
@@ -761,11 +749,7 @@ async fn swap_tables(
     let chosen = sync::tables::resolve(patterns, exclude, scope, &listing)?;
     let mut out = Vec::new();
     for (_, s, n) in chosen {
-        if let Some(only) = synced {
-            if !only.iter().any(|t| *t == pgflip::ident::qualified(&s, &n)) {
-                continue;
-            }
-        } else if patterns.is_empty() {
+        if patterns.is_empty() {
             // "Every table": the staging tables themselves are not candidates, and tables
             // without one are simply not in flight.
             if is_staging_of_other(&s, &n)
@@ -785,9 +769,6 @@ async fn swap_tables(
     Ok(out)
 }
 
-/// Flips the staging tables into `tables` in one transaction (pgflip's target lock held) and
-/// prints `Successfully swapped <table>_staging to <table>` per table (with the sync report
-/// first, when there is one).
 /// What `pgflip.runs` says a sync did: the subcommand and the first tables (never endpoints).
 fn run_label(what: &str, tables: &[String]) -> String {
     const SHOWN: usize = 10;
@@ -806,71 +787,29 @@ fn run_label(what: &str, tables: &[String]) -> String {
     label
 }
 
+/// Flips the staging tables of `pairs` into their live tables in one transaction (pgflip's
+/// target lock held) and prints `Successfully swapped <table>_staging to <table>` per table
+/// (with the sync report first, when there is one).
 async fn swap_and_report(
     client: Arc<tokio_postgres::Client>,
-    tables: &[QualifiedName],
-    staging_name: Option<&str>,
+    pairs: &[FlipPair],
     args: &SyncArgs,
     global: &Global,
     out: &Output,
     report: Option<&sync::SyncReport>,
 ) -> anyhow::Result<u8> {
-    let pairs = match staging_name {
-        Some(name) => tables
-            .iter()
-            .map(|t| FlipPair {
-                live: t.clone(),
-                green: QualifiedName::new(t.schema.clone(), name),
-            })
-            .collect(),
-        None => flip::staging_pairs(&client, tables).await?,
-    };
-    // What each live table held when its staging table was loaded (and diffed): read before
-    // the flip, which forgets the staging tables' records.
-    let mut marked = Vec::new();
-    for p in &pairs {
-        let (load, diff) = sync::drift::markers(&client, (&p.green.schema, &p.green.name)).await?;
-        marked.push(sync::drift::Marked {
-            live: p.live.sql(),
-            load,
-            diff,
-        });
-    }
-    // A swap in a command of its own follows a diff the user read: if the live table changed
-    // since, that diff no longer describes what the swap retires.
-    if report.is_none() && !args.force {
-        let mut stale = Vec::new();
-        for m in &marked {
-            if let Some(d) = &m.diff {
-                let c = sync::drift::changes_since(&client, &m.live, d).await?;
-                if c.any() {
-                    stale.push(pgflip::error::Problem::new(
-                        m.live.clone(),
-                        format!("{}: {} since the diff", m.live, c.describe()),
-                    ));
-                }
-            }
-        }
-        if !stale.is_empty() {
-            return Err(pgflip::Error::Refused(pgflip::error::Refusal::new(
-                "the live table changed since the diff --show-diff showed, so that diff no \
-                 longer describes what the swap replaces; load and diff again \
-                 (--staging-table --show-diff), or swap anyway with --force (the rows written \
-                 since stay in the retired table). Nothing was changed",
-                stale,
-            ))
-            .into());
-        }
-    }
-    let mut opts = FlipOptions {
+    let opts = FlipOptions {
         lock_timeout: args.lock_timeout.max(Duration::from_millis(1)),
         max_wait: args.max_wait,
         checksums: args.checksums.unwrap_or_default(),
         ..FlipOptions::default()
     };
+    let when = match report {
+        Some(_) => sync::swap::When::AfterLoad,
+        None => sync::swap::When::OnItsOwn { force: args.force },
+    };
     if global.dry_run {
-        opts.checksums = opts.checksums.without_green();
-        let fp = flip::plan_flip(&client, &pairs, FlipKind::Sync, &opts).await?;
+        let fp = sync::swap::plan(&client, pairs, when, &opts).await?;
         if out.json {
             out.println(&serde_json::to_string_pretty(&fp)?);
         } else {
@@ -883,33 +822,8 @@ async fn swap_and_report(
         return Ok(exit::OK);
     }
     let events = out.events();
-    let flip_pairs = pairs.clone();
-    let names: Vec<String> = pairs.iter().map(|p| p.live.to_string()).collect();
-    let command = format!("sync --swap {}", names.join(" "));
-    pgflip::failpoint::hit("sync.before_swap").await?;
-    let marked_ref = &marked;
-    let (outcome, received) =
-        pgflip::state::with_target_lock(client.clone(), &command, |c| async move {
-            let outcome = flip::flip(&c, &flip_pairs, FlipKind::Sync, &opts, &events).await?;
-            // Counted once the flip committed, on the retired tables: a failure here is said,
-            // and the swap stands.
-            let received = match sync::drift::after_swap(&c, &outcome.generation, marked_ref).await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    use pgflip::events::EventSink;
-                    events.emit(pgflip::events::Event::Warning {
-                        message: format!(
-                            "could not count the rows the live tables received since the \
-                                 staging load: {e}"
-                        ),
-                    });
-                    Vec::new()
-                }
-            };
-            Ok((outcome, received))
-        })
-        .await?;
+    let sync::swap::Swapped { outcome, received } =
+        sync::swap::swap(client, pairs, when, &opts, &events).await?;
     let lines: Vec<String> = pairs
         .iter()
         .map(|p| {

@@ -37,6 +37,7 @@ pub mod cancel;
 mod env;
 mod params;
 mod pgpass;
+mod pool;
 mod resolve;
 mod same;
 mod tls;
@@ -51,6 +52,7 @@ use crate::error::{Error, Result, Side};
 
 pub use env::Env;
 pub use params::redact;
+pub use pool::{Pool, Pooled};
 pub use same::refuse_same_database;
 pub use tls::{SslMode, TlsSettings};
 

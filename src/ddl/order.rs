@@ -38,8 +38,8 @@ impl Relation<'_> {
     }
 
     /// Quoted `schema.name`.
-    pub fn sql_name(&self) -> String {
-        crate::ident::qualified(self.schema(), self.name())
+    pub fn sql_name(&self) -> crate::ident::QuotedName {
+        crate::ident::QuotedName::qualified(self.schema(), self.name())
     }
 }
 

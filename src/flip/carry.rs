@@ -61,8 +61,8 @@ pub struct PairSteps {
 
 impl<'a> Pair<'a> {
     pub fn new(c: &'a Ctx<'a>, r: &'a PlannedRelation) -> Pair<'a> {
-        let l = &c.inv.rels[&r.live_oid];
-        let g = &c.inv.rels[&r.green_oid];
+        let l = &c.inv.rels()[&r.live_oid];
+        let g = &c.inv.rels()[&r.green_oid];
         let live_q = r.live.sql();
         let early = carried_early(c.kind);
         Pair {

@@ -30,7 +30,7 @@ pub fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> R
             ("live", r.live_oid, &r.live),
             ("green", r.green_oid, &r.green),
         ] {
-            let rel = &inv.rels[&oid];
+            let rel = &inv.rels()[&oid];
             if !matches!(rel.relkind.as_str(), "r" | "p" | "m" | "v") {
                 problems.push(Problem::new(name.to_string(), format!(
                     "{side} relation {name} is not a table, partitioned table, materialized view or view (relkind '{}')",
@@ -44,8 +44,8 @@ pub fn check(inv: &Inventory, rels: &[PlannedRelation], opts: &FlipOptions) -> R
             }
         }
         let (lk, gk) = (
-            inv.rels[&r.live_oid].relkind.as_str(),
-            inv.rels[&r.green_oid].relkind.as_str(),
+            inv.rels()[&r.live_oid].relkind.as_str(),
+            inv.rels()[&r.green_oid].relkind.as_str(),
         );
         if (lk == "m") != (gk == "m") || (lk == "v") != (gk == "v") {
             problems.push(Problem::new(r.live.to_string(), format!(

@@ -12,7 +12,7 @@
 //! row type, a rule, another table's policy that reads the table, partitions, ...), so that the
 //! flip refuses before it takes any lock, naming the object.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use tokio_postgres::Client;
 
@@ -26,16 +26,12 @@ use crate::error::{DbResultExt, Result};
 /// Everything read from the catalog for one flip.
 #[derive(Debug, Clone, Default)]
 pub struct Inventory {
-    pub rels: BTreeMap<u32, Rel>,
-    pub columns: Vec<Column>,
-    pub indexes: Vec<Index>,
-    pub constraints: Vec<Constraint>,
-    pub triggers: Vec<Trigger>,
-    pub policies: Vec<Policy>,
-    pub publications: Vec<PubRel>,
-    pub sequences: Vec<OwnedSeq>,
+    /// The relations and what hangs on them, as [`scoped::load`] read them (the indexes of the
+    /// dependent materialized views are with their [`View`] instead). Private: [`ByRel`] indexes
+    /// it, so it does not change after [`load`].
+    objects: scoped::Objects,
+    by_rel: ByRel,
     pub views: Vec<View>,
-    pub partitions: Vec<Partition>,
     pub used_columns: Vec<UsedColumn>,
     /// Objects the flip cannot carry over.
     pub unhandled: Vec<Unhandled>,
@@ -51,39 +47,118 @@ pub struct Inventory {
     pub moved_alone: Vec<u32>,
 }
 
+/// Positions in [`scoped::Objects`]' lists, by the OID of the relation they belong to (for
+/// partitions, of their root), in list order: the flip looks each relation up several times,
+/// and filtering whole lists per lookup was quadratic in the number of tables.
+#[derive(Debug, Clone, Default)]
+struct ByRel {
+    columns: HashMap<u32, Vec<usize>>,
+    indexes: HashMap<u32, Vec<usize>>,
+    constraints: HashMap<u32, Vec<usize>>,
+    triggers: HashMap<u32, Vec<usize>>,
+    policies: HashMap<u32, Vec<usize>>,
+    publications: HashMap<u32, Vec<usize>>,
+    sequences: HashMap<u32, Vec<usize>>,
+    partitions: HashMap<u32, Vec<usize>>,
+}
+
+fn positions<T>(items: &[T], key: impl Fn(&T) -> u32) -> HashMap<u32, Vec<usize>> {
+    let mut out: HashMap<u32, Vec<usize>> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        out.entry(key(item)).or_default().push(i);
+    }
+    out
+}
+
+impl ByRel {
+    fn of(o: &scoped::Objects) -> ByRel {
+        ByRel {
+            columns: positions(&o.columns, |c| c.rel),
+            indexes: positions(&o.indexes, |c| c.rel),
+            constraints: positions(&o.constraints, |c| c.rel),
+            triggers: positions(&o.triggers, |c| c.rel),
+            policies: positions(&o.policies, |c| c.rel),
+            publications: positions(&o.publications, |c| c.rel),
+            sequences: positions(&o.sequences, |c| c.rel),
+            partitions: positions(&o.partitions, |p| p.root),
+        }
+    }
+}
+
+/// The items of `list` at the positions `index` has for `rel`.
+fn lookup<'a, T>(
+    index: &'a HashMap<u32, Vec<usize>>,
+    list: &'a [T],
+    rel: u32,
+) -> impl Iterator<Item = &'a T> {
+    index
+        .get(&rel)
+        .into_iter()
+        .flatten()
+        .map(move |&i| &list[i])
+}
+
 impl Inventory {
+    /// An inventory of `objects` (indexed here, once).
+    fn new(objects: scoped::Objects) -> Inventory {
+        Inventory {
+            by_rel: ByRel::of(&objects),
+            objects,
+            ..Inventory::default()
+        }
+    }
+    /// What [`scoped::load`] read (the dependent materialized views' indexes excepted).
+    pub fn objects(&self) -> &scoped::Objects {
+        &self.objects
+    }
+    pub fn rels(&self) -> &BTreeMap<u32, Rel> {
+        &self.objects.rels
+    }
     pub fn columns_of(&self, rel: u32) -> impl Iterator<Item = &Column> {
-        self.columns.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.columns, &self.objects.columns, rel)
     }
     pub fn indexes_of(&self, rel: u32) -> impl Iterator<Item = &Index> {
-        self.indexes.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.indexes, &self.objects.indexes, rel)
     }
     pub fn constraints_of(&self, rel: u32) -> impl Iterator<Item = &Constraint> {
-        self.constraints.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.constraints, &self.objects.constraints, rel)
     }
     pub fn triggers_of(&self, rel: u32) -> impl Iterator<Item = &Trigger> {
-        self.triggers.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.triggers, &self.objects.triggers, rel)
     }
     pub fn policies_of(&self, rel: u32) -> impl Iterator<Item = &Policy> {
-        self.policies.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.policies, &self.objects.policies, rel)
     }
     pub fn publications_of(&self, rel: u32) -> impl Iterator<Item = &PubRel> {
-        self.publications.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.publications, &self.objects.publications, rel)
     }
     pub fn sequences_of(&self, rel: u32) -> impl Iterator<Item = &OwnedSeq> {
-        self.sequences.iter().filter(move |c| c.rel == rel)
+        lookup(&self.by_rel.sequences, &self.objects.sequences, rel)
     }
     /// Partitions of the flipped partitioned table `root`, parents before their children.
     pub fn partitions_of(&self, root: u32) -> impl Iterator<Item = &Partition> {
-        self.partitions.iter().filter(move |p| p.root == root)
+        lookup(&self.by_rel.partitions, &self.objects.partitions, root)
+    }
+    /// Every partition of every flipped partitioned table.
+    pub fn partitions(&self) -> &[Partition] {
+        &self.objects.partitions
     }
     /// Foreign keys of tables outside `flipped` that reference one of `flipped`.
     pub fn inbound_fks<'a>(
         &'a self,
         flipped: &'a BTreeSet<u32>,
     ) -> impl Iterator<Item = &'a Constraint> {
-        self.constraints.iter().filter(move |c| {
+        self.objects.constraints.iter().filter(move |c| {
             c.contype == "f" && flipped.contains(&c.ref_rel) && !flipped.contains(&c.rel)
+        })
+    }
+    /// Foreign keys of `flipped` relations that reference a table outside them.
+    pub fn outbound_fks<'a>(
+        &'a self,
+        flipped: &'a BTreeSet<u32>,
+    ) -> impl Iterator<Item = &'a Constraint> {
+        self.objects.constraints.iter().filter(move |c| {
+            c.contype == "f" && flipped.contains(&c.rel) && !flipped.contains(&c.ref_rel)
         })
     }
 }
@@ -186,14 +261,13 @@ pub async fn load_in_transaction(
 }
 
 async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Result<Inventory> {
-    let mut inv = Inventory::default();
     // Views and materialized views that read the live relations, transitively. A view or
     // materialized view that is itself flipped (a pipeline: a materialized view over another
     // one, both switched at once) moves with its pair instead of being re-created; what reads
     // it is found through it.
     let flipped_v: Vec<u32> = live.iter().chain(green.iter()).copied().collect();
-    inv.views = deps::views_reading(client, live, &flipped_v).await?;
-    let view_oids: Vec<u32> = inv.views.iter().map(|v| v.rel.oid).collect();
+    let mut views = deps::views_reading(client, live, &flipped_v).await?;
+    let view_oids: Vec<u32> = views.iter().map(|v| v.rel.oid).collect();
 
     // Tables that hold foreign keys to the live relations, and tables the live / green
     // relations reference: they are locked too.
@@ -201,28 +275,22 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     tables.sort();
     tables.dedup();
 
-    let objects = scoped::load(client, &tables, &view_oids).await?;
-    inv.rels = objects.rels;
-    inv.partitions = objects.partitions;
-    inv.columns = objects.columns;
-    inv.constraints = objects.constraints;
-    inv.triggers = objects.triggers;
-    inv.policies = objects.policies;
-    inv.publications = objects.publications;
-    inv.sequences = objects.sequences;
-    // The indexes of the dependent materialized views go with their view.
-    for idx in objects.indexes {
-        if let Some(v) = inv.views.iter_mut().find(|v| v.rel.oid == idx.rel) {
-            v.indexes.push(idx);
-        } else {
-            inv.indexes.push(idx);
+    let mut objects = scoped::load(client, &tables, &view_oids).await?;
+    // The indexes and column grants of the dependent materialized views go with their view.
+    let view_at: HashMap<u32, usize> = view_oids.iter().enumerate().map(|(i, &o)| (o, i)).collect();
+    for idx in std::mem::take(&mut objects.indexes) {
+        match view_at.get(&idx.rel) {
+            Some(&i) => views[i].indexes.push(idx),
+            None => objects.indexes.push(idx),
         }
     }
-    for (rel, col, item) in objects.view_column_acl {
-        if let Some(v) = inv.views.iter_mut().find(|v| v.rel.oid == rel) {
-            v.column_acl.push((col, item));
+    for (rel, col, item) in std::mem::take(&mut objects.view_column_acl) {
+        if let Some(&i) = view_at.get(&rel) {
+            views[i].column_acl.push((col, item));
         }
     }
+    let mut inv = Inventory::new(objects);
+    inv.views = views;
 
     // What the flip cannot carry over; partitions move by name, so what binds to a live
     // partition by OID would stay with the retired copy.
@@ -230,7 +298,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     watched.extend(&view_oids);
     inv.unhandled = deps::unhandled(client, &watched, &view_oids, live).await?;
     let live_parts: Vec<u32> = inv
-        .partitions
+        .partitions()
         .iter()
         .filter(|p| live.contains(&p.root))
         .map(|p| p.oid)
@@ -251,7 +319,7 @@ async fn load_in_snapshot(client: &Client, live: &[u32], green: &[u32]) -> Resul
     let green_part = green_part(&inv, green);
     let rest: Vec<u32> = all
         .iter()
-        .filter(|o| !green_part.contains(o))
+        .filter(|o| green_part.binary_search(o).is_err())
         .copied()
         .collect();
     inv.fingerprint_green = fingerprint(client, &green_part).await?;
@@ -273,7 +341,7 @@ pub async fn fingerprint(client: &Client, oids: &[u32]) -> Result<String> {
 pub fn green_part(inv: &Inventory, green: &[u32]) -> Vec<u32> {
     let mut out: Vec<u32> = green.to_vec();
     out.extend(
-        inv.partitions
+        inv.partitions()
             .iter()
             .filter(|p| green.contains(&p.root))
             .map(|p| p.oid),
@@ -285,9 +353,9 @@ pub fn green_part(inv: &Inventory, green: &[u32]) -> Vec<u32> {
 
 /// All relation OIDs the fingerprint covers.
 pub fn fingerprint_oids(inv: &Inventory) -> Vec<u32> {
-    let mut all: Vec<u32> = inv.rels.keys().copied().collect();
+    let mut all: Vec<u32> = inv.rels().keys().copied().collect();
     all.extend(inv.views.iter().map(|v| v.rel.oid));
-    all.extend(inv.partitions.iter().map(|p| p.oid));
+    all.extend(inv.partitions().iter().map(|p| p.oid));
     all.extend(inv.moved_alone.iter().copied());
     all.sort();
     all.dedup();

@@ -188,7 +188,8 @@ impl std::str::FromStr for Checksums {
 #[derive(Debug, Clone)]
 pub struct FlipOptions {
     /// `lock_timeout` of each attempt: the longest any query of the application waits
-    /// behind the flip's lock requests.
+    /// behind the flip's lock requests, plus, for the step that locks the live relations,
+    /// 0.25 ms a relation for the server's work of taking the locks.
     pub lock_timeout: Duration,
     /// Give up retrying after this long.
     pub max_wait: Duration,

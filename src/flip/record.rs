@@ -31,11 +31,16 @@ pub fn step(
             .map(|(t, c)| serde_json::json!({"table": t.as_str(), "constraint": c}))
             .collect::<Vec<_>>(),
     });
+    // One statement: the generation row, then (in data-modifying CTEs of the same statement)
+    // one row per relation, the operations the flip ends and, for a rollback, the generation it
+    // rolls back. Under the locks every statement costs, so the record costs one, for 500
+    // relations as for one.
     let mut rec = format!(
-        "INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
+        "WITH g AS (INSERT INTO pgflip.generations (label, created_at, kind, backup_schema, rollback_of, pgflip_version, details) \
          VALUES ({}, {}::timestamptz, {}, {}, {}, {}, {}::jsonb || jsonb_strip_nulls(jsonb_build_object('run_id', \
            pg_catalog.current_setting('pgflip.run_id', true))) \
-           || coalesce(nullif(pg_catalog.current_setting('pgflip.generation_details', true), '')::jsonb, '{{}}'::jsonb))",
+           || coalesce(nullif(pg_catalog.current_setting('pgflip.generation_details', true), '')::jsonb, '{{}}'::jsonb)) \
+         RETURNING id)",
         quote_literal(label),
         quote_literal(&created_at.to_rfc3339()),
         quote_literal(kind.as_str()),
@@ -44,8 +49,6 @@ pub fn step(
         quote_literal(crate::VERSION),
         quote_literal(&details.to_string()),
     );
-    // One row per relation, all in one statement (and one DELETE for the operations the flip
-    // ends): under the locks, the record costs the same for 500 relations as for one.
     let null = || "NULL".to_string();
     let mut rows: Vec<String> = relations
         .iter()
@@ -99,15 +102,13 @@ pub fn step(
     }
     if !rows.is_empty() {
         rec.push_str(&format!(
-            "; INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
+            ", r AS (INSERT INTO pgflip.generation_relations (generation_id, position, live_schema, live_name, green_schema, green_name, \
                retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
              SELECT g.id, v.position, v.live_schema, v.live_name, v.green_schema, v.green_name, v.retired_schema, v.retired_name, \
                v.live_rows::bigint, v.live_checksum::numeric, v.checksum_method \
-             FROM pgflip.generations g, (VALUES {}) AS v(position, live_schema, live_name, green_schema, green_name, \
-               retired_schema, retired_name, live_rows, live_checksum, checksum_method) \
-             WHERE g.label = {}",
+             FROM g, (VALUES {}) AS v(position, live_schema, live_name, green_schema, green_name, \
+               retired_schema, retired_name, live_rows, live_checksum, checksum_method))",
             rows.join(", "),
-            quote_literal(label),
         ));
     }
     if !relations.is_empty() {
@@ -122,17 +123,17 @@ pub fn step(
             })
             .collect();
         rec.push_str(&format!(
-            "; DELETE FROM pgflip.operations WHERE (green_schema, green_name) IN ({})",
+            ", o AS (DELETE FROM pgflip.operations WHERE (green_schema, green_name) IN ({}))",
             greens.join(", ")
         ));
     }
     if let Some(of) = opts.rollback_of {
         rec.push_str(&format!(
-            "; UPDATE pgflip.generations SET status = 'rolled_back', rolled_back_by = \
-               (SELECT id FROM pgflip.generations WHERE label = {}) WHERE id = {of}",
-            quote_literal(label)
+            ", b AS (UPDATE pgflip.generations SET status = 'rolled_back', rolled_back_by = \
+               (SELECT id FROM g) WHERE id = {of})"
         ));
     }
+    rec.push_str(" SELECT id FROM g");
     Step::new(
         format!("record generation {label} in pgflip.generations (visible once the flip commits)"),
         rec,

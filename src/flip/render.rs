@@ -76,7 +76,7 @@ impl<'a> Ctx<'a> {
     /// The quoted name of a relation of the flip.
     pub fn name_of(&self, oid: u32) -> QuotedName {
         self.inv
-            .rels
+            .rels()
             .get(&oid)
             .map(|r| QuotedName::qualified(&r.schema, &r.name))
             .or_else(|| self.one.name_of(oid))
@@ -231,7 +231,7 @@ pub fn render(c: &Ctx, created_at: DateTime<Utc>, mut warnings: Vec<String>) -> 
 
     let mut watched = locks.tables;
     watched.extend(inv.views.iter().map(|v| v.rel.oid));
-    watched.extend(inv.partitions.iter().map(|p| p.oid));
+    watched.extend(inv.partitions().iter().map(|p| p.oid));
     FlipPlan {
         plan,
         kind,

@@ -96,10 +96,7 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
                 format!("remove the change trigger from {table}"),
                 super::watch::drop_sql(table),
             )
-            .lock(
-                LockMode::AccessExclusive,
-                QuotedName::already_quoted(table.clone()),
-            )
+            .lock(LockMode::AccessExclusive, table.clone())
             .in_transaction(unit),
         );
         unit += 1;
@@ -122,7 +119,7 @@ pub async fn cancel(client: &Client, rel: Option<&str>, dry_run: bool) -> Result
     Ok(CancelOutcome {
         pipelines: gone,
         relations,
-        unwatched: unwatch.into_iter().map(|(_, t)| t).collect(),
+        unwatched: unwatch.into_iter().map(|(_, t)| t.into()).collect(),
         plan,
     })
 }

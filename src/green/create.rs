@@ -80,211 +80,17 @@ pub async fn create(
     if defs.is_empty() {
         return Err(Error::InvalidInput("nothing to build".into()));
     }
-    // ---- Resolve what the user named.
-    let mut explicit: BTreeMap<u32, (QualifiedName, RelKind, String)> = BTreeMap::new();
-    let mut added: Vec<(QualifiedName, RelKind, String)> = Vec::new();
-    for d in defs {
-        let Some((q, relkind)) = super::resolve(client, &d.name).await? else {
-            let Some(kind) = d.kind else {
-                return Err(Error::InvalidInput(format!(
-                    "relation {} does not exist (green rebuilds an existing materialized view or table; a new one needs a CREATE statement in a pipeline file; nothing was changed)",
-                    d.name
-                )));
-            };
-            let q = new_name(client, &d.name).await?;
-            if added.iter().any(|(a, _, _)| a == &q) {
-                return Err(Error::InvalidInput(format!("{q} is defined twice")));
-            }
-            added.push((q, kind, d.query.clone()));
-            continue;
-        };
-        let kind = match relkind.as_str() {
-            "m" => RelKind::MaterializedView,
-            "r" => RelKind::Table,
-            "v" if d.kind == Some(RelKind::View) => RelKind::View,
-            "v" => {
-                return Err(Error::InvalidInput(format!(
-                    "{q} is a view, not a materialized view nor a table: a view holds no data, change it with CREATE OR REPLACE VIEW (nothing was changed)"
-                )))
-            }
-            "p" => {
-                return Err(Error::InvalidInput(format!(
-                    "{q} is a partitioned table: green does not rebuild partitioned tables (nothing was changed)"
-                )))
-            }
-            other => {
-                return Err(Error::InvalidInput(format!(
-                    "{q} is not a materialized view nor a table (relkind '{other}'; nothing was changed)"
-                )))
-            }
-        };
-        if let Some(k) = d.kind {
-            if k != kind {
-                return Err(Error::InvalidInput(format!(
-                    "{q} is a {}, but the file creates it as a {} (nothing was changed)",
-                    kind.sql().to_lowercase(),
-                    k.sql().to_lowercase()
-                )));
-            }
-        }
-        if q.schema == crate::state::SCHEMA || q.schema.starts_with("pgflip_") {
-            return Err(Error::InvalidInput(format!(
-                "{q} belongs to pgflip; name the live relation"
-            )));
-        }
-        let oid: u32 = client
-            .query_one(
-                "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
-                &[&d.name],
-            )
-            .await
-            .ctx("resolving a relation")?
-            .get(0);
-        if explicit
-            .insert(oid, (q.clone(), kind, d.query.clone()))
-            .is_some()
-        {
-            return Err(Error::InvalidInput(format!("{q} is defined twice")));
-        }
-    }
-
-    // ---- The pipeline: the given relations and every materialized view downstream.
+    let (explicit, added) = resolve_named(client, defs).await?;
     let graph = Graph::load(client).await?;
-    let roots: Vec<u32> = explicit.keys().copied().collect();
-    let (downstream_mvs, _views) = graph.downstream(&roots);
-    let mut members: BTreeSet<u32> = roots.iter().copied().collect();
-    let mut left_out = Vec::new();
-    for m in &downstream_mvs {
-        if members.contains(m) {
-            continue;
-        }
-        if opts.only {
-            left_out.push(graph.name(*m));
-        } else {
-            members.insert(*m);
-        }
-    }
-    // Views between two members (a materialized view reading a changed one through a view)
-    // are rebuilt too, over the green upstream, and switch with the rest.
-    if !opts.only {
-        members.extend(graph.views_to_include(&members));
-    }
-    let between = graph.views_between(&members);
-    if !between.is_empty() {
-        return Err(Error::InvalidInput(format!(
-            "materialized views that read another member of the pipeline through a view are not supported yet (nothing was changed): {}",
-            between
-                .iter()
-                .map(|(up, v, low)| format!("{} reads {} through view {}", graph.name(*low), graph.name(*up), graph.name(*v)))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
-    }
-    let mut by_name: BTreeMap<&str, &QualifiedName> = BTreeMap::new();
-    for m in &members {
-        let n = &graph.nodes[m].name;
-        if let Some(other) = by_name.insert(n.name.as_str(), n) {
-            return Err(Error::InvalidInput(format!(
-                "{other} and {n} have the same name: one pipeline cannot hold both (build them one at a time)"
-            )));
-        }
-    }
+    let (members, left_out) = pipeline_members(&graph, &explicit, opts)?;
     // Nothing of it may be in flight already.
     let in_flight = super::load(client).await?;
-    for g in &in_flight {
-        if members.iter().any(|m| graph.nodes[m].name == g.live) {
-            return Err(Error::InvalidInput(format!(
-                "a green version of {} is already in flight (pipeline {}): promote or cancel it first",
-                g.live, g.member.pipeline
-            )));
-        }
-    }
-
+    refuse_in_flight(&graph, &members, &in_flight)?;
     let order = graph.order(&members);
-    let saved_path: String = client
-        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
-        .await
-        .ctx("reading search_path")?
-        .get(0);
-    let mut member_schemas: Vec<String> = Vec::new();
-    for m in &order {
-        let s = quote_ident(&graph.nodes[m].name.schema);
-        if !member_schemas.contains(&s) {
-            member_schemas.push(s);
-        }
-    }
-    let live_path = if saved_path.trim().is_empty() {
-        member_schemas.join(", ")
-    } else {
-        format!("{}, {saved_path}", member_schemas.join(", "))
-    };
-
-    // Current definitions of the downstream members, printed so that the names of pipeline
-    // members are unqualified (and resolve to green under the build's search_path).
-    let mut planned = Vec::new();
-    for &m in &order {
-        let node = &graph.nodes[&m];
-        let upstream: Vec<u32> = graph.upstream_members(m, &members).into_iter().collect();
-        let (kind, query, is_explicit) = match explicit.get(&m) {
-            Some((_, k, q)) => (*k, q.clone(), true),
-            None => {
-                let kind = if node.relkind == "v" {
-                    RelKind::View
-                } else {
-                    RelKind::MaterializedView
-                };
-                client
-                    .batch_execute(&format!(
-                        "BEGIN READ ONLY; SET LOCAL search_path = {live_path}"
-                    ))
-                    .await
-                    .ctx("reading a definition")?;
-                let def = client
-                    .query_one(
-                        "SELECT pg_catalog.pg_get_viewdef($1::pg_catalog.oid)",
-                        &[&m],
-                    )
-                    .await;
-                let _ = client.batch_execute("COMMIT").await;
-                let def: String = def.ctx("reading a definition")?.get(0);
-                (kind, def.trim().trim_end_matches(';').to_string(), false)
-            }
-        };
-        planned.push(Planned {
-            oid: m,
-            live: node.name.clone(),
-            kind,
-            query,
-            explicit: is_explicit,
-            upstream,
-        });
-    }
-
-    // New relations, in file order after every existing member: they may read changed members
-    // and each other (earlier in the file); no existing relation reads them yet.
-    for (q, kind, query) in added {
-        if order.iter().any(|m| graph.nodes[m].name.name == q.name)
-            || planned.iter().any(|p: &Planned| p.live.name == q.name)
-        {
-            return Err(Error::InvalidInput(format!(
-                "{q} has the name of another member of the pipeline: one pipeline cannot hold both (nothing was changed)"
-            )));
-        }
-        if let Some(g) = in_flight.iter().find(|g| g.live == q) {
-            return Err(Error::InvalidInput(format!(
-                "a green version of {} is already in flight (pipeline {}): promote or cancel it first",
-                g.live, g.member.pipeline
-            )));
-        }
-        planned.push(Planned {
-            oid: 0,
-            live: q,
-            kind,
-            query,
-            explicit: true,
-            upstream: Vec::new(),
-        });
-    }
+    let live_path = live_search_path(client, &graph, &order).await?;
+    let mut planned =
+        plan_existing(client, &graph, &order, &members, &explicit, &live_path).await?;
+    plan_added(&mut planned, added, &graph, &order, &in_flight)?;
 
     // The live relations' indexes, grants, owner, comments and storage parameters.
     let filter = Filter {
@@ -296,45 +102,7 @@ pub async fn create(
     let now = Utc::now();
     let schema = super::green_schema(now);
     let build_path = format!("{}, {live_path}", quote_ident(&schema));
-    let mut plan = Plan::new(format!(
-        "build green for {} relation(s) in schema {schema}",
-        planned.len()
-    ));
-    plan.push(
-        Step::new(
-            format!("create schema {schema} for the pipeline"),
-            format!(
-                "CREATE SCHEMA {s}; COMMENT ON SCHEMA {s} IS {}",
-                quote_literal(
-                    "pgflip green pipeline: new versions of live relations, waiting for promote"
-                ),
-                s = quote_ident(&schema)
-            ),
-        )
-        .in_transaction(0),
-    );
-    for p in &planned {
-        let green = qualified(&schema, &p.live.name);
-        plan.push(
-            Step::new(
-                format!(
-                    "build green {} for {} ({})",
-                    green,
-                    p.live,
-                    if p.explicit {
-                        "new definition"
-                    } else {
-                        "current definition, over the green upstream"
-                    }
-                ),
-                create_sql(&snap, p, &green),
-            )
-            .in_transaction(0),
-        );
-        for (d, sql) in decorate_sql(&snap, p, &green) {
-            plan.push(Step::new(d, sql).in_transaction(0));
-        }
-    }
+    let plan = build_plan(&snap, &planned, &schema);
     if opts.dry_run {
         return Ok(CreateOutcome {
             pipeline: schema,
@@ -423,6 +191,305 @@ pub async fn create(
         left_out,
         warnings,
     })
+}
+
+/// What a pipeline file names: existing relations by OID, and relations it adds, each with its
+/// new kind and definition.
+type Named = (
+    BTreeMap<u32, (QualifiedName, RelKind, String)>,
+    Vec<(QualifiedName, RelKind, String)>,
+);
+
+/// Resolves what the user named, refusing what green cannot rebuild.
+async fn resolve_named(client: &Client, defs: &[Definition]) -> Result<Named> {
+    let mut explicit: BTreeMap<u32, (QualifiedName, RelKind, String)> = BTreeMap::new();
+    let mut added: Vec<(QualifiedName, RelKind, String)> = Vec::new();
+    for d in defs {
+        let Some((q, relkind)) = super::resolve(client, &d.name).await? else {
+            let Some(kind) = d.kind else {
+                return Err(Error::InvalidInput(format!(
+                    "relation {} does not exist (green rebuilds an existing materialized view or table; a new one needs a CREATE statement in a pipeline file; nothing was changed)",
+                    d.name
+                )));
+            };
+            let q = new_name(client, &d.name).await?;
+            if added.iter().any(|(a, _, _)| a == &q) {
+                return Err(Error::InvalidInput(format!("{q} is defined twice")));
+            }
+            added.push((q, kind, d.query.clone()));
+            continue;
+        };
+        let kind = match relkind.as_str() {
+            "m" => RelKind::MaterializedView,
+            "r" => RelKind::Table,
+            "v" if d.kind == Some(RelKind::View) => RelKind::View,
+            "v" => {
+                return Err(Error::InvalidInput(format!(
+                    "{q} is a view, not a materialized view nor a table: a view holds no data, change it with CREATE OR REPLACE VIEW (nothing was changed)"
+                )))
+            }
+            "p" => {
+                return Err(Error::InvalidInput(format!(
+                    "{q} is a partitioned table: green does not rebuild partitioned tables (nothing was changed)"
+                )))
+            }
+            other => {
+                return Err(Error::InvalidInput(format!(
+                    "{q} is not a materialized view nor a table (relkind '{other}'; nothing was changed)"
+                )))
+            }
+        };
+        if let Some(k) = d.kind {
+            if k != kind {
+                return Err(Error::InvalidInput(format!(
+                    "{q} is a {}, but the file creates it as a {} (nothing was changed)",
+                    kind.sql().to_lowercase(),
+                    k.sql().to_lowercase()
+                )));
+            }
+        }
+        if q.schema == crate::state::SCHEMA || q.schema.starts_with("pgflip_") {
+            return Err(Error::InvalidInput(format!(
+                "{q} belongs to pgflip; name the live relation"
+            )));
+        }
+        let oid: u32 = client
+            .query_one(
+                "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+                &[&d.name],
+            )
+            .await
+            .ctx("resolving a relation")?
+            .get(0);
+        if explicit
+            .insert(oid, (q.clone(), kind, d.query.clone()))
+            .is_some()
+        {
+            return Err(Error::InvalidInput(format!("{q} is defined twice")));
+        }
+    }
+    Ok((explicit, added))
+}
+
+/// The pipeline: the given relations and every materialized view downstream (only the given
+/// ones with `--only`: the others are returned as left out).
+fn pipeline_members(
+    graph: &Graph,
+    explicit: &BTreeMap<u32, (QualifiedName, RelKind, String)>,
+    opts: &CreateOptions,
+) -> Result<(BTreeSet<u32>, Vec<String>)> {
+    let roots: Vec<u32> = explicit.keys().copied().collect();
+    let (downstream_mvs, _views) = graph.downstream(&roots);
+    let mut members: BTreeSet<u32> = roots.iter().copied().collect();
+    let mut left_out = Vec::new();
+    for m in &downstream_mvs {
+        if members.contains(m) {
+            continue;
+        }
+        if opts.only {
+            left_out.push(graph.name(*m));
+        } else {
+            members.insert(*m);
+        }
+    }
+    // Views between two members (a materialized view reading a changed one through a view)
+    // are rebuilt too, over the green upstream, and switch with the rest.
+    if !opts.only {
+        members.extend(graph.views_to_include(&members));
+    }
+    let between = graph.views_between(&members);
+    if !between.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "materialized views that read another member of the pipeline through a view are not supported yet (nothing was changed): {}",
+            between
+                .iter()
+                .map(|(up, v, low)| format!("{} reads {} through view {}", graph.name(*low), graph.name(*up), graph.name(*v)))
+                .collect::<Vec<_>>()
+                .join("; ")
+        )));
+    }
+    let mut by_name: BTreeMap<&str, &QualifiedName> = BTreeMap::new();
+    for m in &members {
+        let n = &graph.nodes[m].name;
+        if let Some(other) = by_name.insert(n.name.as_str(), n) {
+            return Err(Error::InvalidInput(format!(
+                "{other} and {n} have the same name: one pipeline cannot hold both (build them one at a time)"
+            )));
+        }
+    }
+    Ok((members, left_out))
+}
+
+fn refuse_in_flight(
+    graph: &Graph,
+    members: &BTreeSet<u32>,
+    in_flight: &[GreenRelation],
+) -> Result<()> {
+    for g in in_flight {
+        if members.iter().any(|m| graph.nodes[m].name == g.live) {
+            return Err(Error::InvalidInput(format!(
+                "a green version of {} is already in flight (pipeline {}): promote or cancel it first",
+                g.live, g.member.pipeline
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The session's search_path with the members' schemas first, so that the members' printed
+/// definitions resolve as they do live.
+async fn live_search_path(client: &Client, graph: &Graph, order: &[u32]) -> Result<String> {
+    let saved_path: String = client
+        .query_one("SELECT pg_catalog.current_setting('search_path')", &[])
+        .await
+        .ctx("reading search_path")?
+        .get(0);
+    let mut member_schemas: Vec<String> = Vec::new();
+    for m in order {
+        let s = quote_ident(&graph.nodes[m].name.schema);
+        if !member_schemas.contains(&s) {
+            member_schemas.push(s);
+        }
+    }
+    let live_path = if saved_path.trim().is_empty() {
+        member_schemas.join(", ")
+    } else {
+        format!("{}, {saved_path}", member_schemas.join(", "))
+    };
+    Ok(live_path)
+}
+
+/// The existing members in build order: the named ones with their new definition, the others
+/// with their current one.
+async fn plan_existing(
+    client: &Client,
+    graph: &Graph,
+    order: &[u32],
+    members: &BTreeSet<u32>,
+    explicit: &BTreeMap<u32, (QualifiedName, RelKind, String)>,
+    live_path: &str,
+) -> Result<Vec<Planned>> {
+    // Current definitions of the downstream members, printed so that the names of pipeline
+    // members are unqualified (and resolve to green under the build's search_path).
+    let mut planned = Vec::new();
+    for &m in order {
+        let node = &graph.nodes[&m];
+        let upstream: Vec<u32> = graph.upstream_members(m, members).into_iter().collect();
+        let (kind, query, is_explicit) = match explicit.get(&m) {
+            Some((_, k, q)) => (*k, q.clone(), true),
+            None => {
+                let kind = if node.relkind == "v" {
+                    RelKind::View
+                } else {
+                    RelKind::MaterializedView
+                };
+                client
+                    .batch_execute(&format!(
+                        "BEGIN READ ONLY; SET LOCAL search_path = {live_path}"
+                    ))
+                    .await
+                    .ctx("reading a definition")?;
+                let def = client
+                    .query_one(
+                        "SELECT pg_catalog.pg_get_viewdef($1::pg_catalog.oid)",
+                        &[&m],
+                    )
+                    .await;
+                let _ = client.batch_execute("COMMIT").await;
+                let def: String = def.ctx("reading a definition")?.get(0);
+                (kind, def.trim().trim_end_matches(';').to_string(), false)
+            }
+        };
+        planned.push(Planned {
+            oid: m,
+            live: node.name.clone(),
+            kind,
+            query,
+            explicit: is_explicit,
+            upstream,
+        });
+    }
+    Ok(planned)
+}
+
+fn plan_added(
+    planned: &mut Vec<Planned>,
+    added: Vec<(QualifiedName, RelKind, String)>,
+    graph: &Graph,
+    order: &[u32],
+    in_flight: &[GreenRelation],
+) -> Result<()> {
+    // New relations, in file order after every existing member: they may read changed members
+    // and each other (earlier in the file); no existing relation reads them yet.
+    for (q, kind, query) in added {
+        if order.iter().any(|m| graph.nodes[m].name.name == q.name)
+            || planned.iter().any(|p: &Planned| p.live.name == q.name)
+        {
+            return Err(Error::InvalidInput(format!(
+                "{q} has the name of another member of the pipeline: one pipeline cannot hold both (nothing was changed)"
+            )));
+        }
+        if let Some(g) = in_flight.iter().find(|g| g.live == q) {
+            return Err(Error::InvalidInput(format!(
+                "a green version of {} is already in flight (pipeline {}): promote or cancel it first",
+                g.live, g.member.pipeline
+            )));
+        }
+        planned.push(Planned {
+            oid: 0,
+            live: q,
+            kind,
+            query,
+            explicit: true,
+            upstream: Vec::new(),
+        });
+    }
+    Ok(())
+}
+
+/// The statements of the build, in order: green's schema, then each member and what decorates
+/// it.
+fn build_plan(snap: &Snapshot, planned: &[Planned], schema: &str) -> Plan {
+    let mut plan = Plan::new(format!(
+        "build green for {} relation(s) in schema {schema}",
+        planned.len()
+    ));
+    plan.push(
+        Step::new(
+            format!("create schema {schema} for the pipeline"),
+            format!(
+                "CREATE SCHEMA {s}; COMMENT ON SCHEMA {s} IS {}",
+                quote_literal(
+                    "pgflip green pipeline: new versions of live relations, waiting for promote"
+                ),
+                s = quote_ident(schema)
+            ),
+        )
+        .in_transaction(0),
+    );
+    for p in planned {
+        let green = qualified(schema, &p.live.name);
+        plan.push(
+            Step::new(
+                format!(
+                    "build green {} for {} ({})",
+                    green,
+                    p.live,
+                    if p.explicit {
+                        "new definition"
+                    } else {
+                        "current definition, over the green upstream"
+                    }
+                ),
+                create_sql(snap, p, &green),
+            )
+            .in_transaction(0),
+        );
+        for (d, sql) in decorate_sql(snap, p, &green) {
+            plan.push(Step::new(d, sql).in_transaction(0));
+        }
+    }
+    plan
 }
 
 /// Where a relation the file adds goes: its schema as written, or the first schema of

@@ -36,7 +36,7 @@ use tokio_postgres::Client;
 
 use crate::error::{DbResultExt, Error, Result};
 use crate::events::{Event, EventSink};
-use crate::ident::quote_literal;
+use crate::ident::{quote_literal, QuotedName};
 
 /// Name of the trigger on watched tables.
 pub const TRIGGER: &str = "pgflip_green_watch";
@@ -282,7 +282,7 @@ pub async fn unwatch_unused(client: &Client, events: &dyn EventSink) -> Result<U
         )
         .await
         {
-            Ok(()) => out.removed.push(name),
+            Ok(()) => out.removed.push(name.into()),
             Err(e @ Error::LockTimeout { .. }) => {
                 let msg = format!(
                     "the change trigger {TRIGGER} stays on {name} for now ({e}); the next green command removes it"
@@ -330,14 +330,14 @@ pub fn forget_sql() -> String {
 
 /// Tables carrying the watch trigger that no in-flight pipeline reads once the pipelines in
 /// `gone` are gone: `(oid, name)`.
-pub async fn unneeded(client: &Client, gone: &[String]) -> Result<Vec<(u32, String)>> {
+pub async fn unneeded(client: &Client, gone: &[String]) -> Result<Vec<(u32, QuotedName)>> {
     if !exists(client).await? {
         return Ok(Vec::new());
     }
     Ok(client
         .query(
             &format!(
-                "{} SELECT tg.tgrelid, pg_catalog.format('%I.%I', n.nspname, c.relname) \
+                "{} SELECT tg.tgrelid, n.nspname::text, c.relname::text \
                  FROM pg_catalog.pg_trigger tg JOIN pg_catalog.pg_class c ON c.oid = tg.tgrelid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE tg.tgname = $1 AND tg.tgfoid = 'pgflip.green_bump()'::pg_catalog.regprocedure \
@@ -349,12 +349,12 @@ pub async fn unneeded(client: &Client, gone: &[String]) -> Result<Vec<(u32, Stri
         .await
         .ctx("looking for change triggers no pipeline needs")?
         .iter()
-        .map(|r| (r.get(0), r.get(1)))
+        .map(|r| (r.get(0), QuotedName::qualified(r.get(1), r.get(2))))
         .collect())
 }
 
-/// `DROP TRIGGER` of the watch trigger on `table` (a quoted name).
-pub fn drop_sql(table: &str) -> String {
+/// `DROP TRIGGER` of the watch trigger on `table`.
+pub fn drop_sql(table: &QuotedName) -> String {
     format!("DROP TRIGGER {TRIGGER} ON {table}")
 }
 

@@ -855,7 +855,7 @@ fn root_name(tgt: &Snapshot, t: &Table) -> String {
     {
         cur = parent;
     }
-    cur.sql_name()
+    cur.sql_name().into()
 }
 
 fn root_of(p: &Planned, t: &Table) -> String {
@@ -867,7 +867,7 @@ fn root_of(p: &Planned, t: &Table) -> String {
     }) {
         cur = &parent.shadow;
     }
-    cur.sql_name()
+    cur.sql_name().into()
 }
 
 /// The size of each relation named in `names` (quoted, qualified), its partitions included;
@@ -1011,7 +1011,7 @@ async fn copy_and_index(
             copies.push((
                 CopyTask::Source(i),
                 root,
-                p.tables[i].source.sql_name(),
+                p.tables[i].source.sql_name().into(),
                 true,
             ));
         }
@@ -1258,7 +1258,7 @@ async fn copy_and_index(
                             let stats =
                                 copy::stream(s, &out, t, &inn, &label, &progress, events).await?;
                             events.emit(Event::TableDone {
-                                table: label,
+                                table: label.into(),
                                 rows: stats.rows,
                                 bytes: stats.bytes,
                                 elapsed: started.elapsed(),

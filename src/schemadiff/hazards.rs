@@ -182,7 +182,7 @@ mod tests {
     #[test]
     fn an_index_built_under_access_exclusive_is_a_long_lock() {
         let s = Step::new("x", "CREATE INDEX i ON t (a);")
-            .lock(LockMode::AccessExclusive, QuotedName::already_quoted("t"))
+            .lock(LockMode::AccessExclusive, QuotedName::ident("t"))
             .hazard(Hazard::BuildsIndex);
         assert_eq!(
             step_kinds(&s),
@@ -193,10 +193,7 @@ mod tests {
             ]
         );
         let c = Step::new("x", "CREATE INDEX CONCURRENTLY i ON t (a);")
-            .lock(
-                LockMode::ShareUpdateExclusive,
-                QuotedName::already_quoted("t"),
-            )
+            .lock(LockMode::ShareUpdateExclusive, QuotedName::ident("t"))
             .hazard(Hazard::BuildsIndex);
         assert_eq!(step_kinds(&c), vec![HazardKind::BuildsIndex]);
     }

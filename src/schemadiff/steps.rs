@@ -12,7 +12,7 @@ use crate::ident::{qualified, quote_ident, quote_literal};
 use crate::plan::{Hazard, LockMode, Step};
 
 /// The SQL name of a relation a lock is on.
-pub(crate) fn rel_sql(r: &Relation) -> String {
+pub(crate) fn rel_sql(r: &Relation) -> QuotedName {
     r.sql_name()
 }
 
@@ -65,10 +65,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
             format!("Drop table {}", t.sql_name()),
             format!("DROP TABLE IF EXISTS {};", t.sql_name()),
         )
-        .lock(
-            LockMode::AccessExclusive,
-            QuotedName::already_quoted(t.sql_name()),
-        )
+        .lock(LockMode::AccessExclusive, t.sql_name())
         .hazard(Hazard::DeletesData),
         Item::View(v) => {
             let kind = if v.materialized {
@@ -80,10 +77,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 format!("Drop {} {}", kind.to_lowercase(), v.sql_name()),
                 format!("DROP {kind} IF EXISTS {};", v.sql_name()),
             )
-            .lock(
-                LockMode::AccessExclusive,
-                QuotedName::already_quoted(v.sql_name()),
-            )
+            .lock(LockMode::AccessExclusive, v.sql_name())
         }
         Item::SequenceOwnedBy(_) | Item::ReplicaIdentity(_) => return None,
         Item::Extra(e) => {
@@ -113,10 +107,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                     quote_ident(&c.name)
                 ),
             )
-            .lock(
-                LockMode::AccessExclusive,
-                QuotedName::already_quoted(t.sql_name()),
-            )
+            .lock(LockMode::AccessExclusive, t.sql_name())
         }
         Item::Index(r, i) => {
             if i.constraint.is_some() || i.parent_index.is_some() {
@@ -126,10 +117,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 format!("Drop index {}", qualified(&i.schema, &i.name)),
                 format!("DROP INDEX IF EXISTS {};", qualified(&i.schema, &i.name)),
             )
-            .lock(
-                LockMode::AccessExclusive,
-                QuotedName::already_quoted(rel_sql(r)),
-            )
+            .lock(LockMode::AccessExclusive, rel_sql(r))
         }
         Item::Trigger(r, t) => {
             if t.from_parent {
@@ -143,10 +131,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                     rel_sql(r)
                 ),
             )
-            .lock(
-                LockMode::AccessExclusive,
-                QuotedName::already_quoted(rel_sql(r)),
-            )
+            .lock(LockMode::AccessExclusive, rel_sql(r))
         }
         Item::Policy(t, p) => Step::new(
             format!("Drop policy {} on {}", quote_ident(&p.name), t.sql_name()),
@@ -156,10 +141,7 @@ pub(crate) fn drop_step(item: &Item) -> Option<Step> {
                 t.sql_name()
             ),
         )
-        .lock(
-            LockMode::AccessExclusive,
-            QuotedName::already_quoted(t.sql_name()),
-        ),
+        .lock(LockMode::AccessExclusive, t.sql_name()),
         Item::Publication(p) => Step::new(
             format!("Drop publication {}", quote_ident(&p.name)),
             format!("DROP PUBLICATION IF EXISTS {};", quote_ident(&p.name)),
@@ -243,7 +225,7 @@ pub(crate) struct Meta<'a> {
 }
 
 /// Steps that bring owner, privileges and comment of an object from target to source.
-pub(crate) fn meta_steps(m: Meta, roles: &[String], lock_on: Option<&str>) -> Vec<Step> {
+pub(crate) fn meta_steps(m: Meta, roles: &[String], lock_on: Option<&QuotedName>) -> Vec<Step> {
     let mut out = Vec::new();
     let (want_owner, have_owner) = m.owner;
     if want_owner != have_owner && !want_owner.is_empty() && roles.iter().any(|r| r == want_owner) {
@@ -261,7 +243,7 @@ pub(crate) fn meta_steps(m: Meta, roles: &[String], lock_on: Option<&str>) -> Ve
             ),
         );
         if let Some(l) = lock_on {
-            s = s.lock(LockMode::AccessExclusive, QuotedName::already_quoted(l));
+            s = s.lock(LockMode::AccessExclusive, l.clone());
         }
         out.push(s);
     }

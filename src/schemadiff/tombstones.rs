@@ -9,7 +9,7 @@ use tokio_postgres::Client;
 
 use crate::error::DbResultExt;
 use crate::ident::QuotedName;
-use crate::ident::{is_tombstone, qualified, quote_ident};
+use crate::ident::{is_tombstone, quote_ident};
 use crate::plan::{Hazard, LockMode, Plan, Step};
 use crate::Result;
 
@@ -86,7 +86,7 @@ pub async fn list(client: &Client) -> Result<Vec<Tombstone>> {
 pub async fn drop_before(client: &Client, before: DateTime<Utc>) -> Result<Plan> {
     let mut plan = Plan::new("drop tombstones");
     for t in list(client).await?.into_iter().filter(|t| t.at < before) {
-        let table = qualified(&t.schema, &t.table);
+        let table = QuotedName::qualified(&t.schema, &t.table);
         let step = match &t.column {
             None => Step::new(
                 format!("Drop tombstone table {table}"),
@@ -101,7 +101,7 @@ pub async fn drop_before(client: &Client, before: DateTime<Utc>) -> Result<Plan>
             ),
         };
         plan.push(
-            step.lock(LockMode::AccessExclusive, QuotedName::already_quoted(table))
+            step.lock(LockMode::AccessExclusive, table)
                 .hazard(Hazard::DeletesData),
         );
     }

@@ -65,12 +65,12 @@ pub(super) async fn wrap_units(
         if off.is_empty() {
             continue;
         }
-        let names: Vec<String> = unit
+        let names: Vec<QuotedName> = unit
             .tables
             .iter()
             .map(|&i| plans[i].target.qualified())
             .collect();
-        let lock_on = names.join(", ");
+        let lock_on = QuotedName::list(&names);
         unit.actions.insert(
             0,
             Action::Sql(
@@ -78,10 +78,7 @@ pub(super) async fn wrap_units(
                     format!("disable the user triggers of {lock_on} for this transaction"),
                     off.join("; "),
                 )
-                .lock(
-                    LockMode::ShareRowExclusive,
-                    QuotedName::already_quoted(lock_on.clone()),
-                ),
+                .lock(LockMode::ShareRowExclusive, lock_on.clone()),
             ),
         );
         unit.actions.push(Action::Sql(
@@ -89,10 +86,7 @@ pub(super) async fn wrap_units(
                 format!("enable the user triggers of {lock_on} again, as they were"),
                 on.join("; "),
             )
-            .lock(
-                LockMode::ShareRowExclusive,
-                QuotedName::already_quoted(lock_on),
-            ),
+            .lock(LockMode::ShareRowExclusive, lock_on),
         ));
     }
     Ok(())

@@ -2,7 +2,6 @@
 //! can change in place for views, functions, sequences, indexes, constraints and the rest.
 
 use super::*;
-use crate::ident::QuotedName;
 
 impl<'a> Builder<'a> {
     #[allow(clippy::collapsible_match)] // one arm per kind reads better than guards
@@ -91,7 +90,7 @@ impl<'a> Builder<'a> {
                 ));
             }
             (Item::Sequence(s), Item::Sequence(t)) => {
-                let name = s.qualname().sql();
+                let name = s.qualname().quoted();
                 let changes = sequence_option_changes(&s.options, &t.options);
                 if !changes.is_empty() {
                     if s.options.min > t.options.min {
@@ -111,10 +110,7 @@ impl<'a> Builder<'a> {
                             format!("Change the options of sequence {name}"),
                             format!("ALTER SEQUENCE {name} {};", changes.join(" ")),
                         )
-                        .lock(
-                            LockMode::AccessExclusive,
-                            QuotedName::already_quoted(name.clone()),
-                        ),
+                        .lock(LockMode::AccessExclusive, name.clone()),
                     );
                 }
                 if s.owned_by.is_none() && t.owned_by.is_some() {
@@ -126,7 +122,7 @@ impl<'a> Builder<'a> {
                 self.main.extend(meta_steps(
                     Meta {
                         kind: "SEQUENCE",
-                        name: name.clone(),
+                        name: name.to_string(),
                         acl_object: Some(format!("SEQUENCE {name}")),
                         owner: (&s.owner, &t.owner),
                         acl: (s.acl.as_ref(), t.acl.as_ref()),
@@ -165,7 +161,7 @@ impl<'a> Builder<'a> {
                 self.main.extend(meta_steps(
                     Meta {
                         kind,
-                        name: name.clone(),
+                        name: name.to_string(),
                         acl_object: Some(format!("TABLE {name}")),
                         owner: (&s.owner, &t.owner),
                         acl: (s.acl.as_ref(), t.acl.as_ref()),
@@ -217,10 +213,7 @@ impl<'a> Builder<'a> {
                             format!("Validate constraint {cn} on {name}"),
                             format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                         )
-                        .lock(
-                            LockMode::ShareUpdateExclusive,
-                            QuotedName::already_quoted(name.clone()),
-                        )
+                        .lock(LockMode::ShareUpdateExclusive, name.clone())
                         .hazard(Hazard::Validates),
                     );
                 }
@@ -289,10 +282,7 @@ impl<'a> Builder<'a> {
                             format!("Set trigger {tn} on {rel}: {}", state.to_lowercase()),
                             format!("ALTER TABLE {rel} {state} {tn};"),
                         )
-                        .lock(
-                            LockMode::ShareRowExclusive,
-                            QuotedName::already_quoted(rel.clone()),
-                        ),
+                        .lock(LockMode::ShareRowExclusive, rel.clone()),
                     );
                 }
                 if s.comment != t.comment {

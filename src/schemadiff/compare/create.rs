@@ -126,10 +126,7 @@ impl<'a> Builder<'a> {
                             ),
                             format!("{def};"),
                         )
-                        .lock(
-                            LockMode::ShareUpdateExclusive,
-                            QuotedName::already_quoted(r.sql_name()),
-                        )
+                        .lock(LockMode::ShareUpdateExclusive, r.sql_name())
                         .hazard(Hazard::BuildsIndex)
                         .outside_transaction(),
                     );
@@ -148,7 +145,7 @@ impl<'a> Builder<'a> {
                     };
                     self.main.push(
                         Step::new(format!("{verb} {what}"), sql)
-                            .lock(lock, QuotedName::already_quoted(r.sql_name()))
+                            .lock(lock, r.sql_name())
                             .hazard(Hazard::BuildsIndex),
                     );
                 }
@@ -190,17 +187,14 @@ impl<'a> Builder<'a> {
                     };
                     self.main.push(
                         Step::new(format!("{verb} {what} without checking existing rows"), sql)
-                            .lock(lock, QuotedName::already_quoted(name.clone())),
+                            .lock(lock, name.clone()),
                     );
                     self.validate.push(
                         Step::new(
                             format!("Validate constraint {cn} on {name}"),
                             format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                         )
-                        .lock(
-                            LockMode::ShareUpdateExclusive,
-                            QuotedName::already_quoted(name),
-                        )
+                        .lock(LockMode::ShareUpdateExclusive, name)
                         .hazard(Hazard::Validates),
                     );
                 } else {
@@ -209,8 +203,7 @@ impl<'a> Builder<'a> {
                     } else {
                         LockMode::None
                     };
-                    let mut s = Step::new(format!("{verb} {what}"), sql)
-                        .lock(lock, QuotedName::already_quoted(t.sql_name()));
+                    let mut s = Step::new(format!("{verb} {what}"), sql).lock(lock, t.sql_name());
                     if self.existing(&tk) {
                         s = s.hazard(Hazard::Validates);
                     }

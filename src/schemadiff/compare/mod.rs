@@ -140,13 +140,13 @@ pub(super) fn core(snap: &Snapshot, item: &Item) -> String {
     }
 }
 
-pub(super) fn table_lock(t: &Table) -> (LockMode, String) {
+pub(super) fn table_lock(t: &Table) -> (LockMode, QuotedName) {
     (LockMode::AccessExclusive, t.sql_name())
 }
 
 pub(super) fn alter(t: &Table, desc: impl Into<String>, sql: impl Into<String>) -> Step {
     let (m, on) = table_lock(t);
-    Step::new(desc, sql).lock(m, QuotedName::already_quoted(on))
+    Step::new(desc, sql).lock(m, on)
 }
 
 pub(crate) fn compare(src: &Snapshot, tgt: &Snapshot, opts: &DiffOptions) -> Diff {

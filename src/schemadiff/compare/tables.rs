@@ -3,7 +3,6 @@
 //! in place (columns, types, defaults, identity, partitions, storage, RLS).
 
 use super::*;
-use crate::ident::QuotedName;
 
 impl<'a> Builder<'a> {
     pub(super) fn drop_table(&mut self, t: &'a Table) {
@@ -218,7 +217,44 @@ impl<'a> Builder<'a> {
     pub(super) fn alter_table(&mut self, s: &'a Table, t: &'a Table, key: &Key) {
         let name = s.sql_name();
         let reset = self.reset_defaults.contains(key);
-        // Partition bound and inheritance.
+        self.alter_inheritance(s, t, &name);
+        let attach = self.attach_step(s, t, &name);
+        // Columns follow the parent only when the table already was its partition.
+        let partition = s.is_partition() && t.is_partition();
+        let cx = ColumnCx {
+            name: &name,
+            reset,
+            partition,
+            plain: s.kind == TableKind::Ordinary && !partition && s.parents.is_empty(),
+            children: self.parents.contains(key),
+            attaching: attach.is_some(),
+        };
+        for c in &s.columns {
+            if !crate::ident::is_tombstone(&c.name) {
+                self.alter_column(s, t, c, &cx);
+            }
+        }
+        if let Some(a) = attach {
+            self.attach_partition(s, t, key, a);
+        }
+        self.alter_inline_checks(s, t, &name, reset, cx.plain);
+        self.alter_table_options(s, t, &name);
+        self.main.extend(meta_steps(
+            Meta {
+                kind: "TABLE",
+                name: name.to_string(),
+                acl_object: Some(format!("TABLE {name}")),
+                owner: (&s.owner, &t.owner),
+                acl: (s.acl.as_ref(), t.acl.as_ref()),
+                comment: (s.comment.as_deref(), t.comment.as_deref()),
+            },
+            &self.tgt.roles,
+            Some(&name),
+        ));
+    }
+
+    /// `INHERIT` / `NO INHERIT` for a table that is not a partition on either side.
+    fn alter_inheritance(&mut self, s: &Table, t: &Table, name: &QuotedName) {
         if !(s.is_partition() || t.is_partition()) && s.parents != t.parents {
             for p in &t.parents {
                 if !s.parents.contains(p) {
@@ -239,10 +275,14 @@ impl<'a> Builder<'a> {
                 }
             }
         }
-        let mut attach = None;
+    }
+
+    /// The `ATTACH PARTITION` of a table that becomes a partition or changes bound; it runs
+    /// after the rest of the pass ([`Self::attach_partition`]).
+    fn attach_step(&mut self, s: &Table, t: &Table, name: &QuotedName) -> Option<Step> {
         if s.is_partition() && (s.parents != t.parents || s.partition_bound != t.partition_bound) {
             if let Some(p) = s.parents.first().filter(|_| s.is_partition()) {
-                attach = Some(
+                return Some(
                     alter(
                         s,
                         format!("Attach partition {name}"),
@@ -256,329 +296,365 @@ impl<'a> Builder<'a> {
                 );
             }
         }
-        // Columns follow the parent only when the table already was its partition.
-        let partition = s.is_partition() && t.is_partition();
-        let plain = s.kind == TableKind::Ordinary && !partition && s.parents.is_empty();
-        let children = self.parents.contains(key);
-        for c in &s.columns {
-            if crate::ident::is_tombstone(&c.name) {
-                continue;
-            }
-            let col = quote_ident(&c.name);
-            // A column only inherited in the target disappears with its parent's (not a
-            // partition's: detached, it keeps its columns).
-            let parent_drops = |tc: &Column| {
-                !tc.is_local
-                    && !t.is_partition()
-                    && t.parents.iter().all(|p| {
-                        self.src
-                            .table(&p.schema, &p.name)
-                            .is_none_or(|pt| pt.column(&c.name).is_none())
-                    })
-            };
-            let tc = t.column(&c.name).filter(|tc| {
-                tc.generated == c.generated
-                    && tc.generated_virtual == c.generated_virtual
-                    && !parent_drops(tc)
-            });
-            let Some(tc) = tc else {
-                if (c.is_local || s.is_partition()) && !partition {
-                    let mut st = alter(
-                        s,
-                        format!("Add column {col} to {name}"),
-                        format!(
-                            "ALTER TABLE {name} ADD COLUMN {};",
-                            ddl::column_definition(c)
-                        ),
-                    );
-                    if c.generated.is_some() || c.identity.is_some() {
-                        st = st.hazard(Hazard::Rewrite);
-                    }
-                    self.main.push(st);
-                    if let Some(cm) = &c.comment {
-                        self.main
-                            .push(comment_step("COLUMN", &format!("{name}.{col}"), Some(cm)));
-                    }
-                    if !c.acl.is_empty() {
-                        self.main.push(Step::new(
-                            format!("Grant on column {col} of {name}"),
-                            ddl::column_grants(&name, &s.owner, c),
-                        ));
-                    }
-                }
-                continue;
-            };
-            let mut have_default = if reset { None } else { tc.default.clone() };
-            let inherited = (!c.is_local && !s.is_partition()) || partition;
-            if (c.type_name != tc.type_name || c.collation != tc.collation) && !inherited {
-                let mut sql = String::new();
-                if have_default.is_some() {
-                    sql.push_str(&format!(
-                        "ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;\n"
-                    ));
-                    have_default = None;
-                }
-                let coll = c
-                    .collation
-                    .as_ref()
-                    .map(|x| format!(" COLLATE {x}"))
-                    .unwrap_or_default();
-                sql.push_str(&format!(
-                    "ALTER TABLE {name} ALTER COLUMN {col} TYPE {}{coll} USING {};",
-                    c.type_name,
-                    cast_expr(&col, &tc.type_name, &c.type_name)
-                ));
-                self.main.push(
-                    alter(
-                        s,
-                        format!("Change the type of {name}.{col} to {}", c.type_name),
-                        sql,
-                    )
-                    .hazard(Hazard::Rewrite),
+        None
+    }
+
+    /// One column that both sides have (or that the source adds): type, identity, default,
+    /// NOT NULL, comment and column privileges.
+    fn alter_column(&mut self, s: &'a Table, t: &'a Table, c: &'a Column, cx: &ColumnCx) {
+        let name = cx.name;
+        let partition = cx.partition;
+        let reset = cx.reset;
+        let col = quote_ident(&c.name);
+        // A column only inherited in the target disappears with its parent's (not a
+        // partition's: detached, it keeps its columns).
+        let parent_drops = |tc: &Column| {
+            !tc.is_local
+                && !t.is_partition()
+                && t.parents.iter().all(|p| {
+                    self.src
+                        .table(&p.schema, &p.name)
+                        .is_none_or(|pt| pt.column(&c.name).is_none())
+                })
+        };
+        let tc = t.column(&c.name).filter(|tc| {
+            tc.generated == c.generated
+                && tc.generated_virtual == c.generated_virtual
+                && !parent_drops(tc)
+        });
+        let Some(tc) = tc else {
+            if (c.is_local || s.is_partition()) && !partition {
+                let mut st = alter(
+                    s,
+                    format!("Add column {col} to {name}"),
+                    format!(
+                        "ALTER TABLE {name} ADD COLUMN {};",
+                        ddl::column_definition(c)
+                    ),
                 );
+                if c.generated.is_some() || c.identity.is_some() {
+                    st = st.hazard(Hazard::Rewrite);
+                }
+                self.main.push(st);
+                if let Some(cm) = &c.comment {
+                    self.main
+                        .push(comment_step("COLUMN", &format!("{name}.{col}"), Some(cm)));
+                }
+                if !c.acl.is_empty() {
+                    self.main.push(Step::new(
+                        format!("Grant on column {col} of {name}"),
+                        ddl::column_grants(name, &s.owner, c),
+                    ));
+                }
             }
-            // Identity.
-            match (c.identity, tc.identity) {
-                (Some(si), None) => {
-                    let mut opts = Vec::new();
-                    if let Some(q) = &c.identity_sequence {
-                        opts.push(format!("SEQUENCE NAME {}", q.sql()));
-                    }
-                    if let Some(o) = &c.identity_options {
-                        opts.push(ddl::sequence_options(o));
-                    }
-                    if have_default.is_some() {
-                        self.main.push(alter(
+            return;
+        };
+        let mut have_default = if reset { None } else { tc.default.clone() };
+        let inherited = (!c.is_local && !s.is_partition()) || partition;
+        if (c.type_name != tc.type_name || c.collation != tc.collation) && !inherited {
+            let mut sql = String::new();
+            if have_default.is_some() {
+                sql.push_str(&format!(
+                    "ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;\n"
+                ));
+                have_default = None;
+            }
+            let coll = c
+                .collation
+                .as_ref()
+                .map(|x| format!(" COLLATE {x}"))
+                .unwrap_or_default();
+            sql.push_str(&format!(
+                "ALTER TABLE {name} ALTER COLUMN {col} TYPE {}{coll} USING {};",
+                c.type_name,
+                cast_expr(&col, &tc.type_name, &c.type_name)
+            ));
+            self.main.push(
+                alter(
+                    s,
+                    format!("Change the type of {name}.{col} to {}", c.type_name),
+                    sql,
+                )
+                .hazard(Hazard::Rewrite),
+            );
+        }
+        if self.alter_identity(s, c, tc, name, have_default.is_some()) {
+            return;
+        }
+        if c.identity.is_none() && c.generated.is_none() && c.default != have_default {
+            match &c.default {
+                Some(d) => self.main.push(alter(
+                    s,
+                    format!("Set the default of {name}.{col}"),
+                    format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d};"),
+                )),
+                None => self.main.push(alter(
+                    s,
+                    format!("Drop the default of {name}.{col}"),
+                    format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;"),
+                )),
+            }
+        }
+        self.alter_not_null(s, t, c, tc, cx);
+        // Both sides name their NOT NULL constraints (18+): the same name.
+        if let (true, true, Some(sn), Some(tn)) =
+            (c.not_null, tc.not_null, &c.not_null_name, &tc.not_null_name)
+        {
+            // Renamed while the target's constraint is its own (an inherited one cannot
+            // be renamed): a table attached below (detached first if it was a partition)
+            // is renamed before the attach.
+            let own = cx.attaching || !inherited_not_null(t, tc);
+            if sn != tn && (own || !inherited_not_null(s, c)) {
+                self.main.push(alter(
+                    s,
+                    format!(
+                        "Rename the NOT NULL constraint of {name}.{col} to {}",
+                        quote_ident(sn)
+                    ),
+                    format!(
+                        "ALTER TABLE {name} RENAME CONSTRAINT {} TO {};",
+                        quote_ident(tn),
+                        quote_ident(sn)
+                    ),
+                ));
+            }
+        }
+        if c.comment != tc.comment {
+            self.main.push(comment_step(
+                "COLUMN",
+                &format!("{name}.{col}"),
+                c.comment.as_deref(),
+            ));
+        }
+        if let Some(st) = column_acl_steps(name, c, tc, &self.tgt.roles) {
+            self.main.push(st);
+        }
+    }
+
+    /// Identity added, dropped or changed. True when the column becomes an identity column
+    /// (which also settles its default and NOT NULL).
+    fn alter_identity(
+        &mut self,
+        s: &Table,
+        c: &Column,
+        tc: &Column,
+        name: &QuotedName,
+        has_default: bool,
+    ) -> bool {
+        let col = quote_ident(&c.name);
+        match (c.identity, tc.identity) {
+            (Some(si), None) => {
+                let mut opts = Vec::new();
+                if let Some(q) = &c.identity_sequence {
+                    opts.push(format!("SEQUENCE NAME {}", q.sql()));
+                }
+                if let Some(o) = &c.identity_options {
+                    opts.push(ddl::sequence_options(o));
+                }
+                if has_default {
+                    self.main.push(alter(
+                        s,
+                        format!("Drop the default of {name}.{col}"),
+                        format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;"),
+                    ));
+                }
+                if !tc.not_null {
+                    self.main.push(
+                        alter(
                             s,
-                            format!("Drop the default of {name}.{col}"),
-                            format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;"),
-                        ));
-                    }
-                    if !tc.not_null {
-                        self.main.push(
-                            alter(
+                            format!("Set {name}.{col} NOT NULL"),
+                            format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
+                        )
+                        .hazard(Hazard::Validates),
+                    );
+                }
+                self.main.push(alter(
+                    s,
+                    format!("Make {name}.{col} an identity column"),
+                    format!(
+                        "ALTER TABLE {name} ALTER COLUMN {col} ADD GENERATED {} AS IDENTITY ({});",
+                        identity_sql(si),
+                        opts.join(" ")
+                    ),
+                ));
+                return true;
+            }
+            (None, Some(_)) => {
+                self.main.push(alter(
+                    s,
+                    format!("Drop identity of {name}.{col}"),
+                    format!("ALTER TABLE {name} ALTER COLUMN {col} DROP IDENTITY;"),
+                ));
+            }
+            (Some(si), Some(ti)) => {
+                let mut parts = Vec::new();
+                if si != ti {
+                    parts.push(format!("SET GENERATED {}", identity_sql(si)));
+                }
+                if let (Some(so), Some(to)) = (&c.identity_options, &tc.identity_options) {
+                    let changes = sequence_option_changes(so, to);
+                    match &tc.identity_sequence {
+                        // `ALTER COLUMN … SET` cannot change the sequence's type (`LIKE …
+                        // INCLUDING ALL` makes it bigint): the sequence itself can.
+                        Some(seq) if so.data_type != to.data_type => {
+                            self.main.push(alter(
                                 s,
-                                format!("Set {name}.{col} NOT NULL"),
-                                format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
-                            )
-                            .hazard(Hazard::Validates),
-                        );
-                    }
-                    self.main.push(alter(
-                        s,
-                        format!("Make {name}.{col} an identity column"),
-                        format!(
-                            "ALTER TABLE {name} ALTER COLUMN {col} ADD GENERATED {} AS IDENTITY ({});",
-                            identity_sql(si),
-                            opts.join(" ")
-                        ),
-                    ));
-                    continue;
-                }
-                (None, Some(_)) => {
-                    self.main.push(alter(
-                        s,
-                        format!("Drop identity of {name}.{col}"),
-                        format!("ALTER TABLE {name} ALTER COLUMN {col} DROP IDENTITY;"),
-                    ));
-                }
-                (Some(si), Some(ti)) => {
-                    let mut parts = Vec::new();
-                    if si != ti {
-                        parts.push(format!("SET GENERATED {}", identity_sql(si)));
-                    }
-                    if let (Some(so), Some(to)) = (&c.identity_options, &tc.identity_options) {
-                        let changes = sequence_option_changes(so, to);
-                        match &tc.identity_sequence {
-                            // `ALTER COLUMN … SET` cannot change the sequence's type (`LIKE …
-                            // INCLUDING ALL` makes it bigint): the sequence itself can.
-                            Some(seq) if so.data_type != to.data_type => {
-                                self.main.push(alter(
-                                    s,
-                                    format!("Change the identity sequence of {name}.{col}"),
-                                    format!("ALTER SEQUENCE {} {};", seq.sql(), changes.join(" ")),
-                                ));
-                            }
-                            _ => {
-                                for o in changes {
-                                    if !o.starts_with("AS ") {
-                                        parts.push(format!("SET {o}"));
-                                    }
+                                format!("Change the identity sequence of {name}.{col}"),
+                                format!("ALTER SEQUENCE {} {};", seq.sql(), changes.join(" ")),
+                            ));
+                        }
+                        _ => {
+                            for o in changes {
+                                if !o.starts_with("AS ") {
+                                    parts.push(format!("SET {o}"));
                                 }
                             }
                         }
                     }
-                    if !parts.is_empty() {
-                        self.main.push(alter(
-                            s,
-                            format!("Change identity of {name}.{col}"),
-                            format!("ALTER TABLE {name} ALTER COLUMN {col} {};", parts.join(" ")),
-                        ));
-                    }
                 }
-                (None, None) => {}
-            }
-            if c.identity.is_none() && c.generated.is_none() && c.default != have_default {
-                match &c.default {
-                    Some(d) => self.main.push(alter(
+                if !parts.is_empty() {
+                    self.main.push(alter(
                         s,
-                        format!("Set the default of {name}.{col}"),
-                        format!("ALTER TABLE {name} ALTER COLUMN {col} SET DEFAULT {d};"),
-                    )),
-                    None => self.main.push(alter(
-                        s,
-                        format!("Drop the default of {name}.{col}"),
-                        format!("ALTER TABLE {name} ALTER COLUMN {col} DROP DEFAULT;"),
-                    )),
+                        format!("Change identity of {name}.{col}"),
+                        format!("ALTER TABLE {name} ALTER COLUMN {col} {};", parts.join(" ")),
+                    ));
                 }
             }
-            let parent_same = partition
-                && s.parents
-                    .first()
-                    .and_then(|p| self.src.table(&p.schema, &p.name))
-                    .and_then(|p| p.column(&c.name))
-                    .is_some_and(|p| p.not_null == c.not_null)
-                && t.parents
-                    .first()
-                    .and_then(|p| self.tgt.table(&p.schema, &p.name))
-                    .and_then(|p| p.column(&c.name))
-                    .is_some_and(|p| p.not_null == tc.not_null);
-            if c.not_null != tc.not_null
-                && !parent_same
-                && !(c.identity.is_some() && tc.identity.is_none())
-            {
-                // On 18+ a NOT NULL is a named constraint: name it as the source does (a plain
-                // SET NOT NULL would take a default name, or a suffixed one if taken).
-                let set_not_null = match (&c.not_null_name, self.tgt.server_version >= 180000) {
-                    (Some(nn), true) => format!(
-                        "ALTER TABLE {name} ADD CONSTRAINT {} NOT NULL {col};",
-                        quote_ident(nn)
-                    ),
-                    _ => format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
-                };
-                if c.not_null {
-                    if self.opts.online && plain && !children {
-                        // Not "_not_null": 18 names a column's NOT NULL constraint that way.
-                        let check = crate::ident::derived_name(
-                            &s.name,
-                            &format!("_{}_not_null_check", c.name),
-                        );
-                        let ck = quote_ident(&check);
-                        self.main.push(alter(s, format!("Check {name}.{col} IS NOT NULL for new rows (existing rows are validated next)"), format!("ALTER TABLE {name} ADD CONSTRAINT {ck} CHECK ({col} IS NOT NULL) NOT VALID;")));
-                        self.validate.push(
-                            Step::new(
-                                format!("Validate that {name}.{col} has no NULL"),
-                                format!("ALTER TABLE {name} VALIDATE CONSTRAINT {ck};"),
-                            )
-                            .lock(
-                                LockMode::ShareUpdateExclusive,
-                                QuotedName::already_quoted(name.clone()),
-                            )
+            (None, None) => {}
+        }
+        false
+    }
+
+    /// SET / DROP NOT NULL, online (a NOT VALID check validated apart) where it can be.
+    fn alter_not_null(
+        &mut self,
+        s: &'a Table,
+        t: &'a Table,
+        c: &Column,
+        tc: &Column,
+        cx: &ColumnCx,
+    ) {
+        let (name, partition) = (cx.name, cx.partition);
+        let col = quote_ident(&c.name);
+        let parent_same = partition
+            && s.parents
+                .first()
+                .and_then(|p| self.src.table(&p.schema, &p.name))
+                .and_then(|p| p.column(&c.name))
+                .is_some_and(|p| p.not_null == c.not_null)
+            && t.parents
+                .first()
+                .and_then(|p| self.tgt.table(&p.schema, &p.name))
+                .and_then(|p| p.column(&c.name))
+                .is_some_and(|p| p.not_null == tc.not_null);
+        if c.not_null != tc.not_null
+            && !parent_same
+            && !(c.identity.is_some() && tc.identity.is_none())
+        {
+            // On 18+ a NOT NULL is a named constraint: name it as the source does (a plain
+            // SET NOT NULL would take a default name, or a suffixed one if taken).
+            let set_not_null = match (&c.not_null_name, self.tgt.server_version >= 180000) {
+                (Some(nn), true) => format!(
+                    "ALTER TABLE {name} ADD CONSTRAINT {} NOT NULL {col};",
+                    quote_ident(nn)
+                ),
+                _ => format!("ALTER TABLE {name} ALTER COLUMN {col} SET NOT NULL;"),
+            };
+            if c.not_null {
+                if self.opts.online && cx.plain && !cx.children {
+                    // Not "_not_null": 18 names a column's NOT NULL constraint that way.
+                    let check =
+                        crate::ident::derived_name(&s.name, &format!("_{}_not_null_check", c.name));
+                    let ck = quote_ident(&check);
+                    self.main.push(alter(s, format!("Check {name}.{col} IS NOT NULL for new rows (existing rows are validated next)"), format!("ALTER TABLE {name} ADD CONSTRAINT {ck} CHECK ({col} IS NOT NULL) NOT VALID;")));
+                    self.validate.push(
+                        Step::new(
+                            format!("Validate that {name}.{col} has no NULL"),
+                            format!("ALTER TABLE {name} VALIDATE CONSTRAINT {ck};"),
+                        )
+                        .lock(LockMode::ShareUpdateExclusive, name.clone())
+                        .hazard(Hazard::Validates),
+                    );
+                    self.post.push(alter(
+                        s,
+                        format!("Set {name}.{col} NOT NULL (the validated check spares the scan) and drop the check"),
+                        format!("{set_not_null}\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
+                    ));
+                } else {
+                    self.main.push(
+                        alter(s, format!("Set {name}.{col} NOT NULL"), set_not_null)
                             .hazard(Hazard::Validates),
-                        );
-                        self.post.push(alter(
-                            s,
-                            format!("Set {name}.{col} NOT NULL (the validated check spares the scan) and drop the check"),
-                            format!("{set_not_null}\nALTER TABLE {name} DROP CONSTRAINT {ck};"),
-                        ));
-                    } else {
-                        self.main.push(
-                            alter(s, format!("Set {name}.{col} NOT NULL"), set_not_null)
-                                .hazard(Hazard::Validates),
-                        );
-                    }
-                } else if !(s
-                    .primary_key
-                    .as_ref()
-                    .is_some_and(|pk| pk.contains(&c.name)))
-                {
-                    self.main.push(alter(
-                        s,
-                        format!("Drop NOT NULL of {name}.{col}"),
-                        format!("ALTER TABLE {name} ALTER COLUMN {col} DROP NOT NULL;"),
-                    ));
+                    );
                 }
-            }
-            // Both sides name their NOT NULL constraints (18+): the same name.
-            if let (true, true, Some(sn), Some(tn)) =
-                (c.not_null, tc.not_null, &c.not_null_name, &tc.not_null_name)
+            } else if !(s
+                .primary_key
+                .as_ref()
+                .is_some_and(|pk| pk.contains(&c.name)))
             {
-                // Renamed while the target's constraint is its own (an inherited one cannot
-                // be renamed): a table attached below (detached first if it was a partition)
-                // is renamed before the attach.
-                let own = attach.is_some() || !inherited_not_null(t, tc);
-                if sn != tn && (own || !inherited_not_null(s, c)) {
-                    self.main.push(alter(
-                        s,
-                        format!(
-                            "Rename the NOT NULL constraint of {name}.{col} to {}",
-                            quote_ident(sn)
-                        ),
-                        format!(
-                            "ALTER TABLE {name} RENAME CONSTRAINT {} TO {};",
-                            quote_ident(tn),
-                            quote_ident(sn)
-                        ),
-                    ));
-                }
-            }
-            if c.comment != tc.comment {
-                self.main.push(comment_step(
-                    "COLUMN",
-                    &format!("{name}.{col}"),
-                    c.comment.as_deref(),
+                self.main.push(alter(
+                    s,
+                    format!("Drop NOT NULL of {name}.{col}"),
+                    format!("ALTER TABLE {name} ALTER COLUMN {col} DROP NOT NULL;"),
                 ));
             }
-            if let Some(st) = column_acl_steps(&name, c, tc, &self.tgt.roles) {
-                self.main.push(st);
+        }
+    }
+
+    /// Attaches a table as a partition, after everything else of this pass: the new parent and
+    /// the partition's own indexes (which the attach adopts) exist by then.
+    fn attach_partition(&mut self, s: &'a Table, t: &'a Table, key: &Key, a: Step) {
+        self.standalone.insert(key.clone());
+        // ATTACH adopts, for each index of the parent, the first matching index of the
+        // partition (by oid). An index of the target that must stay unattached but matches
+        // one would be adopted in place of the one the source attaches: it is dropped
+        // before the attach and built again after it.
+        let parent = s
+            .parents
+            .first()
+            .and_then(|p| self.src.table(&p.schema, &p.name));
+        let mut rebuild = Vec::new();
+        for ti in t.indexes.iter().filter(|i| i.constraint.is_none()) {
+            let Some(si) = s.index(&ti.name) else {
+                continue;
+            };
+            if si.parent_index.is_some() || si.definition != ti.definition {
+                continue;
+            }
+            if parent.is_some_and(|p| p.indexes.iter().any(|pi| same_index_shape(pi, si))) {
+                let qn = qualified(&ti.schema, &ti.name);
+                self.main.push(alter(
+                    s,
+                    format!("Drop index {qn} before the attach (it would be adopted)"),
+                    format!("DROP INDEX {qn};"),
+                ));
+                rebuild.push(si);
             }
         }
-        if let Some(a) = attach {
-            // After everything of this pass: the new parent and the partition's own indexes
-            // (which the attach adopts) exist by then.
-            self.standalone.insert(key.clone());
-            // ATTACH adopts, for each index of the parent, the first matching index of the
-            // partition (by oid). An index of the target that must stay unattached but matches
-            // one would be adopted in place of the one the source attaches: it is dropped
-            // before the attach and built again after it.
-            let parent = s
-                .parents
-                .first()
-                .and_then(|p| self.src.table(&p.schema, &p.name));
-            let mut rebuild = Vec::new();
-            for ti in t.indexes.iter().filter(|i| i.constraint.is_none()) {
-                let Some(si) = s.index(&ti.name) else {
-                    continue;
-                };
-                if si.parent_index.is_some() || si.definition != ti.definition {
-                    continue;
-                }
-                if parent.is_some_and(|p| p.indexes.iter().any(|pi| same_index_shape(pi, si))) {
-                    let qn = qualified(&ti.schema, &ti.name);
-                    self.main.push(alter(
-                        s,
-                        format!("Drop index {qn} before the attach (it would be adopted)"),
-                        format!("DROP INDEX {qn};"),
-                    ));
-                    rebuild.push(si);
-                }
-            }
-            self.after.push(a);
-            for si in rebuild {
-                self.after.push(
-                    alter(
-                        s,
-                        format!(
-                            "Build index {} again, unattached",
-                            qualified(&si.schema, &si.name)
-                        ),
-                        ddl::create_index(si),
-                    )
-                    .hazard(Hazard::BuildsIndex),
-                );
-            }
+        self.after.push(a);
+        for si in rebuild {
+            self.after.push(
+                alter(
+                    s,
+                    format!(
+                        "Build index {} again, unattached",
+                        qualified(&si.schema, &si.name)
+                    ),
+                    ddl::create_index(si),
+                )
+                .hazard(Hazard::BuildsIndex),
+            );
         }
-        // Inline checks that are new or changed.
+    }
+
+    /// Inline checks that are new or changed (online: added NOT VALID, validated apart).
+    fn alter_inline_checks(
+        &mut self,
+        s: &'a Table,
+        t: &'a Table,
+        name: &QuotedName,
+        reset: bool,
+        plain: bool,
+    ) {
         for c in s.constraints.iter().filter(|c| ddl::is_inline_check(c)) {
             let keep = t.constraints.iter().any(|x| {
                 ddl::is_inline_check(x) && x.name == c.name && x.definition == c.definition
@@ -610,10 +686,7 @@ impl<'a> Builder<'a> {
                         format!("Validate constraint {cn} on {name}"),
                         format!("ALTER TABLE {name} VALIDATE CONSTRAINT {cn};"),
                     )
-                    .lock(
-                        LockMode::ShareUpdateExclusive,
-                        QuotedName::already_quoted(name.clone()),
-                    )
+                    .lock(LockMode::ShareUpdateExclusive, name.clone())
                     .hazard(Hazard::Validates),
                 );
             } else {
@@ -634,6 +707,10 @@ impl<'a> Builder<'a> {
                 ));
             }
         }
+    }
+
+    /// Storage parameters, logging, row-level security and replica identity.
+    fn alter_table_options(&mut self, s: &'a Table, t: &'a Table, name: &QuotedName) {
         if s.reloptions != t.reloptions {
             let gone: Vec<String> = t
                 .reloptions
@@ -701,19 +778,22 @@ impl<'a> Builder<'a> {
                 format!("ALTER TABLE ONLY {name} REPLICA IDENTITY {v};"),
             ));
         }
-        self.main.extend(meta_steps(
-            Meta {
-                kind: "TABLE",
-                name: name.clone(),
-                acl_object: Some(format!("TABLE {name}")),
-                owner: (&s.owner, &t.owner),
-                acl: (s.acl.as_ref(), t.acl.as_ref()),
-                comment: (s.comment.as_deref(), t.comment.as_deref()),
-            },
-            &self.tgt.roles,
-            Some(&name),
-        ));
     }
+}
+
+/// What every column of one table's alteration needs to know about the table.
+struct ColumnCx<'n> {
+    name: &'n QuotedName,
+    /// The target's defaults are dropped first (a type change needs it).
+    reset: bool,
+    /// A partition on both sides: its columns follow the parent.
+    partition: bool,
+    /// An ordinary table with no parents: NOT NULL can be added online.
+    plain: bool,
+    /// Other tables inherit from it.
+    children: bool,
+    /// It becomes a partition (or changes bound) in this pass.
+    attaching: bool,
 }
 
 pub(super) fn identity_sql(i: Identity) -> &'static str {
