@@ -2108,11 +2108,18 @@ async fn a_cancel_during_the_lock_step_is_not_retried() {
     let events = FailedAttempts::default();
     let operator = db.client().await;
     let cancelling = async {
-        // Once the flip waits for t2's lock (t1 taken), cancel it.
+        // Once the flip has queued for t2's lock (t1 taken), cancel it. Queued: waiting for
+        // longer than the step's first tries, whose waits last 1 ms each. A cancel that reaches
+        // the server as one of those 1 ms lock timeouts fires is reported as the lock timeout
+        // (the server prefers it when both are pending), and so is lost; on a loaded machine
+        // that happened (the flip then waited out its 20 s lock timeout). pgflip's own Ctrl-C
+        // sends its cancel again every quarter second for that reason.
         while text(
             &operator,
-            &format!("SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted AND relation = 't2'::regclass"),
-        ),
+            &format!(
+                "SELECT count(*) FROM pg_locks WHERE pid = {pid} AND NOT granted \
+                 AND relation = 't2'::regclass AND waitstart < now() - interval '200 ms'"
+            ),
         )
         .await
             != "1"
