@@ -15,6 +15,11 @@
 //! see where the locked transaction's time goes; that costs the locked transaction itself
 //! (2-4 ms at 50 tables): not for the figures.
 //!
+//! Before the flips, the same switch written by hand runs as many times under the same load (the floor:
+//! the moves, the key renamed and the views re-pointed in one transaction, nothing checked,
+//! carried or recorded), and the last line compares the medians: how much of the locked
+//! window is pgflip's own, and how much is PostgreSQL's DDL.
+//!
 //! On a loaded machine wall-clock figures swing 2-3x from run to run, so each flip also prints
 //! the CPU time the server spent on the locked transaction (`log_statement_stats` of the
 //! flipping session, read back from the server log): what the locked transaction would take
@@ -198,6 +203,14 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             green: QualifiedName::new("public", format!("t{i}_staging")),
         })
         .collect();
+    // The floor: the same switch written by hand, under the same load. First, so that the
+    // catalog bloat the flips leave behind (dead pg_class, pg_type, pg_depend rows) slows
+    // pgflip, not the floor.
+    let mut floors = Vec::new();
+    for n in 0..flips {
+        floors.push(bare_swap(&flipper, &log, tables, n).await);
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     // The first flip swaps the staging tables in; the next ones roll back, back and forth
     // (each one a full flip: same engine, dependents re-created).
     let mut windows = Vec::new();
@@ -267,6 +280,8 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
     );
     let first_start = windows[0].1;
     let mut worst_stall = [Duration::ZERO; 2];
+    let mut normals = [Duration::ZERO; 2];
+    let mut floor_stall = [Duration::ZERO; 2];
     for (k, (name, samples)) in [("reader", &readers), ("writer", &writers)]
         .iter()
         .enumerate()
@@ -279,6 +294,7 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             .collect();
         before.sort();
         let normal = pct(&before, 0.5);
+        normals[k] = normal;
         println!(
             "{name}: before the flips: n={} p50={} p99={} max={} ms",
             before.len(),
@@ -336,6 +352,18 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
             );
         }
     }
+    for (k, samples) in [&readers, &writers].iter().enumerate() {
+        let samples = samples.lock().unwrap();
+        for (from, to, _) in &floors {
+            let worst = samples
+                .iter()
+                .filter(|s| s.start <= *to && s.start + s.latency >= *from)
+                .map(|s| s.latency)
+                .max()
+                .unwrap_or_default();
+            floor_stall[k] = floor_stall[k].max(worst.saturating_sub(normals[k]));
+        }
+    }
     for (i, (planned, flip_start, lock_from, lock_to, flip_end, outcome, cpu)) in
         windows.iter().enumerate()
     {
@@ -356,7 +384,78 @@ async fn run(srv: &LocalServer, tables: usize, rows: i64, flips: usize) {
         ms(worst_stall[0]),
         ms(worst_stall[1])
     );
+    for (i, (from, to, cpu)) in floors.iter().enumerate() {
+        println!(
+            "floor {}: the same switch by hand (bare DDL) {} ms (server: {})",
+            i + 1,
+            ms(to.saturating_duration_since(*from)),
+            cpu.map(|(c, e)| format!("{c:.2} ms CPU, {e:.2} ms elapsed"))
+                .unwrap_or_else(|| "no statistics in the server log".into()),
+        );
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let flip_ms = median(windows.iter().map(|w| w.5.locked_ms).collect());
+    let floor_ms = median(
+        floors
+            .iter()
+            .map(|(f, t, _)| t.saturating_duration_since(*f).as_secs_f64() * 1000.0)
+            .collect(),
+    );
+    let flip_cpu = median(windows.iter().filter_map(|w| w.6.map(|c| c.0)).collect());
+    let floor_cpu = median(floors.iter().filter_map(|f| f.2.map(|c| c.0)).collect());
+    println!(
+        "locked transaction, median: pgflip {flip_ms:.2} ms, by hand {floor_ms:.2} ms ({:.2}x); server CPU {flip_cpu:.2} / {floor_cpu:.2} ms ({:.2}x); longest stall by hand: reader {} ms, writer {} ms",
+        flip_ms / floor_ms,
+        flip_cpu / floor_cpu,
+        ms(floor_stall[0]),
+        ms(floor_stall[1])
+    );
     drop(setup);
+}
+
+/// What a user would otherwise run to switch the tables in: per table a copy built beside (before
+/// the clock starts), then one transaction that locks the views and tables, retires each
+/// table into a schema of its own, renames the copy and its key into its place and re-points
+/// the view; nothing checked, nothing carried, nothing recorded. Returns the transaction's
+/// window and the server's CPU for it.
+async fn bare_swap(
+    client: &tokio_postgres::Client,
+    log: &std::path::Path,
+    tables: usize,
+    n: usize,
+) -> (Instant, Instant, Option<(f64, f64)>) {
+    let mut prep = format!("CREATE SCHEMA floor_bk{n};");
+    for i in 0..tables {
+        prep.push_str(&format!(
+            "CREATE TABLE t{i}_f{n} (LIKE t{i} INCLUDING ALL); \
+             INSERT INTO t{i}_f{n} SELECT * FROM t{i}; ANALYZE t{i}_f{n};"
+        ));
+    }
+    client.batch_execute(&prep).await.expect("floor copies");
+    let views: Vec<String> = (0..tables).map(|i| format!("public.t{i}_v")).collect();
+    let live: Vec<String> = (0..tables).map(|i| format!("public.t{i}")).collect();
+    let mut sql = format!(
+        "BEGIN; SET LOCAL lock_timeout = '5s'; LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE;",
+        views.join(", "),
+        live.join(", ")
+    );
+    for i in 0..tables {
+        sql.push_str(&format!(
+            "ALTER TABLE public.t{i} SET SCHEMA floor_bk{n}; \
+             ALTER TABLE public.t{i}_f{n} RENAME TO t{i}; \
+             ALTER TABLE public.t{i} RENAME CONSTRAINT t{i}_f{n}_pkey TO t{i}_pkey; \
+             CREATE OR REPLACE VIEW public.t{i}_v AS SELECT id, v FROM public.t{i};"
+        ));
+    }
+    sql.push_str("COMMIT;");
+    let log_from = std::fs::metadata(log).map(|m| m.len()).unwrap_or(0);
+    let from = Instant::now();
+    client.batch_execute(&sql).await.expect("bare swap");
+    let to = Instant::now();
+    (from, to, locked_cpu(log, log_from))
 }
 
 fn main() {
