@@ -169,7 +169,11 @@ impl Inventory {
 /// It runs under the flip's locks, so it is made cheap: per catalog, the count and the sum of
 /// a 64-bit hash of each row's identity (and `xmin`, which changes when the row does), summed
 /// in any order, instead of formatting, sorting and hashing text (about half the time at 50
-/// tables). System columns never change and are left out.
+/// tables). System columns never change and are left out. The OIDs come through a scalar
+/// subquery: with the array as a literal, the planner estimated each element against each
+/// catalog's statistics and chose sequential scans of `pg_attribute` and `pg_description`;
+/// as a subquery's value the larger catalogs are read by index, and planning and running the
+/// check took half the time (0.93 against 1.75 ms for 100 relations).
 pub const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws(',', \
   (SELECT count(*) || ':' || coalesce(sum(pg_catalog.hashint8extended((classid::int8 << 32) | objid::int8, \
        (refobjid::int8 << 24) + (objsubid::int8 << 12) + (refobjsubid::int8 << 4) + pg_catalog.ascii(deptype::text))), 0) \
@@ -187,7 +191,10 @@ pub const FINGERPRINT_SQL: &str = "SELECT md5(concat_ws(',', \
 /// function, a policy) must not count as a change of the live relations it refers to.
 pub fn fingerprint_sql(oids: &[u32], skip_own_rows: bool) -> String {
     FINGERPRINT_SQL
-        .replace("{oids}", &oid_array_literal(oids))
+        .replace(
+            "{oids}",
+            &format!("(SELECT {})::pg_catalog.oid[]", oid_array_literal(oids)),
+        )
         .replace(
             "{mine}",
             if skip_own_rows {
