@@ -1981,6 +1981,19 @@ impl pgflip::events::EventSink for FailedAttempts {
     }
 }
 
+/// A sync flip of `pairs` planned with `opts`, pgflip's state ensured: for the tests that run
+/// the plan themselves, between their own steps.
+async fn planned_sync(
+    c: &tokio_postgres::Client,
+    pairs: &[FlipPair],
+    opts: &FlipOptions,
+) -> flip::FlipPlan {
+    pgflip::state::ensure(c).await.unwrap();
+    flip::plan_flip(c, pairs, FlipKind::Sync, opts)
+        .await
+        .unwrap()
+}
+
 /// `n` tables `t1`…`tn` (created in that order, so locked in that order) with their greens.
 fn numbered_pairs(db: &TestDb, n: usize) -> Vec<FlipPair> {
     (1..=n)
@@ -2014,10 +2027,7 @@ async fn the_lock_step_as_a_whole_is_bounded_by_the_lock_timeout() {
         old_transaction: Duration::from_secs(60),
         ..FlipOptions::default()
     };
-    pgflip::state::ensure(&c).await.unwrap();
-    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
-        .await
-        .unwrap();
+    let fp = planned_sync(&c, &pairs, &opts).await;
     // Reader i holds t{i} for i seconds (on the server's clock, from one moment): each lock
     // is released 1 s after the one before, 0.5 s within the lock timeout.
     let mut holders = Vec::new();
@@ -2246,10 +2256,7 @@ async fn many_tables_uncontended_get_their_locks_on_the_first_attempt() {
     };
     // A fresh session, as the CLI's: nothing looked up yet.
     let c = db.client().await;
-    pgflip::state::ensure(&c).await.unwrap();
-    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
-        .await
-        .unwrap();
+    let fp = planned_sync(&c, &pairs, &opts).await;
     // The dry run says what the step is given: the lock timeout and the allowance.
     let step = fp
         .plan
@@ -2289,10 +2296,7 @@ async fn looking_the_relations_up_before_an_attempt_never_waits_for_a_lock() {
         old_transaction: Duration::from_secs(600),
         ..FlipOptions::default()
     };
-    pgflip::state::ensure(&c).await.unwrap();
-    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
-        .await
-        .unwrap();
+    let fp = planned_sync(&c, &pairs, &opts).await;
     let holder = db.client().await;
     holder
         .batch_execute("BEGIN; LOCK TABLE t1 IN ACCESS EXCLUSIVE MODE")
@@ -2331,10 +2335,7 @@ async fn readers_locking_in_the_other_order_do_not_starve_the_flip() {
         max_wait: Duration::from_secs(20),
         ..FlipOptions::default()
     };
-    pgflip::state::ensure(&c).await.unwrap();
-    let fp = flip::plan_flip(&c, &pairs, FlipKind::Sync, &opts)
-        .await
-        .unwrap();
+    let fp = planned_sync(&c, &pairs, &opts).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut readers = Vec::new();
     for _ in 0..4 {
