@@ -168,8 +168,9 @@ const SPLIT_SAMPLE_ROWS: f64 = 30_000.0;
 /// the three-query way do go parallel. The split is on the first key column at quantiles of a
 /// sample of `old`, so every key falls in exactly one part and each part is an exact
 /// comparison; a first key column without an ordering, or a small table, is diffed on `client`
-/// alone. `key` is a primary key (its columns are never null). `client` must be inside a `REPEATABLE READ` transaction (the snapshot it exports is
-/// the one every part reads); the helpers' transactions are begun and ended here.
+/// alone. `key` is a primary key (its columns are never null). `client` must be inside a
+/// `REPEATABLE READ` transaction (the snapshot it exports is the one every part reads); the
+/// helpers' transactions are begun and ended here.
 pub async fn in_database(
     client: &Client,
     helpers: &[&Client],
